@@ -1,0 +1,64 @@
+"""hf-lite: make Hugging Face Hub checkpoints lighter to fine-tune and to serve.
+
+Distillation, pruning, bitsandbytes 4/8-bit quantization and PEFT adapters on top of the ordinary
+transformers ``Trainer``; compressed models stay ordinary checkpoints that load with stock
+``from_pretrained``.
+
+Submodules are imported on first use, so ``import hf_lite`` does not import torch or transformers.
+
+>>> import hf_lite
+>>> model = hf_lite.load_model("Qwen/Qwen2.5-0.5B", quantization="4bit", peft="lora")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported lazily by __getattr__)
+_LAZY: dict[str, str] = {
+    "TASKS": "hf_lite.loading",
+    "load_model": "hf_lite.loading",
+    "load_tokenizer": "hf_lite.loading",
+    "load_teacher": "hf_lite.loading",
+    "freeze": "hf_lite.loading",
+    "linear_module_names": "hf_lite.loading",
+    "resolve_quantization": "hf_lite.loading",
+    "resolve_peft_config": "hf_lite.loading",
+    "ModelSummary": "hf_lite.summary",
+    "model_summary": "hf_lite.summary",
+    "save_tiny_checkpoint": "hf_lite.tiny",
+    "build_tiny_model": "hf_lite.tiny",
+    "build_tokenizer": "hf_lite.tiny",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from hf_lite.loading import (
+        TASKS,
+        freeze,
+        linear_module_names,
+        load_model,
+        load_teacher,
+        load_tokenizer,
+        resolve_peft_config,
+        resolve_quantization,
+    )
+    from hf_lite.summary import ModelSummary, model_summary
+    from hf_lite.tiny import build_tiny_model, build_tokenizer, save_tiny_checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_lite' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: the next access is a plain attribute lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

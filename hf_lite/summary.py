@@ -1,0 +1,176 @@
+"""What a loaded model is made of: parameters (total, trainable), bytes in memory, quantization, adapter.
+
+>>> import torch
+>>> s = model_summary(torch.nn.Linear(4, 2))
+>>> s.total_params, s.trainable_params, s.bytes_in_memory
+(10, 10, 40)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """Counts for one model. ``total_params`` counts logical weights (a 4-bit matrix of 64×64 counts
+    4096, although it is stored in 2048 bytes); ``bytes_in_memory`` counts what the tensors occupy,
+    quantization constants included.
+
+    >>> print(ModelSummary("Linear", 10, 10, 40, "float32", None, None))
+    Linear: 10 parameters (10 trainable, 100.00%), 40 B in memory, float32, full precision, no adapter
+    """
+
+    model_class: str
+    total_params: int
+    trainable_params: int
+    bytes_in_memory: int
+    dtype: str
+    quantization: str | None
+    adapter: str | None
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable_params / self.total_params if self.total_params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model_class}: {self.total_params:,} parameters ({self.trainable_params:,} trainable, "
+            f"{100 * self.trainable_fraction:.2f}%), {format_bytes(self.bytes_in_memory)} in memory, "
+            f"{self.dtype}, {self.quantization or 'full precision'}, {self.adapter or 'no adapter'}"
+        )
+
+
+def format_bytes(n: int) -> str:
+    """Human-readable byte count with binary prefixes.
+
+    >>> format_bytes(512), format_bytes(3 * 1024**2)
+    ('512 B', '3.00 MiB')
+    """
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _logical_numel(param: torch.Tensor) -> int:
+    quant_state = getattr(param, "quant_state", None)  # bnb Params4bit pack two weights per byte
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        return math.prod(quant_state.shape)
+    return param.numel()
+
+
+def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
+    """Tensors that bitsandbytes keeps beside a quantized weight (absmax scales, code book, SCB)."""
+    out = []
+    state = getattr(param, "quant_state", None)
+    while state is not None:
+        out += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None), getattr(state, "offset", None))
+                if t is not None and hasattr(t, "untyped_storage")]  # fmt: skip
+        state = getattr(state, "state2", None)  # double quantization nests a second state
+    scb = getattr(param, "SCB", None)  # LLM.int8 row scales
+    if scb is not None:
+        out.append(scb)
+    return out
+
+
+def describe_quantization(model: torch.nn.Module) -> str | None:
+    """``'bnb-4bit (nf4, double quant)'``, ``'bnb-8bit (LLM.int8)'`` or ``None`` for a full-precision model."""
+    config = getattr(model, "config", None)
+    qc = getattr(config, "quantization_config", None)
+    if qc is None:
+        return None
+    if not isinstance(qc, dict):
+        qc = qc.to_dict()
+    if qc.get("load_in_4bit"):
+        kind = qc.get("bnb_4bit_quant_type", "fp4")
+        return f"bnb-4bit ({kind}{', double quant' if qc.get('bnb_4bit_use_double_quant') else ''})"
+    if qc.get("load_in_8bit"):
+        return "bnb-8bit (LLM.int8)"
+    return str(qc.get("quant_method", "quantized"))
+
+
+def describe_adapter(model: torch.nn.Module) -> str | None:
+    """E.g. ``'LORA r=16 on q_proj, v_proj'`` for a ``PeftModel`` (the layers really adapted, after
+    PEFT's own matching and exclusions); ``None`` when there is no adapter."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return None
+    parts = []
+    for name, cfg in configs.items():
+        desc = f"{getattr(cfg.peft_type, 'value', cfg.peft_type)}"
+        if getattr(cfg, "r", None) is not None:
+            desc += f" r={cfg.r}"
+        # A tuner layer holds one sub-dict per adapter name (lora_A["default"], ...).
+        adapted = sorted({
+            n.rsplit(".", 1)[-1]
+            for n, m in model.named_modules()
+            if any(isinstance(getattr(m, a, None), torch_module_dict()) and name in getattr(m, a)
+                   for a in ("lora_A", "lora_E", "ia3_l", "hada_w1_a", "lokr_w1", "oft_R", "boft_R"))
+        })  # fmt: skip
+        if adapted:
+            desc += f" on {', '.join(adapted)}"
+        parts.append(desc if name == "default" else f"{name}: {desc}")
+    return "; ".join(parts)
+
+
+def torch_module_dict() -> tuple[type, ...]:
+    import torch
+
+    return (torch.nn.ModuleDict, torch.nn.ParameterDict)
+
+
+def model_summary(model: torch.nn.Module) -> ModelSummary:
+    """Count parameters and bytes of ``model`` (shared tensors counted once).
+
+    >>> import torch
+    >>> m = torch.nn.Linear(3, 1); m.bias.requires_grad_(False)  # doctest: +ELLIPSIS
+    Parameter...
+    >>> model_summary(m).trainable_params
+    3
+    """
+    seen: set[tuple[int, int]] = set()
+    total = trainable = nbytes = 0
+    dtypes: dict[str, int] = {}
+
+    def count_bytes(t: torch.Tensor) -> int:
+        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) if t.device.type != "meta" else (id(t), 0)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return t.numel() * t.element_size()
+
+    for param in model.parameters():
+        n = _logical_numel(param)
+        total += n
+        if param.requires_grad:
+            trainable += n
+        nbytes += count_bytes(param)
+        for extra in _quant_state_tensors(param):
+            nbytes += count_bytes(extra)
+        if param.is_floating_point():
+            dtypes[str(param.dtype).removeprefix("torch.")] = dtypes.get(str(param.dtype).removeprefix("torch."), 0) + n
+    for buf in model.buffers():
+        nbytes += count_bytes(buf)
+    dtype = max(dtypes, key=dtypes.get) if dtypes else "none"
+    base = getattr(model, "get_base_model", None)
+    inner = base() if callable(base) else model
+    return ModelSummary(
+        model_class=type(inner).__name__,
+        total_params=total,
+        trainable_params=trainable,
+        bytes_in_memory=nbytes,
+        dtype=dtype,
+        quantization=describe_quantization(inner),
+        adapter=describe_adapter(model),
+    )
