@@ -110,6 +110,17 @@ def resolve_quantization(
     if isinstance(quantization, BitsAndBytesConfig):
         return quantization
     if isinstance(quantization, Mapping):
+        import inspect
+
+        # BitsAndBytesConfig swallows unknown keyword arguments: refuse typos here instead.
+        known = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
+        unknown = sorted(set(quantization) - known)
+        if unknown:
+            raise ValueError(
+                f"quantization={dict(quantization)!r} is not a valid BitsAndBytesConfig: unknown key(s) {unknown}"
+                f"{_did_you_mean(unknown[0], sorted(known))}. Use '4bit', '8bit' or the keyword arguments of "
+                "transformers.BitsAndBytesConfig."
+            )
         try:
             return BitsAndBytesConfig(**dict(quantization))
         except (TypeError, ValueError) as err:
