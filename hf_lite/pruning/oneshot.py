@@ -1,0 +1,373 @@
+"""One-shot pruning of a whole model: magnitude pruning and Wanda (pruning by weights and activations).
+
+Both functions prune the chosen layers in place and return their masks (``{name: bool tensor}`` of each
+layer's weight shape, ``True`` = keep), which a caller keeps to re-apply after later optimizer steps.
+
+Patterns: ``"unstructured"`` (any weights, ``sparsity`` says how many), or ``"n:m"`` such as ``"2:4"`` /
+``"4:8"``: keep ``n`` of every ``m`` consecutive weights along the input dimension (sparsity ``1 - n/m``).
+Note the convention: here and in NVIDIA's 2:4, ``n`` is the number **kept**; the Wanda reference code
+counts pruned weights instead, which agrees for 2:4 and 4:8 only.
+
+>>> import torch
+>>> from hf_lite.tiny import build_tiny_model
+>>> model, tok = build_tiny_model("llama")
+>>> tok.pad_token = tok.eos_token
+>>> batches = [tok(["the cat sees a dog", "a bird"], return_tensors="pt", padding=True)]
+>>> masks = wanda_prune_(model, batches, 0.5)
+>>> round(mask_sparsity(masks), 2)
+0.5
+>>> masks = magnitude_prune_(model, pattern="2:4")
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hf_lite.pruning.masks import (
+    apply_mask_,
+    check_nm,
+    check_sparsity,
+    global_unstructured_masks,
+    magnitude_scores,
+    mask_sparsity,
+    nm_mask,
+    unstructured_mask,
+    wanda_scores,
+)
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, find_prunable_modules, in_features_dim
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["parse_pattern", "magnitude_prune_", "wanda_prune_"]
+
+logger = logging.getLogger(__name__)
+
+_NM_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """Parse a sparsity pattern: ``"unstructured"`` -> ``None``, ``"n:m"`` -> ``(n, m)``.
+
+    Args:
+        pattern: ``"unstructured"`` or ``"n:m"`` with ``1 <= n < m`` (``"2:4"``, ``"4:8"``, ...).
+
+    Returns:
+        ``None`` for unstructured sparsity, else ``(n, m)``: keep ``n`` of every ``m`` weights.
+
+    >>> parse_pattern("unstructured"), parse_pattern("2:4")
+    (None, (2, 4))
+    """
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a string ('unstructured', '2:4', '4:8', ...); got {type(pattern).__name__}.")
+    if pattern.strip().lower() == "unstructured":
+        return None
+    match = _NM_RE.match(pattern)
+    if match is None:
+        raise ValueError(
+            f"pattern={pattern!r} is not understood. Use 'unstructured', or 'n:m' such as '2:4' "
+            "(keep 2 of every 4 consecutive weights)."
+        )
+    return check_nm(int(match.group(1)), int(match.group(2)))
+
+
+def _resolve_sparsity(sparsity: float | None, nm: tuple[int, int] | None) -> float:
+    if nm is None:
+        if sparsity is None:
+            raise ValueError(
+                "sparsity is required with pattern='unstructured': pass the fraction of weights to zero, "
+                "e.g. sparsity=0.5."
+            )
+        return check_sparsity(sparsity)
+    implied = 1.0 - nm[0] / nm[1]
+    if sparsity is not None and abs(check_sparsity(sparsity) - implied) > 1e-9:
+        raise ValueError(
+            f"sparsity={sparsity!r} contradicts pattern '{nm[0]}:{nm[1]}', which always gives sparsity "
+            f"{implied:g}. Leave sparsity=None with an N:M pattern, or use pattern='unstructured'."
+        )
+    return implied
+
+
+def _check_nm_shapes(modules: Mapping[str, nn.Module], nm: tuple[int, int] | None) -> None:
+    """Refuse an N:M pattern before touching any weight if one layer's input width does not fit it."""
+    if nm is None:
+        return
+    bad = [
+        f"{name} ({module.weight.shape[in_features_dim(module)]} inputs)"
+        for name, module in modules.items()
+        if module.weight.shape[in_features_dim(module)] % nm[1]
+    ]
+    if bad:
+        raise ValueError(
+            f"pattern '{nm[0]}:{nm[1]}' needs a number of input features divisible by {nm[1]}, which these "
+            f"layers lack: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Exclude them "
+            "(exclude=[*DEFAULT_EXCLUDE, 'name']) or use pattern='unstructured'."
+        )
+
+
+def _mask_from_scores(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, dim: int) -> torch.Tensor:
+    if nm is not None:
+        return nm_mask(scores, *nm, dim=dim)
+    return unstructured_mask(scores, sparsity, dim=dim)
+
+
+def magnitude_prune_(
+    model: nn.Module,
+    sparsity: float | None = None,
+    *,
+    pattern: str = "unstructured",
+    scope: str = "layer",
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
+) -> dict[str, torch.Tensor]:
+    """Zero the smallest-magnitude weights of the chosen layers, in place (no data needed).
+
+    Args:
+        model: the model to prune.
+        sparsity: fraction of weights to zero, in ``[0, 1)``; required for ``"unstructured"``, implied
+            (``1 - n/m``) by an N:M pattern.
+        pattern: ``"unstructured"`` or ``"n:m"`` (``"2:4"``, ``"4:8"``), groups along each layer's input dim.
+        scope: where weights are ranked, for ``"unstructured"``: ``"layer"`` (each layer pruned to
+            ``sparsity``), ``"row"`` (each output feature's input weights pruned to ``sparsity``), or
+            ``"global"`` (one threshold over all chosen layers: exact total, uneven per layer).
+        include: regexes of layer names to prune (see :func:`find_prunable_modules`).
+        exclude: regexes of layer names to leave dense; defaults to heads, embeddings and norms.
+
+    Returns:
+        ``{layer name: bool mask}`` of each weight's shape, on the weight's device.
+
+    >>> from hf_lite.tiny import build_tiny_model
+    >>> model, _ = build_tiny_model("bert", "sequence-classification")
+    >>> masks = magnitude_prune_(model, 0.3, scope="global")
+    >>> round(mask_sparsity(masks), 3)
+    0.3
+    """
+    nm = parse_pattern(pattern)
+    sparsity = _resolve_sparsity(sparsity, nm)
+    if scope not in ("layer", "row", "global"):
+        raise ValueError(f"scope={scope!r} must be 'layer', 'row' or 'global'.")
+    if nm is not None and scope == "global":
+        raise ValueError(
+            f"scope='global' cannot apply to pattern={pattern!r}: N:M sparsity is decided inside each group "
+            "of weights, so it has no global threshold. Use scope='layer' (the default) with N:M patterns."
+        )
+    modules = find_prunable_modules(model, include=include, exclude=exclude)
+    _check_nm_shapes(modules, nm)
+    if scope == "global":
+        masks = global_unstructured_masks({n: magnitude_scores(m.weight) for n, m in modules.items()}, sparsity)
+    else:
+        masks = {}
+        for name, module in modules.items():
+            scores = magnitude_scores(module.weight)
+            if nm is not None:
+                masks[name] = nm_mask(scores, *nm, dim=in_features_dim(module))
+            else:
+                masks[name] = unstructured_mask(scores, sparsity, dim=in_features_dim(module) if scope == "row" else None)
+    for name, module in modules.items():
+        apply_mask_(module.weight, masks[name])
+    logger.info("magnitude-pruned %d layers (%s, scope=%s): sparsity %.4f", len(masks), pattern, scope,
+                mask_sparsity(masks))  # fmt: skip
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Wanda
+
+
+def _check_calibration(calibration_batches: Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    if calibration_batches is None:
+        raise ValueError(
+            "calibration_batches=None: Wanda scores weights by the norms of their inputs, so it needs "
+            "calibration data. Pass a few batches of tokenized text (dicts with input_ids and "
+            "attention_mask), e.g. 128 sequences; or use magnitude_prune_ for data-free pruning."
+        )
+    if isinstance(calibration_batches, Mapping):
+        raise TypeError(
+            "calibration_batches must be an iterable of batches (dicts of tensors), not a single dict; "
+            "wrap one batch in a list: [batch]."
+        )
+    if not isinstance(calibration_batches, Iterable):
+        raise TypeError(
+            f"calibration_batches must be an iterable of dicts of tensors; got {type(calibration_batches).__name__}."
+        )
+    # Materialized: sequential calibration goes over the batches once per block (they are small: token ids).
+    batches = list(calibration_batches)
+    if not batches:
+        raise ValueError(
+            "calibration_batches is empty: Wanda needs calibration data. Pass at least one batch of "
+            "tokenized text (a dict with input_ids and attention_mask)."
+        )
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"calibration batch {i} must be a dict of tensors; got {type(batch).__name__}.")
+        if "input_ids" not in batch and "inputs_embeds" not in batch:
+            raise ValueError(
+                f"calibration batch {i} has keys {sorted(batch)} but no 'input_ids' (or 'inputs_embeds'); "
+                "pass the tokenizer's output, e.g. tokenizer(texts, return_tensors='pt', padding=True)."
+            )
+        for key, value in batch.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"calibration batch {i}[{key!r}] must be a torch.Tensor; got {type(value).__name__} "
+                    "(tokenize with return_tensors='pt')."
+                )
+    return batches
+
+
+def _block_of(name: str) -> str:
+    """The transformer block a layer belongs to: its name up to the first numeric component
+    (``model.layers.3.mlp.up_proj`` -> ``model.layers.3``); a layer outside numbered blocks is its own."""
+    match = re.match(r"^(.*?\.\d+)(\.|$)", name)
+    return match.group(1) if match else name
+
+
+class _InputNormCollector:
+    """Forward pre-hooks that accumulate, per layer, the sum over real tokens of squared inputs: ``(in,)``."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        self.modules = modules
+        self.sq_sums = {name: torch.zeros(m.weight.shape[in_features_dim(m)], dtype=torch.float32,
+                                          device=m.weight.device) for name, m in modules.items()}  # fmt: skip
+        self.calls = dict.fromkeys(modules, 0)
+        self.token_masks: list[torch.Tensor] = []  # candidate (batch, seq) masks of the current batch
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _InputNormCollector:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()  # (..., in)
+            if x.dim() >= 3:
+                for token_mask in self.token_masks:
+                    # Padded positions are dropped when the layer input is laid out as (batch, seq, in);
+                    # inputs laid out otherwise (e.g. already unpadded) contain real tokens only.
+                    if token_mask.shape == x.shape[:2]:
+                        x = x[token_mask.to(x.device)]  # (tokens, in)
+                        break
+            x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+            self.sq_sums[name] += (x * x).sum(dim=0).to(self.sq_sums[name].device)
+            self.calls[name] += 1
+
+        return hook
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        silent = [n for n, c in self.calls.items() if c == 0]
+        if silent:
+            raise ValueError(
+                f"layers {', '.join(silent[:5])} received no input during the calibration forward passes, so "
+                "Wanda has no activations to score them with. For an encoder-decoder model, include "
+                "decoder inputs (labels or decoder_input_ids) in the calibration batches; otherwise exclude "
+                "these layers."
+            )
+        return {name: s.sqrt() for name, s in self.sq_sums.items()}  # ||X_j||_2 over all tokens
+
+
+def _forward_calibration(model: nn.Module, batches: list[Mapping[str, Any]], collector: _InputNormCollector) -> None:
+    device = next(model.parameters()).device
+    extra: dict[str, Any] = {}
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        extra["use_cache"] = False  # a KV cache would only cost memory here
+    for batch in batches:
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        collector.token_masks = [inputs[k].bool() for k in ("attention_mask", "decoder_attention_mask") if k in inputs]
+        model(**inputs, **extra)
+    collector.token_masks = []
+
+
+@torch.no_grad()
+def wanda_prune_(
+    model: nn.Module,
+    calibration_batches: Iterable[Mapping[str, torch.Tensor]] | None,
+    sparsity: float | None = None,
+    *,
+    pattern: str = "unstructured",
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
+    sequential: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models"), in place.
+
+    A weight's score is ``|W_ij| * ||X_j||_2``, where ``||X_j||_2`` is the L2 norm of input feature ``j``
+    of that layer over every real (non-padded) calibration token. Scores are compared within each output
+    feature (each one keeps the same number of inputs: every row of an ``nn.Linear`` weight, every column
+    of a ``Conv1D`` weight, has exactly ``round(sparsity * in_features)`` zeros), or within N:M groups along
+    the input dimension. No weight update, no gradient: a few forward passes over the calibration data.
+
+    Input norms are collected with forward pre-hooks that only accumulate an ``(in_features,)`` vector per
+    layer, so memory stays that of a plain forward pass. With ``sequential=True`` (as the reference code)
+    blocks are pruned in order (``model.layers.0``, ``model.layers.1``, ...): the hooks of one block are
+    registered, the calibration data is run through the model, the hooks are removed and the block is
+    pruned, so each block is scored on the activations of the already-pruned blocks before it. This costs
+    one forward pass over the calibration data per block (the reference code instead caches every
+    block's inputs, which takes ``tokens * hidden`` memory). ``sequential=False`` scores every layer from
+    one forward pass of the dense model.
+
+    Padded positions are excluded using the batch's ``attention_mask`` (and ``decoder_attention_mask``) for
+    layers whose input is laid out ``(batch, seq, features)`` with the mask's shape.
+
+    Args:
+        model: the model to prune (kept in eval mode during calibration, then restored).
+        calibration_batches: iterable of dicts of tensors passed as ``model(**batch)``: ``input_ids``,
+            ``attention_mask``, and for encoder-decoder models ``labels`` or ``decoder_input_ids``.
+        sparsity: fraction of each output feature's weights to zero, in ``[0, 1)``; required for
+            ``"unstructured"``, implied by an N:M pattern.
+        pattern: ``"unstructured"`` or ``"n:m"`` (``"2:4"``, ``"4:8"``).
+        include: regexes of layer names to prune (see :func:`find_prunable_modules`).
+        exclude: regexes of layer names to leave dense; defaults to heads, embeddings and norms.
+        sequential: prune block by block on the pruned model's activations (``True``) or all layers from
+            the dense model's activations in one pass (``False``).
+
+    Returns:
+        ``{layer name: bool mask}`` of each weight's shape, on the weight's device.
+
+    >>> from hf_lite.tiny import build_tiny_model
+    >>> model, tok = build_tiny_model("gpt2")
+    >>> batch = tok(["the cat sees the dog"], return_tensors="pt")
+    >>> masks = wanda_prune_(model, [batch], pattern="2:4")
+    >>> masks["transformer.h.0.mlp.c_fc"].shape   # Conv1D: (in, out); groups run along dim 0
+    torch.Size([64, 128])
+    """
+    nm = parse_pattern(pattern)
+    sparsity = _resolve_sparsity(sparsity, nm)
+    if not isinstance(sequential, bool):
+        raise TypeError(f"sequential must be True or False; got {sequential!r}.")
+    batches = _check_calibration(calibration_batches)
+    modules = find_prunable_modules(model, include=include, exclude=exclude)
+    _check_nm_shapes(modules, nm)
+
+    groups: dict[str, dict[str, nn.Module]] = {}
+    for name, module in modules.items():
+        groups.setdefault(_block_of(name) if sequential else "", {})[name] = module
+
+    was_training = model.training
+    model.eval()
+    masks: dict[str, torch.Tensor] = {}
+    try:
+        for block, members in groups.items():
+            with _InputNormCollector(members) as collector:
+                _forward_calibration(model, batches, collector)
+            norms = collector.norms()
+            for name, module in members.items():
+                dim = in_features_dim(module)
+                scores = wanda_scores(module.weight, norms[name], dim=dim)
+                masks[name] = _mask_from_scores(scores, sparsity, nm, dim)
+                apply_mask_(module.weight, masks[name])
+            logger.debug("wanda: pruned %s (%d layers)", block or "all layers", len(members))
+    finally:
+        model.train(was_training)
+    logger.info("wanda-pruned %d layers (%s): sparsity %.4f", len(masks), pattern, mask_sparsity(masks))
+    return masks

@@ -1,0 +1,244 @@
+"""Count sparsity: zeros per pruned layer, over the pruned layers, and over the whole model.
+
+Figures are counted from the weights (and from masks when given), never derived from a requested
+sparsity. Unstructured and N:M sparsity keep every tensor's shape, so they neither shrink a dense
+checkpoint nor speed up dense CPU kernels; only structural pruning (fewer heads, neurons or layers) does.
+
+>>> from hf_lite.tiny import build_tiny_model
+>>> from hf_lite.pruning import magnitude_prune_
+>>> model, _ = build_tiny_model("llama")
+>>> masks = magnitude_prune_(model, 0.5)
+>>> report = sparsity_report(model, masks)
+>>> report.targeted_sparsity
+0.5
+>>> print(report.to_markdown().splitlines()[0])
+## Sparsity report
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, HEAD_PATTERNS, _output_embeddings, find_prunable_modules
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["LayerSparsity", "SparsityReport", "sparsity_report", "SPEED_NOTE"]
+
+#: Stated in every Markdown report, because sparsity figures are easily read as speedups.
+SPEED_NOTE = (
+    "Unstructured and N:M (semi-structured) sparsity keep every weight tensor's shape: dense CPU kernels "
+    "run exactly as fast, and a dense checkpoint is exactly as large. Only structural pruning (removing "
+    "heads, neurons or layers) speeds up dense CPU inference; 2:4 sparsity needs GPU sparse tensor cores "
+    "with dedicated kernels to run faster."
+)
+
+
+def _ratio(zeros: int, total: int) -> float:
+    return zeros / total if total else 0.0
+
+
+@dataclass
+class LayerSparsity:
+    """Zeros in one pruned layer's weight (biases are not counted).
+
+    Args:
+        shape: the weight's shape.
+        zeros: number of weight entries equal to zero.
+        total: number of weight entries.
+        masked: number of entries the mask prunes (``False``), or ``None`` without a mask.
+
+    >>> LayerSparsity(shape=(4, 4), zeros=8, total=16).sparsity
+    0.5
+    """
+
+    shape: tuple[int, ...]
+    zeros: int
+    total: int
+    masked: int | None = None
+
+    @property
+    def sparsity(self) -> float:
+        """``zeros / total``."""
+        return _ratio(self.zeros, self.total)
+
+
+@dataclass
+class SparsityReport:
+    """Counted sparsity of a model. Build it with :func:`sparsity_report`.
+
+    Args:
+        layers: ``{layer name: LayerSparsity}`` for the targeted layers (their weights).
+        targeted_zeros / targeted_total: zeros and entries over the targeted layers' weights.
+        model_zeros / model_total: over all parameters of the model (biases, norms, embeddings, heads
+            included; tied parameters counted once).
+        body_zeros / body_total: over all parameters except embeddings and output heads.
+
+    >>> r = SparsityReport(layers={}, targeted_zeros=5, targeted_total=10, model_zeros=5, model_total=20,
+    ...                    body_zeros=5, body_total=15)
+    >>> r.targeted_sparsity, r.model_sparsity
+    (0.5, 0.25)
+    """
+
+    layers: dict[str, LayerSparsity] = field(default_factory=dict)
+    targeted_zeros: int = 0
+    targeted_total: int = 0
+    model_zeros: int = 0
+    model_total: int = 0
+    body_zeros: int = 0
+    body_total: int = 0
+
+    @property
+    def targeted_sparsity(self) -> float:
+        """Fraction of zeros over the targeted layers' weights."""
+        return _ratio(self.targeted_zeros, self.targeted_total)
+
+    @property
+    def model_sparsity(self) -> float:
+        """Fraction of zeros over all parameters."""
+        return _ratio(self.model_zeros, self.model_total)
+
+    @property
+    def body_sparsity(self) -> float:
+        """Fraction of zeros over all parameters except embeddings and output heads."""
+        return _ratio(self.body_zeros, self.body_total)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serializable dict (counts and the three sparsity ratios).
+
+        >>> SparsityReport().to_dict()["targeted_sparsity"]
+        0.0
+        """
+        out = asdict(self)
+        out["layers"] = {n: {**asdict(s), "shape": list(s.shape), "sparsity": s.sparsity} for n, s in self.layers.items()}
+        out.update(targeted_sparsity=self.targeted_sparsity, model_sparsity=self.model_sparsity,
+                   body_sparsity=self.body_sparsity)  # fmt: skip
+        return out
+
+    def to_markdown(self) -> str:
+        """A Markdown summary: totals, a per-layer table, and the note on what sparsity does not speed up.
+
+        >>> print(SparsityReport().to_markdown().splitlines()[0])
+        ## Sparsity report
+        """
+        with_mask = any(s.masked is not None for s in self.layers.values())
+        lines = [
+            "## Sparsity report",
+            "",
+            "| scope | zeros | parameters | sparsity |",
+            "|---|---:|---:|---:|",
+            f"| pruned layers ({len(self.layers)}) | {self.targeted_zeros:,} | {self.targeted_total:,} "
+            f"| {self.targeted_sparsity:.2%} |",
+            f"| model without embeddings and heads | {self.body_zeros:,} | {self.body_total:,} "
+            f"| {self.body_sparsity:.2%} |",
+            f"| whole model | {self.model_zeros:,} | {self.model_total:,} | {self.model_sparsity:.2%} |",
+            "",
+            f"> {SPEED_NOTE}",
+            "",
+            "| layer | shape | zeros | weights | sparsity |" + (" masked |" if with_mask else ""),
+            "|---|---|---:|---:|---:|" + ("---:|" if with_mask else ""),
+        ]
+        for name, s in self.layers.items():
+            row = f"| `{name}` | {'x'.join(map(str, s.shape))} | {s.zeros:,} | {s.total:,} | {s.sparsity:.2%} |"
+            if with_mask:
+                row += f" {'' if s.masked is None else f'{s.masked:,}'} |"
+            lines.append(row)
+        return "\n".join(lines) + "\n"
+
+
+def _embedding_or_head_params(model: nn.Module) -> set[int]:
+    """ids of parameters that belong to embeddings or output heads."""
+    modules: list[nn.Module] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) or (name and any(re.search(p, name) for p in HEAD_PATTERNS)):
+            modules.append(module)
+    for getter in ("get_input_embeddings",):
+        fn = getattr(model, getter, None)
+        try:
+            found = fn() if fn is not None else None
+        except (AttributeError, NotImplementedError):
+            found = None
+        if found is not None:
+            modules.append(found)
+    head = _output_embeddings(model)
+    if head is not None:
+        modules.append(head)
+    return {id(p) for module in modules for p in module.parameters()}
+
+
+@torch.no_grad()
+def sparsity_report(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
+) -> SparsityReport:
+    """Count the zeros of a (pruned) model.
+
+    Args:
+        model: the model.
+        masks: ``{layer name: bool mask}`` as returned by the pruning functions. When given, its layers
+            are the targeted ones and each layer also reports how many entries its mask prunes.
+        include: without ``masks``, regexes of the targeted layers (see :func:`find_prunable_modules`).
+        exclude: without ``masks``, regexes of layers not targeted; defaults to heads, embeddings, norms.
+
+    Returns:
+        A :class:`SparsityReport`.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    >>> _ = torch.nn.init.zeros_(model[0].weight[:2])
+    >>> sparsity_report(model).targeted_sparsity
+    0.5
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if masks is not None:
+        if not isinstance(masks, Mapping):
+            raise TypeError(f"masks must be a dict of {{layer name: bool tensor}}; got {type(masks).__name__}.")
+        named = dict(model.named_modules())
+        missing = [n for n in masks if n not in named or not hasattr(named[n], "weight")]
+        if missing:
+            raise ValueError(
+                f"masks name layers that {type(model).__name__} does not have: {', '.join(missing[:5])}. "
+                "Pass the masks returned for this very model."
+            )
+        targets = {n: named[n] for n in masks}
+    else:
+        targets = find_prunable_modules(model, include=include, exclude=exclude)
+
+    report = SparsityReport()
+    for name, module in targets.items():
+        weight = module.weight
+        masked = None
+        if masks is not None:
+            mask = masks[name]
+            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+                raise TypeError(f"masks[{name!r}] must be a torch.bool tensor; got {getattr(mask, 'dtype', type(mask))}.")
+            if mask.shape != weight.shape:
+                raise ValueError(
+                    f"masks[{name!r}] has shape {tuple(mask.shape)} but the layer's weight has shape "
+                    f"{tuple(weight.shape)}; pass the masks returned for this very model."
+                )
+            masked = int(mask.numel() - mask.sum())
+        zeros = int((weight == 0).sum())
+        report.layers[name] = LayerSparsity(tuple(weight.shape), zeros, weight.numel(), masked)
+        report.targeted_zeros += zeros
+        report.targeted_total += weight.numel()
+
+    outer = _embedding_or_head_params(model)
+    for param in model.parameters():  # deduplicated: tied weights count once
+        zeros, total = int((param == 0).sum()), param.numel()
+        report.model_zeros += zeros
+        report.model_total += total
+        if id(param) not in outer:
+            report.body_zeros += zeros
+            report.body_total += total
+    return report

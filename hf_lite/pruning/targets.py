@@ -1,0 +1,190 @@
+"""Which layers of a transformers model to prune.
+
+Prunable layers are ``torch.nn.Linear`` and transformers' ``Conv1D`` (GPT-2 family). Embeddings, norms
+and output heads are left dense by default: they hold few of the parameters but much of the accuracy,
+and an output head is often tied to the input embeddings, so pruning it would prune the vocabulary too.
+
+``Conv1D`` stores its weight as ``(in_features, out_features)``, the transpose of ``nn.Linear``; use
+:func:`in_features_dim` wherever the input dimension matters (N:M groups, Wanda's per-output comparison).
+
+>>> from hf_lite.tiny import build_tiny_model
+>>> model, _ = build_tiny_model("llama")
+>>> list(find_prunable_modules(model, include=r"layers\\.0\\.mlp"))
+['model.layers.0.mlp.gate_proj', 'model.layers.0.mlp.up_proj', 'model.layers.0.mlp.down_proj']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.pytorch_utils import Conv1D
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["DEFAULT_EXCLUDE", "HEAD_PATTERNS", "find_prunable_modules", "in_features_dim", "is_prunable"]
+
+#: Regexes (``re.search`` on module names) of output heads: language-model heads, classifiers, poolers.
+HEAD_PATTERNS: tuple[str, ...] = (
+    r"(^|\.)lm_head$",
+    r"(^|\.)classifier(\.|$)",
+    r"(^|\.)score$",
+    r"(^|\.)pooler(\.|$)",
+    r"(^|\.)qa_outputs$",
+)
+#: Modules left dense unless the caller says otherwise: heads, embeddings, norms, and PEFT adapter
+#: matrices (LoRA's A/B are trained separately and merged later; prune the ``base_layer`` they wrap).
+DEFAULT_EXCLUDE: tuple[str, ...] = (
+    *HEAD_PATTERNS,
+    r"embed",
+    r"norm",
+    r"(^|\.)lora_(A|B|embedding_A|embedding_B)(\.|$)",
+)
+
+_MAX_LISTED = 30
+
+
+def is_prunable(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer this package prunes (``nn.Linear`` or transformers ``Conv1D``).
+
+    >>> import torch
+    >>> is_prunable(torch.nn.Linear(2, 2)), is_prunable(torch.nn.LayerNorm(2))
+    (True, False)
+    """
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def in_features_dim(module: nn.Module) -> int:
+    """The dimension of ``module.weight`` that indexes input features: ``1`` for ``nn.Linear``
+    (weight ``(out, in)``), ``0`` for transformers ``Conv1D`` (weight ``(in, out)``).
+
+    Args:
+        module: an ``nn.Linear`` or ``Conv1D``.
+
+    Returns:
+        ``0`` or ``1``.
+
+    >>> import torch
+    >>> from transformers.pytorch_utils import Conv1D
+    >>> in_features_dim(torch.nn.Linear(3, 5)), in_features_dim(Conv1D(5, 3))
+    (1, 0)
+    """
+    if isinstance(module, Conv1D):
+        return 0
+    if isinstance(module, torch.nn.Linear):
+        return 1
+    raise TypeError(
+        f"module must be a torch.nn.Linear or a transformers Conv1D; got {type(module).__name__}."
+    )
+
+
+def _patterns(value: str | Iterable[str] | None, name: str) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, (bytes, dict)) or not isinstance(items, Iterable):
+        raise TypeError(f"{name} must be a regex string, a list of them, or None; got {type(value).__name__}.")
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must contain regex strings; got {type(item).__name__} {item!r}.")
+        try:
+            re.compile(item)
+        except re.error as err:
+            raise ValueError(f"{name} pattern {item!r} is not a valid regular expression: {err}.") from err
+        out.append(item)
+    return out
+
+
+def abbreviate_names(names: Iterable[str], limit: int = _MAX_LISTED) -> str:
+    """Module names with layer indices folded to ``*``, deduplicated, at most ``limit`` of them.
+
+    >>> abbreviate_names(["model.layers.0.q_proj", "model.layers.1.q_proj", "lm_head"])
+    'model.layers.*.q_proj, lm_head'
+    """
+    folded = list(dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".*", n) for n in names))
+    shown = ", ".join(folded[:limit])
+    return shown + (f", ... ({len(folded) - limit} more)" if len(folded) > limit else "")
+
+
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_output_embeddings", None)
+    if getter is None:
+        return None
+    try:
+        return getter()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+def find_prunable_modules(
+    model: nn.Module,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
+) -> dict[str, nn.Module]:
+    """The layers of ``model`` to prune: ``nn.Linear`` and ``Conv1D`` modules chosen by name.
+
+    A layer is kept when its name matches one of ``include`` (all layers if ``None``) and none of
+    ``exclude``; patterns are regular expressions searched anywhere in the dotted module name
+    (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``; anchor with ``^``/``$`` for more control).
+    The model's output embeddings (``get_output_embeddings()``) are never chosen unless an ``include``
+    pattern names them. Layers of bitsandbytes-quantized models are refused: prune before quantizing.
+
+    Args:
+        model: a transformers model (or any ``nn.Module``).
+        include: regex or list of regexes of layers to prune; ``None`` = every Linear/Conv1D layer.
+        exclude: regex or list of regexes of layers to leave dense; defaults to :data:`DEFAULT_EXCLUDE`
+            (heads, embeddings, norms, LoRA matrices). Pass ``[*DEFAULT_EXCLUDE, "more"]`` to add to it,
+            or ``None`` to exclude nothing.
+
+    Returns:
+        ``{name: module}`` in the model's module order.
+
+    Raises:
+        ValueError: a pattern (of ``include``, or of ``exclude`` beyond the defaults) matches no
+            Linear/Conv1D layer, nothing is left to prune, or a chosen layer is quantized.
+
+    >>> from hf_lite.tiny import build_tiny_model
+    >>> model, _ = build_tiny_model("gpt2")
+    >>> len(find_prunable_modules(model)), len(find_prunable_modules(model, exclude=[*DEFAULT_EXCLUDE, "attn"]))
+    (8, 4)
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    includes = _patterns(include, "include")
+    excludes = _patterns(exclude, "exclude")
+    candidates = {name: module for name, module in model.named_modules() if name and is_prunable(module)}
+    if not candidates:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear or Conv1D layer to prune.")
+    for kind, patterns in (("include", includes), ("exclude", [p for p in excludes if p not in DEFAULT_EXCLUDE])):
+        for pattern in patterns:
+            if not any(re.search(pattern, name) for name in candidates):
+                raise ValueError(
+                    f"{kind} pattern {pattern!r} matches no Linear/Conv1D layer of {type(model).__name__}. "
+                    f"Layers it has: {abbreviate_names(candidates)}. Patterns are regexes searched in these names."
+                )
+    head = _output_embeddings(model)
+    chosen: dict[str, nn.Module] = {}
+    for name, module in candidates.items():
+        if includes and not any(re.search(p, name) for p in includes):
+            continue
+        if any(re.search(p, name) for p in excludes):
+            continue
+        if module is head and not any(re.search(p, name) for p in includes):
+            continue
+        chosen[name] = module
+    if not chosen:
+        raise ValueError(
+            f"include={include!r} and exclude={exclude!r} leave no layer of {type(model).__name__} to prune. "
+            f"Layers it has: {abbreviate_names(candidates)}."
+        )
+    quantized = [n for n, m in chosen.items() if type(m).__module__.startswith("bitsandbytes")]
+    if quantized:
+        raise ValueError(
+            f"layers {abbreviate_names(quantized, 5)} are bitsandbytes-quantized; their packed weights cannot "
+            "be pruned in place. Prune the full-precision model first, then quantize it (or exclude them)."
+        )
+    return chosen
