@@ -377,3 +377,10 @@ def test_bad_padding_side_and_gradient_checkpointing_type(tiny_checkpoints):
         load_tokenizer(tiny_checkpoints["gpt2"], padding_side="middle")
     with pytest.raises(TypeError, match="gradient_checkpointing must be True or False"):
         load_model(tiny_checkpoints["gpt2"], gradient_checkpointing="yes")
+
+
+def test_name_of_the_wrong_type_and_a_file_instead_of_a_folder(tiny_checkpoints):
+    with pytest.raises(TypeError, match="name_or_path must be a Hub repo id or a folder path"):
+        load_model(42)
+    with pytest.raises(ValueError, match=r"is a file; pass the checkpoint folder"):
+        load_model(f"{tiny_checkpoints['llama']}/config.json")
