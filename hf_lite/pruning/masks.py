@@ -62,7 +62,8 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     if not 0.0 <= value < 1.0:  # also rejects NaN
         raise ValueError(
             f"{name}={sparsity!r} is outside [0, 1): it is the fraction of weights set to zero, so 0.5 "
-            "prunes half of them and 1.0 would prune all. Pass a value such as 0.5 (not a percentage like 50)."
+            "prunes half of them and 1.0 would prune all. Pass a value such as 0.5 "
+            "(not a percentage like 50)."
         )
     return value
 
@@ -75,7 +76,10 @@ def check_nm(n: int, m: int) -> tuple[int, int]:
     """
     for name, value in (("n", n), ("m", m)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an int (N:M keeps n of every m weights); got {type(value).__name__} {value!r}.")
+            raise TypeError(
+                f"{name} must be an int (N:M keeps n of every m weights); "
+                f"got {type(value).__name__} {value!r}."
+            )
     n, m = int(n), int(m)
     if n < 1 or n >= m:
         raise ValueError(
@@ -95,7 +99,8 @@ def _check_scores(scores: object, name: str = "scores") -> torch.Tensor:
     scores = _check_tensor(scores, name)
     if not scores.is_floating_point():
         raise TypeError(
-            f"{name} must be a floating point tensor (e.g. magnitude_scores(weight)); got dtype {scores.dtype}."
+            f"{name} must be a floating point tensor (e.g. magnitude_scores(weight)); "
+            f"got dtype {scores.dtype}."
         )
     if torch.isnan(scores).any():
         raise ValueError(
@@ -117,7 +122,7 @@ def _check_dim(scores: torch.Tensor, dim: int, name: str = "dim") -> int:
 
 
 def pruned_count(numel: int, sparsity: float) -> int:
-    """Number of weights that pruning ``numel`` weights to ``sparsity`` sets to zero: ``round(sparsity * numel)``.
+    """How many of ``numel`` weights pruning to ``sparsity`` sets to zero: ``round(sparsity * numel)``.
 
     Args:
         numel: number of weights considered together (a tensor, a row, or all tensors for a global mask).

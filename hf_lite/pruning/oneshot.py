@@ -65,7 +65,9 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     (None, (2, 4))
     """
     if not isinstance(pattern, str):
-        raise TypeError(f"pattern must be a string ('unstructured', '2:4', '4:8', ...); got {type(pattern).__name__}.")
+        raise TypeError(
+            f"pattern must be a string ('unstructured', '2:4', '4:8', ...); got {type(pattern).__name__}."
+        )
     if pattern.strip().lower() == "unstructured":
         return None
     match = _NM_RE.match(pattern)
@@ -111,7 +113,9 @@ def _check_nm_shapes(modules: Mapping[str, nn.Module], nm: tuple[int, int] | Non
         )
 
 
-def _mask_from_scores(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, dim: int) -> torch.Tensor:
+def _mask_from_scores(
+    scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, dim: int
+) -> torch.Tensor:
     if nm is not None:
         return nm_mask(scores, *nm, dim=dim)
     return unstructured_mask(scores, sparsity, dim=dim)
@@ -160,7 +164,9 @@ def magnitude_prune_(
     modules = find_prunable_modules(model, include=include, exclude=exclude)
     _check_nm_shapes(modules, nm)
     if scope == "global":
-        masks = global_unstructured_masks({n: magnitude_scores(m.weight) for n, m in modules.items()}, sparsity)
+        masks = global_unstructured_masks(
+            {n: magnitude_scores(m.weight) for n, m in modules.items()}, sparsity
+        )
     else:
         masks = {}
         for name, module in modules.items():
@@ -168,7 +174,9 @@ def magnitude_prune_(
             if nm is not None:
                 masks[name] = nm_mask(scores, *nm, dim=in_features_dim(module))
             else:
-                masks[name] = unstructured_mask(scores, sparsity, dim=in_features_dim(module) if scope == "row" else None)
+                masks[name] = unstructured_mask(
+                    scores, sparsity, dim=in_features_dim(module) if scope == "row" else None
+                )
     for name, module in modules.items():
         apply_mask_(module.weight, masks[name])
     logger.info("magnitude-pruned %d layers (%s, scope=%s): sparsity %.4f", len(masks), pattern, scope,
@@ -194,7 +202,8 @@ def _check_calibration(calibration_batches: Iterable[Mapping[str, Any]] | None) 
         )
     if not isinstance(calibration_batches, Iterable):
         raise TypeError(
-            f"calibration_batches must be an iterable of dicts of tensors; got {type(calibration_batches).__name__}."
+            "calibration_batches must be an iterable of dicts of tensors; "
+            f"got {type(calibration_batches).__name__}."
         )
     # Materialized: sequential calibration goes over the batches once per block (they are small: token ids).
     batches = list(calibration_batches)
@@ -276,14 +285,18 @@ class _InputNormCollector:
         return {name: s.sqrt() for name, s in self.sq_sums.items()}  # ||X_j||_2 over all tokens
 
 
-def _forward_calibration(model: nn.Module, batches: list[Mapping[str, Any]], collector: _InputNormCollector) -> None:
+def _forward_calibration(
+    model: nn.Module, batches: list[Mapping[str, Any]], collector: _InputNormCollector
+) -> None:
     device = next(model.parameters()).device
     extra: dict[str, Any] = {}
     if "use_cache" in inspect.signature(model.forward).parameters:
         extra["use_cache"] = False  # a KV cache would only cost memory here
     for batch in batches:
         inputs = {k: v.to(device) for k, v in batch.items()}
-        collector.token_masks = [inputs[k].bool() for k in ("attention_mask", "decoder_attention_mask") if k in inputs]
+        collector.token_masks = [
+            inputs[k].bool() for k in ("attention_mask", "decoder_attention_mask") if k in inputs
+        ]
         model(**inputs, **extra)
     collector.token_masks = []
 

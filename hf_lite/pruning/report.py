@@ -33,10 +33,10 @@ __all__ = ["LayerSparsity", "SparsityReport", "sparsity_report", "SPEED_NOTE"]
 
 #: Stated in every Markdown report, because sparsity figures are easily read as speedups.
 SPEED_NOTE = (
-    "Unstructured and N:M (semi-structured) sparsity keep every weight tensor's shape: dense CPU kernels "
-    "run exactly as fast, and a dense checkpoint is exactly as large. Only structural pruning (removing "
-    "heads, neurons or layers) speeds up dense CPU inference; 2:4 sparsity needs GPU sparse tensor cores "
-    "with dedicated kernels to run faster."
+    "Unstructured and N:M (semi-structured) sparsity do not speed up dense CPU kernels and do not shrink a "
+    "dense checkpoint: every weight tensor keeps its shape and the zeros are still multiplied. Only "
+    "structural pruning (removing heads, neurons or layers) makes dense CPU inference faster; 2:4 sparsity "
+    "runs faster only on GPUs with sparse tensor cores and dedicated kernels."
 )
 
 
@@ -116,7 +116,9 @@ class SparsityReport:
         0.0
         """
         out = asdict(self)
-        out["layers"] = {n: {**asdict(s), "shape": list(s.shape), "sparsity": s.sparsity} for n, s in self.layers.items()}
+        out["layers"] = {
+            n: {**asdict(s), "shape": list(s.shape), "sparsity": s.sparsity} for n, s in self.layers.items()
+        }
         out.update(targeted_sparsity=self.targeted_sparsity, model_sparsity=self.model_sparsity,
                    body_sparsity=self.body_sparsity)  # fmt: skip
         return out
@@ -145,7 +147,9 @@ class SparsityReport:
             "|---|---|---:|---:|---:|" + ("---:|" if with_mask else ""),
         ]
         for name, s in self.layers.items():
-            row = f"| `{name}` | {'x'.join(map(str, s.shape))} | {s.zeros:,} | {s.total:,} | {s.sparsity:.2%} |"
+            row = (
+                f"| `{name}` | {'x'.join(map(str, s.shape))} | {s.zeros:,} | {s.total:,} | {s.sparsity:.2%} |"
+            )
             if with_mask:
                 row += f" {'' if s.masked is None else f'{s.masked:,}'} |"
             lines.append(row)
@@ -156,7 +160,9 @@ def _embedding_or_head_params(model: nn.Module) -> set[int]:
     """ids of parameters that belong to embeddings or output heads."""
     modules: list[nn.Module] = []
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Embedding) or (name and any(re.search(p, name) for p in HEAD_PATTERNS)):
+        if isinstance(module, torch.nn.Embedding) or (
+            name and any(re.search(p, name) for p in HEAD_PATTERNS)
+        ):
             modules.append(module)
     for getter in ("get_input_embeddings",):
         fn = getattr(model, getter, None)
@@ -202,7 +208,9 @@ def sparsity_report(
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     if masks is not None:
         if not isinstance(masks, Mapping):
-            raise TypeError(f"masks must be a dict of {{layer name: bool tensor}}; got {type(masks).__name__}.")
+            raise TypeError(
+                f"masks must be a dict of {{layer name: bool tensor}}; got {type(masks).__name__}."
+            )
         named = dict(model.named_modules())
         missing = [n for n in masks if n not in named or not hasattr(named[n], "weight")]
         if missing:
@@ -221,7 +229,9 @@ def sparsity_report(
         if masks is not None:
             mask = masks[name]
             if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-                raise TypeError(f"masks[{name!r}] must be a torch.bool tensor; got {getattr(mask, 'dtype', type(mask))}.")
+                raise TypeError(
+                    f"masks[{name!r}] must be a torch.bool tensor; got {getattr(mask, 'dtype', type(mask))}."
+                )
             if mask.shape != weight.shape:
                 raise ValueError(
                     f"masks[{name!r}] has shape {tuple(mask.shape)} but the layer's weight has shape "

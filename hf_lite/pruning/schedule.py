@@ -71,8 +71,9 @@ class CubicSchedule:
         frequency = _check_step(self.frequency, "frequency")
         if initial > final:
             raise ValueError(
-                f"initial_sparsity={self.initial_sparsity!r} is above final_sparsity={self.final_sparsity!r}: "
-                "the cubic schedule only increases sparsity. Lower initial_sparsity (0.0 is the usual choice)."
+                f"initial_sparsity={self.initial_sparsity!r} is above "
+                f"final_sparsity={self.final_sparsity!r}: the cubic schedule only increases sparsity. "
+                "Lower initial_sparsity (0.0 is the usual choice)."
             )
         if start < 0:
             raise ValueError(f"start_step={start} is negative; pass an optimizer step >= 0.")
@@ -82,7 +83,9 @@ class CubicSchedule:
                 "Set end_step to a later optimizer step (e.g. 75% of the training steps)."
             )
         if frequency < 1:
-            raise ValueError(f"frequency={frequency} must be >= 1 (masks are recomputed every `frequency` steps).")
+            raise ValueError(
+                f"frequency={frequency} must be >= 1 (masks are recomputed every `frequency` steps)."
+            )
         # Store normalized values (plain float/int) on the frozen instance.
         for name, value in (("final_sparsity", final), ("initial_sparsity", initial), ("start_step", start),
                             ("end_step", end), ("frequency", frequency)):  # fmt: skip

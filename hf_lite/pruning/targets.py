@@ -86,7 +86,9 @@ def _patterns(value: str | Iterable[str] | None, name: str) -> list[str]:
         return []
     items = [value] if isinstance(value, str) else value
     if isinstance(items, (bytes, dict)) or not isinstance(items, Iterable):
-        raise TypeError(f"{name} must be a regex string, a list of them, or None; got {type(value).__name__}.")
+        raise TypeError(
+            f"{name} must be a regex string, a list of them, or None; got {type(value).__name__}."
+        )
     out = []
     for item in items:
         if not isinstance(item, str):
@@ -149,7 +151,8 @@ def find_prunable_modules(
 
     >>> from hf_lite.tiny import build_tiny_model
     >>> model, _ = build_tiny_model("gpt2")
-    >>> len(find_prunable_modules(model)), len(find_prunable_modules(model, exclude=[*DEFAULT_EXCLUDE, "attn"]))
+    >>> no_attention = find_prunable_modules(model, exclude=[*DEFAULT_EXCLUDE, "attn"])
+    >>> len(find_prunable_modules(model)), len(no_attention)
     (8, 4)
     """
     if not isinstance(model, torch.nn.Module):
@@ -159,12 +162,16 @@ def find_prunable_modules(
     candidates = {name: module for name, module in model.named_modules() if name and is_prunable(module)}
     if not candidates:
         raise ValueError(f"{type(model).__name__} has no nn.Linear or Conv1D layer to prune.")
-    for kind, patterns in (("include", includes), ("exclude", [p for p in excludes if p not in DEFAULT_EXCLUDE])):
+    for kind, patterns in (
+        ("include", includes),
+        ("exclude", [p for p in excludes if p not in DEFAULT_EXCLUDE]),
+    ):
         for pattern in patterns:
             if not any(re.search(pattern, name) for name in candidates):
                 raise ValueError(
                     f"{kind} pattern {pattern!r} matches no Linear/Conv1D layer of {type(model).__name__}. "
-                    f"Layers it has: {abbreviate_names(candidates)}. Patterns are regexes searched in these names."
+                    f"Layers it has: {abbreviate_names(candidates)}. "
+                    "Patterns are regexes searched in these names."
                 )
     head = _output_embeddings(model)
     chosen: dict[str, nn.Module] = {}
@@ -177,14 +184,20 @@ def find_prunable_modules(
             continue
         chosen[name] = module
     if not chosen:
+        shown = (
+            "DEFAULT_EXCLUDE (heads, embeddings, norms, LoRA)"
+            if exclude == DEFAULT_EXCLUDE
+            else repr(exclude)
+        )
         raise ValueError(
-            f"include={include!r} and exclude={exclude!r} leave no layer of {type(model).__name__} to prune. "
+            f"include={include!r} and exclude={shown} leave no layer of {type(model).__name__} to prune. "
             f"Layers it has: {abbreviate_names(candidates)}."
         )
     quantized = [n for n, m in chosen.items() if type(m).__module__.startswith("bitsandbytes")]
     if quantized:
         raise ValueError(
-            f"layers {abbreviate_names(quantized, 5)} are bitsandbytes-quantized; their packed weights cannot "
-            "be pruned in place. Prune the full-precision model first, then quantize it (or exclude them)."
+            f"layers {abbreviate_names(quantized, 5)} are bitsandbytes-quantized; their packed weights "
+            "cannot be pruned in place. Prune the full-precision model first, then quantize it "
+            "(or exclude them)."
         )
     return chosen

@@ -131,7 +131,11 @@ def test_global_masks_equal_unstructured_mask_of_concatenation_ties_included():
     masks = global_unstructured_masks(scores, 0.5)  # 4 pruned: 0.5 then the first three 1.0 in order
     flat = unstructured_mask(torch.cat([s.reshape(-1) for s in scores.values()]), 0.5)
     assert torch.equal(torch.cat([m.reshape(-1) for m in masks.values()]), flat)
-    assert masks["a"].tolist() == [[False, False], [True, False]] and masks["b"].tolist() == [True, False, True]
+    assert masks["a"].tolist() == [[False, False], [True, False]] and masks["b"].tolist() == [
+        True,
+        False,
+        True,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- N:M

@@ -11,7 +11,9 @@ def _formula(t: int, s_i: float, s_f: float, t0: int, span: int) -> float:
     return s_f + (s_i - s_f) * (1 - (t - t0) / span) ** 3
 
 
-@pytest.mark.parametrize(("s_i", "s_f", "t0", "t1"), [(0.0, 0.9, 0, 100), (0.2, 0.5, 30, 230), (0.5, 0.5, 5, 6)])
+@pytest.mark.parametrize(
+    ("s_i", "s_f", "t0", "t1"), [(0.0, 0.9, 0, 100), (0.2, 0.5, 30, 230), (0.5, 0.5, 5, 6)]
+)
 def test_values_at_start_midpoint_end_and_beyond(s_i, s_f, t0, t1):
     s = CubicSchedule(final_sparsity=s_f, initial_sparsity=s_i, start_step=t0, end_step=t1)
     assert s.sparsity_at(t0) == pytest.approx(s_i)
@@ -57,9 +59,18 @@ def test_fields_are_normalized_and_frozen():
     ("kwargs", "match"),
     [
         ({"final_sparsity": 1.0, "end_step": 10}, r"final_sparsity=1.0 is outside \[0, 1\)"),
-        ({"final_sparsity": 0.5, "initial_sparsity": -0.1, "end_step": 10}, r"initial_sparsity=-0.1 is outside"),
-        ({"final_sparsity": 0.5, "initial_sparsity": 0.6, "end_step": 10}, "initial_sparsity=0.6 is above final"),
-        ({"final_sparsity": 0.5, "start_step": 10, "end_step": 10}, "end_step=10 must be greater than start_step=10"),
+        (
+            {"final_sparsity": 0.5, "initial_sparsity": -0.1, "end_step": 10},
+            r"initial_sparsity=-0.1 is outside",
+        ),
+        (
+            {"final_sparsity": 0.5, "initial_sparsity": 0.6, "end_step": 10},
+            "initial_sparsity=0.6 is above final",
+        ),
+        (
+            {"final_sparsity": 0.5, "start_step": 10, "end_step": 10},
+            "end_step=10 must be greater than start_step=10",
+        ),
         ({"final_sparsity": 0.5, "start_step": -1, "end_step": 10}, "start_step=-1 is negative"),
         ({"final_sparsity": 0.5, "end_step": 10, "frequency": 0}, "frequency=0 must be >= 1"),
     ],
