@@ -406,11 +406,23 @@ def test_chunked_backward_scales_by_incoming_gradient_and_runs_once():
         chunked.backward()
 
 
-def test_chunked_without_gradients():
+def test_chunked_without_gradients_computes_none(monkeypatch):
     student, teacher = randn(2, 5, V, seed=46), randn(2, 5, V, seed=47)
+    hidden, head = randn(2, 5, 4, seed=46), randn(V, 4, seed=47).requires_grad_()  # a trainable head, in eval
+    calls = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or grad(*a, **k))
     with torch.no_grad():
         chunked = chunked_distillation_loss(student, teacher, loss_type="tv", chunk_size=3)
+        from_hidden = chunked_distillation_loss_from_hidden(
+            hidden, head, hidden, head.detach() * 2, chunk_size=3
+        )
+        expected = forward_kl_loss(hidden @ head.T, hidden @ head.T * 2)
     torch.testing.assert_close(chunked, total_variation_loss(student, teacher))
+    torch.testing.assert_close(from_hidden, expected)
+    assert calls == []
+    chunked_distillation_loss_from_hidden(hidden, head, hidden, head.detach() * 2, chunk_size=3)
+    assert len(calls) == 4  # the probe works: with grad enabled, one gradient per chunk of 3 tokens
 
 
 class LargestTensor(TorchDispatchMode):
@@ -533,6 +545,15 @@ def test_topk_tail_of_a_confident_student_stays_finite():
     assert torch.isfinite(loss) and torch.isfinite(student.grad).all() and loss > 10
 
 
+def test_topk_cache_in_half_precision():
+    student, teacher = randn(4, 50, seed=70), randn(4, 50, seed=71)
+    logprobs, indices = teacher_topk(teacher, 10, temperature=2.0)
+    exact = topk_distillation_loss(student, logprobs, indices, temperature=2.0)
+    for dtype in (torch.float16, torch.bfloat16):
+        stored = topk_distillation_loss(student, logprobs.to(dtype), indices.int(), temperature=2.0)
+        torch.testing.assert_close(stored, exact, rtol=5e-2, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 
@@ -551,7 +572,7 @@ def test_shift_for_causal_lm_matches_transformers_alignment():
 def test_combine_losses():
     kd, ce = torch.tensor(2.0), torch.tensor(6.0)
     torch.testing.assert_close(combine_losses(kd, ce, 0.25), torch.tensor(5.0))
-    assert combine_losses(kd, ce, 1) is not None and combine_losses(kd, ce, 1).item() == 2.0
+    assert combine_losses(kd, ce, 1).item() == 2.0
     assert combine_losses(kd, ce, 0.0).item() == 6.0
 
 
