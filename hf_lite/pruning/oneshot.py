@@ -249,7 +249,7 @@ class _InputNormCollector:
 
     def __enter__(self) -> _InputNormCollector:
         for name, module in self.modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+            self._handles.append(module.register_forward_pre_hook(self._hook(name), with_kwargs=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -258,8 +258,9 @@ class _InputNormCollector:
         self._handles.clear()
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach()  # (..., in)
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            # Linear.forward(input) / Conv1D.forward(x): the input may also come as a keyword.
+            x = (args[0] if args else next(iter(kwargs.values()))).detach()  # (..., in)
             if x.dim() >= 3:
                 for token_mask in self.token_masks:
                     # Padded positions are dropped when the layer input is laid out as (batch, seq, in);

@@ -358,3 +358,21 @@ def test_wanda_layer_that_sees_no_input():
     with pytest.raises(ValueError, match=r"layers unused received no input during the calibration"):
         wanda_prune_(Toy(), batches, 0.5, exclude=DEFAULT_EXCLUDE)
     assert list(wanda_prune_(Toy(), batches, 0.5, include="^used$")) == ["used"]
+
+
+def test_wanda_sees_inputs_passed_by_keyword():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 8)
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.lin(input=self.embed(input_ids))
+
+    g = torch.Generator().manual_seed(8)
+    model = Toy()
+    ids = torch.randint(0, 10, (2, 5), generator=g)
+    x = model.embed(ids).detach().reshape(-1, 8)
+    masks = wanda_prune_(copy.deepcopy(model), [{"input_ids": ids}], 0.5)
+    assert torch.equal(masks["lin"], _reference_wanda_mask(model.lin.weight, x, 0.5, 1))
