@@ -27,8 +27,8 @@ def hub_server(tmp_path: Path) -> Iterator[HubServer]:
     While the test runs, ``huggingface_hub``/``transformers`` talk to it: ``HF_ENDPOINT`` and the client's
     import-time constants point at it, ``HF_HUB_OFFLINE`` is lifted, Xet is disabled (LFS uploads), the cache
     and token paths live under ``tmp_path / "hf_home"``, and ``HF_TOKEN`` holds ``hub_server.token`` (user
-    ``test-user``, member of ``test-org``); pass ``token=False`` to a client call to act anonymously. All of it
-    is restored afterwards, and the test errors at teardown if the server hit an internal bug.
+    ``test-user``, member of ``test-org``); pass ``token=False`` to a client call to act anonymously. All of
+    it is restored afterwards, and the test errors at teardown if the server hit an internal bug.
 
     The yielded :class:`HubServer` has ``url``, ``storage_url``, ``token``, ``user``, the request log
     (``requests``, ``count(method, path_regex, host=..., status=...)``, ``clear_log()``), fault injection
@@ -38,4 +38,6 @@ def hub_server(tmp_path: Path) -> Iterator[HubServer]:
     with HubServer() as hub, hub.client_env(tmp_path / "hf_home"):
         yield hub
     if hub.internal_errors:
-        pytest.fail("The test Hub server hit internal errors:\n" + "\n".join(hub.internal_errors), pytrace=False)
+        pytest.fail(
+            "The test Hub server hit internal errors:\n" + "\n".join(hub.internal_errors), pytrace=False
+        )

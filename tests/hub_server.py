@@ -1,17 +1,18 @@
 """A local stand-in for the Hugging Face Hub's HTTP API, for the test suite.
 
-The unmodified ``huggingface_hub`` client (and ``transformers``' ``from_pretrained``/``push_to_hub``) talk to it
-when ``HF_ENDPOINT`` points here and Xet is disabled (``HF_HUB_DISABLE_XET=1``): uploads then go through the
-legacy Git LFS protocol, which this server implements. Everything lives in memory; nothing leaves 127.0.0.1.
+The unmodified ``huggingface_hub`` client (and ``transformers``' ``from_pretrained``/``push_to_hub``) talk
+to it when ``HF_ENDPOINT`` points here and Xet is disabled (``HF_HUB_DISABLE_XET=1``): uploads then go
+through the legacy Git LFS protocol, which this server implements. Everything lives in memory; nothing
+leaves 127.0.0.1.
 
 Two listening sockets imitate the Hub's two hosts:
 
 * the **Hub** (``server.url``): the JSON API under ``/api``, the ``/{repo_id}/resolve/{revision}/{path}``
   download route and the Git LFS batch/verify API under ``/{repo_id}.git/info/lfs/objects``;
 * the **storage/CDN** host (``server.storage_url``): where LFS objects are PUT (the Hub hands out presigned S3
-  URLs) and downloaded from (the Hub answers ``resolve`` on an LFS file with a 302 to a signed CDN URL). Being on
-  another origin, the client does not follow the redirect during its HEAD call and does not send the token
-  there, exactly as with the real Hub.
+  URLs) and downloaded from (the Hub answers ``resolve`` on an LFS file with a 302 to a signed CDN URL).
+  Being on another origin, the client does not follow the redirect during its HEAD call and does not send
+  the token there, exactly as with the real Hub.
 
 What the client sees matches the Hub where the client looks: error headers (``X-Error-Code`` and
 ``X-Error-Message``, which ``hf_raise_for_status`` turns into ``RepositoryNotFoundError``,
@@ -86,10 +87,16 @@ _YAML_BLOCK_RE = re.compile(r"^(\s*---[\r\n]+)([\S\s]*?)([\r\n]+---(\r\n|\n|$))"
 
 
 class HubError(Exception):
-    """An HTTP error answered the way the Hub does: status, ``X-Error-Code``, ``X-Error-Message``, JSON body."""
+    """An HTTP error answered as the Hub does: status, ``X-Error-Code``, ``X-Error-Message``, JSON body."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
-                 body: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -104,7 +111,7 @@ def _now() -> str:
 
 
 def git_blob_sha1(data: bytes) -> str:
-    """The git object id of a blob: what the Hub reports as ``oid``/``blobId`` and the ETag of regular files."""
+    """Git object id of a blob: the ``oid``/``blobId`` the Hub reports and the ETag of regular files."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
@@ -127,7 +134,7 @@ def is_binary(sample: bytes) -> bool:
 
 
 def _glob_regex(pattern: str) -> tuple[re.Pattern[str], bool]:
-    """Compile a gitignore/gitattributes pattern. Returns (regex on the path, whether it only matches dirs)."""
+    """Compile a gitignore/gitattributes pattern into (regex on the path, whether it only matches dirs)."""
     dir_only = pattern.endswith("/")
     pattern = pattern.rstrip("/")
     anchored = "/" in pattern  # a slash anywhere but at the end anchors the pattern to the repo root
@@ -203,9 +210,9 @@ def is_gitignored(path: str, gitignore: str) -> bool:
     return ignored
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # README metadata validation (the Hub's "Invalid metadata in README.md" / YAML metadata error)
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _check_str_or_str_list(meta: dict, key: str, errors: list[str]) -> None:
@@ -266,8 +273,8 @@ def _check_model_index(model_index: Any, errors: list[str]) -> None:
 def parse_card_metadata(content: str) -> dict[str, Any] | None:
     """Metadata of a README.md: the YAML front matter as a dict (``None`` if there is none).
 
-    Raises ``ValueError`` with Hub-style messages when the block is not valid YAML or when known fields have the
-    wrong type (``tags`` not a list, ``license`` not a string, malformed ``model-index``...).
+    Raises ``ValueError`` with Hub-style messages when the block is not valid YAML or when known fields have
+    the wrong type (``tags`` not a list, ``license`` not a string, malformed ``model-index``...).
     """
     match = _YAML_BLOCK_RE.search(content)
     if match is None:
@@ -281,16 +288,35 @@ def parse_card_metadata(content: str) -> dict[str, Any] | None:
     if not isinstance(meta, dict):
         raise ValueError(f'YAML metadata error: "value" must be of type object, got {type(meta).__name__}')
     errors: list[str] = []
-    for key in ("license", "license_name", "license_link", "library_name", "pipeline_tag", "thumbnail",
-                "pretty_name", "model_name"):  # fmt: skip
+    for key in (
+        "license",
+        "license_name",
+        "license_link",
+        "library_name",
+        "pipeline_tag",
+        "thumbnail",
+        "pretty_name",
+        "model_name",
+    ):
         if key in meta and meta[key] is not None and not isinstance(meta[key], str):
             errors.append(f'"{key}" must be a string')
-    for key in ("tags", "metrics", "task_categories", "task_ids", "size_categories", "extra_gated_prompt_list"):
+    for key in (
+        "tags",
+        "metrics",
+        "task_categories",
+        "task_ids",
+        "size_categories",
+        "extra_gated_prompt_list",
+    ):
         if key in meta and meta[key] is not None:
             if not isinstance(meta[key], list):
                 errors.append(f'"{key}" must be an array')
             else:
-                errors += [f'"{key}[{i}]" must be a string' for i, v in enumerate(meta[key]) if not isinstance(v, str)]
+                errors += [
+                    f'"{key}[{i}]" must be a string'
+                    for i, v in enumerate(meta[key])
+                    if not isinstance(v, str)
+                ]
     for key in ("language", "datasets", "base_model"):
         _check_str_or_str_list(meta, key, errors)
     if "model-index" in meta:
@@ -302,9 +328,9 @@ def parse_card_metadata(content: str) -> dict[str, Any] | None:
     return meta
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # State
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -384,13 +410,13 @@ class FaultRule:
     hits: int = 0
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # HTTP handler
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Parses a request, dispatches it to :class:`HubServer` and writes the answer. One instance per request."""
+    """Parses a request, dispatches it to :class:`HubServer`, writes the answer. One instance per request."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects from the Hub
     timeout = 30  # idle keep-alive connections are dropped after this many seconds
@@ -435,7 +461,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.query = parse_qs(split.query, keep_blank_values=True)
         self.method = method
         self.status = 500
-        self.body = self._read_body()  # always drained, so the keep-alive connection stays usable
+        self.responded = False
+        try:
+            self.body = self._read_body()  # always drained, so the keep-alive connection stays usable
+        except ValueError:
+            self.close_connection = True
+            return self.send_error_response(HubError(400, "Malformed chunked request body"))
         try:
             fault = hub._take_fault(method, self.raw_path)
             if fault is not None:
@@ -446,31 +477,50 @@ class _Handler(BaseHTTPRequestHandler):
                 hub._route_storage(self)
         except HubError as err:
             self.send_error_response(err)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away mid-answer: nothing to fix here
         except Exception as exc:  # a bug in the server: answer 500 and remember it for the fixture's teardown
             hub.internal_errors.append(f"{method} {self.path}: {exc!r}\n{traceback.format_exc()}")
-            self.send_error_response(HubError(500, f"Internal server error: {exc!r}"))
+            if self.responded:
+                self.close_connection = True
+            else:
+                self.send_error_response(HubError(500, f"Internal server error: {exc!r}"))
 
-    # -- responses --------------------------------------------------------------------------------------------------
+    # -- responses -------------------------------------------------------------------------------------------
 
-    def send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-             content_type: str = "application/json; charset=utf-8", content_length: int | None = None) -> None:  # fmt: skip
+    def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json; charset=utf-8",
+    ) -> None:
         self.status = status
+        self.responded = True
         hub = self.server.hub
         with hub._lock:  # logged before answering, so a test reading the log right after a call sees it
-            hub.requests.append(RequestRecord(self.method, self.raw_path, status, self.server.role, self.query_string))
+            hub.requests.append(
+                RequestRecord(self.method, self.raw_path, status, self.server.role, self.query_string)
+            )
         self.send_response(status)
         self.send_header("X-Request-Id", f"Root={uuid.uuid4()}")
         for key, value in (headers or {}).items():
             self.send_header(key, _header_safe(value))
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body) if content_length is None else content_length))
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.method != "HEAD" and body:
             self.wfile.write(body)
 
-    def send_json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json; charset=utf-8") -> None:  # fmt: skip
-        self.send(status, json.dumps(data).encode(), headers, content_type)
+    def send_json(
+        self,
+        data: Any,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json; charset=utf-8",
+    ) -> None:
+        # default=str: README metadata may hold YAML dates, which JSON has no type for (the Hub sends strings)
+        self.send(status, json.dumps(data, default=str).encode(), headers, content_type)
 
     def send_error_response(self, err: HubError) -> None:
         headers = {"X-Error-Message": err.message, **err.headers}
@@ -487,24 +537,33 @@ class _Handler(BaseHTTPRequestHandler):
             match = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", range_header)
             total = len(data)
             if match is None or match.groups() == ("", ""):
-                raise HubError(416, f"Invalid range {range_header!r}", headers={"Content-Range": f"bytes */{total}"})
+                raise HubError(
+                    416, f"Invalid range {range_header!r}", headers={"Content-Range": f"bytes */{total}"}
+                )
             start_s, end_s = match.groups()
             if start_s:
                 start, end = int(start_s), min(int(end_s) if end_s else total - 1, total - 1)
             else:
                 start, end = max(total - int(end_s), 0), total - 1
             if start >= total or start > end:
-                raise HubError(416, f"Range {range_header!r} not satisfiable", headers={"Content-Range": f"bytes */{total}"})
+                raise HubError(
+                    416,
+                    f"Range {range_header!r} not satisfiable",
+                    headers={"Content-Range": f"bytes */{total}"},
+                )
             headers["Content-Range"] = f"bytes {start}-{end}/{total}"
             self.send(206, data[start : end + 1], headers, "application/octet-stream")
         else:
             self.send(200, data, headers, "application/octet-stream")
 
-    def json_body(self) -> Any:
+    def json_body(self) -> dict[str, Any]:
         try:
-            return json.loads(self.body or b"{}")
+            payload = json.loads(self.body or b"{}")
         except ValueError as exc:
             raise HubError(400, f"Invalid JSON body: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise HubError(400, "The JSON body must be an object")
+        return payload
 
     def param(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name) or self.query.get(name + "[]")
@@ -528,9 +587,9 @@ class _BoundServer(ThreadingHTTPServer):
         self.role = role
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # The server
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 class HubServer:
@@ -551,8 +610,14 @@ class HubServer:
     ...     print(hub.url, hub.token)
     """
 
-    def __init__(self, token: str | None = None, *, user: str = "test-user", orgs: tuple[str, ...] = ("test-org",),
-                 require_auth: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        user: str = "test-user",
+        orgs: tuple[str, ...] = ("test-org",),
+        require_auth: bool = True,
+    ) -> None:
         self.token = token or "hf_test_" + secrets.token_hex(12)
         self.user = user
         self.orgs = tuple(orgs)
@@ -571,14 +636,18 @@ class HubServer:
         self.url = ""
         self.storage_url = ""
 
-    # -- lifecycle -------------------------------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> HubServer:
         """Bind both sockets on 127.0.0.1 (ephemeral ports) and serve them from background threads."""
         for role in ("hub", "storage"):
             server = _BoundServer(self, role)
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name=f"hub-server-{role}", daemon=True)  # fmt: skip
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"hub-server-{role}",
+                daemon=True,
+            )
             thread.start()
             self._servers.append(server)
             self._threads.append(thread)
@@ -606,20 +675,28 @@ class HubServer:
     def client_env(self, home: str | os.PathLike[str], *, set_token: bool = True) -> Iterator[HubServer]:
         """Point ``huggingface_hub`` (and ``transformers``/``datasets`` if imported) at this server.
 
-        Sets ``HF_ENDPOINT``, ``HF_HUB_DISABLE_XET=1``, ``HF_HOME``/``HF_HUB_CACHE`` under ``home``, ``HF_TOKEN``
-        (unless ``set_token=False``), unsets ``HF_HUB_OFFLINE``, and patches the module constants the libraries
-        read at import time (``constants.ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_DISABLE_XET``, cache and token
-        paths, the default ``HfApi`` instance). Everything is restored on exit.
+        Sets ``HF_ENDPOINT``, ``HF_HUB_DISABLE_XET=1``, ``HF_HOME``/``HF_HUB_CACHE`` under ``home``,
+        ``HF_TOKEN`` (unless ``set_token=False``), unsets ``HF_HUB_OFFLINE``, and patches the module constants
+        the libraries read at import time (``constants.ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_DISABLE_XET``,
+        cache and token paths, the default ``HfApi`` instance). Everything is restored on exit.
         """
         with _patched_client(self, str(home), set_token):
             yield self
 
-    # -- test helpers ----------------------------------------------------------------------------------------------
+    # -- test helpers ----------------------------------------------------------------------------------------
 
-    def fail_next(self, pattern: str, times: int = 1, status: int = 500, *, method: str | None = None,
-                  message: str = "Injected fault") -> FaultRule:  # fmt: skip
-        """Make the next ``times`` requests whose path matches the regex ``pattern`` (``re.search`` on the URL
-        path, query excluded; e.g. ``r"/commit/"``, ``r"/preupload/"``, ``r"^/upload/"``) fail with ``status``.
+    def fail_next(
+        self,
+        pattern: str,
+        times: int = 1,
+        status: int = 500,
+        *,
+        method: str | None = None,
+        message: str = "Injected fault",
+    ) -> FaultRule:
+        """Make the next ``times`` requests whose path matches the regex ``pattern`` (``re.search`` on the
+        URL path, query excluded; e.g. ``r"/commit/"``, ``r"/preupload/"``, ``r"^/upload/"``) fail with
+        ``status``.
 
         ``method`` restricts the rule to one HTTP method. Returns the rule; ``rule.hits`` counts the failures
         served, ``rule.remaining`` those still to come.
@@ -642,9 +719,15 @@ class HubServer:
                     return rule
         return None
 
-    def count(self, method: str | None = None, pattern: str | None = None, *, host: str | None = None,
-              status: int | None = None) -> int:  # fmt: skip
-        """Number of logged requests with this method / path regex / host (``"hub"``, ``"storage"``) / status."""
+    def count(
+        self,
+        method: str | None = None,
+        pattern: str | None = None,
+        *,
+        host: str | None = None,
+        status: int | None = None,
+    ) -> int:
+        """How many logged requests match method, path regex, host (``"hub"``/``"storage"``) and status."""
         with self._lock:
             return sum(
                 1
@@ -682,7 +765,7 @@ class HubServer:
             repo = self._repo(repo_id, repo_type)
             return self._history(repo, self._resolve(repo, revision))
 
-    # -- internals: state ------------------------------------------------------------------------------------------
+    # -- internals: state ------------------------------------------------------------------------------------
 
     def _content(self, entry: FileEntry) -> bytes:
         return entry.data if entry.data is not None else self.blobs[entry.lfs_oid or ""]
@@ -691,8 +774,15 @@ class HubServer:
         self._counter += 1
         return hashlib.sha1("\n".join((*parts, str(time.time_ns()), str(self._counter))).encode()).hexdigest()
 
-    def _make_commit(self, repo: Repo, parent: Commit | None, files: dict[str, FileEntry], title: str,
-                     message: str, author: str) -> Commit:  # fmt: skip
+    def _make_commit(
+        self,
+        repo: Repo,
+        parent: Commit | None,
+        files: dict[str, FileEntry],
+        title: str,
+        message: str,
+        author: str,
+    ) -> Commit:
         oid = self._new_oid(repo.repo_id, parent.oid if parent else "", title)
         commit = Commit(oid, parent.oid if parent else None, title, message, author, _now(), files)
         repo.commits[oid] = commit
@@ -718,15 +808,15 @@ class HubServer:
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
     def _branch_ref(self, repo: Repo, revision: str) -> str:
-        """The ref a commit on ``revision`` moves: a branch (``main``, ``refs/heads/x``) or a PR (``refs/pr/N``)."""
+        """The ref a commit on ``revision`` moves: a branch (``main``, ``refs/heads/x``) or ``refs/pr/N``."""
         ref = revision if revision.startswith("refs/") else f"refs/heads/{revision}"
         if ref in repo.refs and (ref.startswith("refs/heads/") or ref.startswith("refs/pr/")):
             return ref
-        if ref in repo.refs or _COMMIT_RE.fullmatch(revision):
+        if ref in repo.refs or f"refs/tags/{revision}" in repo.refs or _COMMIT_RE.fullmatch(revision):
             raise HubError(400, f"Cannot commit to {revision!r}: not a branch. Create a branch first.")
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
-    # -- internals: auth ------------------------------------------------------------------------------------------
+    # -- internals: auth -------------------------------------------------------------------------------------
 
     def _user(self, req: _Handler) -> str | None:
         """The authenticated user name, ``None`` for anonymous; 401 on a token the server does not know."""
@@ -746,8 +836,11 @@ class HubServer:
     def _require_user(self, req: _Handler) -> str:
         user = self._user(req)
         if user is None:
-            raise HubError(401, "Authentication required: pass a token with write access "
-                                "(token=... or the HF_TOKEN environment variable)")  # fmt: skip
+            raise HubError(
+                401,
+                "Authentication required: pass a token with write access "
+                "(token=... or the HF_TOKEN environment variable)",
+            )
         return user
 
     def _get_repo(self, req: _Handler, repo_type: str, repo_id: str, *, write: bool = False) -> Repo:
@@ -763,7 +856,7 @@ class HubServer:
             raise HubError(403, f"You don't have the rights to write to {repo_id}")
         return repo
 
-    # -- routing ---------------------------------------------------------------------------------------------------
+    # -- routing ---------------------------------------------------------------------------------------------
 
     def _route_hub(self, req: _Handler) -> None:
         path, method = req.raw_path, req.method
@@ -801,7 +894,9 @@ class HubServer:
                     rest = segs[offset + n + 1 :]
                     if rest[0] == "refs" and len(rest) > 3 and rest[1] in ("pr", "heads", "tags", "convert"):
                         rest = ["/".join(rest[:3]), *rest[3:]]  # an unquoted "refs/pr/1" revision
-                    return self._resolve_file(req, repo_type, repo_id, unquote(rest[0]), unquote("/".join(rest[1:])))
+                    return self._resolve_file(
+                        req, repo_type, repo_id, unquote(rest[0]), unquote("/".join(rest[1:]))
+                    )
         raise HubError(404, f"Not found: {method} {path} is not an endpoint of this test Hub")
 
     def _route_repo_api(self, req: _Handler, repo_type: str, repo_id: str, rest: list[str]) -> None:
@@ -831,21 +926,32 @@ class HubServer:
             return self._settings(req, repo_type, repo_id)
         raise HubError(404, f"Not found: {method} {req.raw_path} is not an endpoint of this test Hub")
 
-    # -- account ---------------------------------------------------------------------------------------------------
+    # -- account ---------------------------------------------------------------------------------------------
 
     def _whoami(self, req: _Handler) -> None:
         """``GET /api/whoami-v2``: the token's user, 401 without a valid token."""
         user = self._user(req)
         if user is None:
             raise HubError(401, "Invalid credentials in Authorization header")
-        req.send_json({
-            "type": "user", "id": hashlib.md5(user.encode()).hexdigest()[:24], "name": user, "fullname": user,
-            "email": None, "emailVerified": False, "isPro": False, "canPay": False,
-            "orgs": [{"type": "org", "name": org, "roleInOrg": "write"} for org in self.orgs],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "hf-lite-tests", "role": "write"}},
-        })  # fmt: skip
+        req.send_json(
+            {
+                "type": "user",
+                "id": hashlib.md5(user.encode()).hexdigest()[:24],
+                "name": user,
+                "fullname": user,
+                "email": None,
+                "emailVerified": False,
+                "isPro": False,
+                "canPay": False,
+                "orgs": [{"type": "org", "name": org, "roleInOrg": "write"} for org in self.orgs],
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {"displayName": "hf-lite-tests", "role": "write"},
+                },
+            }
+        )
 
-    # -- repos -----------------------------------------------------------------------------------------------------
+    # -- repos -----------------------------------------------------------------------------------------------
 
     def _repo_id_from_payload(self, payload: dict[str, Any], user: str) -> tuple[str, str]:
         name, organization = payload.get("name"), payload.get("organization")
@@ -854,33 +960,53 @@ class HubServer:
             raise HubError(400, f"Invalid repo type {repo_type!r}: must be one of {sorted(URL_PREFIXES)}")
         namespace = organization or user
         for label, value in (("name", name), ("namespace", namespace)):
-            if (not isinstance(value, str) or not _NAME_RE.fullmatch(value) or "--" in value or ".." in value
-                    or value.endswith(".git")):  # fmt: skip
-                raise HubError(400, f"Invalid repo {label} {value!r}: use letters, digits, '-', '_' and '.', do "
-                                    "not start or end with '-' or '.', no '--' or '..', at most 96 characters.")  # fmt: skip
+            if (
+                not isinstance(value, str)
+                or not _NAME_RE.fullmatch(value)
+                or "--" in value
+                or ".." in value
+                or value.endswith(".git")
+            ):
+                raise HubError(
+                    400,
+                    f"Invalid repo {label} {value!r}: use letters, digits, '-', '_' and '.', do "
+                    "not start or end with '-' or '.', no '--' or '..', at most 96 characters.",
+                )
         return repo_type, f"{namespace}/{name}"
 
     def _create_repo(self, req: _Handler) -> None:
         """``POST /api/repos/create``: new repo with the Hub's initial commit (a ``.gitattributes``).
 
-        409 (with the repo ``url`` in the body, which ``create_repo(exist_ok=True)`` relies on) when it exists;
-        403 outside the user's namespaces; 400 on an invalid name.
+        409 (with the repo ``url`` in the body, which ``create_repo(exist_ok=True)`` relies on) when it
+        exists; 403 outside the user's namespaces; 400 on an invalid name.
         """
         user = self._require_user(req)
         payload = req.json_body()
         repo_type, repo_id = self._repo_id_from_payload(payload, user)
         if repo_id.split("/")[0] not in self._namespaces(user):
-            raise HubError(403, f"You don't have the rights to create a {repo_type} under the namespace "
-                                f"{repo_id.split('/')[0]!r}")  # fmt: skip
+            raise HubError(
+                403,
+                f"You don't have the rights to create a {repo_type} under the namespace "
+                f"{repo_id.split('/')[0]!r}",
+            )
         private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
         url = f"{self.url}/{URL_PREFIXES[repo_type]}{repo_id}"
         with self._lock:
             if any(k[0] == repo_type and k[1].lower() == repo_id.lower() for k in self.repos):
-                raise HubError(409, f"You already created this {repo_type} repo", body={
-                    "error": f"You already created this {repo_type} repo", "url": url})  # fmt: skip
+                raise HubError(
+                    409,
+                    f"You already created this {repo_type} repo",
+                    body={"error": f"You already created this {repo_type} repo", "url": url},
+                )
             repo = Repo(repo_type, repo_id, private, _now())
-            commit = self._make_commit(repo, None, {".gitattributes": FileEntry.regular(DEFAULT_GITATTRIBUTES.encode())},
-                                       "initial commit", "", user)  # fmt: skip
+            commit = self._make_commit(
+                repo,
+                None,
+                {".gitattributes": FileEntry.regular(DEFAULT_GITATTRIBUTES.encode())},
+                "initial commit",
+                "",
+                user,
+            )
             repo.refs["refs/heads/main"] = commit.oid
             self.repos[repo.key] = repo
         req.send_json({"url": url, "name": repo_id, "id": hashlib.md5(repo_id.encode()).hexdigest()[:24]})
@@ -917,7 +1043,8 @@ class HubServer:
 
     def _repo_info(self, req: _Handler, repo_type: str, repo_id: str, revision: str) -> None:
         """``GET /api/{type}s/{repo_id}[/revision/{rev}]``: id, sha, private, siblings (+ sizes/LFS with
-        ``blobs=true``), cardData and tags from the README metadata; ``expand=`` keeps only the listed fields."""
+        ``blobs=true``), cardData and tags from the README metadata; ``expand=`` keeps only the listed
+        fields."""
         with self._lock:
             repo = self._get_repo(req, repo_type, repo_id)
             commit = self._resolve(repo, revision)
@@ -925,7 +1052,9 @@ class HubServer:
             card: dict[str, Any] | None = None
             if "README.md" in commit.files:
                 try:
-                    card = parse_card_metadata(self._content(commit.files["README.md"]).decode("utf-8", "replace"))
+                    card = parse_card_metadata(
+                        self._content(commit.files["README.md"]).decode("utf-8", "replace")
+                    )
                 except ValueError:
                     card = None
             config = None
@@ -966,7 +1095,7 @@ class HubServer:
             data = {k: v for k, v in data.items() if k in ("_id", "id") or k in expand}
         req.send_json(data)
 
-    # -- trees -----------------------------------------------------------------------------------------------------
+    # -- trees -----------------------------------------------------------------------------------------------
 
     def _last_commit(self, repo: Repo, commit: Commit, path: str, is_dir: bool) -> dict[str, str]:
         def state(c: Commit) -> Any:
@@ -981,11 +1110,15 @@ class HubServer:
             current = repo.commits[current.parent]
         return {"id": current.oid, "title": current.title, "date": current.date}
 
-    def _tree_entries(self, repo: Repo, commit: Commit, base: str, recursive: bool, expand: bool) -> list[dict]:
+    def _tree_entries(
+        self, repo: Repo, commit: Commit, base: str, recursive: bool, expand: bool
+    ) -> list[dict]:
         prefix = base + "/" if base else ""
         files = {p: e for p, e in commit.files.items() if p.startswith(prefix)}
         if base and not files:
-            raise HubError(404, f"Entry not found: {base!r} is not a folder at this revision", "EntryNotFound")
+            raise HubError(
+                404, f"Entry not found: {base!r} is not a folder at this revision", "EntryNotFound"
+            )
         dirs: set[str] = set()
         entries: list[dict[str, Any]] = []
         for path, entry in files.items():
@@ -994,21 +1127,38 @@ class HubServer:
                 if recursive or k == 1:
                     dirs.add(prefix + "/".join(rel[:k]))
             if recursive or len(rel) == 1:
-                item: dict[str, Any] = {"type": "file", "oid": entry.blob_id, "size": entry.size, "path": path}
+                item: dict[str, Any] = {
+                    "type": "file",
+                    "oid": entry.blob_id,
+                    "size": entry.size,
+                    "path": path,
+                }
                 if entry.lfs_oid:
-                    item["lfs"] = {"oid": entry.lfs_oid, "size": entry.size, "pointerSize": entry.pointer_size}
+                    item["lfs"] = {
+                        "oid": entry.lfs_oid,
+                        "size": entry.size,
+                        "pointerSize": entry.pointer_size,
+                    }
                 entries.append(item)
         for d in dirs:
-            tree_oid = hashlib.sha1(repr(sorted((p, e.blob_id) for p, e in commit.files.items()
-                                                if p.startswith(d + "/"))).encode()).hexdigest()  # fmt: skip
+            tree_oid = hashlib.sha1(
+                repr(
+                    sorted((p, e.blob_id) for p, e in commit.files.items() if p.startswith(d + "/"))
+                ).encode()
+            ).hexdigest()
             entries.append({"type": "directory", "oid": tree_oid, "size": 0, "path": d})
         entries.sort(key=lambda e: e["path"])
         if expand:
             for item in entries:
-                item["lastCommit"] = self._last_commit(repo, commit, item["path"], item["type"] == "directory")
+                item["lastCommit"] = self._last_commit(
+                    repo, commit, item["path"], item["type"] == "directory"
+                )
                 if item["type"] == "file":
-                    item["securityFileStatus"] = {"status": "safe", "avScan": {"virusFound": False, "virusNames": None},
-                                                  "pickleImportScan": None}  # fmt: skip
+                    item["securityFileStatus"] = {
+                        "status": "safe",
+                        "avScan": {"virusFound": False, "virusNames": None},
+                        "pickleImportScan": None,
+                    }
         return entries
 
     def _paginated(self, req: _Handler, items: list[Any], page_size: int) -> None:
@@ -1032,7 +1182,7 @@ class HubServer:
         self._paginated(req, entries, TREE_EXPANDED_PAGE_SIZE if expand else TREE_PAGE_SIZE)
 
     def _paths_info(self, req: _Handler, repo_type: str, repo_id: str, revision: str) -> None:
-        """``POST /api/{type}s/{repo_id}/paths-info/{rev}`` (form or JSON ``paths``): info on existing paths."""
+        """``POST /api/{type}s/{repo_id}/paths-info/{rev}`` (form or JSON ``paths``): existing paths only."""
         if req.headers.get("Content-Type", "").startswith("application/json"):
             payload = req.json_body()
             paths, expand = payload.get("paths") or [], bool(payload.get("expand"))
@@ -1053,8 +1203,11 @@ class HubServer:
             refs = dict(repo.refs)
 
         def group(prefix: str) -> list[dict[str, str]]:
-            return [{"name": r[len(prefix) :], "ref": r, "targetCommit": oid}
-                    for r, oid in sorted(refs.items()) if r.startswith(prefix)]  # fmt: skip
+            return [
+                {"name": r[len(prefix) :], "ref": r, "targetCommit": oid}
+                for r, oid in sorted(refs.items())
+                if r.startswith(prefix)
+            ]
 
         data = {"branches": group("refs/heads/"), "tags": group("refs/tags/"), "converts": []}
         if req.flag("include_prs"):
@@ -1068,8 +1221,13 @@ class HubServer:
             history = self._history(repo, self._resolve(repo, revision))
         items = []
         for c in history:
-            item: dict[str, Any] = {"id": c.oid, "title": c.title, "message": c.message, "date": c.date,
-                                    "authors": [{"user": c.author, "avatar": ""}]}  # fmt: skip
+            item: dict[str, Any] = {
+                "id": c.oid,
+                "title": c.title,
+                "message": c.message,
+                "date": c.date,
+                "authors": [{"user": c.author, "avatar": ""}],
+            }
             if "formatted" in (req.query.get("expand[]") or []):
                 item["formatted"] = {"title": c.title, "message": c.message}
             items.append(item)
@@ -1095,7 +1253,9 @@ class HubServer:
             payload = req.json_body()
             start = self._resolve(repo, payload.get("startingPoint") or "main")
             if payload.get("emptyCommit"):
-                start = self._make_commit(repo, None, {}, f"Create branch {branch}", "", self._require_user(req))
+                start = self._make_commit(
+                    repo, None, {}, f"Create branch {branch}", "", self._require_user(req)
+                )
             repo.refs[ref] = start.oid
         req.send_json({})
 
@@ -1116,28 +1276,32 @@ class HubServer:
             repo.refs[f"refs/tags/{tag}"] = self._resolve(repo, revision_or_tag).oid
         req.send_json({})
 
-    # -- README metadata -------------------------------------------------------------------------------------------
+    # -- README metadata -------------------------------------------------------------------------------------
 
     def _validate_yaml(self, req: _Handler) -> None:
-        """``POST /api/validate-yaml`` (``{"content", "repoType"}``): 400 with ``errors: [{message}]`` when the
-        README metadata is invalid; the client turns that into ``ValueError("Invalid metadata in README.md...")``."""
+        """``POST /api/validate-yaml`` (``{"content", "repoType"}``): 400 with ``errors: [{message}]`` when
+        the README metadata is invalid; the client raises ``ValueError("Invalid metadata in README.md")``."""
         self._user(req)  # a wrong token is rejected, no token is fine
         content = req.json_body().get("content")
         if not isinstance(content, str):
-            raise HubError(400, '"content" must be a string', body={"errors": [{"message": '"content" must be a string'}]})
+            raise HubError(
+                400,
+                '"content" must be a string',
+                body={"errors": [{"message": '"content" must be a string'}]},
+            )
         try:
             parse_card_metadata(content)
         except ValueError as exc:
             raise HubError(400, str(exc), body={"errors": [{"message": str(exc)}], "warnings": []}) from exc
         req.send_json({"errors": [], "warnings": []})
 
-    # -- uploads ---------------------------------------------------------------------------------------------------
+    # -- uploads ---------------------------------------------------------------------------------------------
 
     def _preupload(self, req: _Handler, repo_type: str, repo_id: str, revision: str) -> None:
         """``POST /api/{type}s/{repo_id}/preupload/{rev}``: for each file, ``uploadMode`` ("lfs" if
         ``.gitattributes`` tracks it with LFS, if it is over 10 MiB or if its sample is binary; "regular"
-        otherwise), ``shouldIgnore`` (from the ``gitIgnore`` sent or the repo's ``.gitignore``) and the ``oid``
-        of the file already at that path (lets the client skip unchanged files)."""
+        otherwise), ``shouldIgnore`` (from the ``gitIgnore`` sent or the repo's ``.gitignore``) and the
+        ``oid`` of the file already at that path (lets the client skip unchanged files)."""
         payload = req.json_body()
         files = payload.get("files")
         if not isinstance(files, list):
@@ -1146,7 +1310,9 @@ class HubServer:
             repo = self._get_repo(req, repo_type, repo_id, write=True)
             commit = self._resolve(repo, revision)
             gitattributes = commit.files.get(".gitattributes")
-            rules = lfs_patterns(self._content(gitattributes).decode("utf-8", "replace")) if gitattributes else []
+            rules = (
+                lfs_patterns(self._content(gitattributes).decode("utf-8", "replace")) if gitattributes else []
+            )
             gitignore = payload.get("gitIgnore")
             if gitignore is None and ".gitignore" in commit.files:
                 gitignore = self._content(commit.files[".gitignore"]).decode("utf-8", "replace")
@@ -1163,8 +1329,11 @@ class HubServer:
                 if not isinstance(size, int) or size < 0:
                     raise HubError(400, f"Invalid size for {path!r}: {size!r}")
                 lfs = is_lfs_tracked(path, rules) or size > REGULAR_FILE_MAX_SIZE or is_binary(sample)
-                info: dict[str, Any] = {"path": path, "uploadMode": "lfs" if lfs else "regular",
-                                        "shouldIgnore": bool(gitignore) and is_gitignored(path, gitignore)}  # fmt: skip
+                info: dict[str, Any] = {
+                    "path": path,
+                    "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": bool(gitignore) and is_gitignored(path, gitignore),
+                }
                 existing = commit.files.get(path)
                 if existing is not None:
                     info["oid"] = existing.lfs_oid or existing.blob_id
@@ -1175,23 +1344,36 @@ class HubServer:
         """``POST /{repo_id}.git/info/lfs/objects/batch`` (Git LFS batch API, basic transfer).
 
         Upload: objects already in the repo get no ``actions`` (the client then skips them); the others get an
-        ``upload`` href on the storage host (a presigned-URL stand-in, no token needed) and a ``verify`` href on
-        the Hub. Download: ``download`` hrefs to signed CDN URLs.
+        ``upload`` href on the storage host (a presigned-URL stand-in, no token needed) and a ``verify``
+        href on the Hub. Download: ``download`` hrefs to signed CDN URLs.
         """
         payload = req.json_body()
         operation = payload.get("operation")
         objects = payload.get("objects")
         if operation not in ("upload", "download") or not isinstance(objects, list):
-            raise HubError(422, "Invalid LFS batch request: needs 'operation' (upload|download) and 'objects'")
+            raise HubError(
+                422, "Invalid LFS batch request: needs 'operation' (upload|download) and 'objects'"
+            )
         with self._lock:
             repo = self._get_repo(req, repo_type, repo_id, write=operation == "upload")
             out = []
             for obj in objects:
-                oid, size = obj.get("oid") if isinstance(obj, dict) else None, obj.get("size") if isinstance(obj, dict) else None
+                oid, size = (
+                    obj.get("oid") if isinstance(obj, dict) else None,
+                    obj.get("size") if isinstance(obj, dict) else None,
+                )
                 item: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else 0}
-                if not isinstance(oid, str) or not _SHA256_RE.fullmatch(oid) or not isinstance(size, int) or size < 0:
-                    item["error"] = {"code": 422, "message": "Invalid object: 'oid' must be a sha256 hex digest "
-                                                             "and 'size' a non-negative integer"}  # fmt: skip
+                if (
+                    not isinstance(oid, str)
+                    or not _SHA256_RE.fullmatch(oid)
+                    or not isinstance(size, int)
+                    or size < 0
+                ):
+                    item["error"] = {
+                        "code": 422,
+                        "message": "Invalid object: 'oid' must be a sha256 hex digest "
+                        "and 'size' a non-negative integer",
+                    }
                 elif operation == "download":
                     if oid not in repo.lfs_objects:
                         item["error"] = {"code": 404, "message": "Object does not exist"}
@@ -1202,11 +1384,15 @@ class HubServer:
                     self._upload_tickets[ticket] = (repo.key, oid, size)
                     verify = f"{self.url}/{repo.url_path}.git/info/lfs/objects/verify"
                     item["authenticated"] = True
-                    item["actions"] = {"upload": {"href": f"{self.storage_url}/upload/{ticket}", "expires_in": 86400},
-                                       "verify": {"href": verify}}  # fmt: skip
+                    item["actions"] = {
+                        "upload": {"href": f"{self.storage_url}/upload/{ticket}", "expires_in": 86400},
+                        "verify": {"href": verify},
+                    }
                 out.append(item)
-        req.send_json({"transfer": "basic", "objects": out, "hash_algo": "sha256"},
-                      content_type="application/vnd.git-lfs+json")  # fmt: skip
+        req.send_json(
+            {"transfer": "basic", "objects": out, "hash_algo": "sha256"},
+            content_type="application/vnd.git-lfs+json",
+        )
 
     def _lfs_verify(self, req: _Handler, repo_type: str, repo_id: str) -> None:
         """``POST /{repo_id}.git/info/lfs/objects/verify`` (``{"oid", "size"}``): 404 if the object was not
@@ -1225,8 +1411,8 @@ class HubServer:
         (``oid`` of an uploaded LFS object), ``deletedFile`` and ``deletedFolder`` lines.
 
         Atomic: every line is checked (paths, base64, regular files under 10 MiB and not binary, LFS objects
-        uploaded, deleted paths existing, README metadata valid) before anything changes. ``parentCommit`` must
-        be the branch head (412 otherwise) or, with ``create_pr``, is where the PR starts. Answers
+        uploaded, deleted paths existing, README metadata valid) before anything changes. ``parentCommit``
+        must be the branch head (412 otherwise) or, with ``create_pr``, is where the PR starts. Answers
         ``{commitUrl, commitOid, pullRequestUrl}``.
         """
         lines = []
@@ -1253,7 +1439,11 @@ class HubServer:
             base = repo.commits[repo.refs[ref]]
             parent_commit = header.get("parentCommit")
             if parent_commit is not None:
-                parent = self._resolve(repo, str(parent_commit)) if _COMMIT_RE.fullmatch(str(parent_commit)) else None
+                parent = (
+                    self._resolve(repo, str(parent_commit))
+                    if _COMMIT_RE.fullmatch(str(parent_commit))
+                    else None
+                )
                 if parent is None:
                     raise HubError(400, f"Invalid parentCommit {parent_commit!r}")
                 if create_pr:
@@ -1269,8 +1459,11 @@ class HubServer:
                     raise HubError(400, f"Invalid metadata in README.md. {exc}") from exc
             # Everything checked: from here on, nothing can fail.
             commit = self._make_commit(repo, base, files, summary, description, user)
-            result: dict[str, Any] = {"success": True, "commitOid": commit.oid,
-                                      "commitUrl": f"{self.url}/{repo.url_path}/commit/{commit.oid}"}  # fmt: skip
+            result: dict[str, Any] = {
+                "success": True,
+                "commitOid": commit.oid,
+                "commitUrl": f"{self.url}/{repo.url_path}/commit/{commit.oid}",
+            }
             if create_pr:
                 repo.discussions += 1
                 repo.refs[f"refs/pr/{repo.discussions}"] = commit.oid
@@ -1279,7 +1472,9 @@ class HubServer:
                 repo.refs[ref] = commit.oid
         req.send_json(result)
 
-    def _apply_operations(self, repo: Repo, files: dict[str, FileEntry], ops: list[Any]) -> dict[str, FileEntry]:
+    def _apply_operations(
+        self, repo: Repo, files: dict[str, FileEntry], ops: list[Any]
+    ) -> dict[str, FileEntry]:
         """Apply commit lines to a copy of the tree, raising HubError on the first invalid one."""
         missing_lfs = []
         for op in ops:
@@ -1295,16 +1490,26 @@ class HubServer:
                 except binascii.Error as exc:
                     raise HubError(400, f"Invalid base64 content for {path!r}") from exc
                 if len(data) > REGULAR_FILE_MAX_SIZE:
-                    raise HubError(400, "Your push was rejected because it contains files larger than 10 MiB. "
-                                        f"Upload them with LFS instead. Offending file: - {path}")  # fmt: skip
+                    raise HubError(
+                        400,
+                        "Your push was rejected because it contains files larger than 10 MiB. "
+                        f"Upload them with LFS instead. Offending file: - {path}",
+                    )
                 if is_binary(data[:1024]):
-                    raise HubError(400, "Your push was rejected because it contains binary files. Upload them "
-                                        f"with LFS instead. Offending file: - {path}")  # fmt: skip
+                    raise HubError(
+                        400,
+                        "Your push was rejected because it contains binary files. Upload them "
+                        f"with LFS instead. Offending file: - {path}",
+                    )
                 _check_no_conflict(files, path)
                 files[path] = FileEntry.regular(data)
             elif key == "lfsFile":
                 oid = value.get("oid")
-                if value.get("algo", "sha256") != "sha256" or not isinstance(oid, str) or not _SHA256_RE.fullmatch(oid):
+                if (
+                    value.get("algo", "sha256") != "sha256"
+                    or not isinstance(oid, str)
+                    or not _SHA256_RE.fullmatch(oid)
+                ):
                     raise HubError(400, f"Invalid LFS oid for {path!r}: {oid!r}")
                 if oid not in repo.lfs_objects:
                     missing_lfs.append(path)
@@ -1328,40 +1533,61 @@ class HubServer:
             else:
                 raise HubError(400, f"Unknown commit operation {key!r}")
         if missing_lfs:
-            raise HubError(400, "Your push was rejected because an LFS pointer pointed to a file that does not "
-                                "exist. Offending file(s): - " + " - ".join(missing_lfs))  # fmt: skip
+            raise HubError(
+                400,
+                "Your push was rejected because an LFS pointer pointed to a file that does not "
+                "exist. Offending file(s): - " + " - ".join(missing_lfs),
+            )
         return files
 
-    # -- downloads -------------------------------------------------------------------------------------------------
+    # -- downloads -------------------------------------------------------------------------------------------
 
     def _cdn_url(self, oid: str) -> str:
         signature = hmac.new(self._secret, oid.encode(), hashlib.sha256).hexdigest()
         return f"{self.storage_url}/lfs/{oid}?{urlencode({'X-Signature': signature})}"
 
     def _resolve_file(self, req: _Handler, repo_type: str, repo_id: str, revision: str, path: str) -> None:
-        """``GET|HEAD /{repo_id}/resolve/{rev}/{path}``, what ``hf_hub_download`` and ``from_pretrained`` call.
+        """``GET|HEAD /{repo_id}/resolve/{rev}/{path}``: what ``hf_hub_download``/``from_pretrained`` call.
 
-        Regular file: 200 with the bytes, ``ETag`` (git blob id), ``X-Repo-Commit``, ``Content-Length``. LFS file:
-        302 to a signed URL on the storage host with ``X-Linked-Etag`` (sha256), ``X-Linked-Size`` and
-        ``X-Repo-Commit``. Errors: RepoNotFound (401/404), RevisionNotFound (404), EntryNotFound (404, with
-        ``X-Repo-Commit`` so the client caches the absence).
+        Regular file: 200 with the bytes, ``ETag`` (git blob id), ``X-Repo-Commit``, ``Content-Length``. LFS
+        file: 302 to a signed URL on the storage host with ``X-Linked-Etag`` (sha256), ``X-Linked-Size`` and
+        ``X-Repo-Commit``. Errors: RepoNotFound (401/404), GatedRepo (gated repo, caller not in its
+        namespace), RevisionNotFound (404), EntryNotFound (404, with ``X-Repo-Commit`` so the client caches
+        the absence).
         """
         with self._lock:
             repo = self._get_repo(req, repo_type, repo_id)
+            user = self._user(req)
+            if repo.gated and repo_id.split("/")[0] not in self._namespaces(user):
+                # The Hub lets anyone see a gated repo's info but not download its files.
+                raise HubError(
+                    401 if user is None else 403,
+                    f"Access to {repo_type} {repo_id} is restricted. You must have access to it and be "
+                    "authenticated to access it. Please log in.",
+                    "GatedRepo",
+                )
             commit = self._resolve(repo, revision)
             entry = commit.files.get(path)
             if entry is None:
                 raise HubError(404, "Entry not found", "EntryNotFound", headers={"X-Repo-Commit": commit.oid})
             data = self._content(entry)
-        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{entry.blob_id}"',
-                   "Content-Disposition": f'inline; filename="{quote(path.rsplit("/", 1)[-1])}"'}  # fmt: skip
+        headers = {
+            "X-Repo-Commit": commit.oid,
+            "ETag": f'"{entry.blob_id}"',
+            "Content-Disposition": f'inline; filename="{quote(path.rsplit("/", 1)[-1])}"',
+        }
         if entry.lfs_oid:
-            headers.update({"Location": self._cdn_url(entry.lfs_oid), "X-Linked-Etag": f'"{entry.lfs_oid}"',
-                            "X-Linked-Size": str(entry.size)})  # fmt: skip
+            headers.update(
+                {
+                    "Location": self._cdn_url(entry.lfs_oid),
+                    "X-Linked-Etag": f'"{entry.lfs_oid}"',
+                    "X-Linked-Size": str(entry.size),
+                }
+            )
             return req.send(302, b"", headers, "text/plain; charset=utf-8")
         req.send_content(data, headers)
 
-    # -- storage host ----------------------------------------------------------------------------------------------
+    # -- storage host ----------------------------------------------------------------------------------------
 
     def _route_storage(self, req: _Handler) -> None:
         """The S3/CDN stand-in: ``PUT /upload/{ticket}`` (presigned LFS upload, checks size and sha256) and
@@ -1415,9 +1641,9 @@ def _check_no_conflict(files: dict[str, FileEntry], path: str) -> None:
         raise HubError(400, f"Cannot create file {path!r}: a folder with this name exists")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Pointing the client libraries at the server
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -1435,14 +1661,29 @@ def _patched_client(hub: HubServer, home: str, set_token: bool) -> Iterator[None
         setattr(obj, name, value)
 
     cache = os.path.join(home, "hub")
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": home, "HF_HUB_CACHE": cache,
-           "HF_XET_CACHE": os.path.join(home, "xet"), "HF_TOKEN_PATH": os.path.join(home, "token")}  # fmt: skip
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": home,
+        "HF_HUB_CACHE": cache,
+        "HF_XET_CACHE": os.path.join(home, "xet"),
+        "HF_TOKEN_PATH": os.path.join(home, "token"),
+    }
     if set_token:
         env["HF_TOKEN"] = hub.token
     try:
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN",
-                     "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_DISABLE_IMPLICIT_TOKEN",
-                     "HUGGINGFACE_CO_STAGING", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE"):  # fmt: skip
+        for name in (
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_DATASETS_OFFLINE",
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_OIDC_RESOURCE",
+            "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+            "HUGGINGFACE_CO_STAGING",
+            "HUGGINGFACE_HUB_CACHE",
+            "HF_ASSETS_CACHE",
+        ):
             os.environ.pop(name, None)
         os.environ.update(env)
         # huggingface_hub reads these once, at import time.
@@ -1467,7 +1708,9 @@ def _patched_client(hub: HubServer, home: str, set_token: bool) -> Iterator[None
 
         setattr_(hf_api.api, "endpoint", hub.url)  # the instance behind the module-level functions
         if "transformers.utils.hub" in sys.modules:
-            setattr_(sys.modules["transformers.utils.hub"], "_hf_api", None)  # rebuilt lazily with the new endpoint
+            setattr_(
+                sys.modules["transformers.utils.hub"], "_hf_api", None
+            )  # rebuilt lazily with the new endpoint
         if "datasets.config" in sys.modules:
             dconfig = sys.modules["datasets.config"]
             setattr_(dconfig, "HF_ENDPOINT", hub.url)
@@ -1480,7 +1723,9 @@ def _patched_client(hub: HubServer, home: str, set_token: bool) -> Iterator[None
         for undo in reversed(restore):
             undo()
         if "transformers.utils.hub" in sys.modules:
-            sys.modules["transformers.utils.hub"]._hf_api = None  # built during the test: it knows the dead server
+            sys.modules[
+                "transformers.utils.hub"
+            ]._hf_api = None  # built during the test: it knows the dead server
         _reset_client_caches()
         os.environ.clear()
         os.environ.update(saved_env)

@@ -11,6 +11,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download
 from huggingface_hub.errors import (
     BadRequestError,
+    GatedRepoError,
     HfHubHTTPError,
     HFValidationError,
     RemoteEntryNotFoundError,
@@ -21,7 +22,9 @@ from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from tests.hub_server import HubServer, is_gitignored, is_lfs_tracked, lfs_patterns, parse_card_metadata
 
-pytest_plugins = ["tests.hub_fixtures"]  # the `hub_server` fixture (harmless once tests/conftest.py lists it too)
+pytest_plugins = [
+    "tests.hub_fixtures"
+]  # the `hub_server` fixture (harmless once tests/conftest.py lists it too)
 REPO = "test-user/tiny"
 
 
@@ -36,12 +39,14 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 def _raw_commit(hub: HubServer, repo_id: str, lines: list[dict], token: str | None) -> None:
-    """POST an NDJSON commit with the client's own HTTP session and error mapping (bypasses its pre-checks)."""
+    """POST an NDJSON commit through the client's HTTP session and error mapping, skipping its checks."""
     body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
     headers = {"Content-Type": "application/x-ndjson"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    response = get_session().post(f"{hub.url}/api/models/{repo_id}/commit/main", content=body, headers=headers)
+    response = get_session().post(
+        f"{hub.url}/api/models/{repo_id}/commit/main", content=body, headers=headers
+    )
     hf_raise_for_status(response)
 
 
@@ -54,12 +59,21 @@ def test_fixture_points_the_client_at_the_server(hub_server, tmp_path):
 
 
 def test_client_env_restores_everything(tmp_path):
-    before = (constants.ENDPOINT, constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE, constants.HF_HUB_DISABLE_XET)
+    before = (
+        constants.ENDPOINT,
+        constants.HF_HUB_OFFLINE,
+        constants.HF_HUB_CACHE,
+        constants.HF_HUB_DISABLE_XET,
+    )
     with HubServer() as hub:
         with hub.client_env(tmp_path):
             assert constants.ENDPOINT == hub.url
-        assert (constants.ENDPOINT, constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE,
-                constants.HF_HUB_DISABLE_XET) == before  # fmt: skip
+        assert (
+            constants.ENDPOINT,
+            constants.HF_HUB_OFFLINE,
+            constants.HF_HUB_CACHE,
+            constants.HF_HUB_DISABLE_XET,
+        ) == before
 
 
 def test_upload_then_from_pretrained_gives_identical_logits(hub_server, tiny_llama):
@@ -104,7 +118,9 @@ def test_reupload_of_unchanged_files_uploads_nothing(hub_server, tiny_llama):
     assert hub_server.head(REPO) == head
 
     # The same weights under another name: the object is already in the repo, so still no upload.
-    api.upload_file(repo_id=REPO, path_or_fileobj=tiny_llama / "model.safetensors", path_in_repo="copy.safetensors")
+    api.upload_file(
+        repo_id=REPO, path_or_fileobj=tiny_llama / "model.safetensors", path_in_repo="copy.safetensors"
+    )
     assert hub_server.count("PUT") == 0
     assert hub_server.files(REPO)["copy.safetensors"] == (tiny_llama / "model.safetensors").read_bytes()
 
@@ -155,6 +171,19 @@ def test_private_repo_needs_the_token(hub_server, tmp_path):
     assert not api.file_exists(REPO, "notes.txt", token=False)
 
 
+def test_gated_repo_files_need_access(hub_server, tmp_path):
+    api = HfApi()
+    api.create_repo(REPO)
+    api.upload_file(repo_id=REPO, path_or_fileobj=b"gated\n", path_in_repo="notes.txt")
+    api.update_repo_settings(REPO, gated="auto")
+    assert api.model_info(REPO, token=False).gated == "auto"  # the info stays public...
+    with pytest.raises(GatedRepoError):  # ...the files do not
+        hf_hub_download(REPO, "notes.txt", token=False, cache_dir=tmp_path / "anonymous-cache")
+    with pytest.raises(GatedRepoError):
+        api.file_exists(REPO, "notes.txt", token=False)
+    assert Path(hf_hub_download(REPO, "notes.txt")).read_text() == "gated\n"  # the owner has access
+
+
 def test_public_repo_is_readable_without_token(hub_server):
     api = HfApi()
     api.create_repo(REPO)
@@ -186,8 +215,11 @@ def test_invalid_repo_ids_are_rejected(hub_server):
         HfApi().create_repo("test-user/bad..name")
     # ...and the server applies the same rules to whatever reaches it.
     for name in ("bad..name", "-lead", "trail.", "x" * 97, "a/b", "name.git"):
-        response = get_session().post(f"{hub_server.url}/api/repos/create", json={"name": name},
-                                      headers={"Authorization": f"Bearer {hub_server.token}"})  # fmt: skip
+        response = get_session().post(
+            f"{hub_server.url}/api/repos/create",
+            json={"name": name},
+            headers={"Authorization": f"Bearer {hub_server.token}"},
+        )
         with pytest.raises(BadRequestError, match="Invalid repo name"):
             hf_raise_for_status(response)
     assert hub_server.repos == {}
@@ -223,7 +255,8 @@ def test_invalid_card_metadata_is_rejected(hub_server, tmp_path):
         assert message in str(excinfo.value)
     assert list(hub_server.files(REPO)) == [".gitattributes"]
 
-    (folder / "README.md").write_text("---\nlicense: apache-2.0\ntags: [tiny, llama]\n---\n# Tiny\n")
+    card = "---\nlicense: apache-2.0\ntags: [tiny, llama]\ndate: 2024-05-01\n---\n# Tiny\n"
+    (folder / "README.md").write_text(card)
     api.upload_folder(repo_id=REPO, folder_path=folder)
     info = api.model_info(REPO)
     assert info.card_data.license == "apache-2.0" and info.tags == ["tiny", "llama"]
@@ -234,20 +267,38 @@ def test_commit_endpoint_validates_and_is_atomic(hub_server):
     HfApi().create_repo(REPO)
     head = hub_server.head(REPO)
     header = {"key": "header", "value": {"summary": "raw commit"}}
-    good = {"key": "file", "value": {"path": "ok.txt", "encoding": "base64", "content": base64.b64encode(b"ok").decode()}}
-    bad_card = {"key": "file", "value": {"path": "README.md", "encoding": "base64",
-                                         "content": base64.b64encode(b"---\ntags: 3\n---\n").decode()}}  # fmt: skip
+    good = {
+        "key": "file",
+        "value": {"path": "ok.txt", "encoding": "base64", "content": base64.b64encode(b"ok").decode()},
+    }
+    bad_card = {
+        "key": "file",
+        "value": {
+            "path": "README.md",
+            "encoding": "base64",
+            "content": base64.b64encode(b"---\ntags: 3\n---\n").decode(),
+        },
+    }
     missing_lfs = {"key": "lfsFile", "value": {"path": "w.safetensors", "algo": "sha256", "oid": "0" * 64}}
-    binary = {"key": "file", "value": {"path": "w.bin", "encoding": "base64",
-                                       "content": base64.b64encode(b"\0\1\2").decode()}}  # fmt: skip
-    for op, message in ((bad_card, "YAML metadata error"), (missing_lfs, "LFS pointer pointed to a file that does not"),
-                        (binary, "binary files")):  # fmt: skip
+    binary = {
+        "key": "file",
+        "value": {"path": "w.bin", "encoding": "base64", "content": base64.b64encode(b"\0\1\2").decode()},
+    }
+    for op, message in (
+        (bad_card, "YAML metadata error"),
+        (missing_lfs, "LFS pointer pointed to a file that does not"),
+        (binary, "binary files"),
+    ):
         with pytest.raises(BadRequestError, match=message):
             _raw_commit(hub_server, REPO, [header, good, op], hub_server.token)
         assert hub_server.head(REPO) == head and "ok.txt" not in hub_server.files(REPO)
     with pytest.raises(RemoteEntryNotFoundError, match="doesn't exist"):
-        _raw_commit(hub_server, REPO, [header, good, {"key": "deletedFile", "value": {"path": "nope.txt"}}],
-                    hub_server.token)  # fmt: skip
+        _raw_commit(
+            hub_server,
+            REPO,
+            [header, good, {"key": "deletedFile", "value": {"path": "nope.txt"}}],
+            hub_server.token,
+        )
     with pytest.raises(HfHubHTTPError, match="Authentication required"):
         _raw_commit(hub_server, REPO, [header, good], None)
     assert hub_server.head(REPO) == head
@@ -307,6 +358,8 @@ def test_branches_tags_and_revisions(hub_server):
     assert Path(hf_hub_download(REPO, "v.txt", revision=first.oid)).read_text() == "v1\n"
     api.create_tag(REPO, tag="v1.0", revision=first.oid)
     assert api.model_info(REPO, revision="v1.0").sha == first.oid
+    with pytest.raises(BadRequestError, match="not a branch"):
+        api.upload_file(repo_id=REPO, path_or_fileobj=b"x\n", path_in_repo="x.txt", revision="v1.0")
     assert {b.name for b in api.list_repo_refs(REPO).branches} == {"main", "dev"}
 
     with pytest.raises(RevisionNotFoundError):
@@ -316,8 +369,13 @@ def test_branches_tags_and_revisions(hub_server):
     assert not api.revision_exists(REPO, "no-such-branch")
 
     with pytest.raises(HfHubHTTPError, match="A commit has happened since") as excinfo:
-        api.upload_file(repo_id=REPO, path_or_fileobj=b"v3\n", path_in_repo="v.txt", parent_commit=first.oid,
-                        revision="dev")  # fmt: skip
+        api.upload_file(
+            repo_id=REPO,
+            path_or_fileobj=b"v3\n",
+            path_in_repo="v.txt",
+            parent_commit=first.oid,
+            revision="dev",
+        )
     assert excinfo.value.response.status_code == 412
     api.delete_branch(REPO, branch="dev")
     assert not api.revision_exists(REPO, "dev")
@@ -326,9 +384,15 @@ def test_branches_tags_and_revisions(hub_server):
 def test_tree_listing_and_missing_entries(hub_server):
     api = HfApi()
     api.create_repo(REPO)
-    api.create_commit(REPO, commit_message="files", operations=[
-        CommitOperationAdd("a/b/c.txt", b"c\n"), CommitOperationAdd("a/d.txt", b"d\n"), CommitOperationAdd("e.txt", b"e\n"),
-    ])  # fmt: skip
+    api.create_commit(
+        REPO,
+        commit_message="files",
+        operations=[
+            CommitOperationAdd("a/b/c.txt", b"c\n"),
+            CommitOperationAdd("a/d.txt", b"d\n"),
+            CommitOperationAdd("e.txt", b"e\n"),
+        ],
+    )
     top = {(type(e).__name__, e.path) for e in api.list_repo_tree(REPO)}
     assert top == {("RepoFile", ".gitattributes"), ("RepoFolder", "a"), ("RepoFile", "e.txt")}
     assert {e.path for e in api.list_repo_tree(REPO, path_in_repo="a")} == {"a/b", "a/d.txt"}
@@ -356,7 +420,9 @@ def test_tree_listing_and_missing_entries(hub_server):
 def test_dataset_repos(hub_server):
     api = HfApi()
     api.create_repo("test-org/data", repo_type="dataset")
-    api.upload_file(repo_id="test-org/data", repo_type="dataset", path_or_fileobj=b"a,b\n1,2\n", path_in_repo="t.csv")
+    api.upload_file(
+        repo_id="test-org/data", repo_type="dataset", path_or_fileobj=b"a,b\n1,2\n", path_in_repo="t.csv"
+    )
     assert api.dataset_info("test-org/data").sha == hub_server.head("test-org/data", repo_type="dataset")
     path = hf_hub_download("test-org/data", "t.csv", repo_type="dataset")
     assert Path(path).read_bytes() == b"a,b\n1,2\n"
@@ -364,7 +430,9 @@ def test_dataset_repos(hub_server):
 
 
 def test_pattern_helpers():
-    rules = lfs_patterns("*.bin filter=lfs diff=lfs merge=lfs -text\nsaved_model/**/* filter=lfs\nkeep.bin -filter\n")
+    rules = lfs_patterns(
+        "*.bin filter=lfs diff=lfs merge=lfs -text\nsaved_model/**/* filter=lfs\nkeep.bin -filter\n"
+    )
     assert is_lfs_tracked("w.bin", rules) and is_lfs_tracked("deep/w.bin", rules)
     assert is_lfs_tracked("saved_model/x/y.pb", rules) and not is_lfs_tracked("other/saved_model.txt", rules)
     assert not is_lfs_tracked("keep.bin", rules)
