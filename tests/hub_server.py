@@ -54,10 +54,9 @@ import yaml
 
 #: Files above this size cannot be committed as regular git blobs on the Hub; they must go through LFS.
 REGULAR_FILE_MAX_SIZE = 10 * 1024 * 1024
-#: Tree listings are paginated like the Hub's: 1000 entries per page, 50 with ``expand=True``.
-TREE_PAGE_SIZE = 1000
-TREE_EXPANDED_PAGE_SIZE = 50
-COMMITS_PAGE_SIZE = 50
+#: Tree listings are paginated like the Hub's: 1000 entries per page, 50 with ``expand=True``; commit
+#: lists by 50. ``HubServer.page_sizes`` holds the values in use (tests shrink them to exercise pagination).
+PAGE_SIZES = {"tree": 1000, "tree_expanded": 50, "commits": 50}
 
 #: The ``.gitattributes`` the Hub writes in the initial commit of every new repo.
 DEFAULT_GITATTRIBUTES = "".join(
@@ -419,7 +418,7 @@ class _Handler(BaseHTTPRequestHandler):
     """Parses a request, dispatches it to :class:`HubServer`, writes the answer. One instance per request."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects from the Hub
-    timeout = 30  # idle keep-alive connections are dropped after this many seconds
+    timeout = 600  # idle keep-alive connections are dropped after this long (the client closes them first)
     server: _BoundServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature of the base class
@@ -622,6 +621,7 @@ class HubServer:
         self.user = user
         self.orgs = tuple(orgs)
         self.require_auth = require_auth
+        self.page_sizes = dict(PAGE_SIZES)
         self.repos: dict[tuple[str, str], Repo] = {}
         self.blobs: dict[str, bytes] = {}  # LFS object store (sha256 -> bytes), shared by all repos like S3
         self.requests: list[RequestRecord] = []
@@ -1179,7 +1179,7 @@ class HubServer:
             repo = self._get_repo(req, repo_type, repo_id)
             commit = self._resolve(repo, revision)
             entries = self._tree_entries(repo, commit, base, req.flag("recursive"), expand)
-        self._paginated(req, entries, TREE_EXPANDED_PAGE_SIZE if expand else TREE_PAGE_SIZE)
+        self._paginated(req, entries, self.page_sizes["tree_expanded" if expand else "tree"])
 
     def _paths_info(self, req: _Handler, repo_type: str, repo_id: str, revision: str) -> None:
         """``POST /api/{type}s/{repo_id}/paths-info/{rev}`` (form or JSON ``paths``): existing paths only."""
@@ -1231,7 +1231,7 @@ class HubServer:
             if "formatted" in (req.query.get("expand[]") or []):
                 item["formatted"] = {"title": c.title, "message": c.message}
             items.append(item)
-        self._paginated(req, items, COMMITS_PAGE_SIZE)
+        self._paginated(req, items, self.page_sizes["commits"])
 
     def _branch(self, req: _Handler, repo_type: str, repo_id: str, branch: str) -> None:
         """``POST|DELETE /api/{type}s/{repo_id}/branch/{branch}``: create (from ``startingPoint``, default

@@ -59,21 +59,26 @@ def test_fixture_points_the_client_at_the_server(hub_server, tmp_path):
 
 
 def test_client_env_restores_everything(tmp_path):
-    before = (
-        constants.ENDPOINT,
-        constants.HF_HUB_OFFLINE,
-        constants.HF_HUB_CACHE,
-        constants.HF_HUB_DISABLE_XET,
-    )
-    with HubServer() as hub:
-        with hub.client_env(tmp_path):
-            assert constants.ENDPOINT == hub.url
-        assert (
+    import os
+
+    def state():
+        return (
             constants.ENDPOINT,
             constants.HF_HUB_OFFLINE,
             constants.HF_HUB_CACHE,
             constants.HF_HUB_DISABLE_XET,
-        ) == before
+            constants.HF_TOKEN_PATH,
+            os.environ.get("HF_HUB_OFFLINE"),
+            os.environ.get("HF_ENDPOINT"),
+            os.environ.get("HF_TOKEN"),
+        )
+
+    before = state()
+    with HubServer() as hub:
+        with hub.client_env(tmp_path):
+            assert state()[0] == os.environ["HF_ENDPOINT"] == hub.url
+            assert os.environ["HF_TOKEN"] == hub.token and "HF_HUB_OFFLINE" not in os.environ
+        assert state() == before
 
 
 def test_upload_then_from_pretrained_gives_identical_logits(hub_server, tiny_llama):
@@ -412,9 +417,32 @@ def test_tree_listing_and_missing_entries(hub_server):
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("test-user/does-not-exist")
 
+    hub_server.page_sizes.update(tree=2, tree_expanded=2, commits=1)  # the client follows the Link headers
+    assert {e.path for e in api.list_repo_tree(REPO, recursive=True)} == {
+        ".gitattributes",
+        "a",
+        "a/b",
+        "a/b/c.txt",
+        "a/d.txt",
+        "e.txt",
+    }
+    assert len(list(api.list_repo_tree(REPO, expand=True))) == 3
+    assert [c.title for c in api.list_repo_commits(REPO)] == ["files", "initial commit"]
+    assert hub_server.count("GET", r"/commits/") == 2
+
     api.delete_folder("a/b", repo_id=REPO)
     api.delete_file("e.txt", repo_id=REPO)
     assert set(api.list_repo_files(REPO)) == {".gitattributes", "a/d.txt"}
+
+
+def test_open_mode_accepts_anonymous_writes(tmp_path):
+    with HubServer(require_auth=False) as hub, hub.client_env(tmp_path, set_token=False):
+        HfApi().create_repo("test-user/open", token=False)
+        HfApi().upload_file(
+            repo_id="test-user/open", path_or_fileobj=b"hi\n", path_in_repo="a.txt", token=False
+        )
+        assert hub.files("test-user/open")["a.txt"] == b"hi\n"
+    assert not hub.internal_errors
 
 
 def test_dataset_repos(hub_server):
