@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,11 @@ from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from tests.hub_server import HubServer, is_gitignored, is_lfs_tracked, lfs_patterns, parse_card_metadata
 
-pytest_plugins = [
-    "tests.hub_fixtures"
-]  # the `hub_server` fixture (harmless once tests/conftest.py lists it too)
+# The `hub_server` fixture (harmless once tests/conftest.py lists the plugin too).
+pytest_plugins = ["tests.hub_fixtures"]
+# huggingface_hub's LFS upload hands a file object to httpx2 as `data=`, which httpx2 deprecates: client side.
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+
 REPO = "test-user/tiny"
 
 
@@ -59,8 +62,6 @@ def test_fixture_points_the_client_at_the_server(hub_server, tmp_path):
 
 
 def test_client_env_restores_everything(tmp_path):
-    import os
-
     def state():
         return (
             constants.ENDPOINT,
