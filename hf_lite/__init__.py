@@ -34,6 +34,9 @@ _LAZY: dict[str, str] = {
     "build_tokenizer": "hf_lite.tiny",
 }
 
+# subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
+_SUBMODULES = ("loading", "losses", "pruning", "summary", "tiny", "demo", "cli")
+
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"hf_lite.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'hf_lite' has no attribute {name!r}")
@@ -61,4 +66,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted([*__all__, *_SUBMODULES])

@@ -309,7 +309,7 @@ def load_model(
         model = _attach_adapter(model, peft_config, quantized=bnb_config is not None,
                                 gradient_checkpointing=gradient_checkpointing)  # fmt: skip
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     from hf_lite.summary import model_summary
 
     logger.info("%s", model_summary(model))
@@ -633,6 +633,12 @@ def _check_target_modules(model: torch.nn.Module, peft_config: Any) -> None:
     )
 
 
+def _enable_checkpointing(model: Any) -> None:
+    # transformers 5.23 renamed gradient checkpointing to activation checkpointing (old name deprecated).
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -646,7 +652,7 @@ def _attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_c
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
         model.enable_input_require_grads()
     # `get_peft_model` rewrites `target_modules` of the config it is given (e.g. 'all-linear' -> names).
     peft_config = copy.deepcopy(peft_config)
