@@ -1186,6 +1186,8 @@ class HubServer:
         if req.headers.get("Content-Type", "").startswith("application/json"):
             payload = req.json_body()
             paths, expand = payload.get("paths") or [], bool(payload.get("expand"))
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise HubError(400, '"paths" must be an array of strings')
         else:
             form = parse_qs(req.body.decode(), keep_blank_values=True)
             paths, expand = form.get("paths", []), (form.get("expand") or ["false"])[0].lower() == "true"
@@ -1314,6 +1316,8 @@ class HubServer:
                 lfs_patterns(self._content(gitattributes).decode("utf-8", "replace")) if gitattributes else []
             )
             gitignore = payload.get("gitIgnore")
+            if gitignore is not None and not isinstance(gitignore, str):
+                raise HubError(400, '"gitIgnore" must be a string')
             if gitignore is None and ".gitignore" in commit.files:
                 gitignore = self._content(commit.files[".gitignore"]).decode("utf-8", "replace")
             out = []
