@@ -13,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+# Local Hugging Face Hub for upload/download tests (fixture `hub_server`, see tests/hub_fixtures.py).
+pytest_plugins = ["tests.hub_fixtures"]
+
 # (family, task) of the session's tiny checkpoints: a Llama-style decoder with grouped-query attention,
 # GPT-2 (Conv1D layers), a BERT-style encoder and T5 (encoder-decoder).
 TINY = {

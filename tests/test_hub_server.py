@@ -23,8 +23,6 @@ from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from tests.hub_server import HubServer, is_gitignored, is_lfs_tracked, lfs_patterns, parse_card_metadata
 
-# The `hub_server` fixture (harmless once tests/conftest.py lists the plugin too).
-pytest_plugins = ["tests.hub_fixtures"]
 # huggingface_hub's LFS upload hands a file object to httpx2 as `data=`, which httpx2 deprecates: client side.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
