@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -341,7 +341,11 @@ def check_calibration(
     >>> len(check_calibration([{"input_ids": torch.ones(1, 3, dtype=torch.long)}], "block influence"))
     1
     """
-    if calibration_batches is None or (isinstance(calibration_batches, Sequence) and not calibration_batches):
+    if isinstance(calibration_batches, Iterable) and not isinstance(
+        calibration_batches, (Mapping, str, bytes)
+    ):
+        calibration_batches = list(calibration_batches)  # also materializes generators, once
+    if calibration_batches is None or (isinstance(calibration_batches, list) and not calibration_batches):
         raise ValueError(
             f"calibration_batches={calibration_batches!r}: {why} needs calibration data. Pass a list of "
             "tokenized batches, e.g. [tokenizer(texts, return_tensors='pt', padding=True)]"
@@ -441,14 +445,25 @@ def _mean_abs_inputs(
     return collector.means()
 
 
-def _loss_gradients(
-    model: nn.Module, params: list[nn.Parameter], batches: list[Mapping[str, torch.Tensor]]
-) -> list[torch.Tensor]:
-    """Gradients of the mean loss over ``batches`` w.r.t. ``params``, leaving every ``.grad`` untouched."""
+def _taylor_sums(
+    model: nn.Module,
+    sites: Sequence[Any],
+    modules_of: Callable[[Any], Sequence[nn.Module]],
+    reduce: Callable[[Any, Mapping[nn.Module, torch.Tensor]], tuple[torch.Tensor, ...]],
+    batches: list[Mapping[str, torch.Tensor]],
+) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Signed first-order Taylor sums ``sum w * dL/dw`` of each site's structures, ``L`` the mean loss over
+    ``batches``; every ``.grad`` is left untouched.
+
+    ``w * dL/dw`` is linear in the gradient, so each batch's products are reduced to per-structure sums right
+    away (one site at a time) and the sums added up: memory stays one gradient of the scored weights, never
+    an accumulated copy of them.
+    """
     device = next(model.parameters()).device
+    params = list({id(_weight(m)): _weight(m) for s in sites for m in modules_of(s)}.values())
     was_training = model.training
     flags = [p.requires_grad for p in params]
-    grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    totals: dict[int, tuple[torch.Tensor, ...]] = {}
     model.eval()  # no dropout: the score of a structure should not depend on a random mask
     try:
         for p in params:
@@ -462,16 +477,28 @@ def _loss_gradients(
                     "'labels'; importance='taylor' needs a model with a task head that computes a loss "
                     "(e.g. AutoModelForCausalLM, AutoModelForSequenceClassification)."
                 )
-            for acc, g in zip(
-                grads, torch.autograd.grad(loss / len(batches), params, allow_unused=True), strict=True
-            ):
-                if g is not None:
-                    acc += g.float()
+            grads = torch.autograd.grad(loss / len(batches), params, allow_unused=True)
+            grad_of = {id(p): g for p, g in zip(params, grads, strict=True)}
+            del grads, out, loss
+            for site in sites:
+                products = {}
+                for m in modules_of(site):
+                    w = _weight(m)
+                    g = grad_of[id(w)]
+                    products[m] = w.detach().float() * (
+                        g.float() if g is not None else torch.zeros_like(w).float()
+                    )
+                partial = reduce(site, products)
+                old = totals.get(site.layer)
+                totals[site.layer] = (
+                    partial if old is None else tuple(a + b for a, b in zip(old, partial, strict=True))
+                )
+            del grad_of
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
-    return grads
+    return totals
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -559,10 +586,10 @@ def ffn_neuron_scores(
         batches = check_calibration(calibration_batches, "importance='activation'")
         return _mean_abs_inputs(model, {s.layer: s.project for s in sites}, batches)
     batches = check_calibration(calibration_batches, "importance='taylor'", labels=True)
-    layers = [m for s in sites for m in (*s.expand, s.project)]
-    grads = _loss_gradients(model, [_weight(m) for m in layers], batches)
-    products = {m: _weight(m).detach().float() * g for m, g in zip(layers, grads, strict=True)}
-    return {s.layer: _ffn_reduce(s, products).abs() for s in sites}
+    sums = _taylor_sums(
+        model, sites, lambda s: (*s.expand, s.project), lambda s, prod: (_ffn_reduce(s, prod),), batches
+    )
+    return {layer: total[0].abs() for layer, total in sums.items()}
 
 
 class HeadScores(NamedTuple):
@@ -632,14 +659,14 @@ def attention_head_scores(
             out[layer] = HeadScores(query, query.view(kv_heads, heads // kv_heads).mean(1))
         return out
     batches = check_calibration(calibration_batches, "importance='taylor'", labels=True)
-    layers = [p for s in sites for p in (s.q, s.k, s.v, s.o)]
-    grads = _loss_gradients(model, [_weight(m) for m in layers], batches)
-    products = {m: _weight(m).detach().float() * g for m, g in zip(layers, grads, strict=True)}
-    out = {}
-    for s in sites:
-        query, group = _heads_reduce(s, products, heads, kv_heads, head_dim)
-        out[s.layer] = HeadScores(query.abs(), group.abs())
-    return out
+    sums = _taylor_sums(
+        model,
+        sites,
+        lambda s: (s.q, s.k, s.v, s.o),
+        lambda s, prod: _heads_reduce(s, prod, heads, kv_heads, head_dim),
+        batches,
+    )
+    return {layer: HeadScores(query.abs(), group.abs()) for layer, (query, group) in sums.items()}
 
 
 @torch.no_grad()

@@ -20,7 +20,10 @@ Every function checks, before touching a weight, that the edited config round-tr
 ``from_dict`` (the validation ``from_pretrained`` runs) and that a block built from it has exactly the
 pruned shapes. A LoRA adapter (PEFT) is sliced with its base layer: ``lora_B`` rows of removed output
 features, ``lora_A`` columns of removed input features. Other adapter types, DoRA, and bitsandbytes-quantized
-layers are refused (merge or prune first). Prune before creating an optimizer: its state keeps the old shapes.
+layers are refused (merge or prune first). After pruning an adapter-wrapped model, save a checkpoint that
+stock transformers loads with ``model.merge_and_unload().save_pretrained(folder)``: the adapter saved alone
+fits only the pruned base, not the original that its ``adapter_config.json`` names. Prune before creating an
+optimizer: its state keeps the old shapes.
 
 >>> from hf_lite.tiny import build_tiny_model
 >>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
@@ -340,7 +343,11 @@ def _check_expressible(
         expected[name.replace(".base_layer.", ".")] = new_shape.get(id(param), tuple(param.shape))
     rebuilt = _build_block(block, _edited_config(config, edits))
     if rebuilt is None:
-        logger.debug("could not rebuild %s from the edited config; shape check skipped", type(block).__name__)
+        logger.warning(
+            "could not build a %s from the edited config to compare shapes; check that the saved model loads "
+            "(from_pretrained) before publishing it",
+            type(block).__name__,
+        )
         return
     got = {name: tuple(p.shape) for name, p in rebuilt.named_parameters()}
     wrong = sorted(n for n in {*expected, *got} if expected.get(n) != got.get(n))
@@ -446,6 +453,12 @@ def prune_ffn_(
     modules = [m for s in sites for m in (*s.expand, s.project)]
     _check_sliceable(modules)
     config_key = sites[0].config_key
+    current = getattr(model_config(model), config_key)
+    if current is not None and (isinstance(current, bool) or not isinstance(current, int)):
+        raise ValueError(
+            f"config.{config_key}={current!r} is not one width for all blocks, which this FFN pruning writes "
+            "(uniform widths). Prune whole layers (prune_layers_) instead."
+        )
     _check_expressible(
         model,
         {config_key: kept},

@@ -237,6 +237,28 @@ def test_activation_scores_are_mean_abs_input_of_projection_over_real_tokens():
     torch.testing.assert_close(ffn_neuron_scores(model, "activation", batches)[1], real.abs().mean(0))
 
 
+def test_taylor_head_scores_sum_weight_times_grad_over_query_heads_and_groups():
+    model, _ = _tiny("llama")
+    batches = _batches(model, "llama", labels=True)
+    ref = copy.deepcopy(model)
+    for b in batches:
+        (ref(**b).loss / len(batches)).backward()
+    attn, d = ref.model.layers[1].self_attn, 16
+    wg = {
+        n: getattr(attn, n).weight * getattr(attn, n).weight.grad
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj")
+    }
+    query = wg["q_proj"].view(4, d, 64).sum((1, 2)) + wg["o_proj"].view(64, 4, d).sum((0, 2))
+    group = (
+        query.view(2, 2).sum(1)
+        + wg["k_proj"].view(2, d, 64).sum((1, 2))
+        + wg["v_proj"].view(2, d, 64).sum((1, 2))
+    )
+    scores = attention_head_scores(model, "taylor", iter(batches))[1]  # a generator of batches works too
+    torch.testing.assert_close(scores.query, query.abs(), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(scores.group, group.abs(), atol=1e-6, rtol=1e-4)
+
+
 def test_taylor_scores_are_abs_sum_of_weight_times_grad_and_leave_grads_alone():
     model, _ = _tiny("bert")
     batches = _batches(model, "bert", labels=True)
@@ -534,6 +556,10 @@ def llama():
         ({"keep_ratio": 0.5, "importance": "random"}, "importance='random' is not a known method"),
         ({"keep_ratio": 0.5, "importance": "activation"}, "importance='activation' needs calibration data"),
         ({"keep_ratio": 0.5, "importance": "taylor", "calibration_batches": []}, "needs calibration data"),
+        (
+            {"keep_ratio": 0.5, "importance": "taylor", "calibration_batches": iter([])},
+            "needs calibration data",
+        ),
     ],
 )
 def test_prune_ffn_errors(llama, kwargs, match):
@@ -676,6 +702,13 @@ def test_unsupported_architectures_are_refused():
     model.model.layers[1].mlp.gate_proj = torch.nn.Linear(64, 64, bias=False)
     model.model.layers[1].mlp.up_proj = torch.nn.Linear(64, 64, bias=False)
     with pytest.raises(ValueError, match=r"different FFN widths \[64, 128\]"):
+        prune_ffn_(model, 0.5)
+
+
+def test_per_layer_ffn_width_in_config_is_refused(llama):
+    model = copy.deepcopy(llama)
+    model.config.__dict__["intermediate_size"] = [128, 128]  # as configs with one width per layer store it
+    with pytest.raises(ValueError, match=r"config.intermediate_size=\[128, 128\] is not one width"):
         prune_ffn_(model, 0.5)
 
 
