@@ -110,7 +110,13 @@ def model_config(model: nn.Module) -> PretrainedConfig:
 
 
 def base_layer(module: nn.Module) -> nn.Module:
-    """The layer holding the weight: ``module`` itself, or the ``base_layer`` a PEFT adapter wraps."""
+    """The layer holding the weight: ``module`` itself, or the ``base_layer`` a PEFT adapter wraps.
+
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> base_layer(layer) is layer
+    True
+    """
     get_base = getattr(module, "get_base_layer", None)
     return get_base() if callable(get_base) else module
 
@@ -177,6 +183,11 @@ class FfnSite:
         expand: layers whose *output* features are the neurons (gate/up, ``c_fc``, ``intermediate.dense``).
         project: layer whose *input* features are the neurons (``down_proj``, ``c_proj``, ``output.dense``).
         config_key: the config attribute holding the width (``intermediate_size``, ``n_inner``, ...).
+
+    >>> from hf_lite.tiny import build_tiny_model
+    >>> site = find_ffn_sites(build_tiny_model("bert")[0])[0]
+    >>> site.width, site.config_key, type(site.parent).__name__
+    (128, 'intermediate_size', 'BertLayer')
     """
 
     layer: int
@@ -199,6 +210,11 @@ class AttentionSite:
         layer: block index.
         module: the attention module.
         q, k, v, o: its projections (possibly wrapped by a PEFT adapter).
+
+    >>> from hf_lite.tiny import build_tiny_model
+    >>> site = find_attention_sites(build_tiny_model("llama")[0])[1]
+    >>> site.layer, type(site.module).__name__, tuple(site.o.weight.shape)
+    (1, 'LlamaAttention', (64, 64))
     """
 
     layer: int
