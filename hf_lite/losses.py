@@ -52,6 +52,7 @@ __all__ = [
     "chunked_distillation_loss",
     "chunked_distillation_loss_from_hidden",
     "combine_losses",
+    "cross_entropy_loss",
     "distillation_loss",
     "forward_kl_loss",
     "generalized_jsd_loss",
@@ -394,6 +395,39 @@ def combine_losses(
             "(alpha*kd + (1-alpha)*ce). Use 1.0 for pure distillation, 0.5 for an even mix."
         )
     return alpha * kd_loss + (1.0 - alpha) * ce_loss
+
+
+def cross_entropy_loss(
+    logits: torch.Tensor, labels: torch.Tensor, *, num_items_in_batch: NumItems = None
+) -> torch.Tensor:
+    r"""Hard-label cross-entropy, summed over valid positions and divided by ``num_items_in_batch``.
+
+    :math:`\mathcal{L} = -\frac1N \sum_{i\ \mathrm{valid}} \log \mathrm{softmax}(z^{(i)})_{y_i}` with ``N`` =
+    ``num_items_in_batch`` (or the number of labels that are not ``-100``), so that, like the distillation
+    losses, micro-batches of a gradient-accumulated batch add up to the full batch's loss.
+
+    Args:
+        logits: ``(..., num_classes)``; for a causal LM shift first (:func:`shift_for_causal_lm`).
+        labels: ``(...)`` integer class ids; ``-100`` positions are left out.
+        num_items_in_batch: valid positions in the whole (accumulated) batch. Default: those here.
+
+    Returns:
+        A 0-dim fp32 tensor; exactly ``0.`` when every label is ``-100``.
+
+    Example:
+
+    >>> import torch
+    >>> logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    >>> round(cross_entropy_loss(logits, torch.tensor([0, -100])).item(), 4)
+    0.1269
+    """
+    _check_tensor("logits", logits)
+    valid = _valid_mask(logits.shape[:-1], None, labels, logits.device)
+    flat_logits = logits.reshape(-1, logits.shape[-1])[valid.reshape(-1)]  # (n_valid, C)
+    flat_labels = labels.reshape(-1).to(logits.device)[valid.reshape(-1)]  # (n_valid,)
+    dtype = _compute_dtype(logits.dtype)
+    total = torch.nn.functional.cross_entropy(flat_logits.to(dtype), flat_labels, reduction="sum")
+    return _normalize(total, valid.sum(), num_items_in_batch)
 
 
 def shift_for_causal_lm(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,11 @@ import importlib
 from typing import Any
 
 # public name -> module that defines it (filled in as trainers land)
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "DistillationConfig": "trainers.distillation",
+    "DistillationTrainer": "trainers.distillation",
+    "resolve_layer_map": "trainers.distillation",
+}
 
 __all__ = list(_LAZY)
 
