@@ -1,4 +1,4 @@
-"""Pruning maths: importance scores, masks, sparsity schedules, layer selection, one-shot methods, reports.
+"""Pruning maths: importance scores, masks, structural shrinking, sparsity schedules, layer selection, one-shot methods, reports.
 
 Pure functions on tensors and modules, no ``Trainer`` inside: a pruning ``TrainerCallback`` builds on
 them (scores -> masks on the schedule -> ``apply_mask_`` after each optimizer step). This subpackage
@@ -15,6 +15,13 @@ imports torch and transformers when imported; ``import hf_lite`` alone does not.
 
 from __future__ import annotations
 
+from hf_lite.pruning.importance import (
+    IMPORTANCE_METHODS,
+    HeadScores,
+    attention_head_scores,
+    block_influence,
+    ffn_neuron_scores,
+)
 from hf_lite.pruning.masks import (
     apply_mask_,
     global_unstructured_masks,
@@ -29,6 +36,7 @@ from hf_lite.pruning.masks import (
 from hf_lite.pruning.oneshot import magnitude_prune_, parse_pattern, wanda_prune_
 from hf_lite.pruning.report import SPEED_NOTE, LayerSparsity, SparsityReport, sparsity_report
 from hf_lite.pruning.schedule import CubicSchedule
+from hf_lite.pruning.structural import KeptHeads, prune_attention_heads_, prune_ffn_, prune_layers_
 from hf_lite.pruning.targets import (
     DEFAULT_EXCLUDE,
     HEAD_PATTERNS,
@@ -60,4 +68,13 @@ __all__ = [
     "SparsityReport",
     "sparsity_report",
     "SPEED_NOTE",
+    "prune_ffn_",
+    "prune_attention_heads_",
+    "prune_layers_",
+    "KeptHeads",
+    "ffn_neuron_scores",
+    "attention_head_scores",
+    "block_influence",
+    "HeadScores",
+    "IMPORTANCE_METHODS",
 ]

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "masks", "schedule", "targets", "oneshot", "report"]
+MODULES = ["__init__", "masks", "schedule", "targets", "oneshot", "report", "importance", "structural"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -11,8 +11,6 @@ ValueError.
 from __future__ import annotations
 
 import copy
-import doctest
-import importlib
 import json
 import math
 import subprocess
@@ -734,10 +732,3 @@ def test_edited_config_that_fails_validation_is_refused(llama):
     model.config.layer_types = ["full_attention", "bogus"]
     with pytest.raises(ValueError, match="edited config would not load"):
         prune_layers_(model, drop=[0])
-
-
-@pytest.mark.parametrize("name", ["importance", "structural"])
-def test_docstring_examples(name):
-    module = importlib.import_module(f"hf_lite.pruning.{name}")
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
