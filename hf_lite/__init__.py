@@ -32,10 +32,11 @@ _LAZY: dict[str, str] = {
     "save_tiny_checkpoint": "hf_lite.tiny",
     "build_tiny_model": "hf_lite.tiny",
     "build_tokenizer": "hf_lite.tiny",
+    "init_student_from_teacher": "hf_lite.student",
 }
 
 # subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
-_SUBMODULES = ("loading", "losses", "pruning", "summary", "tiny", "demo", "cli")
+_SUBMODULES = ("loading", "losses", "pruning", "student", "summary", "tiny", "demo", "cli")
 
 __all__ = ["__version__", *_LAZY]
 
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         resolve_peft_config,
         resolve_quantization,
     )
+    from hf_lite.student import init_student_from_teacher
     from hf_lite.summary import ModelSummary, model_summary
     from hf_lite.tiny import build_tiny_model, build_tokenizer, save_tiny_checkpoint
 
