@@ -48,12 +48,19 @@ class Recorder(TrainerCallback):
         self.pruning = pruning
         self.steps: dict[int, dict] = {}
         self.grad_at_pruned: list[float] = []
+        self.movement: dict[int, dict[str, torch.Tensor]] = {}  # step -> -sum(W * grad) up to that step
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         masks = self.pruning.masks
+        previous = self.movement.get(state.global_step, {})
+        scores = {}
         for name, module in find_prunable_modules(model).items():
-            if module.weight.grad is not None and not masks[name].all():
-                self.grad_at_pruned.append(float(module.weight.grad[~masks[name]].abs().max()))
+            grad = module.weight.grad
+            if grad is not None and not masks[name].all():
+                self.grad_at_pruned.append(float(grad[~masks[name]].abs().max()))
+            step = -(module.weight.detach().float() * grad.float())  # Sanh et al.: S -= W * dL/dW
+            scores[name] = previous[name] + step if name in previous else step
+        self.movement[state.global_step + 1] = scores
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         layers = find_prunable_modules(model)
@@ -259,6 +266,15 @@ def test_movement_pruning_reaches_the_target_with_its_own_masks(tmp_path, magnit
     for step in range(2, STEPS):
         for name, before in rec.steps[step]["masks"].items():
             assert not (rec.steps[step + 1]["masks"][name] & ~before).any()
+    # At the last update, weights still alive were ranked by accumulated -W * grad: every weight it pruned
+    # scores at most every weight it kept.
+    end = SCHEDULE["end_step"]
+    alive = rec.steps[end - 1]["masks"]
+    for name, mask in pruning.masks.items():
+        scores = rec.movement[end][name]
+        newly_pruned, kept = alive[name] & ~mask, mask
+        assert newly_pruned.any()
+        assert scores[newly_pruned].max() <= scores[kept].min(), name
     # Same model, data and schedule as the magnitude run: movement scores pick other weights.
     _, _, magnitude = magnitude_run
     same = sum(int((pruning.masks[n] == magnitude.masks[n]).sum()) for n in pruning.masks)
@@ -328,6 +344,31 @@ def test_resume_without_pruning_state_fails_clearly(tmp_path):
     os.remove(checkpoint / PRUNING_STATE_NAME)
     with pytest.raises(ValueError, match="resumes at step 5, but no pruning state of that step"):
         _train(tmp_path / "other", PruningCallback(**SCHEDULE), recorder=False, resume=True)
+
+
+@pytest.mark.integration
+def test_load_best_model_at_end_keeps_the_masks_of_the_best_checkpoint(tmp_path):
+    scores = iter([1.0, 0.5, 0.2])  # evaluations at steps 4, 8, 12: the first one is best
+
+    def compute_metrics(prediction):
+        return {"score": next(scores)}
+
+    pruning = PruningCallback(**SCHEDULE)
+    model, tokenizer = build_tiny_model("llama", seed=0)
+    args = _args(tmp_path, eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=4,
+                 load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True,
+                 per_device_eval_batch_size=4)  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=_data(len(tokenizer)),
+                      eval_dataset=_data(len(tokenizer), rows=4), compute_metrics=compute_metrics,
+                      callbacks=[pruning])  # fmt: skip
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
+    saved = load_file(tmp_path / "checkpoint-4" / PRUNING_STATE_NAME)
+    assert pruning.current_sparsity == pruning.schedule.sparsity_at(4) < 0.5
+    modules = find_prunable_modules(trainer.model)
+    for name, mask in pruning.masks.items():
+        assert torch.equal(mask, saved[f"masks.{name}"]), name
+        assert torch.equal(modules[name].weight == 0, ~mask), name  # the best weights, with their zeros
 
 
 # ------------------------------------------------------------------------------------------ bad input
