@@ -75,7 +75,8 @@ class PruningConfig:
 
     Args:
         method: importance score: ``"magnitude"`` (``|W|``) or ``"movement"`` (Sanh et al. 2020,
-            ``-sum_t W * dL/dW`` accumulated every optimizer step; needs trainable weights, not PEFT).
+            ``-sum_t W * dL/dW`` accumulated every optimizer step; needs trainable weights, not PEFT, and
+            holds one float32 copy of the targeted weights until ``end_step``).
         pattern: ``"unstructured"`` or ``"N:M"`` such as ``"2:4"`` (keep N of every M consecutive weights
             along the input dimension; implies ``target_sparsity = 1 - N/M``).
         scope: ``"layer"`` (each layer pruned to the scheduled sparsity) or ``"global"`` (one threshold over

@@ -415,6 +415,22 @@ def test_config_object_dict_and_overrides():
         PruningCallback(0.5)
 
 
+def test_config_parses_from_the_command_line_with_hf_argument_parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(PruningConfig)
+    (config,) = parser.parse_args_into_dataclasses(
+        ["--method", "movement", "--target_sparsity", "0.6", "--end_step", "300", "--frequency", "10",
+         "--include", "mlp", "self_attn"]
+    )  # fmt: skip
+    assert (config.method, config.target_sparsity, config.end_step) == ("movement", 0.6, 300)
+    assert config.include == ["mlp", "self_attn"] and "embed" in config.exclude
+    (config,) = parser.parse_dict({"pattern": "2:4", "end_step": 100, "frequency": 10})
+    assert config.target_sparsity == 0.5
+    with pytest.raises(ValueError, match="target_sparsity=None"):
+        parser.parse_dict({"end_step": 100})
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
