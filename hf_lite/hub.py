@@ -1,0 +1,559 @@
+"""Publish a compressed model (or an exported folder) to the Hugging Face Hub in one commit, with its card.
+
+:func:`push_to_hub` exports a model object first (:func:`hf_lite.export.export`, with its reload check),
+builds the model card (:func:`hf_lite.model_card.build_model_card`) and uploads the folder and the card as
+one commit. Transient server errors are retried where the client does not retry them itself (repo creation,
+lookups, and the commit call, which is retried only after checking that the server did not apply it). A push
+that fails leaves the repo as it was: commits are atomic on the Hub, and a repo or branch this call created
+is deleted again.
+
+Tokens are passed to ``huggingface_hub`` and nowhere else: never logged, never written into the card or the
+uploaded files. Logs name the repo, never local paths.
+
+>>> from hf_lite.hub import push_to_hub
+>>> push_to_hub(model, "me/tiny-llama-pruned", tokenizer=tokenizer, report={"pruning": "Wanda 2:4"})  # doctest: +SKIP
+PushResult(repo_id='me/tiny-llama-pruned', ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+    from huggingface_hub import HfApi, ModelCard
+
+    from hf_lite.export import ExportReport
+    from hf_lite.model_card import CheckpointInfo, CompressionSummary
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PushResult", "push_to_hub"]
+
+#: HTTP statuses worth retrying: the server did not (or may not have) done the work.
+TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
+#: First wait between retries, in seconds (doubled each time).
+RETRY_BASE_WAIT = 1.0
+#: Remote files that make up a checkpoint: on a new push, those the new folder does not have are deleted in the
+#: same commit, so that a stale ``adapter_config.json`` or shard cannot shadow the new weights.
+CHECKPOINT_PATTERNS = (
+    "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
+    "*.bin.index.json", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "adapter_config.json", "adapter_model.*",
+)  # fmt: skip
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class PushResult:
+    """What :func:`push_to_hub` did.
+
+    Args:
+        repo_id: the repo (with its namespace).
+        revision: the branch pushed to (``"main"`` unless another was given).
+        commit_oid: the commit the branch (or the pull request) now points to.
+        commit_url: its URL.
+        pr_url: the pull request's URL with ``create_pr=True``, else ``None``.
+        committed: ``False`` when nothing had changed and no commit was made.
+        files: the files of the pushed folder plus ``README.md`` (repo paths, sorted).
+        deleted: stale checkpoint files removed from the repo in the same commit.
+        card: the model card's text.
+        export: the export report when a model object was pushed.
+
+    >>> PushResult("me/m", "main", "abc", "https://hf.co/me/m/commit/abc", None, True, [], [], "").committed
+    True
+    """
+
+    repo_id: str
+    revision: str
+    commit_oid: str
+    commit_url: str
+    pr_url: str | None
+    committed: bool
+    files: list[str]
+    deleted: list[str]
+    card: str
+    export: ExportReport | None = None
+
+
+def push_to_hub(
+    model_or_folder: Any,
+    repo_id: str,
+    *,
+    tokenizer: Any = None,
+    report: CompressionSummary | Mapping[str, Any] | None = None,
+    card: ModelCard | str | None = None,
+    base_model: str | None = None,
+    merge_adapter: bool = False,
+    dtype: str | torch.dtype | None = None,
+    check: bool = True,
+    private: bool | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    license: str | None = None,  # noqa: A002 - the Hub's metadata key
+    language: str | list[str] | None = None,
+    datasets: str | list[str] | None = None,
+    tags: list[str] | None = None,
+    delete_stale_files: bool = True,
+    max_retries: int = 3,
+) -> PushResult:
+    """Upload a compressed model, or a checkpoint folder, to a Hub repo as one commit with a model card.
+
+    A model object is exported first into a temporary folder (``merge_adapter``, ``dtype``, ``base_model``,
+    ``tokenizer`` and ``check`` are passed to :func:`~hf_lite.export.export`); a folder is checked to be a
+    loadable safetensors checkpoint (``config.json`` or ``adapter_config.json`` and the weights, no pickle
+    files). The card is built from ``report``, the folder's counted figures and the export report, unless
+    ``card`` is given. The repo is created if needed (``private``), the branch ``revision`` too, and the
+    folder plus ``README.md`` go up in a single commit based on the branch head; files that did not change
+    are not uploaded again (an unchanged push makes no commit), and stale checkpoint files of an earlier push
+    are deleted in the same commit (``delete_stale_files``).
+
+    Args:
+        model_or_folder: a ``PreTrainedModel``/``PeftModel``, or the path of a checkpoint folder.
+        repo_id: ``"namespace/name"`` (or ``"name"`` for the token's user).
+        tokenizer: saved with a model object (ignored for a folder, which has its own).
+        report: the compression report for the card (:class:`~hf_lite.model_card.CompressionSummary` or a
+            dict with its field names).
+        card: a ready ``huggingface_hub.ModelCard`` (or its text) to upload instead of building one.
+        base_model: Hub id of the base model: written into a separate adapter's config and the card.
+        merge_adapter, dtype, check: export options for a model object.
+        private: create the repo private (passed to ``create_repo``; an existing repo keeps its visibility).
+        revision: the branch to push to (created from ``main`` when missing); default ``main``.
+        commit_message, commit_description: of the commit.
+        create_pr: open a pull request instead of committing to the branch.
+        token: a Hub token with write access; default: ``HF_TOKEN`` or the saved login. ``False``: anonymous.
+        license, language, datasets, tags: card metadata.
+        delete_stale_files: delete the repo's checkpoint files (weights, configs, adapter files) that the new
+            folder does not have.
+        max_retries: how many times a transient server error (5xx, 408, 429, network) is retried.
+
+    Returns:
+        A :class:`PushResult`.
+
+    Example:
+
+    >>> from hf_lite.hub import push_to_hub
+    >>> result = push_to_hub("out/merged", "me/tiny-merged", report={"adapter": "LORA r=8"},
+    ...                      private=True, commit_message="Merged QLoRA adapter")  # doctest: +SKIP
+    >>> result.commit_url  # doctest: +SKIP
+    'https://huggingface.co/me/tiny-merged/commit/...'
+    """
+    from huggingface_hub import HfApi, ModelCard
+
+    from hf_lite.export import export
+    from hf_lite.model_card import build_model_card, inspect_checkpoint
+
+    # ---- arguments (no request is made before they are all checked)
+    repo_id = _check_repo_id(repo_id)
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ValueError(f"revision={revision!r} must be a branch name such as 'main' or 'dev', or None.")
+    for name, value in (("create_pr", create_pr), ("delete_stale_files", delete_stale_files)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}.")
+    if private is not None and not isinstance(private, bool):
+        raise TypeError(f"private must be True, False or None; got {type(private).__name__} {private!r}.")
+    for name, value in (("commit_message", commit_message), ("commit_description", commit_description)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string or None; got {type(value).__name__}.")
+    if commit_message is not None and not commit_message.strip():
+        raise ValueError("commit_message must not be empty; pass None for the default message.")
+    if token is not None and not isinstance(token, (str, bool)):
+        raise TypeError(
+            f"token must be a token string, False (anonymous) or None (HF_TOKEN / saved login); got "
+            f"{type(token).__name__}."
+        )
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries={max_retries!r} must be a non-negative integer.")
+    if card is not None and not isinstance(card, (str, ModelCard)):
+        raise TypeError(
+            f"card must be a huggingface_hub.ModelCard, its text, or None; got {type(card).__name__}."
+        )
+
+    is_folder = isinstance(model_or_folder, (str, os.PathLike))
+    with tempfile.TemporaryDirectory(prefix="hf-lite-push-") as staging:
+        export_report = None
+        if is_folder:
+            folder = Path(model_or_folder).expanduser()
+            if tokenizer is not None:
+                raise ValueError(
+                    "tokenizer is only used when pushing a model object; a folder is uploaded with the tokenizer "
+                    "files it holds. Save the tokenizer into the folder, or drop the argument."
+                )
+            info = inspect_checkpoint(folder)
+        else:
+            folder = Path(staging) / "checkpoint"
+            export_report = export(
+                model_or_folder, folder, tokenizer=tokenizer, merge_adapter=merge_adapter, dtype=dtype,
+                base_model=base_model, check=check,
+            )  # fmt: skip
+            if export_report is None:  # not the main process of a distributed run
+                raise RuntimeError("push_to_hub must run on the main process only (rank 0).")
+            info = inspect_checkpoint(folder)
+        if info.kind == "adapter" and info.base_model_is_local and base_model is None:
+            raise ValueError(
+                "The adapter's config names a local folder as its base model (base_model_name_or_path), which "
+                "nobody else can load. Pass base_model='org/name' (the base model's Hub id): it is written into "
+                "the uploaded adapter_config.json and the card."
+            )
+
+        if card is None:
+            card_text = build_model_card(
+                report, repo_id=repo_id if "/" in repo_id else None, checkpoint=info, export_report=export_report,
+                base_model=base_model, license=license, language=language, datasets=datasets, tags=tags,
+            ).content  # fmt: skip
+        else:
+            card_text = card.content if isinstance(card, ModelCard) else card
+        _check_card(card_text, token=token, paths=[folder, Path(staging), Path.home(), Path.cwd()])
+
+        api = HfApi(token=token)
+        return _push_folder(
+            api, folder, info, card_text, repo_id=repo_id, private=private, revision=revision,
+            commit_message=commit_message or _default_message(info, export_report),
+            commit_description=commit_description, create_pr=create_pr, base_model=base_model,
+            delete_stale_files=delete_stale_files, max_retries=max_retries, export_report=export_report,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_repo_id(repo_id: Any) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str):
+        raise TypeError(f"repo_id must be a string such as 'org/name'; got {type(repo_id).__name__}.")
+    if repo_id.startswith(("/", ".", "~")) or os.path.exists(repo_id) or repo_id.count("/") > 1:
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a Hub repo id: it looks like a path. Repo ids look like 'org/name' "
+            "(or 'name' for your own namespace); pass the folder as the first argument."
+        )
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a valid Hub repo id: {err} Use letters, digits, '-', '_' and '.', "
+            "as 'org/name' or 'name'."
+        ) from err
+    return repo_id
+
+
+def _check_card(text: str, *, token: Any, paths: list[Path]) -> None:
+    """Refuse a card that holds the token or a local path (a user-given card or notes could)."""
+    from huggingface_hub import get_token
+
+    secrets_ = [t for t in (token if isinstance(token, str) else None, get_token()) if t]
+    if any(s in text for s in secrets_):
+        raise ValueError("The model card contains your Hub token; remove it from the card/report text.")
+    for path in paths:
+        for form in {str(path), str(path.resolve())}:
+            if len(form) > 1 and form in text:
+                raise ValueError(
+                    "The model card contains a local path (of the folder being pushed, the working or the home "
+                    "directory); remove it from the card/report text. Cards name models by Hub id only."
+                )
+
+
+def _default_message(info: CheckpointInfo, export_report: ExportReport | None) -> str:
+    if info.kind == "adapter":
+        return f"Upload {info.adapter or 'adapter'} with hf-lite"
+    what = info.quantization or (export_report.dtype if export_report else None) or info.dtype or "model"
+    return f"Upload {what} checkpoint with hf-lite"
+
+
+# --------------------------------------------------------------------------------------------------
+# upload
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from huggingface_hub.utils._http import _DEFAULT_RETRY_ON_EXCEPTIONS
+
+        return (*_DEFAULT_RETRY_ON_EXCEPTIONS, ConnectionError, TimeoutError)
+    except ImportError:  # pragma: no cover - private name of huggingface_hub
+        return (ConnectionError, TimeoutError)
+
+
+def _is_transient(err: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(err, HfHubHTTPError):
+        return _status(err) in TRANSIENT_STATUSES
+    return isinstance(err, _network_errors())
+
+
+def _retry(fn: Callable[[], T], what: str, max_retries: int) -> T:
+    """Call ``fn``, retrying transient errors (only for idempotent calls)."""
+    for attempt in range(max_retries + 1):
+        try:
+            return fn()
+        except Exception as err:
+            if attempt == max_retries or not _is_transient(err):
+                raise
+            wait = RETRY_BASE_WAIT * 2**attempt
+            logger.warning(
+                "%s failed (%s); retry %d/%d in %.1fs", what, _describe(err), attempt + 1, max_retries, wait
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _describe(err: BaseException) -> str:
+    status = _status(err)
+    return f"HTTP {status}" if status is not None else type(err).__name__
+
+
+def _auth_error(err: BaseException, repo_id: str) -> ValueError | None:
+    """A clear error for a missing/invalid token or missing rights, else None."""
+    from huggingface_hub import constants
+
+    status = _status(err)
+    if status == 401:
+        message = str(err)
+        if "Invalid credentials" in message or "invalid" in message.lower() and "token" in message.lower():
+            why = "the server rejected the token (invalid or expired)"
+        else:
+            why = "the server requires a token with write access and none was sent"
+        return ValueError(
+            f"Cannot push to {repo_id!r} on {constants.ENDPOINT}: {why}. Pass token=... (a write token), set "
+            "HF_TOKEN, or log in with `hf auth login`."
+        )
+    if status == 403:
+        return ValueError(
+            f"Cannot push to {repo_id!r}: the token has no write access to that namespace. Use a repo id under "
+            "your user or an organization you can write to, or a token with write permission."
+        )
+    return None
+
+
+def _file_ids(path: Path) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file, as the Hub reports LFS and regular files."""
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+    sha1.update(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha256.update(chunk)
+            sha1.update(chunk)
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _remote_matches(api: HfApi, repo_id: str, revision: str, local: dict[str, tuple[str, str]]) -> bool:
+    """Whether ``revision`` holds exactly our files (the commit we sent was applied after all)."""
+    infos = api.get_paths_info(repo_id, list(local), revision=revision)
+    remote = {i.path: i for i in infos if hasattr(i, "blob_id")}
+    for path, (sha256, sha1) in local.items():
+        entry = remote.get(path)
+        if entry is None:
+            return False
+        lfs = getattr(entry, "lfs", None)
+        if not (lfs is not None and lfs.sha256 == sha256 or entry.blob_id == sha1):
+            return False
+    return True
+
+
+def _push_folder(
+    api: HfApi,
+    folder: Path,
+    info: CheckpointInfo,
+    card_text: str,
+    *,
+    repo_id: str,
+    private: bool | None,
+    revision: str | None,
+    commit_message: str,
+    commit_description: str | None,
+    create_pr: bool,
+    base_model: str | None,
+    delete_stale_files: bool,
+    max_retries: int,
+    export_report: ExportReport | None,
+) -> PushResult:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.errors import HfHubHTTPError
+
+    staging = Path(tempfile.mkdtemp(prefix="hf-lite-card-"))
+    try:
+        card_path = staging / "README.md"
+        card_path.write_text(card_text, encoding="utf-8")
+        uploads = {f: folder / f for f in info.files if f != "README.md"}
+        if info.kind == "adapter" and base_model is not None and info.base_model != base_model:
+            uploads["adapter_config.json"] = _adapter_config_with_base(folder, staging, base_model)
+        uploads["README.md"] = card_path
+        local_ids = {path: _file_ids(p) for path, p in uploads.items()}
+
+        try:
+            existed = _retry(lambda: api.repo_exists(repo_id), "repo lookup", max_retries)
+            url = _retry(
+                lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create_repo", max_retries
+            )
+        except HfHubHTTPError as err:
+            auth = _auth_error(err, repo_id)
+            if auth is not None:
+                raise auth from err
+            raise
+        repo_id = url.repo_id
+        branch = revision or "main"
+        created_branch = False
+        try:
+            if branch != "main" and not branch.startswith("refs/"):
+                refs = _retry(lambda: api.list_repo_refs(repo_id), "list refs", max_retries)
+                if branch not in {b.name for b in refs.branches}:
+                    _retry(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), "create_branch",
+                           max_retries)  # fmt: skip
+                    created_branch = True
+            parent = _retry(lambda: api.repo_info(repo_id, revision=branch).sha, "repo_info", max_retries)
+            deletes: list[str] = []
+            if delete_stale_files:
+                remote = _retry(
+                    lambda: api.list_repo_files(repo_id, revision=parent), "list files", max_retries
+                )
+                deletes = sorted(
+                    f for f in remote
+                    if f not in uploads and any(fnmatch.fnmatch(f.split("/")[-1], p) for p in CHECKPOINT_PATTERNS)
+                )  # fmt: skip
+
+            def operations() -> list[Any]:
+                adds = [
+                    CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(src)) for p, src in uploads.items()
+                ]
+                return adds + [CommitOperationDelete(path_in_repo=p) for p in deletes]
+
+            commit = _commit_with_retries(
+                api, repo_id, operations, local_ids, branch=branch, parent=parent, message=commit_message,
+                description=commit_description, create_pr=create_pr, max_retries=max_retries,
+            )  # fmt: skip
+        except BaseException as err:
+            _undo_creation(api, repo_id, existed=existed, created_branch=branch if created_branch else None)
+            auth = _auth_error(err, repo_id) if isinstance(err, HfHubHTTPError) else None
+            if auth is not None:
+                raise auth from err
+            raise
+    finally:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+
+    committed = commit.oid != parent
+    logger.info(
+        "%s %s@%s: %d files%s%s", "pushed to" if committed else "nothing changed in", repo_id, branch,
+        len(uploads), f", {len(deletes)} stale deleted" if deletes else "",
+        f", pull request {commit.pr_url}" if commit.pr_url else "",
+    )  # fmt: skip
+    return PushResult(
+        repo_id=repo_id,
+        revision=branch,
+        commit_oid=commit.oid,
+        commit_url=commit.commit_url,
+        pr_url=commit.pr_url,
+        committed=committed,
+        files=sorted(uploads),
+        deleted=deletes,
+        card=card_text,
+        export=export_report,
+    )
+
+
+def _adapter_config_with_base(folder: Path, staging: Path, base_model: str) -> Path:
+    import json
+
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base_model
+    path = staging / "adapter_config.json"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _commit_with_retries(
+    api: HfApi,
+    repo_id: str,
+    operations: Callable[[], list[Any]],
+    local_ids: dict[str, tuple[str, str]],
+    *,
+    branch: str,
+    parent: str,
+    message: str,
+    description: str | None,
+    create_pr: bool,
+    max_retries: int,
+) -> Any:
+    """One commit, based on ``parent``. The client does not retry the commit call; we do, on a transient error,
+    only once we know the server did not apply it (the branch head, or the repo's pull requests, unchanged)."""
+    from huggingface_hub import CommitInfo
+
+    prs_before = _pr_refs(api, repo_id, max_retries) if create_pr else set()
+    for attempt in range(max_retries + 1):
+        try:
+            return api.create_commit(
+                repo_id, operations(), commit_message=message, commit_description=description, revision=branch,
+                create_pr=create_pr, parent_commit=parent,
+            )  # fmt: skip
+        except Exception as err:
+            if not _is_transient(err):
+                raise
+            # Was it applied anyway (an error after the server committed, a lost response)?
+            if create_pr:
+                new = sorted(_pr_refs(api, repo_id, max_retries) - prs_before)
+                for ref, oid in new:
+                    if _remote_matches(api, repo_id, oid, local_ids):
+                        num = ref.rsplit("/", 1)[-1]
+                        return CommitInfo(
+                            commit_url=f"{api.endpoint}/{repo_id}/commit/{oid}", commit_message=message,
+                            commit_description=description or "", oid=oid,
+                            pr_url=f"{api.endpoint}/{repo_id}/discussions/{num}",
+                        )  # fmt: skip
+            else:
+                head = _retry(lambda: api.repo_info(repo_id, revision=branch).sha, "repo_info", max_retries)
+                if head != parent:
+                    if _remote_matches(api, repo_id, head, local_ids):
+                        return CommitInfo(
+                            commit_url=f"{api.endpoint}/{repo_id}/commit/{head}", commit_message=message,
+                            commit_description=description or "", oid=head,
+                        )  # fmt: skip
+                    raise RuntimeError(
+                        f"The push to {repo_id}@{branch} failed ({_describe(err)}) and the branch has moved since "
+                        "(another commit landed); not retrying. Push again to commit on top of it."
+                    ) from err
+            if attempt == max_retries:
+                raise
+            wait = RETRY_BASE_WAIT * 2**attempt
+            logger.warning("commit to %s failed (%s), not applied; retry %d/%d in %.1fs", repo_id, _describe(err),
+                           attempt + 1, max_retries, wait)  # fmt: skip
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _pr_refs(api: HfApi, repo_id: str, max_retries: int) -> set[tuple[str, str]]:
+    refs = _retry(lambda: api.list_repo_refs(repo_id, include_pull_requests=True), "list refs", max_retries)
+    return {(r.ref, r.target_commit) for r in refs.pull_requests or []}
+
+
+def _undo_creation(api: HfApi, repo_id: str, *, existed: bool, created_branch: str | None) -> None:
+    """After a failed push: delete the repo or branch this call created, so the Hub is left as it was."""
+    try:
+        if not existed:
+            commits = api.list_repo_commits(repo_id)
+            if len(commits) <= 1:  # only the Hub's initial commit: nothing of anybody's would be lost
+                api.delete_repo(repo_id, missing_ok=True)
+                logger.info("push failed: deleted the repo %s it had created", repo_id)
+        elif created_branch is not None:
+            api.delete_branch(repo_id, branch=created_branch)
+            logger.info("push failed: deleted the branch %s it had created in %s", created_branch, repo_id)
+    except Exception as err:  # the original error matters more; say what is left behind
+        logger.warning("push failed and cleaning up %s failed too (%s)", repo_id, _describe(err))
