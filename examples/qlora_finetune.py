@@ -73,6 +73,8 @@ def main() -> None:
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)
     trainer.save_model()  # the adapter (and tokenizer) only, written by the main process
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # leave the process group together (no rank exits mid-collective)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ _LAZY: dict[str, str] = {
     "DistillationConfig": "trainers.distillation",
     "DistillationTrainer": "trainers.distillation",
     "resolve_layer_map": "trainers.distillation",
+    "PruningCallback": "trainers.pruning",
+    "PruningConfig": "trainers.pruning",
 }
 
 __all__ = list(_LAZY)

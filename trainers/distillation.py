@@ -268,6 +268,7 @@ class DistillationTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_last_step = 0
+        self._step_counts: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------- setup
 
@@ -385,19 +386,20 @@ class DistillationTrainer(Trainer):
                 s_logits, kd_labels = losses.shift_for_causal_lm(s_logits, labels)
             else:
                 s_logits = s_logits[:, :-1]
-                kd_mask = model_inputs.get("attention_mask", torch.ones_like(model_inputs["input_ids"]))[
-                    :, 1:
-                ]
+                kd_mask = _attention_mask(model_inputs)[:, 1:]
             t_logits = t_logits[:, :-1]
-        elif (
-            self.task in ("sequence-classification", "token-classification", "seq2seq-lm") and labels is None
-        ):
-            kd_mask = model_inputs.get("attention_mask") if self.task == "token-classification" else None
-        # Normalized by the accumulated batch's label count: exact under gradient accumulation.
-        scaled = num_items_in_batch is not None
-        self.loss_is_scaled_for_ga = scaled
+        elif self.task == "token-classification" and labels is None:
+            kd_mask = _attention_mask(model_inputs)
+        # During training every loss is divided by its item count over the whole accumulated batch and all
+        # processes (counted in _get_num_items_in_batch): micro-batches and ranks add up to the full batch.
+        training = model.training and self._step_counts is not None
+        kd_items = (
+            num_items_in_batch if labels is not None else (self._step_counts["kd"] if training else None)
+        )
+        token_items = self._step_counts["tokens"] if training else None
+        self.loss_is_scaled_for_ga = training
         kd_kwargs = dict(loss_type=args.loss_type, temperature=args.temperature, beta=args.beta,
-                         labels=kd_labels, mask=kd_mask, num_items_in_batch=num_items_in_batch)  # fmt: skip
+                         labels=kd_labels, mask=kd_mask, num_items_in_batch=kd_items)  # fmt: skip
         if args.chunk_size:
             loss_kd = losses.chunked_distillation_loss(
                 s_logits, t_logits, chunk_size=args.chunk_size, **kd_kwargs
@@ -407,29 +409,27 @@ class DistillationTrainer(Trainer):
         components = {"loss_kd": loss_kd}
         if args.alpha < 1.0:
             components["loss_ce"] = losses.cross_entropy_loss(
-                s_logits, kd_labels, num_items_in_batch=num_items_in_batch
+                s_logits, kd_labels, num_items_in_batch=kd_items
             )
         loss = losses.combine_losses(loss_kd, components.get("loss_ce", 0.0), args.alpha)
 
-        # Intermediate losses are per-batch means: scale them like an unscaled loss when the rest is scaled.
-        per_batch = 1.0 / self.current_gradient_accumulation_steps if scaled and model.training else 1.0
         attention_mask = model_inputs.get("attention_mask")
         if want_hidden:
-            components["loss_hidden"] = (
-                self._hidden_loss(outputs, teacher_outputs[0], attention_mask) * per_batch
+            components["loss_hidden"] = self._hidden_loss(
+                outputs, teacher_outputs[0], attention_mask, token_items
             )
             loss = loss + args.hidden_weight * components["loss_hidden"]
         if want_attn:
-            components["loss_attention"] = (
-                self._attention_loss(outputs, teacher_outputs[0], attention_mask) * per_batch
+            components["loss_attention"] = self._attention_loss(
+                outputs, teacher_outputs[0], attention_mask, token_items
             )
             loss = loss + args.attention_weight * components["loss_attention"]
 
-        if scaled and args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-            # num_items_in_batch counts every process's tokens while DDP averages gradients: undo the average.
+        if training and self.accelerator.num_processes > 1 and args.average_tokens_across_devices:
+            # The counts span every process while DDP averages gradients over processes: undo the average.
             loss = loss * self.accelerator.num_processes
-        if model.training:
-            self._record(components, scaled)
+        if training:
+            self._record(components)
         return (loss, outputs) if return_outputs else loss
 
     def _aligned_logits(
@@ -453,7 +453,7 @@ class DistillationTrainer(Trainer):
         return student_logits, temp * log_mix
 
     def _hidden_loss(
-        self, outputs: Any, teacher_out: Any, attention_mask: torch.Tensor | None
+        self, outputs: Any, teacher_out: Any, attention_mask: torch.Tensor | None, items: Any = None
     ) -> torch.Tensor:
         s_hidden, t_hidden = _hidden_states(outputs), _hidden_states(teacher_out)
         total = 0.0
@@ -462,12 +462,16 @@ class DistillationTrainer(Trainer):
             if self.projections is not None:
                 h = self.projections[f"{s}_{t}"](h)
             total = total + losses.hidden_state_loss(
-                h, t_hidden[t].to(h.device), kind=self.args.hidden_loss, mask=attention_mask
+                h,
+                t_hidden[t].to(h.device),
+                kind=self.args.hidden_loss,
+                mask=attention_mask,
+                num_items_in_batch=items,
             )
         return total / len(self.layer_pairs)
 
     def _attention_loss(
-        self, outputs: Any, teacher_out: Any, attention_mask: torch.Tensor | None
+        self, outputs: Any, teacher_out: Any, attention_mask: torch.Tensor | None, items: Any = None
     ) -> torch.Tensor:
         if outputs.attentions is None or teacher_out.attentions is None:
             raise ValueError(
@@ -485,19 +489,35 @@ class DistillationTrainer(Trainer):
         for s, t in pairs:
             total = total + losses.attention_loss(
                 outputs.attentions[s - 1], teacher_out.attentions[t - 1].to(outputs.attentions[s - 1].device),
-                kind=self.args.attention_loss, mask=attention_mask,
+                kind=self.args.attention_loss, mask=attention_mask, num_items_in_batch=items,
             )  # fmt: skip
         return total / max(1, len(pairs))
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        """The label count (Trainer's), plus the counts the other losses are normalized by: attention-mask
+        tokens (hidden states, attention maps) and, without labels, the positions the KD loss covers."""
+        num_items = super()._get_num_items_in_batch(batch_samples, device)
+        tokens = sum(_attention_mask(b).sum() for b in batch_samples)
+        if self.task == "causal-lm":
+            kd = sum(_attention_mask(b)[:, 1:].sum() for b in batch_samples)
+        elif self.task == "token-classification":
+            kd = tokens
+        else:
+            kd = sum(torch.tensor(len(b["input_ids"])) for b in batch_samples)
+        counts = torch.stack([torch.as_tensor(tokens), torch.as_tensor(kd)]).to(device)
+        if self.args.world_size > 1 and self.args.average_tokens_across_devices:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
+        self._step_counts = {"tokens": counts[0], "kd": counts[1]}
+        return num_items
+
     # -------------------------------------------------------------------------------- logs and files
 
-    def _record(self, components: dict[str, torch.Tensor], scaled: bool) -> None:
-        # Summed like Trainer's tr_loss: micro-batches of one optimizer step add up to that step's loss.
-        factor = 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
+    def _record(self, components: dict[str, torch.Tensor]) -> None:
+        # Summed over micro-batches (each is its share of the step's loss), then over processes at log time.
         if not self._component_sums:  # first micro-batch since the last log (or since a resume)
             self._component_last_step = self.state.global_step
         for name, value in components.items():
-            value = value.detach().float() * factor
+            value = value.detach().float()
             self._component_sums[name] = (
                 self._component_sums.get(name, torch.zeros((), device=value.device)) + value
             )
@@ -506,8 +526,8 @@ class DistillationTrainer(Trainer):
         if "loss" in logs and self._component_sums:
             steps = max(1, self.state.global_step - self._component_last_step)
             for name, total in self._component_sums.items():
-                mean = self.accelerator.reduce(total.to(self.args.device), reduction="mean")
-                logs[name] = round(mean.item() / steps, 6)
+                total = self.accelerator.reduce(total.to(self.args.device), reduction="sum")
+                logs[name] = round(total.item() / steps, 6)
             self._component_sums = {}
         super().log(logs, start_time)
 
@@ -549,6 +569,11 @@ def _output_size(model: nn.Module) -> int | None:
         return head.weight.shape[0]
     num_labels = getattr(base.config, "num_labels", None)
     return num_labels if model_task(base) in ("sequence-classification", "token-classification") else None
+
+
+def _attention_mask(batch: dict[str, Any]) -> torch.Tensor:
+    mask = batch.get("attention_mask")
+    return mask if mask is not None else torch.ones_like(batch["input_ids"])
 
 
 def _hidden_states(outputs: Any) -> tuple[torch.Tensor, ...]:

@@ -125,8 +125,9 @@ def test_chunked_loss_gives_the_same_training(tmp_path, tok):
 
 def _sgd_step_weights(tmp_path, tok, batch: int, accumulation: int):
     args = _args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                 optim="sgd", learning_rate=1.0, alpha=0.5, temperature=2.0, lr_scheduler_type="constant")  # fmt: skip
-    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=args,
+                 optim="sgd", learning_rate=1.0, alpha=0.5, temperature=2.0, lr_scheduler_type="constant",
+                 hidden_weight=0.5)  # fmt: skip
+    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1, hidden_size=96), args=args,
                                   train_dataset=_token_data(tok, n=8, variable=True), data_collator=_collator(tok))  # fmt: skip
     trainer.train()
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
@@ -135,6 +136,7 @@ def _sgd_step_weights(tmp_path, tok, batch: int, accumulation: int):
 @pytest.mark.integration
 def test_one_batch_of_8_equals_8_accumulated_batches_of_1(tmp_path, tok):
     # Sequences of different lengths: a per-micro-batch mean would weigh short sequences' tokens more.
+    # KD, CE and hidden-state matching (through a learned projection) are all token-normalized.
     full = _sgd_step_weights(tmp_path / "a", tok, batch=8, accumulation=1)
     accumulated = _sgd_step_weights(tmp_path / "b", tok, batch=1, accumulation=8)
     initial = {n: p for n, p in _llama(tok, 2).named_parameters()}
