@@ -35,7 +35,7 @@ def _logits(model, ids: torch.Tensor = IDS) -> torch.Tensor:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        out = model(input_ids=ids).logits.float()
+        out = model(input_ids=ids.to(next(model.parameters()).device)).logits.float().cpu()
     model.train(was_training)
     return out
 
