@@ -150,7 +150,7 @@ def push_to_hub(
     >>> result.commit_url  # doctest: +SKIP
     'https://huggingface.co/me/tiny-merged/commit/...'
     """
-    from huggingface_hub import HfApi, ModelCard
+    from huggingface_hub import HfApi, ModelCard, get_token
 
     from hf_lite.export import export
     from hf_lite.model_card import build_model_card, inspect_checkpoint
@@ -182,48 +182,63 @@ def push_to_hub(
         )
 
     is_folder = isinstance(model_or_folder, (str, os.PathLike))
-    with tempfile.TemporaryDirectory(prefix="hf-lite-push-") as staging:
-        export_report = None
-        if is_folder:
-            folder = Path(model_or_folder).expanduser()
-            if tokenizer is not None:
-                raise ValueError(
-                    "tokenizer is only used when pushing a model object; a folder is uploaded with the tokenizer "
-                    "files it holds. Save the tokenizer into the folder, or drop the argument."
-                )
-            info = inspect_checkpoint(folder)
-        else:
-            folder = Path(staging) / "checkpoint"
-            export_report = export(
-                model_or_folder, folder, tokenizer=tokenizer, merge_adapter=merge_adapter, dtype=dtype,
-                base_model=base_model, check=check,
-            )  # fmt: skip
-            if export_report is None:  # not the main process of a distributed run
-                raise RuntimeError("push_to_hub must run on the main process only (rank 0).")
-            info = inspect_checkpoint(folder)
-        if info.kind == "adapter" and info.base_model_is_local and base_model is None:
+    if is_folder:
+        if tokenizer is not None:
             raise ValueError(
-                "The adapter's config names a local folder as its base model (base_model_name_or_path), which "
-                "nobody else can load. Pass base_model='org/name' (the base model's Hub id): it is written into "
-                "the uploaded adapter_config.json and the card."
+                "tokenizer is only used when pushing a model object; a folder is uploaded with the tokenizer "
+                "files it holds. Save the tokenizer into the folder, or drop the argument."
             )
+        info = inspect_checkpoint(model_or_folder)  # a folder that is no checkpoint fails before any request
 
-        if card is None:
-            card_text = build_model_card(
-                report, repo_id=repo_id if "/" in repo_id else None, checkpoint=info, export_report=export_report,
-                base_model=base_model, license=license, language=language, datasets=datasets, tags=tags,
-            ).content  # fmt: skip
-        else:
-            card_text = card.content if isinstance(card, ModelCard) else card
-        _check_card(card_text, token=token, paths=[folder, Path(staging), Path.home(), Path.cwd()])
-
-        api = HfApi(token=token)
-        return _push_folder(
-            api, folder, info, card_text, repo_id=repo_id, private=private, revision=revision,
-            commit_message=commit_message or _default_message(info, export_report),
-            commit_description=commit_description, create_pr=create_pr, base_model=base_model,
-            delete_stale_files=delete_stale_files, max_retries=max_retries, export_report=export_report,
-        )  # fmt: skip
+    # ---- the Hub side first (token, repo, branch): problems there show before a long export
+    api = HfApi(token=token)
+    token_sent = isinstance(token, str) or (token is None and get_token() is not None)
+    branch = revision or "main"
+    existed, repo_id = _prepare_repo(
+        api, repo_id, private=private, token_sent=token_sent, max_retries=max_retries
+    )
+    created_branch = None
+    try:
+        created_branch = _prepare_branch(api, repo_id, branch, max_retries)
+        with tempfile.TemporaryDirectory(prefix="hf-lite-push-") as staging:
+            export_report = None
+            if is_folder:
+                folder = Path(model_or_folder).expanduser()
+            else:
+                folder = Path(staging) / "checkpoint"
+                export_report = export(
+                    model_or_folder, folder, tokenizer=tokenizer, merge_adapter=merge_adapter, dtype=dtype,
+                    base_model=base_model, check=check,
+                )  # fmt: skip
+                if export_report is None:  # not the main process of a distributed run
+                    raise RuntimeError("push_to_hub must run on the main process only (rank 0).")
+                info = inspect_checkpoint(folder)
+            if info.kind == "adapter" and info.base_model_is_local and base_model is None:
+                raise ValueError(
+                    "The adapter's config names a local folder as its base model (base_model_name_or_path), "
+                    "which nobody else can load. Pass base_model='org/name' (the base model's Hub id): it is "
+                    "written into the uploaded adapter_config.json and the card."
+                )
+            if card is None:
+                card_text = build_model_card(
+                    report, repo_id=repo_id, checkpoint=info, export_report=export_report, base_model=base_model,
+                    license=license, language=language, datasets=datasets, tags=tags,
+                ).content  # fmt: skip
+            else:
+                card_text = card.content if isinstance(card, ModelCard) else card
+            _check_card(card_text, token=token, paths=[folder, Path(staging), Path.home(), Path.cwd()])
+            return _push_folder(
+                api, folder, Path(staging), info, card_text, repo_id=repo_id, branch=branch,
+                commit_message=commit_message or _default_message(info, export_report),
+                commit_description=commit_description, create_pr=create_pr, base_model=base_model,
+                delete_stale_files=delete_stale_files, max_retries=max_retries, export_report=export_report,
+            )  # fmt: skip
+    except BaseException as err:
+        _undo_creation(api, repo_id, existed=existed, created_branch=created_branch)
+        auth = _auth_error(err, repo_id, token_sent)
+        if auth is not None:
+            raise auth from err
+        raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,14 +335,16 @@ def _describe(err: BaseException) -> str:
     return f"HTTP {status}" if status is not None else type(err).__name__
 
 
-def _auth_error(err: BaseException, repo_id: str) -> ValueError | None:
+def _auth_error(err: BaseException, repo_id: str, token_sent: bool) -> ValueError | None:
     """A clear error for a missing/invalid token or missing rights, else None."""
     from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
 
+    if not isinstance(err, HfHubHTTPError):
+        return None
     status = _status(err)
     if status == 401:
-        message = str(err)
-        if "Invalid credentials" in message or "invalid" in message.lower() and "token" in message.lower():
+        if token_sent:
             why = "the server rejected the token (invalid or expired)"
         else:
             why = "the server requires a token with write access and none was sent"
@@ -368,15 +385,45 @@ def _remote_matches(api: HfApi, repo_id: str, revision: str, local: dict[str, tu
     return True
 
 
+def _prepare_repo(
+    api: HfApi, repo_id: str, *, private: bool | None, token_sent: bool, max_retries: int
+) -> tuple[bool, str]:
+    """Create the repo if needed; (whether it existed, its full id). Auth problems become clear errors."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        existed = _retry(lambda: api.repo_exists(repo_id), "repo lookup", max_retries)
+        url = _retry(
+            lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create_repo", max_retries
+        )
+    except HfHubHTTPError as err:
+        auth = _auth_error(err, repo_id, token_sent)
+        if auth is not None:
+            raise auth from err
+        raise
+    return existed, url.repo_id
+
+
+def _prepare_branch(api: HfApi, repo_id: str, branch: str, max_retries: int) -> str | None:
+    """Create ``branch`` from ``main`` when it does not exist; returns its name if it was created."""
+    if branch == "main" or branch.startswith("refs/"):
+        return None
+    refs = _retry(lambda: api.list_repo_refs(repo_id), "list refs", max_retries)
+    if branch in {b.name for b in refs.branches}:
+        return None
+    _retry(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), "create_branch", max_retries)
+    return branch
+
+
 def _push_folder(
     api: HfApi,
     folder: Path,
+    staging: Path,
     info: CheckpointInfo,
     card_text: str,
     *,
     repo_id: str,
-    private: bool | None,
-    revision: str | None,
+    branch: str,
     commit_message: str,
     commit_description: str | None,
     create_pr: bool,
@@ -386,70 +433,32 @@ def _push_folder(
     export_report: ExportReport | None,
 ) -> PushResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import HfHubHTTPError
 
-    staging = Path(tempfile.mkdtemp(prefix="hf-lite-card-"))
-    try:
-        card_path = staging / "README.md"
-        card_path.write_text(card_text, encoding="utf-8")
-        uploads = {f: folder / f for f in info.files if f != "README.md"}
-        if info.kind == "adapter" and base_model is not None and info.base_model != base_model:
-            uploads["adapter_config.json"] = _adapter_config_with_base(folder, staging, base_model)
-        uploads["README.md"] = card_path
-        local_ids = {path: _file_ids(p) for path, p in uploads.items()}
+    card_path = staging / "README.md"
+    card_path.write_text(card_text, encoding="utf-8")
+    uploads = {f: folder / f for f in info.files if f != "README.md"}
+    if info.kind == "adapter" and base_model is not None and info.base_model != base_model:
+        uploads["adapter_config.json"] = _adapter_config_with_base(folder, staging, base_model)
+    uploads["README.md"] = card_path
+    local_ids = {path: _file_ids(p) for path, p in uploads.items()}
 
-        try:
-            existed = _retry(lambda: api.repo_exists(repo_id), "repo lookup", max_retries)
-            url = _retry(
-                lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create_repo", max_retries
-            )
-        except HfHubHTTPError as err:
-            auth = _auth_error(err, repo_id)
-            if auth is not None:
-                raise auth from err
-            raise
-        repo_id = url.repo_id
-        branch = revision or "main"
-        created_branch = False
-        try:
-            if branch != "main" and not branch.startswith("refs/"):
-                refs = _retry(lambda: api.list_repo_refs(repo_id), "list refs", max_retries)
-                if branch not in {b.name for b in refs.branches}:
-                    _retry(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), "create_branch",
-                           max_retries)  # fmt: skip
-                    created_branch = True
-            parent = _retry(lambda: api.repo_info(repo_id, revision=branch).sha, "repo_info", max_retries)
-            deletes: list[str] = []
-            if delete_stale_files:
-                remote = _retry(
-                    lambda: api.list_repo_files(repo_id, revision=parent), "list files", max_retries
-                )
-                deletes = sorted(
-                    f for f in remote
-                    if f not in uploads and any(fnmatch.fnmatch(f.split("/")[-1], p) for p in CHECKPOINT_PATTERNS)
-                )  # fmt: skip
+    parent = _retry(lambda: api.repo_info(repo_id, revision=branch).sha, "repo_info", max_retries)
+    deletes: list[str] = []
+    if delete_stale_files:
+        remote = _retry(lambda: api.list_repo_files(repo_id, revision=parent), "list files", max_retries)
+        deletes = sorted(
+            f for f in remote
+            if f not in uploads and any(fnmatch.fnmatch(f.split("/")[-1], p) for p in CHECKPOINT_PATTERNS)
+        )  # fmt: skip
 
-            def operations() -> list[Any]:
-                adds = [
-                    CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(src)) for p, src in uploads.items()
-                ]
-                return adds + [CommitOperationDelete(path_in_repo=p) for p in deletes]
+    def operations() -> list[Any]:
+        adds = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(src)) for p, src in uploads.items()]
+        return adds + [CommitOperationDelete(path_in_repo=p) for p in deletes]
 
-            commit = _commit_with_retries(
-                api, repo_id, operations, local_ids, branch=branch, parent=parent, message=commit_message,
-                description=commit_description, create_pr=create_pr, max_retries=max_retries,
-            )  # fmt: skip
-        except BaseException as err:
-            _undo_creation(api, repo_id, existed=existed, created_branch=branch if created_branch else None)
-            auth = _auth_error(err, repo_id) if isinstance(err, HfHubHTTPError) else None
-            if auth is not None:
-                raise auth from err
-            raise
-    finally:
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-
+    commit = _commit_with_retries(
+        api, repo_id, operations, local_ids, branch=branch, parent=parent, message=commit_message,
+        description=commit_description, create_pr=create_pr, max_retries=max_retries,
+    )  # fmt: skip
     committed = commit.oid != parent
     logger.info(
         "%s %s@%s: %d files%s%s", "pushed to" if committed else "nothing changed in", repo_id, branch,

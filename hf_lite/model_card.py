@@ -303,12 +303,14 @@ def _describe_quantization(config: Mapping[str, Any]) -> str | None:
     return describe_quantization(SimpleNamespace(config=SimpleNamespace(quantization_config=dict(qc))))
 
 
-def inspect_checkpoint(folder: str | os.PathLike) -> CheckpointInfo:
+def inspect_checkpoint(folder: str | os.PathLike, *, refuse_pickles: bool = True) -> CheckpointInfo:
     """Read what a checkpoint folder holds, and refuse folders that are not loadable safetensors checkpoints.
 
     Args:
         folder: a folder written by ``save_pretrained`` (a model: ``config.json`` + ``*.safetensors``; an
             adapter: ``adapter_config.json`` + ``adapter_model.safetensors``).
+        refuse_pickles: raise on pickle files (``*.bin``, ``*.pt``...). ``False`` to describe a folder that
+            holds some beside its safetensors weights (a ``Trainer`` output dir has ``training_args.bin``).
 
     Returns:
         A :class:`CheckpointInfo`.
@@ -325,9 +327,14 @@ def inspect_checkpoint(folder: str | os.PathLike) -> CheckpointInfo:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ValueError(f"folder={os.fspath(folder)!r} is not an existing folder.")
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    files = sorted(
+        rel
+        for rel in (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        # hidden files and folders (.git/, .cache/, editor files) are not part of a checkpoint
+        if rel == ".gitattributes" or not any(part.startswith(".") for part in rel.split("/"))
+    )
     pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
-    if pickles:
+    if pickles and refuse_pickles:
         raise ValueError(
             f"folder={os.fspath(folder)!r} holds pickle files {pickles}: hf-lite only publishes safetensors "
             "checkpoints (pickles run code when loaded). Re-save with save_pretrained (safetensors is the "
@@ -486,8 +493,8 @@ def build_model_card(
         report: a :class:`CompressionSummary` or a dict with its field names (the trainers' report, or
             figures you measured). ``None`` for a card from the checkpoint facts alone.
         repo_id: the repo the card is for (its name becomes the model name; used in the loading example).
-        checkpoint: the folder being published, or its :class:`CheckpointInfo` (counted parameters and
-            bytes, quantization, adapter, architecture).
+        checkpoint: the folder being published (a ``Trainer`` output dir will do), or its
+            :class:`CheckpointInfo` (counted parameters and bytes, quantization, adapter, architecture).
         export_report: the :class:`~hf_lite.export.ExportReport` of the export (merge, dequantization,
             pruning made permanent, check difference).
         base_model: Hub id of the model this one derives from; default: the export report's or the
@@ -513,7 +520,7 @@ def build_model_card(
     if repo_id is not None and not isinstance(repo_id, str):
         raise TypeError(f"repo_id must be a string or None; got {type(repo_id).__name__}.")
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = inspect_checkpoint(checkpoint)
+        checkpoint = inspect_checkpoint(checkpoint, refuse_pickles=False)  # describing is not publishing
     elif checkpoint is not None and not isinstance(checkpoint, CheckpointInfo):
         raise TypeError(
             f"checkpoint must be a folder path, a CheckpointInfo or None; got {type(checkpoint).__name__}."

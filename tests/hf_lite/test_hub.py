@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -257,8 +258,9 @@ def test_transient_commit_error_is_retried_once_applied_once(hub_server, tiny_ch
 def test_private_branch_message_and_pull_request(hub_server, tiny_checkpoints):
     api = HfApi()
     repo = "test-user/options"
-    result = push_to_hub(tiny_checkpoints["llama"], repo, private=True, revision="dev", commit_message="First",
+    result = push_to_hub(tiny_checkpoints["llama"], "options", private=True, revision="dev", commit_message="First",
                          commit_description="Tiny Llama, nothing compressed yet.")  # fmt: skip
+    assert result.repo_id == repo and f'from_pretrained("{repo}")' in result.card  # the token's namespace
     assert api.model_info(repo).private and result.revision == "dev"
     assert api.file_exists(repo, "model.safetensors", revision="dev") and not api.file_exists(
         repo, "config.json"
@@ -321,7 +323,8 @@ def test_push_errors(hub_server, tiny_checkpoints, tmp_path):
         push_to_hub(folder, "test-user/x", tokenizer=load_tokenizer(folder))
 
     empty = tmp_path / "empty"
-    empty.mkdir()
+    (empty / ".cache").mkdir(parents=True)
+    (empty / ".cache" / "config.json").write_text("{}")  # hidden folders are not part of the checkpoint
     (empty / "tokenizer.json").write_text("{}")
     with pytest.raises(ValueError, match="has no config.json"):
         push_to_hub(empty, "test-user/x")
@@ -356,6 +359,13 @@ def test_card_metadata_passes_the_hub_validation(tmp_path, tiny_checkpoints):
         build_model_card(REPORT, repo_id="me/tiny").content
         == build_model_card(REPORT, repo_id="me/tiny").content
     )
+
+    trainer_dir = tmp_path / "trainer-output"  # a Trainer output dir: described even with its pickled args
+    trainer_dir.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (trainer_dir / name).write_bytes((Path(tiny_checkpoints["llama"]) / name).read_bytes())
+    (trainer_dir / "training_args.bin").write_bytes(b"\x80\x04")
+    assert "82,624 parameters" in build_model_card(REPORT, repo_id="me/tiny", checkpoint=trainer_dir).content
 
     bare = build_model_card()  # no report: still a valid card that says so
     assert parse_card_metadata(bare.content)["tags"] == ["hf-lite"] and "No compression step" in bare.content
