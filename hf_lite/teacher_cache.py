@@ -703,11 +703,12 @@ def teacher_cache_metadata(cache: str | os.PathLike | datasets.Dataset) -> dict[
 def cache_bytes_per_token(path: str | os.PathLike, *, by_column: bool = False) -> float | dict[str, float]:
     """Bytes the teacher columns take per cached position (per example for ``sequence-classification``).
 
-    Measured, not computed from the format: the sizes of the Arrow buffers of :data:`TEACHER_COLUMNS` as
-    stored (memory-mapped from the files, so equal to their share of the files), list offsets included,
-    divided by the number of positions. The dataset's own columns (``input_ids``, ...) are not counted. For the
-    default storage this is ``4 * k + 4`` (fp16 log-probabilities, uint16 ids, fp32 tail) plus 4 bytes of
-    offsets per example and per list column, spread over the example's positions.
+    Measured, not computed from the format: the total size of the Arrow buffers of :data:`TEACHER_COLUMNS`
+    as stored (memory-mapped from the files), list offsets included, divided by the number of positions. Not
+    counted: the dataset's own columns (``input_ids``, ...) and the file's alignment padding (under 8 bytes
+    per buffer and record batch). For the default storage this is ``4 * k + 4`` (fp16 log-probabilities,
+    uint16 ids, fp32 tail) plus, per list column, 4 bytes of offsets per example (and per record batch),
+    spread over the positions.
 
     Args:
         path: a cache folder.
@@ -723,7 +724,8 @@ def cache_bytes_per_token(path: str | os.PathLike, *, by_column: bool = False) -
     """
     cache = load_teacher_cache(path)
     tokens = max(1, int(teacher_cache_metadata(path)["num_tokens"]))
-    sizes = {c: cache.data.column(c).nbytes / tokens for c in TEACHER_COLUMNS}
+    # the buffers themselves (not .nbytes, which counts a list's offsets as one per row, not one per row + 1)
+    sizes = {c: cache.data.column(c).get_total_buffer_size() / tokens for c in TEACHER_COLUMNS}
     return sizes if by_column else sum(sizes.values())
 
 
