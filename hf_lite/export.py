@@ -278,7 +278,9 @@ def export(
     the in-memory base, for a separate adapter) and the outputs compared with the in-memory model's; only
     then is it renamed to ``output_dir``. On any failure the temporary folder is removed and a previous
     ``output_dir`` is left intact. The in-memory model is not modified (a copy is transformed, so merging or
-    dequantizing needs memory for the saved model once more).
+    dequantizing needs memory for the saved model once more); the one exception changes no output: 4-bit
+    layers that bitsandbytes repacked for its CPU kernel are put back in the standard layout
+    (:func:`unpack_bnb_cpu_weights_`), since any ``state_dict()`` would otherwise corrupt them.
 
     Args:
         model: a transformers ``PreTrainedModel`` or a ``peft.PeftModel``.

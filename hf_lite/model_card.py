@@ -378,8 +378,8 @@ def inspect_checkpoint(folder: str | os.PathLike, *, refuse_pickles: bool = True
         if config.get("r") is not None:
             desc += f" r={config['r']}"
         targets = config.get("target_modules")
-        if isinstance(targets, list) and targets:
-            desc += f" on {', '.join(sorted(targets))}"
+        if isinstance(targets, list) and targets:  # leaf names: PEFT may store full module paths
+            desc += f" on {', '.join(sorted({str(t).rsplit('.', 1)[-1] for t in targets}))}"
         elif isinstance(targets, str):
             desc += f" on {targets}"
         info.adapter = desc
@@ -550,7 +550,8 @@ def build_model_card(
 
     kind = checkpoint.kind if checkpoint is not None else (export_report.kind if export_report else "model")
     arch_tag, loader = _arch_facts(checkpoint)
-    pipeline = pipeline_tag or summary.task or arch_tag
+    pipeline = pipeline_tag or arch_tag or summary.task
+    eval_task = summary.task or pipeline
     saved_quant = checkpoint.quantization if checkpoint is not None else None
     if saved_quant is None and export_report is not None:
         saved_quant = export_report.quantization
@@ -594,10 +595,10 @@ def build_model_card(
     dataset_ids = _dedup([d for d in dataset_ids if is_hub_id(d)])
     metrics = summary.student.metrics
     eval_results = None
-    if metrics and pipeline and summary.dataset is not None and is_hub_id(summary.dataset):
+    if metrics and eval_task and summary.dataset is not None and is_hub_id(summary.dataset):
         eval_results = [
             EvalResult(
-                task_type=pipeline,
+                task_type=eval_task,
                 dataset_type=summary.dataset,
                 dataset_name=summary.dataset_name or summary.dataset,
                 dataset_config=summary.dataset_config,
@@ -639,8 +640,12 @@ def build_model_card(
     if adapter:
         made.append("adapted")
     origin = f" from {_public(base_model, 'model')}" if base_model else ""
+    adjectives = (
+        ", ".join(made[:-1]) + " and " + made[-1] if len(made) > 1 else (made[0] if made else "compressed")
+    )
+    article = "An" if adjectives[0] in "aeiou" else "A"
     lines += [
-        f"A {' and '.join(made) or 'compressed'} checkpoint{origin}, made with "
+        f"{article} {adjectives} checkpoint{origin}, made with "
         "[hf-lite](https://github.com/hf-lite/hf-lite). It is an ordinary "
         f"{'PEFT adapter' if kind == 'adapter' else 'transformers checkpoint'}: stock "
         f"`{'peft' if kind == 'adapter' else 'transformers'}` loads it, no hf-lite and no remote code needed.",
@@ -668,13 +673,13 @@ def build_model_card(
             )
     if saved_quant:
         lines.append(
-            f"- **Quantization**: bitsandbytes {saved_quant}. The checkpoint stores the quantized weights and "
+            f"- **Quantization**: bitsandbytes {_quant_text(saved_quant)}. The checkpoint stores the quantized weights and "
             "their quantization config; loading it needs `bitsandbytes` (`pip install bitsandbytes`)."
         )
     elif dequantized_from:
         dtype = export_report.dtype if export_report is not None else None
         lines.append(
-            f"- **Quantization**: trained on a bitsandbytes {dequantized_from} base; dequantized"
+            f"- **Quantization**: trained on a bitsandbytes {_quant_text(dequantized_from)} base; dequantized"
             f"{f' to {dtype}' if dtype else ''} for this checkpoint (no bitsandbytes needed to load it)."
         )
     elif quantization:
@@ -740,6 +745,11 @@ def build_model_card(
                 f"- {_fmt_int(checkpoint.parameters)} parameters, {_fmt_bytes(checkpoint.bytes_on_disk)} of "
                 f"safetensors weights in {len(checkpoint.weight_files)} file(s) (counted from the files)"
                 + (f", {checkpoint.dtype}" if checkpoint.dtype else "")
+                + (
+                    " for the tensors that are not quantized"
+                    if checkpoint.dtype and checkpoint.quantization
+                    else ""
+                )
                 + "."
             )
         if export_report is not None and export_report.max_abs_diff is not None:
@@ -779,7 +789,7 @@ def build_model_card(
         ]
     if kind == "adapter" and quantization:
         lines += [
-            f"The adapter was trained on a {quantization} base: load the base the same way (pass a "
+            f"The adapter was trained on a {_quant_text(quantization)} base: load the base the same way (pass a "
             "`BitsAndBytesConfig`) to reproduce its outputs exactly.",
             "",
         ]
@@ -788,6 +798,11 @@ def build_model_card(
 
     content = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines).rstrip() + "\n"
     return ModelCard(content)
+
+
+def _quant_text(description: str) -> str:
+    """``'bnb-4bit (nf4, double quant)'`` -> ``'4-bit (nf4, double quant)'`` (the text says bitsandbytes already)."""
+    return description.replace("bnb-4bit", "4-bit").replace("bnb-8bit", "8-bit")
 
 
 def _fmt_bytes(n: int | None) -> str:
