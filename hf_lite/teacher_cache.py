@@ -81,6 +81,8 @@ _PROGRESS_FILE = "progress.json"
 _SHARD_FILE = "shard.json"
 _PARTIAL_SUFFIX = ".partial"
 _TMP_MARK = ".tmp-"
+#: Positions per top-k chunk: bounds the fp32 temporaries to ``_CHUNK_ROWS x vocab`` (512 MB at 128k tokens).
+_CHUNK_ROWS = 1024
 _DESCRIPTION_KEY = "hf_lite_teacher_cache"
 
 #: Tasks the cache understands, and whether it stores one row per position (True) or per example (False).
@@ -246,8 +248,11 @@ def precompute_teacher_cache(
     fingerprint, the settings and each shard's input ids match) and computes from the first missing one;
     the result equals an uninterrupted run's. When all shards are done they are joined into ``output_dir``
     (``save_to_disk`` files plus :data:`METADATA_FILE`, written last in a temporary folder that is renamed into
-    place) and the partial folder is removed. An ``output_dir`` that already holds this cache is loaded,
-    not recomputed. Call it from one process only (the main one under ``accelerate``).
+    place) and the partial folder is removed. An ``output_dir`` that already holds this cache (same settings,
+    same input ids) is loaded, not recomputed. Bit-for-bit equality with an uninterrupted run assumes the
+    resumed process runs the same kernels (same hardware, torch and transformers); elsewhere the new shards
+    can differ in the last bits. Call it from one process only (the main one under ``accelerate``), then load
+    the cache everywhere with :func:`load_teacher_cache`.
 
     Args:
         teacher: the teacher model, or a Hub id / folder loaded with :func:`hf_lite.load_teacher` for ``task``.
@@ -352,6 +357,7 @@ def precompute_teacher_cache(
         logger.info("teacher cache %s is already complete; loading it", output_dir)
         return load_teacher_cache(output_dir)
 
+    _remove_stale_temporaries(output_dir, partial)
     _prepare_partial(partial, spec)
     n = len(dataset)
     num_shards = math.ceil(n / shard_size)
@@ -422,6 +428,15 @@ _RESULT_KEYS = (
 _RESUME_KEYS = (*_RESULT_KEYS, "index_dtype", "batch_size", "shard_size")
 
 
+def _remove_stale_temporaries(output_dir: Path, partial: Path) -> None:
+    """Temporary folders that a killed run left beside ``output_dir`` (never complete, so never needed)."""
+    if not output_dir.parent.is_dir():
+        return
+    for prefix in (f".{output_dir.name}{_TMP_MARK}", f".{partial.name}{_TMP_MARK}"):
+        for entry in output_dir.parent.glob(f"{prefix}*"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _prepare_partial(partial: Path, spec: dict[str, Any]) -> None:
     progress = partial / _PROGRESS_FILE
     if partial.is_dir() and progress.is_file():
@@ -484,9 +499,7 @@ def _run_teacher(
             logits = teacher(**batch, **extra).logits  # (B, L, V) or (B, C)
         if vocab_size is not None:
             logits = logits[..., :vocab_size]
-        logprobs, indices = losses.teacher_topk(logits, k, temperature=temperature)  # (B, L, k) each
-        tail = _tail_mass(logits, indices, temperature)  # (B, L)
-        logprobs, indices, tail = logprobs.float().cpu(), indices.cpu(), tail.cpu()
+        logprobs, indices, tail = _topk_in_chunks(logits, k, temperature)  # (B, L, k), (B, L, k), (B, L)
         for i, n in enumerate(lengths):
             if per_position:
                 out[LOGPROBS_COLUMN].append(logprobs[i, :n])
@@ -497,6 +510,27 @@ def _run_teacher(
                 out[INDICES_COLUMN].append(indices[i])
                 out[TAIL_COLUMN].append(tail[i])
     return out
+
+
+def _topk_in_chunks(
+    logits: torch.Tensor, k: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`hf_lite.losses.teacher_topk` and the tail mass, on CPU, ``_CHUNK_ROWS`` positions at a time.
+
+    The fp32 temporaries (``(rows, vocab)`` each) stay bounded whatever the batch; rows are independent, so
+    the values do not depend on the chunking (which is fixed anyway, so resumed runs match bit for bit).
+    """
+    flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
+    parts = []
+    for chunk in flat.split(_CHUNK_ROWS):
+        logprobs, indices = losses.teacher_topk(chunk, k, temperature=temperature)  # (n, k) each
+        tail = _tail_mass(chunk, indices, temperature)  # (n,)
+        parts.append((logprobs.float().cpu(), indices.cpu(), tail.cpu()))
+    lead = logits.shape[:-1]
+    if not parts:
+        return torch.empty(*lead, k), torch.empty(*lead, k, dtype=torch.long), torch.empty(lead)
+    logprobs, indices, tail = (torch.cat(column) for column in zip(*parts, strict=True))
+    return logprobs.reshape(*lead, k), indices.reshape(*lead, k), tail.reshape(lead)
 
 
 def _tail_mass(logits: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -776,8 +810,8 @@ class TeacherCacheCollator:
     - ``input_ids`` ``(B, L)`` int64, padded with the tokenizer's pad id (eos, then 0, when it has none);
     - ``attention_mask`` ``(B, L)`` int64, 0 on padding (the example's own mask when it has one);
     - ``token_type_ids`` ``(B, L)`` int64 when the examples have them;
-    - ``labels`` ``(B, L)`` int64 with ``-100`` on padding when the examples have labels (``(B,)`` for
-      sequence classification), or built from ``input_ids`` when ``labels_from_input_ids=True``;
+    - ``labels`` ``(B, L)`` int64 with ``-100`` on padding when the examples have ``labels`` (or ``label``;
+      ``(B,)`` for sequence classification), or built from ``input_ids`` when ``labels_from_input_ids=True``;
     - ``teacher_topk_logprobs`` ``(B, L, k)`` float32, ``-inf`` on padding;
     - ``teacher_topk_indices`` ``(B, L, k)`` int64, ``0..k-1`` on padding (a legal entry, all mass in the
       tail, so an unmasked pad cannot produce NaN; mask it all the same);
@@ -847,8 +881,9 @@ class TeacherCacheCollator:
         if "token_type_ids" in features[0]:
             batch["token_type_ids"] = _stack_padded([_as_tensor(f["token_type_ids"], torch.long) for f in features],
                                                     length, 0)  # fmt: skip
-        if "labels" in features[0]:
-            labels = [_as_tensor(f["labels"], torch.long) for f in features]
+        label_key = "labels" if "labels" in features[0] else "label" if "label" in features[0] else None
+        if label_key is not None:  # "label" is the usual name in classification datasets
+            labels = [_as_tensor(f[label_key], torch.long) for f in features]
             batch["labels"] = (
                 _stack_padded(labels, length, self.label_pad_token_id)
                 if labels[0].ndim

@@ -169,9 +169,11 @@ def test_fingerprint_errors(llama):
 # values
 
 
-def test_cached_values_equal_teacher_topk_of_a_direct_forward(llama, data, tmp_path):
+def test_cached_values_equal_teacher_topk_of_a_direct_forward(llama, data, tmp_path, monkeypatch):
     teacher, tok = llama
-    fp32 = precompute(teacher, data, tmp_path / "fp32", tok, dtype="float32")
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher_cache, "_CHUNK_ROWS", 5)  # top-k by chunks of 5 positions: same values
+        fp32 = precompute(teacher, data, tmp_path / "fp32", tok, dtype="float32")
     fp16 = precompute(teacher, data, tmp_path / "fp16", tok)
     assert fp32.column_names == [*data.column_names, LOGPROBS_COLUMN, INDICES_COLUMN, TAIL_COLUMN]
     assert fp32.features["teacher_topk_logprobs"] == datasets.List(
@@ -192,7 +194,7 @@ def test_cached_values_equal_teacher_topk_of_a_direct_forward(llama, data, tmp_p
         torch.testing.assert_close(row[LOGPROBS_COLUMN], logprobs, rtol=0, atol=1e-5)
         rest = torch.log_softmax(logits.double() / 2.0, -1).exp().sum(-1) - logprobs.double().exp().sum(-1)
         torch.testing.assert_close(row[TAIL_COLUMN].double(), rest, rtol=1e-4, atol=1e-7)
-        # same batches, so the fp16 cache is exactly the fp32 one rounded
+        # same batches (other top-k chunks), so the fp16 cache is exactly the fp32 one rounded
         assert torch.equal(torch_fp16[i][LOGPROBS_COLUMN], row[LOGPROBS_COLUMN].half().float())
         assert torch.equal(torch_fp16[i][INDICES_COLUMN], row[INDICES_COLUMN])
     meta = teacher_cache_metadata(tmp_path / "fp16")
@@ -278,7 +280,7 @@ def test_sequence_classification_cache_has_one_row_per_example(tmp_path):
     teacher, tok = build_tiny_model("bert", "sequence-classification", seed=0, num_labels=3)
     teacher.eval()
     enc = tok(TEXTS[:5])
-    dataset = datasets.Dataset.from_dict({**enc, "labels": [0, 1, 2, 1, 0]})
+    dataset = datasets.Dataset.from_dict({**enc, "label": [0, 1, 2, 1, 0]})  # "label", as classification sets
     cache = precompute(teacher, dataset, tmp_path / "c", tok, k=3, task="sequence-classification")
     assert teacher_cache_metadata(cache)["num_tokens"] == 5
     batch = TeacherCacheCollator(tok, return_tail_mass=True)([cache[i] for i in range(5)])
@@ -317,10 +319,11 @@ def test_interrupted_precompute_resumes_to_the_same_cache_without_recomputing_do
     with pytest.raises(ValueError, match="work folder of an interrupted precompute"):
         load_teacher_cache(partial)
 
+    (tmp_path / ".cache.tmp-killed").mkdir()  # what a run killed while assembling leaves beside the output
     with ForwardCounter(teacher) as counter:
         resumed = precompute(teacher, data, out, tok)
     assert counter.calls == 3  # shard 0 (2 forwards) was kept, not recomputed
-    assert not partial.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "reference"]  # temporaries, partial: gone
     assert resumed.to_dict() == reference.to_dict()
     assert resumed.features == reference.features
     meta, ref_meta = teacher_cache_metadata(out), teacher_cache_metadata(tmp_path / "reference")
