@@ -33,14 +33,26 @@ _LAZY: dict[str, str] = {
     "build_tiny_model": "hf_lite.tiny",
     "build_tokenizer": "hf_lite.tiny",
     "init_student_from_teacher": "hf_lite.student",
+    "export": "hf_lite.export",
+    "ExportReport": "hf_lite.export",
+    "unpack_bnb_cpu_weights_": "hf_lite.export",
+    "push_to_hub": "hf_lite.hub",
+    "PushResult": "hf_lite.hub",
+    "build_model_card": "hf_lite.model_card",
+    "CompressionSummary": "hf_lite.model_card",
 }
 
 # subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
-_SUBMODULES = ("loading", "losses", "pruning", "student", "summary", "tiny", "demo", "cli")
+_SUBMODULES = (
+    "cli", "data", "demo", "evaluation", "export", "hub", "loading", "losses", "model_card", "plan", "pruning",
+    "recipe", "report", "runner", "student", "summary", "teacher_cache", "tiny",
+)  # fmt: skip
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
+    from hf_lite.export import ExportReport, export, unpack_bnb_cpu_weights_
+    from hf_lite.hub import PushResult, push_to_hub
     from hf_lite.loading import (
         TASKS,
         freeze,
@@ -51,6 +63,7 @@ if TYPE_CHECKING:
         resolve_peft_config,
         resolve_quantization,
     )
+    from hf_lite.model_card import CompressionSummary, build_model_card
     from hf_lite.student import init_student_from_teacher
     from hf_lite.summary import ModelSummary, model_summary
     from hf_lite.tiny import build_tiny_model, build_tokenizer, save_tiny_checkpoint
