@@ -33,9 +33,9 @@ _LAZY: dict[str, str] = {
     "build_tiny_model": "hf_lite.tiny",
     "build_tokenizer": "hf_lite.tiny",
     "init_student_from_teacher": "hf_lite.student",
-    "export": "hf_lite.export",
-    "ExportReport": "hf_lite.export",
-    "unpack_bnb_cpu_weights_": "hf_lite.export",
+    "export": "hf_lite.exporting",
+    "ExportReport": "hf_lite.exporting",
+    "unpack_bnb_cpu_weights_": "hf_lite.exporting",
     "push_to_hub": "hf_lite.hub",
     "PushResult": "hf_lite.hub",
     "build_model_card": "hf_lite.model_card",
@@ -44,14 +44,14 @@ _LAZY: dict[str, str] = {
 
 # subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
 _SUBMODULES = (
-    "cli", "data", "demo", "evaluation", "export", "hub", "loading", "losses", "model_card", "plan", "pruning",
+    "cli", "data", "demo", "evaluation", "exporting", "hub", "loading", "losses", "model_card", "plan", "pruning",
     "recipe", "report", "runner", "student", "summary", "teacher_cache", "tiny",
 )  # fmt: skip
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
-    from hf_lite.export import ExportReport, export, unpack_bnb_cpu_weights_
+    from hf_lite.exporting import ExportReport, export, unpack_bnb_cpu_weights_
     from hf_lite.hub import PushResult, push_to_hub
     from hf_lite.loading import (
         TASKS,

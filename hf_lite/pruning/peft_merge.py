@@ -94,7 +94,7 @@ def _check_tuner_layer(name: str, module: nn.Module) -> None:
     if type(base).__module__.startswith("bitsandbytes"):
         raise ValueError(
             f"layer {name!r} has a bitsandbytes-quantized base ({type(base).__name__}): merging requantizes the "
-            "weights, whose zeros are not zeros of the quantized code. Dequantize first (hf_lite.export with "
+            "weights, whose zeros are not zeros of the quantized code. Dequantize first (hf_lite.exporting with "
             "merge_adapter=True and a dtype), or merge into the full-precision sparse base."
         )
     if any(bool(v) for v in (getattr(module, "use_dora", None) or {}).values()):

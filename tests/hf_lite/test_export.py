@@ -1,4 +1,4 @@
-"""hf_lite.export: atomic checkpoint export (adapters merged or separate, bnb 4/8-bit, pruning made permanent)
+"""hf_lite.exporting: atomic checkpoint export (adapters merged or separate, bnb 4/8-bit, pruning made permanent)
 checked by reloading with stock transformers / PEFT. Tiny checkpoints, everything under tmp_path."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-import hf_lite.export as export_module
+import hf_lite.exporting as export_module
 import hf_lite.hub as hub_module
 import hf_lite.model_card as card_module
 from hf_lite import load_model, load_tokenizer
-from hf_lite.export import (
+from hf_lite.exporting import (
     ExportReport,
     default_check_inputs,
     export,

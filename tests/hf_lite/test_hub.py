@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 import hf_lite.hub as hub_module
 from hf_lite import load_model, load_tokenizer
-from hf_lite.export import export
+from hf_lite.exporting import export
 from hf_lite.hub import PushResult, push_to_hub
 from hf_lite.model_card import CompressionSummary, ModelFigures, build_model_card, inspect_checkpoint
 from tests.hub_server import parse_card_metadata

@@ -386,3 +386,10 @@ def test_name_of_the_wrong_type_and_a_file_instead_of_a_folder(tiny_checkpoints)
         load_model(42)
     with pytest.raises(ValueError, match=r"is a file; pass the checkpoint folder"):
         load_model(f"{tiny_checkpoints['llama']}/config.json")
+
+
+def test_public_functions_are_not_shadowed_by_submodules():
+    import hf_lite.exporting  # noqa: F401  (importing a submodule must not replace the function)
+
+    assert callable(hf_lite.export) and hf_lite.export.__name__ == "export"
+    assert hf_lite.push_to_hub.__name__ == "push_to_hub"

@@ -15,7 +15,7 @@ quantization, wrongly (absmax saved transposed). :func:`unpack_bnb_cpu_weights_`
 layout exactly, and export applies it to such layers first.
 
 >>> from hf_lite import load_model
->>> from hf_lite.export import export
+>>> from hf_lite.exporting import export
 >>> model = load_model("org/model", quantization="4bit", peft="lora")  # doctest: +SKIP
 >>> report = export(model, "out/merged", merge_adapter=True, dtype="bfloat16")  # doctest: +SKIP
 >>> report.max_abs_diff  # doctest: +SKIP
