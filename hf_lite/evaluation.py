@@ -491,7 +491,9 @@ def count_parameters(model: torch.nn.Module) -> ParameterCount:
     """Count parameters and nonzero parameters (pruned weights are exact zeros).
 
     Shared (tied) parameters count once; a bitsandbytes 4-bit weight counts its logical size (like
-    :func:`hf_lite.model_summary`) and is dequantized to count its zeros. Buffers are not parameters.
+    :func:`hf_lite.model_summary`) and is dequantized to count its zeros. For a quantized model the count
+    is of the weights the model computes with, so weights that quantization rounds to 0 count as zeros
+    too (NF4 and int8 both have an exact 0). Buffers are not parameters.
 
     >>> import torch
     >>> m = torch.nn.Linear(4, 2)
