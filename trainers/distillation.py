@@ -244,11 +244,21 @@ class DistillationTrainer(Trainer):
                 f"args must be a DistillationConfig (TrainingArguments plus the distillation fields); got "
                 f"{type(args).__name__}. Build it with DistillationConfig(output_dir, ...)."
             )
-        if teacher_model is None:
+        self.cache_meta = _cache_metadata(kwargs.get("train_dataset"))
+        if teacher_model is None and self.cache_meta is None:
             raise ValueError(
-                "teacher_model is required: pass a model, a Hub id or a folder (or a list of those)."
+                "teacher_model is required: pass a model, a Hub id or a folder (or a list of those), or train from a "
+                "teacher cache (hf_lite.teacher_cache.precompute_teacher_cache) with teacher_model=None."
+            )
+        if teacher_model is not None and self.cache_meta is not None:
+            raise ValueError(
+                "Both teacher_model and a train_dataset with cached teacher outputs were given: pass teacher_model=None "
+                "to train from the cache (no teacher in memory), or a dataset without the teacher_topk_* columns."
             )
         super().__init__(model=model, args=args, **kwargs)
+        if self.cache_meta is not None:
+            self._init_from_cache(args)
+            return
         teachers = list(teacher_model) if isinstance(teacher_model, (list, tuple)) else [teacher_model]
         if args.teacher_weights is not None and len(args.teacher_weights) != len(teachers):
             raise ValueError(
@@ -271,6 +281,40 @@ class DistillationTrainer(Trainer):
         self._step_counts: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------- setup
+
+    def _init_from_cache(self, args: DistillationConfig) -> None:
+        meta = self.cache_meta
+        unsupported = {
+            "hidden_weight": args.hidden_weight > 0, "attention_weight": args.attention_weight > 0,
+            "loss_type": args.loss_type != "forward_kl", "teacher_weights": args.teacher_weights is not None,
+            "chunk_size": args.chunk_size is not None,
+        }  # fmt: skip
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise ValueError(
+                f"Training from a teacher cache supports the top-k forward KL (plus cross-entropy) only; unset {bad}. "
+                "Hidden states, attention maps and other divergences need the live teacher."
+            )
+        if abs(meta["temperature"] - args.temperature) > 1e-12:
+            raise ValueError(
+                f"The teacher cache was computed at temperature={meta['temperature']} but args.temperature="
+                f"{args.temperature}: set temperature={meta['temperature']} or recompute the cache."
+            )
+        self.teachers, self.teacher_weights, self.projections = [], [1.0], None
+        self.task = model_task(self.model)
+        self._vocab_size = int(meta["vocab_size"])
+        self.model_accepts_loss_kwargs = True
+        self._component_sums = {}
+        self._component_last_step = 0
+        self._step_counts = None
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.cache_meta is not None:
+            from hf_lite.teacher_cache import TEACHER_COLUMNS
+
+            # Keep the cached teacher columns through remove_unused_columns: the collator needs them.
+            self._signature_columns = list(dict.fromkeys([*self._signature_columns, *TEACHER_COLUMNS]))
 
     def _prepare_teacher(self, teacher: Any) -> nn.Module:
         if isinstance(teacher, (str, os.PathLike)):
@@ -375,11 +419,19 @@ class DistillationTrainer(Trainer):
         if want_attn:
             extra["output_attentions"] = True
 
+        cached = {k: model_inputs.pop(k) for k in ("teacher_topk_logprobs", "teacher_topk_indices",
+                                                   "teacher_tail_mass") if k in model_inputs}  # fmt: skip
         outputs = model(**model_inputs, **extra)
-        with torch.no_grad():
-            teacher_outputs = [t(**model_inputs, **extra) for t in self.teachers]
-
-        s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
+        if cached:
+            s_logits = outputs.logits[..., : self._vocab_size]
+            t_logprobs, t_indices = cached["teacher_topk_logprobs"], cached["teacher_topk_indices"]
+            if self.task == "causal-lm":
+                t_logprobs, t_indices = t_logprobs[:, :-1], t_indices[:, :-1]
+            t_logits = None
+        else:
+            with torch.no_grad():
+                teacher_outputs = [t(**model_inputs, **extra) for t in self.teachers]
+            s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
         kd_labels, kd_mask = labels, None
         if self.task == "causal-lm":
             if labels is not None:
@@ -387,7 +439,8 @@ class DistillationTrainer(Trainer):
             else:
                 s_logits = s_logits[:, :-1]
                 kd_mask = _attention_mask(model_inputs)[:, 1:]
-            t_logits = t_logits[:, :-1]
+            if t_logits is not None:
+                t_logits = t_logits[:, :-1]
         elif self.task == "token-classification" and labels is None:
             kd_mask = _attention_mask(model_inputs)
         # During training every loss is divided by its item count over the whole accumulated batch and all
@@ -400,7 +453,17 @@ class DistillationTrainer(Trainer):
         self.loss_is_scaled_for_ga = training
         kd_kwargs = dict(loss_type=args.loss_type, temperature=args.temperature, beta=args.beta,
                          labels=kd_labels, mask=kd_mask, num_items_in_batch=kd_items)  # fmt: skip
-        if args.chunk_size:
+        if cached:
+            loss_kd = losses.topk_distillation_loss(
+                s_logits,
+                t_logprobs,
+                t_indices,
+                temperature=args.temperature,
+                labels=kd_labels,
+                mask=kd_mask,
+                num_items_in_batch=kd_items,
+            )
+        elif args.chunk_size:
             loss_kd = losses.chunked_distillation_loss(
                 s_logits, t_logits, chunk_size=args.chunk_size, **kd_kwargs
             )
@@ -552,6 +615,16 @@ class DistillationTrainer(Trainer):
 
 
 # --------------------------------------------------------------------------------------- helpers
+
+
+def _cache_metadata(dataset: Any) -> dict[str, Any] | None:
+    """The teacher cache's metadata when ``dataset`` carries cached teacher outputs, else None."""
+    columns = getattr(dataset, "column_names", None) or []
+    if "teacher_topk_logprobs" not in columns:
+        return None
+    from hf_lite.teacher_cache import teacher_cache_metadata
+
+    return teacher_cache_metadata(dataset)
 
 
 def _text_config(model: nn.Module) -> Any:

@@ -403,3 +403,51 @@ def test_no_labels_where_cross_entropy_is_asked_for(tmp_path, tok):
                                   train_dataset=data)  # fmt: skip
     trainer.train()
     assert math.isfinite(trainer.state.log_history[0]["loss_kd"])
+
+
+# ------------------------------------------------------------------------------------ teacher cache
+
+
+@pytest.mark.integration
+def test_training_from_a_full_teacher_cache_equals_online_distillation(tmp_path, tok):
+    from hf_lite.teacher_cache import TeacherCacheCollator, precompute_teacher_cache
+
+    teacher = _llama(tok, 1).eval()
+    data = _token_data(tok, n=8, variable=True)
+    cache = precompute_teacher_cache(
+        teacher, data, tmp_path / "cache", tokenizer=tok, k=len(tok), temperature=2.0
+    )
+
+    def first_step(**kw):
+        args = _args(tmp_path / str(len(kw)), max_steps=1, alpha=1.0, temperature=2.0, learning_rate=0.0,
+                     per_device_train_batch_size=8)  # fmt: skip
+        trainer = DistillationTrainer(model=_llama(tok, 2), args=args, processing_class=tok, **kw)
+        trainer.train()
+        return trainer.state.log_history[0]["loss_kd"]
+
+    online = first_step(teacher_model=teacher, train_dataset=data, data_collator=_collator(tok))
+    from_cache = first_step(teacher_model=None, train_dataset=cache,
+                            data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True))  # fmt: skip
+    assert from_cache == pytest.approx(online, rel=2e-3)  # fp16 cache of log-probs
+
+
+def test_teacher_cache_errors(tmp_path, tok):
+    from hf_lite.teacher_cache import precompute_teacher_cache
+
+    cache = precompute_teacher_cache(_llama(tok, 1), _token_data(tok, n=4), tmp_path / "cache", tokenizer=tok, k=4,
+                                     temperature=2.0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"cache was computed at temperature=2.0 but args.temperature=1.0"):
+        DistillationTrainer(model=_llama(tok, 2), args=_args(tmp_path, temperature=1.0), train_dataset=cache)
+    with pytest.raises(
+        ValueError, match=r"top-k forward KL \(plus cross-entropy\) only; unset \['hidden_weight'\]"
+    ):
+        DistillationTrainer(
+            model=_llama(tok, 2),
+            args=_args(tmp_path, temperature=2.0, hidden_weight=1.0),
+            train_dataset=cache,
+        )
+    with pytest.raises(
+        ValueError, match="Both teacher_model and a train_dataset with cached teacher outputs"
+    ):
+        DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=_args(tmp_path, temperature=2.0),
+                            train_dataset=cache)  # fmt: skip
