@@ -594,6 +594,56 @@ class DistillationTrainer(Trainer):
             self._component_sums = {}
         super().log(logs, start_time)
 
+    def compression_summary(self) -> Any:
+        """What this run did, for the model card: teacher, distillation settings, pruning, adapter."""
+        from hf_lite.exporting import is_hub_id
+        from hf_lite.model_card import CompressionSummary
+        from hf_lite.summary import describe_adapter, describe_quantization
+
+        args = self.args
+        teacher = None
+        if self.teachers:
+            names = [getattr(getattr(t, "config", None), "_name_or_path", "") for t in self.teachers]
+            teacher = ", ".join(n for n in names if is_hub_id(n)) or None
+        parts = [f"{args.loss_type} on logits, T={args.temperature}, alpha={args.alpha}"]
+        if self.cache_meta is not None:
+            parts.append(f"from cached top-{self.cache_meta['k']} teacher log-probs")
+        if args.hidden_weight > 0:
+            parts.append(
+                f"hidden states ({args.hidden_loss}, weight {args.hidden_weight}, layers {args.layer_map})"
+            )
+        if args.attention_weight > 0:
+            parts.append(f"attention maps ({args.attention_loss}, weight {args.attention_weight})")
+        if len(self.teachers) > 1:
+            parts.append(f"{len(self.teachers)} teachers, weights {self.teacher_weights}")
+        pruning, sparsity = None, None
+        for callback in self.callback_handler.callbacks:
+            if type(callback).__name__ == "PruningCallback":
+                cfg = callback.config
+                pruning = f"gradual {cfg.method} ({cfg.pattern}, {cfg.scope}), cubic schedule"
+                sparsity = float(callback.current_sparsity)
+        model = self.accelerator.unwrap_model(self.model)
+        return CompressionSummary(
+            teacher=teacher, distillation="; ".join(parts), pruning=pruning, sparsity=sparsity,
+            quantization=describe_quantization(model.get_base_model() if hasattr(model, "get_base_model") else model),
+            adapter=describe_adapter(model),
+        )  # fmt: skip
+
+    def create_model_card(self, language: str | None = None, license: str | None = None, tags: Any = None,
+                          model_name: str | None = None, finetuned_from: str | None = None, tasks: Any = None,
+                          dataset_tags: Any = None, dataset: Any = None, dataset_args: Any = None) -> None:  # fmt: skip
+        """The hf-lite model card (the one :func:`hf_lite.push_to_hub` writes) instead of the Trainer's draft."""
+        if not self.is_world_process_zero():
+            return
+        from hf_lite.model_card import build_model_card
+
+        card = build_model_card(
+            self.compression_summary(), repo_id=self.hub_model_id, checkpoint=self.args.output_dir,
+            license=license, language=language, datasets=dataset,
+            tags=[tags] if isinstance(tags, str) else tags,
+        )  # fmt: skip
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         if self.projections is not None:
