@@ -580,6 +580,9 @@ class CompressionReport:
                 ax.text(
                     0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray"
                 )
+                ax.set_xlabel(xlabel.split(",")[0].split(" (")[0] + " (not measured)")
+                ax.set_xticks([])
+                ax.set_yticks([])
                 continue
             xs = [p[0] for p in points]
             ax.plot(xs, [p[1] for p in points], color="0.7", linewidth=1, linestyle="--", zorder=1)
