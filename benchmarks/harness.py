@@ -1,0 +1,516 @@
+"""The benchmark harness: find benchmark modules, run them, keep their measured JSON, write RESULTS.md.
+
+Entry command (from the repository root)::
+
+    python -m benchmarks                   # every benchmark, full sizes -> benchmarks/results/*.json, RESULTS.md
+    python -m benchmarks sst2_encoder      # one (or several) by name
+    python -m benchmarks --quick           # reduced sizes, every benchmark -> benchmarks/out/quick/
+    python -m benchmarks --list            # what is registered
+    python -m benchmarks --render          # rebuild RESULTS.md from the JSON files only (no run)
+    python -m benchmarks sst2_encoder --set train_rows=16000   # a changed setting -> benchmarks/out/custom/
+
+**Registry.** A benchmark is a module of the ``benchmarks`` package (not starting with ``_``, not
+``harness``/``common``) that defines ``run(ctx) -> dict``. Dropping such a file into ``benchmarks/`` is
+all it takes. Optional module attributes: ``TITLE`` (default: the docstring's first line), ``ORDER``
+(position in runs and in RESULTS.md, default 100), ``render(record) -> str`` (replaces the generic
+Markdown of :func:`render_record`). Keep heavy imports (torch, transformers) inside ``run`` so that
+discovery stays fast.
+
+**What ``run`` returns** (JSON-able; every number in RESULTS.md comes from it)::
+
+    {"summary": "one paragraph",
+     "tables": [{"title": ..., "columns": [{"key": "accuracy", "label": "accuracy", "format": "pct"}, ...],
+                 "rows": [{"accuracy": 0.91, ...}, ...], "notes": [...]}],
+     "goals": [{"goal": "...", "measured": "...", "met": true}],   # met: true / false / null (not measured)
+     "notes": ["..."],
+     "settings": {...}, "timings_s": {...}, ...anything else (raw measurements)}
+
+Column formats: ``pct`` (0.912 -> 91.2%), ``pct2``, ``params`` (22.7M), ``bytes`` (86.7 MB), ``ms``,
+``x`` (2.31×), ``int``, ``gib``, or a ``str.format`` spec such as ``"{:.3f}"``.
+
+**Context.** ``ctx`` carries ``quick``, ``seed``, ``threads``, ``data_dir``, ``cache_dir`` (persistent
+across runs, git-ignored: trained teachers), ``work_dir`` (scratch for this run), ``overrides`` (from
+``--set``) and :meth:`Context.settings`, which merges a module's defaults, its quick sizes and the
+overrides.
+
+**Isolation.** Each benchmark runs in its own subprocess (:func:`benchmarks.common.run_isolated`), so
+its peak memory is measured for it alone and a failure does not stop the others (``--in-process`` to
+debug). The harness wraps the result into a record (command, machine, git commit, wall time, peak RSS)
+written to ``<out>/results/<name>.json``; ``<out>/RESULTS.md`` is then rebuilt from every JSON there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import importlib
+import json
+import math
+import os
+import pkgutil
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from benchmarks import common
+
+SCHEMA = 1
+NOT_BENCHMARKS = frozenset({"harness", "common"})
+#: Output folder of a default full run: results/ and RESULTS.md are committed.
+FULL_OUT = common.BENCH_DIR
+QUICK_OUT = common.BENCH_DIR / "out" / "quick"
+CUSTOM_OUT = common.BENCH_DIR / "out" / "custom"
+CACHE_DIR = common.BENCH_DIR / ".cache"
+ENTRY = "python -m benchmarks"
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """One registered benchmark module."""
+
+    name: str
+    module: ModuleType
+    title: str
+    order: int
+
+    @property
+    def run(self) -> Callable[[Context], dict[str, Any]]:
+        return self.module.run
+
+    @property
+    def render(self) -> Callable[[dict[str, Any]], str] | None:
+        return getattr(self.module, "render", None)
+
+
+def discover(package: str = "benchmarks") -> dict[str, Benchmark]:
+    """Every benchmark module of ``package`` (a module with a callable ``run``), by name, in ``ORDER``."""
+    pkg = importlib.import_module(package)
+    found = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.startswith("_") or info.name in NOT_BENCHMARKS or info.ispkg:
+            continue
+        module = importlib.import_module(f"{package}.{info.name}")
+        if not callable(getattr(module, "run", None)):
+            continue
+        doc_title = (module.__doc__ or info.name).strip().splitlines()[0].rstrip(".")
+        found.append(
+            Benchmark(info.name, module, getattr(module, "TITLE", doc_title), getattr(module, "ORDER", 100))
+        )
+    return {b.name: b for b in sorted(found, key=lambda b: (b.order, b.name))}
+
+
+# ------------------------------------------------------------------------------------------------ context
+
+
+@dataclasses.dataclass
+class Context:
+    """What a benchmark's ``run(ctx)`` gets. Plain data (it crosses into the benchmark's subprocess)."""
+
+    name: str
+    quick: bool = False
+    seed: int = 0
+    threads: int = 0
+    data_dir: str = str(common.DEFAULT_DATA_DIR)
+    cache_dir: str = str(CACHE_DIR)
+    work_dir: str = str(common.BENCH_DIR / "out" / "work")
+    overrides: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def cache(self) -> Path:
+        """This benchmark's persistent cache folder (survives runs; git-ignored)."""
+        path = Path(self.cache_dir) / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def work(self) -> Path:
+        """This benchmark's scratch folder for the current run."""
+        path = Path(self.work_dir) / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def settings(self, defaults: Mapping[str, Any], quick: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``defaults``, then ``quick`` (in ``--quick`` mode), then ``--set`` overrides converted to the
+        default's type. An override naming no default is an error (a typo would silently do nothing).
+
+        >>> Context("b", quick=True, overrides={"rows": "8"}).settings({"rows": 100, "lr": 0.1}, {"rows": 4})
+        {'rows': 8, 'lr': 0.1}
+        """
+        out = dict(defaults)
+        if self.quick and quick:
+            unknown = sorted(set(quick) - set(defaults))
+            if unknown:
+                raise ValueError(f"quick settings {unknown} of {self.name!r} have no default.")
+            out.update(quick)
+        for key, text in self.overrides.items():
+            if key not in defaults:
+                raise ValueError(
+                    f"--set {self.name}.{key}={text}: {self.name!r} has no setting {key!r}; "
+                    f"its settings are {sorted(defaults)}."
+                )
+            out[key] = convert_setting(text, defaults[key], key)
+        return out
+
+    def log(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        print(f"[{stamp}] {self.name}: {message}", flush=True)
+
+    def phase(self, name: str) -> Any:
+        """``with ctx.phase("teacher"):`` adds the block's wall time to ``ctx.timings[name]`` (and logs it)."""
+        self.log(f"{name} ...")
+        return common.stopwatch(self.timings, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def convert_setting(text: str, default: Any, key: str = "setting") -> Any:
+    """Parse ``--set`` text to the type of the default (bool, int, float, str; JSON for lists, dicts, None).
+
+    >>> convert_setting("3", 1), convert_setting("0.5", 1.0), convert_setting("false", True)
+    (3, 0.5, False)
+    >>> convert_setting("[0, 2]", [0, 2, 4]), convert_setting("none", None)
+    ([0, 2], None)
+    """
+    low = text.strip().lower()
+    if low in ("none", "null") and not isinstance(default, str):
+        return None
+    try:
+        if isinstance(default, bool):
+            if low not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError("use true or false")
+            return low in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, (list, dict)):
+            return json.loads(text)
+        if default is None:
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+    except ValueError as err:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"--set {key}={text!r} does not parse as {type(default).__name__}: {err}") from err
+    return text
+
+
+def parse_overrides(items: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["sst2_encoder.train_rows=100", "seed_rows=3"]`` -> ``{benchmark: {key: text}}``. A key without
+    ``name.`` applies to the one selected benchmark (ambiguous with several).
+
+    >>> parse_overrides(["a.x=1", "y=2"], ["a"])
+    {'a': {'x': '1', 'y': '2'}}
+    """
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(
+                f"--set {item!r} must look like name.key=value (or key=value for one benchmark)."
+            )
+        key, value = item.split("=", 1)
+        if "." in key:
+            name, key = key.split(".", 1)
+        elif len(names) == 1:
+            name = names[0]
+        else:
+            raise ValueError(f"--set {item!r}: say which benchmark, e.g. --set {names[0]}.{key}={value}.")
+        if name not in names:
+            raise ValueError(
+                f"--set {item!r}: {name!r} is not among the benchmarks being run ({', '.join(names)})."
+            )
+        out.setdefault(name, {})[key.strip()] = value.strip()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _git_commit() -> str | None:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hf_lite", "trainers", "benchmarks"],
+                               cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+        return (sha + ("+dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _child_run(name: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Subprocess entry point: set threads and seeds, run the benchmark, attach phase timings and machine."""
+    bench = discover()[name]
+    context = Context(**ctx)
+    common.quiet_libraries()
+    import torch
+
+    if context.threads:
+        torch.set_num_threads(context.threads)
+    common.set_seed(context.seed)
+    machine = common.machine_info()  # after set_num_threads: records the threads the run used
+    result = bench.run(context)
+    if not isinstance(result, dict):
+        raise TypeError(f"{name}.run(ctx) must return a dict; got {type(result).__name__}.")
+    result.setdefault("timings_s", {}).update(context.timings)
+    return {"result": result, "machine": machine}
+
+
+def run_benchmark(bench: Benchmark, ctx: Context, *, isolated: bool = True) -> dict[str, Any]:
+    """Run one benchmark and return its record (not yet written)."""
+    started = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    start = time.perf_counter()
+    if isolated:
+        out = common.run_isolated("benchmarks.harness:_child_run", {"name": bench.name, "ctx": ctx.to_dict()})
+        payload, peak = out.result, out.peak_rss_bytes
+    else:
+        payload, peak = _child_run(bench.name, ctx.to_dict()), None
+    return {
+        "schema": SCHEMA,
+        "benchmark": bench.name,
+        "title": bench.title,
+        "quick": ctx.quick,
+        "seed": ctx.seed,
+        "overrides": ctx.overrides,
+        "started_utc": started,
+        "wall_s": round(time.perf_counter() - start, 1),
+        "peak_rss_bytes": peak,
+        "git_commit": _git_commit(),
+        "machine": payload["machine"],
+        "result": payload["result"],
+    }
+
+
+def write_record(record: dict[str, Any], out_dir: Path, command: str) -> Path:
+    record = {**record, "command": command}
+    return common.atomic_write_text(out_dir / "results" / f"{record['benchmark']}.json",
+                                    json.dumps(record, indent=2, sort_keys=False, allow_nan=True) + "\n")  # fmt: skip
+
+
+def load_records(out_dir: Path) -> list[dict[str, Any]]:
+    folder = out_dir / "results"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [r for r in records if isinstance(r, dict) and r.get("schema") == SCHEMA and "benchmark" in r]
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def format_value(value: Any, fmt: str | None) -> str:
+    """One table cell.
+
+    >>> [format_value(v, f) for v, f in [(0.9123, "pct"), (22_713_216, "params"), (90_867_952, "bytes"),
+    ...                                  (2.314, "x"), (None, "pct"), (3.14159, "{:.2f}"), (12.345, "ms")]]
+    ['91.2%', '22.71M', '86.7 MiB', '2.31×', '–', '3.14', '12.3']
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, str) or fmt is None:
+        return str(value).replace("|", "\\|")
+    if fmt == "pct":
+        return f"{100 * value:.1f}%"
+    if fmt == "pct2":
+        return f"{100 * value:.2f}%"
+    if fmt == "params":
+        return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,}"
+    if fmt == "bytes":
+        return f"{value / 2**20:.1f} MiB"
+    if fmt == "gib":
+        return f"{value / 2**30:.2f} GiB"
+    if fmt == "ms":
+        return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    if fmt == "x":
+        return f"{value:.2f}×"
+    if fmt == "int":
+        return f"{int(value):,}"
+    if fmt == "min":
+        return f"{value / 60:.1f}"
+    return fmt.format(value)
+
+
+def render_table(table: Mapping[str, Any]) -> str:
+    columns = table["columns"]
+    lines = []
+    if table.get("title"):
+        lines += [f"### {table['title']}", ""]
+    lines.append("| " + " | ".join(c.get("label", c["key"]) for c in columns) + " |")
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
+    for row in table["rows"]:
+        lines.append(
+            "| " + " | ".join(format_value(row.get(c["key"]), c.get("format")) for c in columns) + " |"
+        )
+    for note in table.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines)
+
+
+def render_goals(goals: Sequence[Mapping[str, Any]]) -> str:
+    mark = {True: "✅ met", False: "❌ missed", None: "– not measured"}
+    lines = ["| goal | measured | |", "|---|---|---|"]
+    for g in goals:
+        lines.append(f"| {g['goal']} | {g.get('measured', '–')} | {mark[g.get('met')]} |")
+    return "\n".join(lines)
+
+
+def render_record(record: Mapping[str, Any], custom: Callable[[dict[str, Any]], str] | None = None) -> str:
+    """The Markdown section of one benchmark: provenance line, summary, goals, tables, notes."""
+    result = record["result"]
+    head = [f"## {record['title']}", ""]
+    provenance = (
+        f"`{record.get('command', ENTRY)}` · {record['started_utc']} · {record['wall_s'] / 60:.1f} min"
+        + (f" · peak RSS {record['peak_rss_bytes'] / 2**30:.2f} GiB" if record.get("peak_rss_bytes") else "")
+        + (f" · commit {record['git_commit']}" if record.get("git_commit") else "")
+        + f" · data: `results/{record['benchmark']}.json`"
+    )
+    head.append(provenance)
+    head += ["", f"Machine: {common.describe_machine(record.get('machine', {}))}."]
+    if record.get("quick"):
+        head += ["", "**Quick mode: reduced sizes, the numbers only show that the benchmark runs.**"]
+    if record.get("overrides"):
+        sets = ", ".join(f"{k}={v}" for k, v in record["overrides"].items())
+        head += ["", f"**Settings changed from the defaults: {sets}.**"]
+    if custom is not None:
+        return "\n".join(head) + "\n\n" + custom(dict(record))
+    body = []
+    if result.get("summary"):
+        body.append(result["summary"])
+    if result.get("goals"):
+        body.append(render_goals(result["goals"]))
+    body += [render_table(t) for t in result.get("tables", [])]
+    if result.get("notes"):
+        body.append("\n".join(f"- {n}" for n in result["notes"]))
+    if result.get("timings_s"):
+        body.append("Wall time by phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings_s"].items())
+                    + ".")  # fmt: skip
+    return "\n".join(head) + "\n\n" + "\n\n".join(body)
+
+
+def render_results(
+    records: Sequence[Mapping[str, Any]], registry: Mapping[str, Benchmark] | None = None
+) -> str:
+    """The whole RESULTS.md from benchmark records (sorted by the registry's ORDER, unknown ones last)."""
+    registry = registry or {}
+    order = {name: i for i, name in enumerate(registry)}
+    records = sorted(records, key=lambda r: (order.get(r["benchmark"], len(order)), r["benchmark"]))
+    lines = [
+        "# hf-lite benchmarks: measured results",
+        "",
+        f"Written by `{ENTRY}` from the JSON files in `results/` beside this file; every number below is in",
+        "one of them, measured by the run named in its section. Do not edit by hand: rerun the command",
+        f"(`{ENTRY} --render` rebuilds this file from the JSON alone). How the benchmarks work: `README.md`.",
+    ]
+    if not records:
+        lines += ["", "No results yet."]
+    for record in records:
+        bench = registry.get(record["benchmark"])
+        lines += ["", render_record(record, bench.render if bench else None)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=ENTRY,
+        description="Run hf-lite's benchmarks and rewrite RESULTS.md from their measured JSON.",
+    )
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all; see --list)")
+    parser.add_argument(
+        "--quick", action="store_true", help="reduced sizes, every row exercised (< 10 min in all)"
+    )
+    parser.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
+    parser.add_argument("--render", action="store_true", help="only rebuild RESULTS.md from the JSON files")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.KEY=VALUE",
+                        help="change one setting of a benchmark (repeatable); such runs go to benchmarks/out/custom")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for results/*.json and RESULTS.md (default: benchmarks/ for a full run, "
+                             "benchmarks/out/quick with --quick, benchmarks/out/custom with --set)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: every usable CPU); the same for every row")  # fmt: skip
+    parser.add_argument("--data-dir", type=Path, default=common.DEFAULT_DATA_DIR, help="real data sets")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=CACHE_DIR, help="trained-teacher cache (kept between runs)"
+    )
+    parser.add_argument("--in-process", action="store_true",
+                        help="run benchmarks in this process (debugging; no per-benchmark peak memory)")  # fmt: skip
+    return parser
+
+
+def _default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    registry = discover()
+    if args.list:
+        for b in registry.values():
+            print(f"{b.name:24s} {b.title}")
+        return 0
+    unknown = [n for n in args.names if n not in registry]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; registered: {', '.join(registry)}", file=sys.stderr)
+        return 2
+    names = args.names or list(registry)
+    try:
+        overrides = parse_overrides(args.overrides, names)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    out_dir = args.out or (QUICK_OUT if args.quick else CUSTOM_OUT if overrides else FULL_OUT)
+    if args.render:
+        text = render_results(load_records(out_dir), registry)
+        path = common.atomic_write_text(out_dir / "RESULTS.md", text)
+        print(f"wrote {path}")
+        return 0
+
+    command = " ".join([ENTRY, *(shlex.quote(a) for a in argv)])
+    threads = args.threads or _default_threads()
+    # Scratch models of this run; git-ignored under benchmarks/out unless an explicit --out says elsewhere.
+    work_dir = (args.out / "work") if args.out else common.BENCH_DIR / "out" / "work"
+    failed = []
+    for name in names:
+        ctx = Context(
+            name=name, quick=args.quick, seed=args.seed, threads=threads, data_dir=str(args.data_dir),
+            cache_dir=str(args.cache_dir), work_dir=str(work_dir),
+            overrides=overrides.get(name, {}),
+        )  # fmt: skip
+        print(f"=== {name} ({'quick' if args.quick else 'full'}) ===", flush=True)
+        try:
+            record = run_benchmark(registry[name], ctx, isolated=not args.in_process)
+        except Exception:  # noqa: BLE001 - one failed benchmark must not lose the others' results
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        path = write_record(record, out_dir, command)
+        print(f"=== {name}: {record['wall_s'] / 60:.1f} min, wrote {path}", flush=True)
+    text = render_results(load_records(out_dir), registry)
+    path = common.atomic_write_text(out_dir / "RESULTS.md", text)
+    print(f"wrote {path}")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
