@@ -101,8 +101,10 @@ def _local_files(source: Any, split: str) -> dict[str, list[Path]] | None:
                 )
             path = Path(value).expanduser()
             if not path.is_file():
-                raise ValueError(f"source[{key!r}]={str(value)!r} is not a file; pass an existing csv/tsv/json/jsonl/"
-                                 "parquet/txt file.")  # fmt: skip
+                raise ValueError(
+                    f"source[{key!r}]={str(value)!r} is not a file; pass an existing csv/tsv/json/jsonl/"
+                    "parquet/txt file."
+                )
             files[key] = [path]
         if not files:
             raise ValueError("source is an empty mapping; pass {'train': 'train.csv', ...}.")
@@ -180,7 +182,8 @@ def _load_hub(source: str, name: str | None, revision: str | None, cache_dir: st
     except ConnectionError as err:
         if is_offline_mode() or getattr(datasets.config, "HF_HUB_OFFLINE", False):
             raise OSError(
-                f"source={source!r} is not in the local datasets cache and the Hub is offline (HF_HUB_OFFLINE=1). "
+                f"source={source!r} is not in the local datasets cache and the Hub is offline (HF_HUB_OFFLINE=1); "
+                "no local file or folder of that name exists either. "
                 f'Download it while online (`python -c "import datasets; datasets.load_dataset({source!r})"`), '
                 "point HF_HOME at a cache that has it, or pass a local csv/tsv/json/jsonl/parquet/txt file."
             ) from err
@@ -250,9 +253,11 @@ def _encode_labels(splits: dict[str, Dataset]) -> dict[str, Dataset]:
 
     labelled = {k: ds for k, ds in splits.items() if "label" in ds.column_names}
     textual = [
-        k for k, ds in labelled.items()
-        if isinstance(ds.features["label"], Value) and ds.features["label"].dtype in ("string", "large_string")
-    ]  # fmt: skip
+        k
+        for k, ds in labelled.items()
+        if isinstance(ds.features["label"], Value)
+        and ds.features["label"].dtype in ("string", "large_string")
+    ]
     if not textual:
         return splits
     names = sorted({str(v) for k in textual for v in labelled[k]["label"]})
@@ -365,8 +370,9 @@ def load_data(
         for split_name, files in local.items():
             builder, kwargs = _builder(files, sep, sample_by)
             data_files = {split_name: [str(p) for p in files]}
-            loaded[split_name] = load_dataset(builder, data_files=data_files, split=split_name, cache_dir=cache_dir,
-                                              **kwargs)  # fmt: skip
+            loaded[split_name] = load_dataset(
+                builder, data_files=data_files, split=split_name, cache_dir=cache_dir, **kwargs
+            )
         label = "the source" if isinstance(source, Mapping) else f"{Path(source).name!r}"
     if split not in loaded:
         raise ValueError(
@@ -525,7 +531,6 @@ def tokenize_data(
                 f"dataset has no 'text' column (columns: {ds.column_names}); load it with load_data(columns="
                 "{'text': <column>, ...}) or rename the column."
             )
-    columns = next(iter(splits)).column_names if splits else []
 
     if task == "sequence-classification":
         if padding and tokenizer.pad_token_id is None:
@@ -536,8 +541,13 @@ def tokenize_data(
 
         def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
             pair = batch.get("text_pair")
-            enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_length,
-                            padding="max_length" if padding else False)  # fmt: skip
+            enc = tokenizer(
+                batch["text"],
+                pair,
+                truncation=True,
+                max_length=max_length,
+                padding="max_length" if padding else False,
+            )
             out = dict(enc)
             if "label" in batch:
                 out["labels"] = batch["label"]
@@ -563,8 +573,21 @@ def tokenize_data(
                 "labels": blocks,
             }
 
-    out = dataset.map(encode, batched=True, batch_size=batch_size, num_proc=num_proc, remove_columns=columns,
-                      desc=f"Tokenizing ({task})")  # fmt: skip
+    def tokenize(ds: Dataset) -> Dataset:  # per split: splits may have different columns (e.g. no label)
+        return ds.map(
+            encode,
+            batched=True,
+            batch_size=batch_size,
+            num_proc=num_proc,
+            remove_columns=ds.column_names,
+            desc=f"Tokenizing ({task})",
+        )
+
+    out = (
+        DatasetDict({k: tokenize(v) for k, v in dataset.items()})
+        if isinstance(dataset, DatasetDict)
+        else tokenize(dataset)
+    )
     if task == "causal-lm":
         for split_name, ds in out.items() if isinstance(out, DatasetDict) else [("dataset", out)]:
             if ds.num_rows == 0:
@@ -902,13 +925,22 @@ def augment_data(
         raise TypeError(f"seed must be an integer; got {type(seed).__name__} {seed!r}.")
     if isinstance(n_aug, bool) or not isinstance(n_aug, int) or n_aug < 1:
         raise ValueError(f"n_aug={n_aug!r} must be an integer >= 1 (augmented rows per row).")
-    probs = {name: _check_probability(p, name) for name, p in
-             (("p_synonym", p_synonym), ("p_insert", p_insert), ("p_swap", p_swap), ("p_delete", p_delete),
-              ("p_vocab", p_vocab))}  # fmt: skip
+    probs = {
+        name: _check_probability(p, name)
+        for name, p in (
+            ("p_synonym", p_synonym),
+            ("p_insert", p_insert),
+            ("p_swap", p_swap),
+            ("p_delete", p_delete),
+            ("p_vocab", p_vocab),
+        )
+    }
     ops = [name for name, p in probs.items() if p > 0]
     if not ops:
-        raise ValueError("every probability is 0, so augmentation would copy the rows; set p_synonym, p_insert, "
-                         "p_swap, p_delete or p_vocab > 0.")  # fmt: skip
+        raise ValueError(
+            "every probability is 0, so augmentation would copy the rows; set p_synonym, p_insert, "
+            "p_swap, p_delete or p_vocab > 0."
+        )
     if synonyms is not None:
         if not isinstance(synonyms, Mapping) or any(
             isinstance(v, str) or not isinstance(v, Sequence) for v in synonyms.values()
@@ -960,5 +992,12 @@ def augment_data(
                     out[c].append(copy.get(c, batch[c][row]))
         return out
 
-    return dataset.map(augment, batched=True, with_indices=True, remove_columns=all_columns,
-                       features=dataset.features, num_proc=num_proc, desc="Augmenting (EDA)")  # fmt: skip
+    return dataset.map(
+        augment,
+        batched=True,
+        with_indices=True,
+        remove_columns=all_columns,
+        features=dataset.features,
+        num_proc=num_proc,
+        desc="Augmenting (EDA)",
+    )

@@ -1,16 +1,18 @@
 """Evaluate a model: task metrics, parameters (total and nonzero), bytes, latency and throughput.
 
 Metrics go through the ``evaluate`` library, offline. ``evaluate.load("accuracy")`` downloads the
-metric's script from the Hugging Face Hub (``evaluate-metric/accuracy``); without network it only
-works if that script was cached before, and the canonical classification scripts import
-scikit-learn, which hf-lite does not depend on. evaluate 0.4.6 has no bundled metrics and no other
-offline mechanism than that cache (``HF_EVALUATE_OFFLINE`` only skips the download attempt), but an
-``evaluate.EvaluationModule`` is an ordinary class and ``evaluate.load`` also accepts a local script.
-So hf-lite ships its metrics as ``evaluate.Metric`` scripts in :mod:`hf_lite.metrics` (accuracy, f1,
-precision, recall with scikit-learn's definitions in numpy; ``token_perplexity``), instantiated
-directly by :func:`hf_lite.metrics.load_metric` (no download, no copy into evaluate's module cache)
-and loadable with ``evaluate.load(hf_lite.metrics.metric_path("f1"))`` too. The tests check them
-against scikit-learn.
+metric's script from the Hugging Face Hub (``evaluate-metric/accuracy``). evaluate 0.4.6 ships no
+metric code and ignores ``HF_HUB_OFFLINE``; its only offline mechanism is ``HF_EVALUATE_OFFLINE=1``
+(or a failed download), which falls back to a script cached by an earlier online run. On a machine
+that never had network, ``evaluate.load("accuracy")`` fails with a misleading "doesn't exist on the
+Hugging Face Hub" ``FileNotFoundError``; the canonical classification scripts also import
+scikit-learn, which hf-lite does not depend on. But an ``evaluate.EvaluationModule`` is an ordinary
+class, and ``evaluate.load`` also accepts a local script. So hf-lite ships its metrics as
+``evaluate.Metric`` scripts in :mod:`hf_lite.metrics` (accuracy, f1, precision, recall with
+scikit-learn's definitions in numpy; ``token_perplexity``), instantiated directly by
+:func:`hf_lite.metrics.load_metric` (no download, no copy into evaluate's module cache) and loadable
+with ``evaluate.load(hf_lite.metrics.metric_path("f1"))`` too. The tests check them against
+scikit-learn.
 
 Perplexity is ``exp(total NLL / number of scored tokens)`` over the whole evaluation set: token NLLs
 are summed per sequence (float64) and aggregated by the ``token_perplexity`` metric, so sequences with
@@ -344,7 +346,7 @@ def _token_nll(model: Any, dataset: Dataset, batch_size: int) -> dict[str, Any]:
     return metric.compute()
 
 
-def perplexity(model: Any, dataset: Dataset, *, batch_size: int = 8) -> float:
+def perplexity(model: Any, dataset: Dataset, batch_size: int = 8) -> float:
     """Perplexity of a causal LM on ``dataset``: ``exp(mean NLL over every scored token of the set)``.
 
     Token-weighted over the whole set (not a mean of per-batch perplexities). Scored tokens are those
@@ -441,8 +443,9 @@ def evaluate_model(
         if seq_len is None:
             seq_len = max(1, int(statistics.median(len(ids) for ids in dataset["input_ids"])))
         example = {k: dataset[0][k] for k in _MODEL_INPUTS if k in dataset.column_names}
-        latency = measure_latency(model, example, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats,
-                                  seq_len=seq_len)  # fmt: skip
+        latency = measure_latency(
+            model, example, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats, seq_len=seq_len
+        )
     return EvaluationResult(
         task=task,
         metrics=metrics,
@@ -658,14 +661,16 @@ def measure_latency(
                     sync()
                     times.append(time.perf_counter() - start)
                 median = statistics.median(times)
-                results.append({
-                    "batch_size": b,
-                    "median_ms": 1000 * median,
-                    "min_ms": 1000 * min(times),
-                    "max_ms": 1000 * max(times),
-                    "samples_per_s": b / median if median > 0 else math.inf,
-                    "tokens_per_s": b * seq_len / median if median > 0 else math.inf,
-                })  # fmt: skip
+                results.append(
+                    {
+                        "batch_size": b,
+                        "median_ms": 1000 * median,
+                        "min_ms": 1000 * min(times),
+                        "max_ms": 1000 * max(times),
+                        "samples_per_s": b / median if median > 0 else math.inf,
+                        "tokens_per_s": b * seq_len / median if median > 0 else math.inf,
+                    }
+                )
     finally:
         model.train(was_training)
     return {

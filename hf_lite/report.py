@@ -468,8 +468,16 @@ class CompressionReport:
         metrics: list[str] = []
         for row in self.rows:
             metrics += [m for m in row.metrics if m not in metrics]
-        header = ["model", "stage", *metrics, "% of teacher", "params (nonzero)", "disk / memory",
-                  "latency b1 / b32 (ms)", "speedup b1 / b32"]  # fmt: skip
+        header = [
+            "model",
+            "stage",
+            *metrics,
+            "% of teacher",
+            "params (nonzero)",
+            "disk / memory",
+            "latency b1 / b32 (ms)",
+            "speedup b1 / b32",
+        ]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in self.rows:
             rel = self.relative_metric(row)
@@ -503,25 +511,32 @@ class CompressionReport:
         metric, reference = self.metric_name(), self.teacher_row()
         if metric and reference:
             how = "teacher ÷ model, 100% = as good" if metric in LOWER_IS_BETTER else "model ÷ teacher"
-            notes.append(f"% of teacher: {metric} ({how}) relative to {reference.name!r}; speedup: teacher latency ÷ "
-                         "model latency.")  # fmt: skip
+            notes.append(
+                f"% of teacher: {metric} ({how}) relative to {reference.name!r}; speedup: teacher latency ÷ "
+                "model latency."
+            )
         for name, note in self.metric_notes.items():
             notes.append(f"{name}: {note}.")
         m, s = self.machine, self.latency_setup
         if m or s:
+            threads = s.get("threads", m.get("torch_threads"))
             where = ", ".join(
-                x for x in (
+                x
+                for x in (
                     m.get("cpu"),
                     f"{m['usable_cpus']} usable CPUs" if m.get("usable_cpus") else None,
                     f"GPU {m['gpu']}" if m.get("gpu") else None,
                     f"torch {m['torch']}" if m.get("torch") else None,
-                    f"{s.get('threads', m.get('torch_threads'))} threads" if s.get("threads", m.get("torch_threads")) else None,
-                ) if x
-            )  # fmt: skip
+                    f"{threads} threads" if threads else None,
+                )
+                if x
+            )
             how = ""
             if s:
-                how = (f"; latency = median of {s.get('repeats', '?')} forward passes after {s.get('warmup', '?')} "
-                       f"warm-up passes at sequence length {s.get('seq_len', '?')} on {s.get('device', '?')}")  # fmt: skip
+                how = (
+                    f"; latency = median of {s.get('repeats', '?')} forward passes after {s.get('warmup', '?')} "
+                    f"warm-up passes at sequence length {s.get('seq_len', '?')} on {s.get('device', '?')}"
+                )
             notes.append(f"Measured on {where or 'an unrecorded machine'}{how}.")
         return notes
 
@@ -571,8 +586,11 @@ class CompressionReport:
             (panels[1], lat_key, lambda v: v, f"latency, {lat_label} (ms, median)"),
         ]
         for ax, key, scale, xlabel in specs:
-            points = [(scale(getattr(r, key)), r.metrics[metric], r, c) for r, c in zip(rows, colors, strict=True)
-                      if getattr(r, key) is not None]  # fmt: skip
+            points = [
+                (scale(getattr(r, key)), r.metrics[metric], r, c)
+                for r, c in zip(rows, colors, strict=True)
+                if getattr(r, key) is not None
+            ]
             ax.set_xlabel(xlabel)
             ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
             ax.grid(True, alpha=0.3)
@@ -588,8 +606,17 @@ class CompressionReport:
             ax.plot(xs, [p[1] for p in points], color="0.7", linewidth=1, linestyle="--", zorder=1)
             for x, y, row, color in points:
                 is_teacher = row is reference
-                ax.scatter([x], [y], s=180 if is_teacher else 60, marker="*" if is_teacher else "o", color=color,
-                           edgecolors="black", linewidths=0.6, zorder=3, label=f"{row.name} ({row.stage})")  # fmt: skip
+                ax.scatter(
+                    [x],
+                    [y],
+                    s=180 if is_teacher else 60,
+                    marker="*" if is_teacher else "o",
+                    color=color,
+                    edgecolors="black",
+                    linewidths=0.6,
+                    zorder=3,
+                    label=f"{row.name} ({row.stage})",
+                )
                 ax.annotate(row.name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
             if min(xs) > 0 and max(xs) / min(xs) > 10:
                 ax.set_xscale("log")
@@ -600,8 +627,13 @@ class CompressionReport:
         if m:
             threads = self.latency_setup.get("threads", m.get("torch_threads"))
             # supxlabel (not fig.text): constrained layout makes room for it below the axis labels
-            fig.supxlabel(f"measured on {m.get('cpu', '?')}, {threads} threads, torch {m.get('torch', '?')}",
-                          fontsize=7, color="0.4", x=0.01, ha="left")  # fmt: skip
+            fig.supxlabel(
+                f"measured on {m.get('cpu', '?')}, {threads} threads, torch {m.get('torch', '?')}",
+                fontsize=7,
+                color="0.4",
+                x=0.01,
+                ha="left",
+            )
         return _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi), mode="wb")
 
     def save(self, folder: str | os.PathLike, *, plot: bool = True) -> dict[str, Path]:

@@ -1,8 +1,9 @@
 """Metrics for hf-lite as ``evaluate`` modules that work offline.
 
 ``evaluate.load("accuracy")`` fetches the metric's script from the Hugging Face Hub
-(``evaluate-metric/accuracy``), so it fails on a machine without network unless that script was
-cached before; the canonical scripts also import scikit-learn, which hf-lite does not depend on.
+(``evaluate-metric/accuracy``), so it fails on a machine without network unless an earlier online run
+cached that script (``HF_EVALUATE_OFFLINE=1`` only selects that cache; evaluate ignores
+``HF_HUB_OFFLINE``); the canonical scripts also import scikit-learn, which hf-lite does not depend on.
 hf-lite therefore ships its own metric scripts in this folder: ordinary ``evaluate.Metric``
 subclasses with the canonical names, inputs, keyword arguments and outputs, computed with numpy
 and checked against scikit-learn in the tests. They can be used in two ways:

@@ -28,7 +28,8 @@ Args:
 Returns:
     accuracy (`float`): in [0, 1] when `normalize=True`.
 """
-_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython}, author={Pedregosa, F. and others},
+_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython},
+author={Pedregosa, F. and others},
 journal={Journal of Machine Learning Research}, volume={12}, pages={2825--2830}, year={2011}}"""
 
 

@@ -31,7 +31,8 @@ Args:
 Returns:
     recall (`float`, or `list` of `float` for average=None).
 """
-_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython}, author={Pedregosa, F. and others},
+_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython},
+author={Pedregosa, F. and others},
 journal={Journal of Machine Learning Research}, volume={12}, pages={2825--2830}, year={2011}}"""
 
 
@@ -65,6 +66,13 @@ class Recall(evaluate.Metric):
         sample_weight: Any = None,
         zero_division: Any = 0.0,
     ) -> dict[str, Any]:
-        scores = precision_recall_f1(predictions, references, labels=labels, pos_label=pos_label, average=average,
-                                     sample_weight=sample_weight, zero_division=zero_division)  # fmt: skip
+        scores = precision_recall_f1(
+            predictions,
+            references,
+            labels=labels,
+            pos_label=pos_label,
+            average=average,
+            sample_weight=sample_weight,
+            zero_division=zero_division,
+        )
         return {"recall": scores[1]}
