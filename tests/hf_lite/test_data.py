@@ -411,6 +411,16 @@ def test_tokenize_classification_with_pairs_truncation_and_padding(bert_tok):
     assert all(len(r) == 10 for r in padded["input_ids"]) and padded[1]["attention_mask"].count(0) > 0
 
 
+def test_tokenize_splits_with_different_columns(bert_tok):
+    ds = DatasetDict({
+        "train": Dataset.from_dict({"text": ["the cat"], "label": [1], "source": ["web"]}),
+        "eval": Dataset.from_dict({"text": ["the dog"]}),  # unlabelled, e.g. for the teacher to label
+    })  # fmt: skip
+    out = tokenize_data(ds, bert_tok, task="classification", max_length=8)
+    assert out["train"].column_names == ["input_ids", "attention_mask", "labels"]
+    assert out["eval"].column_names == ["input_ids", "attention_mask"]
+
+
 def test_tokenize_causal_lm_blocks(bert_tok):
     gpt = build_tokenizer(["a b c d e f g"], style="gpt")
     ds = Dataset.from_dict({"text": ["a b c", "d e", "f g a b c d e"]})
