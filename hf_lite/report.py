@@ -482,12 +482,9 @@ class CompressionReport:
         for row in self.rows:
             rel = self.relative_metric(row)
             params = _format_count(row.parameters)
-            if (
-                row.nonzero_parameters is not None
-                and row.parameters
-                and row.nonzero_parameters != row.parameters
-            ):
-                params += f" ({_format_count(row.nonzero_parameters)})"
+            nonzero = _format_count(row.nonzero_parameters)
+            if row.nonzero_parameters is not None and nonzero != params:  # a few stray zeros round away
+                params += f" ({nonzero})"
             size = " / ".join(
                 format_bytes(b) for b in (row.bytes_on_disk, row.bytes_in_memory) if b is not None
             )

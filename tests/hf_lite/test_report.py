@@ -214,6 +214,13 @@ def test_lower_is_better_metrics_and_explicit_teacher():
         report.to_markdown()
 
 
+def test_nonzero_count_shown_only_when_it_shows():
+    rows = [ReportRow("t", "teacher", parameters=22_713_986, nonzero_parameters=22_713_597),  # zero-initialised biases
+            ReportRow("p", "prune", parameters=22_713_986, nonzero_parameters=11_000_000)]  # fmt: skip
+    lines = CompressionReport(task="x", rows=rows).to_markdown().splitlines()
+    assert "| 22.71M |" in lines[2] and "| 22.71M (11.00M) |" in lines[3]
+
+
 def test_missing_values_and_pipes_render():
     report = CompressionReport(task="x", rows=[ReportRow("a|b", "teacher")])
     assert report.to_markdown().splitlines()[2] == "| a\\|b | teacher | – | – | – | – / – | – / – |"
