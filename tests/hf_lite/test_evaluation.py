@@ -27,7 +27,11 @@ from hf_lite.evaluation import (
 from hf_lite.metrics import METRICS, load_metric, metric_path
 from hf_lite.tiny import build_tiny_model
 
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
+
+@pytest.fixture(scope="module")
+def sklearn_metrics():
+    """scikit-learn is the reference for the metric definitions (a dev dependency, not one of hf-lite)."""
+    return pytest.importorskip("sklearn.metrics")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +88,7 @@ def _random_labels(seed: int, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(
     ("k", "average"), [(2, "binary"), (2, "macro"), (3, "macro"), (4, "micro"), (4, "weighted")]
 )
-def test_classification_metrics_equal_sklearn(seed, k, average):
+def test_classification_metrics_equal_sklearn(sklearn_metrics, seed, k, average):
     preds, refs = _random_labels(seed, 57, k)
     out = classification_metrics(preds, refs, average=average)
     assert out["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(refs, preds), abs=1e-12)
@@ -95,7 +99,9 @@ def test_classification_metrics_equal_sklearn(seed, k, average):
 
 @pytest.mark.parametrize("average", [None, "macro", "micro", "weighted"])
 @pytest.mark.parametrize("zero_division", [0.0, 1.0])
-def test_bundled_metrics_match_sklearn_with_labels_weights_and_empty_classes(average, zero_division):
+def test_bundled_metrics_match_sklearn_with_labels_weights_and_empty_classes(
+    sklearn_metrics, average, zero_division
+):
     refs = np.array([0, 0, 1, 1, 2, 2, 2, 0])
     preds = np.array([0, 1, 1, 1, 0, 0, 1, 0])  # class 2 is never predicted: precision of class 2 is 0/0
     weights = np.linspace(0.5, 2.0, len(refs))
@@ -113,7 +119,7 @@ def test_bundled_metrics_match_sklearn_with_labels_weights_and_empty_classes(ave
     assert count == 4.0
 
 
-def test_binary_pos_label_and_single_class():
+def test_binary_pos_label_and_single_class(sklearn_metrics):
     refs, preds = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
     got = load_metric("f1").compute(predictions=preds, references=refs, pos_label=0)["f1"]
     assert got == pytest.approx(sklearn_metrics.f1_score(refs, preds, pos_label=0))
@@ -123,7 +129,7 @@ def test_binary_pos_label_and_single_class():
     }  # fmt: skip
 
 
-def test_classification_metrics_accepts_logits_tensors_and_auto_average():
+def test_classification_metrics_accepts_logits_tensors_and_auto_average(sklearn_metrics):
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     refs = torch.tensor([0, 1, 2, 2])
     out = classification_metrics(logits, refs)  # 3 classes -> macro
