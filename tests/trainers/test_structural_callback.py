@@ -210,61 +210,76 @@ def test_final_model_loads_with_stock_transformers_and_gives_identical_logits(ac
 # ------------------------------------------------------------------------------------------ resuming
 
 
-def _resume_setup(tmp_path: Path):
-    # Taylor scores over 3 steps before each stage (stages after steps 4 and 8): the checkpoint at step 6 is
-    # taken after the first stage and inside the second stage's Taylor window.
-    config = StructuralPruningConfig(
-        ffn_keep_ratio=0.5, kv_groups_keep_ratio=0.5, num_layers=2, start_step=0, end_step=8, num_stages=2,
-        importance="taylor", taylor_steps=3, num_calibration_batches=1,
-    )  # fmt: skip
-    return config, dict(max_steps=10, save_strategy="steps", save_steps=3)
+# Taylor scores over 3 steps before each stage (stages after steps 4 and 8), checkpoints at steps 3, 6, 9:
+# checkpoint-6 is taken after the first stage and inside the second stage's Taylor window.
+RESUME_CONFIG = dict(
+    ffn_keep_ratio=0.5, kv_groups_keep_ratio=0.5, num_layers=2, start_step=0, end_step=8, num_stages=2,
+    importance="taylor", taylor_steps=3, num_calibration_batches=1,
+)  # fmt: skip
+RESUME_ARGS = dict(max_steps=10, save_strategy="steps", save_steps=3)
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("how", ["shrink_like_checkpoint", "args.resume_from_checkpoint", "from_pretrained"])
-def test_resumed_run_ends_with_the_same_config_and_weights(tmp_path, how):
-    config, overrides = _resume_setup(tmp_path)
+def _config(model) -> dict:
+    return {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """The uninterrupted run that the resumed ones are compared with."""
+    out = tmp_path_factory.mktemp("full")
     model, tok = _model()
-    data = _data(len(tok))
-    full = StructuralPruningCallback(config)
-    trainer = Trainer(model=model, args=_args(tmp_path / "full", **overrides), train_dataset=data,
-                      callbacks=[full])  # fmt: skip
-    trainer.train()
-    checkpoint = tmp_path / "full" / "checkpoint-6"
+    callback = StructuralPruningCallback(**RESUME_CONFIG)
+    Trainer(
+        model=model, args=_args(out, **RESUME_ARGS), train_dataset=_data(len(tok)), callbacks=[callback]
+    ).train()
+    return model, callback, out
+
+
+@pytest.mark.integration
+def test_checkpoints_hold_the_kept_indices_and_running_taylor_sums(full_run):
+    model, callback, out = full_run
+    checkpoint = out / "checkpoint-6"
     meta = json.loads((checkpoint / STRUCTURAL_STATE_JSON).read_text())
     assert meta["global_step"] == 6 and [s["step"] for s in meta["stages"]] == [4]
+    assert meta["original"] == {"ffn": 128, "kv_groups": 2, "layers": 3}
     assert meta["taylor_steps_gathered"] == 1  # step 6 of the window 6..8
     sums = load_file(checkpoint / STRUCTURAL_STATE_TENSORS)
     assert sorted(sums) == ["ffn.0", "ffn.1"]  # the groups reached their target at the first stage
-    assert (
-        json.loads((checkpoint / "config.json").read_text())["num_hidden_layers"]
-        == meta["stages"][0]["sizes"]["layers"]
-    )
+    saved = json.loads((checkpoint / "config.json").read_text())
+    sizes = meta["stages"][0]["sizes"]
+    assert (saved["intermediate_size"], saved["num_key_value_heads"], saved["num_hidden_layers"]) == (
+        sizes["ffn"], sizes["kv_groups"], sizes["layers"]
+    )  # fmt: skip
+    assert not (out / "checkpoint-9" / STRUCTURAL_STATE_TENSORS).exists()  # no stage left: no sums
+    assert json.loads((out / "checkpoint-9" / STRUCTURAL_STATE_JSON).read_text())["stages"] == callback.stages
 
-    fresh, _ = _model()
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["shrink_like_checkpoint", "args.resume_from_checkpoint", "from_pretrained"])
+def test_resumed_run_ends_with_the_same_config_and_weights(full_run, tmp_path, how):
+    from transformers import AutoModelForCausalLM
+
+    model, full, out = full_run
+    checkpoint = out / "checkpoint-6"
+    fresh, tok = _model()
     extra = {}
     if how == "from_pretrained":  # the checkpoint folder itself holds the shrunk config
-        from transformers import AutoModelForCausalLM
-
         fresh = AutoModelForCausalLM.from_pretrained(checkpoint)
     elif how == "shrink_like_checkpoint":
         shrink_like_checkpoint(fresh, checkpoint)
-        assert model_sizes(fresh) == meta["stages"][0]["sizes"]
+        assert model_sizes(fresh) == full.stages[0]["sizes"]
     else:
         extra["resume_from_checkpoint"] = str(checkpoint)  # the callback shrinks in Trainer.__init__
-    resumed = StructuralPruningCallback(config)
-    trainer2 = Trainer(model=fresh, args=_args(tmp_path / "resumed", **overrides, **extra), train_dataset=data,
-                       callbacks=[resumed])  # fmt: skip
-    trainer2.train(resume_from_checkpoint=str(checkpoint))
+    resumed = StructuralPruningCallback(**RESUME_CONFIG)
+    trainer = Trainer(model=fresh, args=_args(tmp_path, **RESUME_ARGS, **extra), train_dataset=_data(len(tok)),
+                      callbacks=[resumed])  # fmt: skip
+    trainer.train(resume_from_checkpoint=str(checkpoint))
 
-    def config(m):
-        return {k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"}
-
-    assert config(fresh) == config(model)
+    assert _config(fresh) == _config(model)
     assert resumed.stages == full.stages
     expected, got = _weights(model), _weights(fresh)
     assert expected.keys() == got.keys()
@@ -275,23 +290,21 @@ def test_resumed_run_ends_with_the_same_config_and_weights(tmp_path, how):
 
 
 @pytest.mark.integration
-def test_shrink_like_checkpoint_is_a_no_op_on_a_model_loaded_from_the_checkpoint(tmp_path):
+def test_shrink_like_checkpoint_is_a_no_op_at_the_checkpoint_and_replays_what_is_left(full_run):
     from transformers import AutoModelForCausalLM
 
-    model, tok = _model()
-    callback = StructuralPruningCallback(num_layers=2, ffn_keep_ratio=0.5, end_step=2, num_stages=2,
-                                         num_calibration_batches=1)  # fmt: skip
-    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=3, save_strategy="steps", save_steps=1),
-                      train_dataset=_data(len(tok)), callbacks=[callback])  # fmt: skip
-    trainer.train()
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-2")
+    model, callback, out = full_run
+    loaded = AutoModelForCausalLM.from_pretrained(out / "checkpoint-9")
     before = _weights(loaded)
-    shrink_like_checkpoint(loaded, tmp_path / "checkpoint-2")
+    shrink_like_checkpoint(loaded, out / "checkpoint-9")
     assert all(torch.equal(before[k], v) for k, v in _weights(loaded).items())
-    # A model one stage in gets only the remaining stage.
-    partial = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-1")
-    shrink_like_checkpoint(partial, tmp_path / "checkpoint-2")
-    assert model_sizes(partial, ["ffn", "layers"]) == {"ffn": 64, "layers": 2}
+    # A model one stage in gets only the remaining stage, and then the final shapes.
+    partial = AutoModelForCausalLM.from_pretrained(out / "checkpoint-6")
+    shrink_like_checkpoint(partial, out / "checkpoint-9")
+    assert model_sizes(partial) == callback.stages[-1]["sizes"] == model_sizes(model)
+    assert {k: v.shape for k, v in _weights(partial).items()} == {
+        k: v.shape for k, v in _weights(model).items()
+    }
 
 
 # ------------------------------------------------------------------------------------- distillation
@@ -494,7 +507,7 @@ def test_callback_arguments():
         (dict(fsdp="full_shard"), "cannot shrink a DeepSpeed- or FSDP-sharded model"),
     ],
 )  # fmt: skip
-def test_unsupported_training_setups_fail_at_trainer_init(tmp_path, overrides, match):
+def test_unsupported_training_setups_are_refused(tmp_path, overrides, match):
     model, tok = _model()
     args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], max_steps=4)
     for key, value in overrides.items():  # set after __post_init__, which would validate FSDP on CPU
