@@ -1,9 +1,9 @@
 """Gradual structural pruning during training, as a ``transformers.TrainerCallback``.
 
-:class:`StructuralPruningCallback` shrinks a model while any ``Trainer`` (plain, :class:`~trainers.DistillationTrainer`)
-trains it: at scheduled optimizer steps it physically removes FFN neurons, grouped-query attention groups and
-whole blocks with :mod:`hf_lite.pruning.structural`, edits the config, and keeps training the smaller model
-with the **same** optimizer: the Trainer's optimizer is edited in place (the kept slices of each parameter
+:class:`StructuralPruningCallback` shrinks a model while a ``Trainer`` (plain or
+:class:`~trainers.DistillationTrainer`) trains it: at scheduled optimizer steps it physically removes FFN
+neurons, grouped-query attention groups and whole blocks with :mod:`hf_lite.pruning.structural`, edits the
+config, and keeps training the smaller model with the **same** optimizer: the Trainer's optimizer is edited in place (the kept slices of each parameter
 and of its Adam moments), so the learning-rate schedule, the step count and the moments carry on as if
 the removed neurons had never been there. At the end the model is an ordinary smaller checkpoint that stock
 ``from_pretrained`` loads.
@@ -25,12 +25,12 @@ way with :func:`shrink_like_checkpoint` (it replays the kept indices stored in t
 
 >>> model = AutoModelForCausalLM.from_pretrained("org/base")  # doctest: +SKIP
 >>> shrink_like_checkpoint(model, "out/checkpoint-300")  # doctest: +SKIP
->>> trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[StructuralPruningCallback(config)])
-... # doctest: +SKIP
+>>> callbacks = [StructuralPruningCallback(callback.config)]  # the config of the interrupted run
+>>> trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks)  # doctest: +SKIP
 >>> trainer.train(resume_from_checkpoint="out/checkpoint-300")  # doctest: +SKIP
 
 With ``TrainingArguments(resume_from_checkpoint=<folder>)`` the callback does the shrinking itself when the
-Trainer is created.
+Trainer is created. The callback then reads the stages done and running Taylor sums back from that folder.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ __all__ = [
     "StructuralPruningConfig",
     "StructuralPruningCallback",
     "shrink_like_checkpoint",
+    "model_sizes",
+    "StageTarget",
     "STRUCTURAL_STATE_JSON",
     "STRUCTURAL_STATE_TENSORS",
 ]

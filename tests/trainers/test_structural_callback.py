@@ -368,12 +368,19 @@ def test_distillation_refuses_attention_matching_that_shrinking_breaks(tmp_path,
 
 
 @pytest.mark.integration
-def test_lora_adapter_is_sliced_with_its_base_and_in_the_optimizer(tmp_path):
+def test_lora_adapter_is_sliced_with_its_base_and_in_the_optimizer(tmp_path, monkeypatch):
     model, tok = _model()
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["up_proj", "down_proj", "k_proj"]))
     after = AfterStages()
+    ids = torch.randint(5, len(tok), (2, 12), generator=torch.Generator().manual_seed(5))
+    batches = [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
+
+    def no_training_set(*args, **kwargs):
+        raise AssertionError("the given calibration_batches were not used")
+
+    monkeypatch.setattr(structural_module, "_calibration_from_dataloader", no_training_set)
     pruning = StructuralPruningCallback(ffn_keep_ratio=0.5, kv_groups_keep_ratio=0.5, end_step=4, num_stages=2,
-                                        importance="activation")  # fmt: skip
+                                        importance="activation", calibration_batches=batches)  # fmt: skip
     trainer = Trainer(model=peft_model, args=_args(tmp_path, max_steps=5), train_dataset=_data(len(tok)),
                       callbacks=[pruning, after])  # fmt: skip
     trainer.train()
@@ -576,6 +583,30 @@ def test_calibration_needs_a_training_set():
 def test_model_sizes_rejects_unknown_kinds():
     with pytest.raises(ValueError, match="unknown size 'heads'"):
         model_sizes(_model()[0], ["heads"])
+
+
+def test_optimizer_with_named_params_keeps_names_and_momentum_aligned():
+    model, tok = _model()
+    optimizer = torch.optim.SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    ids = torch.randint(5, len(tok), (2, 8), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    up = model.model.layers[2].mlp.up_proj
+    momentum = optimizer.state[up.weight]["momentum_buffer"].clone()  # (128, 64)
+    keep = {i: torch.arange(0, 128, 2) for i in range(3)}
+    structural_module._shrink_ffn(model, keep, optimizer)
+    structural_module._shrink_layers(model, [0], optimizer)
+    group = optimizer.param_groups[0]
+    named = dict(model.named_parameters())
+    assert group["param_names"] == list(named) and len(group["params"]) == len(named)
+    assert all(p is named[n] for n, p in zip(group["param_names"], group["params"], strict=True))
+    assert "model.layers.1.mlp.up_proj.weight" in group["param_names"]  # block 2 renumbered
+    assert torch.equal(optimizer.state[up.weight]["momentum_buffer"], momentum[::2])
+    optimizer.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    grad = up.weight.grad.clone()
+    optimizer.step()  # the sliced momentum goes on: buf = 0.9 * buf + grad
+    torch.testing.assert_close(optimizer.state[up.weight]["momentum_buffer"], 0.9 * momentum[::2] + grad)
 
 
 def test_optimizer_states_that_cannot_be_sliced_are_refused():
