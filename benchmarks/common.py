@@ -5,9 +5,9 @@ Nothing here estimates: memory is the operating system's high-water mark of a re
 is wall-clock time of real forward passes, bytes are the sizes of the files ``save_pretrained`` wrote.
 
 **Peak memory per process** (:func:`run_isolated`): the function to measure runs in a fresh Python
-process (``python -m benchmarks.common``), so its peak resident set size (``ru_maxrss`` of
-``resource.getrusage``, the kernel's high-water mark; ``psutil`` where ``resource`` is missing) belongs to
-that work alone and is not hidden by whatever the parent already allocated. The child also reports its
+process (``python -m benchmarks.common``), so its peak resident set size (the kernel's high-water mark,
+:func:`peak_rss_bytes`) belongs to that work alone and is not hidden by whatever the parent already
+allocated. The child also reports its
 peak just before calling the function (``baseline_rss_bytes``: interpreter, imports), so
 ``peak - baseline`` is what the work itself added, and, on a GPU, ``torch.cuda.max_memory_allocated``.
 
@@ -128,18 +128,48 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ memory
 
 
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident set size of the current process so far, in bytes (the kernel's high-water mark)."""
+    """Peak resident set size of the current process so far, in bytes (the kernel's high-water mark).
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the peak of this process image alone. (``ru_maxrss`` is not
+    used there: across ``fork`` + ``exec`` it keeps the parent's peak, so a child started by a big
+    process would report the parent's memory.) Elsewhere ``ru_maxrss``, or ``psutil`` on Windows.
+    """
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
     try:
         import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, others KiB
     except ImportError:  # Windows
         import psutil
 
         mem = psutil.Process().memory_info()
         return int(getattr(mem, "peak_wset", mem.rss))
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak-RSS mark to the current RSS (Linux >= 4.0, ``/proc/self/clear_refs``), so that
+    :func:`peak_rss_bytes` then measures one phase of a process. Returns False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 @dataclasses.dataclass
@@ -196,7 +226,7 @@ def run_isolated(
             json.dumps({"target": target, "kwargs": dict(kwargs or {}), "preload": list(preload)})
         )
         child_env = {**os.environ, **(env or {})}
-        # The child must import this repository's benchmarks/ and hf_lite/ even from another working directory.
+        # The child imports this checkout's benchmarks/ and hf_lite/, whatever the working directory.
         child_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), child_env.get("PYTHONPATH")) if p
         )

@@ -2,7 +2,7 @@
 
 Entry command (from the repository root)::
 
-    python -m benchmarks                   # every benchmark, full sizes -> benchmarks/results/*.json, RESULTS.md
+    python -m benchmarks                   # every benchmark, full sizes -> results/*.json, RESULTS.md
     python -m benchmarks sst2_encoder      # one (or several) by name
     python -m benchmarks --quick           # reduced sizes, every benchmark -> benchmarks/out/quick/
     python -m benchmarks --list            # what is registered
@@ -173,7 +173,7 @@ class Context:
         print(f"[{stamp}] {self.name}: {message}", flush=True)
 
     def phase(self, name: str) -> Any:
-        """``with ctx.phase("teacher"):`` adds the block's wall time to ``ctx.timings[name]`` (and logs it)."""
+        """``with ctx.phase("teacher"):`` adds the block's wall time to ``ctx.timings[name]``; logs it."""
         self.log(f"{name} ...")
         return common.stopwatch(self.timings, name)
 
@@ -244,29 +244,38 @@ def parse_overrides(items: Sequence[str], names: Sequence[str]) -> dict[str, dic
 # ------------------------------------------------------------------------------------------------ running
 
 
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=10)
+    return proc.stdout.strip()
+
+
 def _git_commit() -> str | None:
+    """Short commit of the checkout, ``+dirty`` when the code that is measured has uncommitted changes."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=common.REPO_ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hf_lite", "trainers", "benchmarks"],
-                               cwd=common.REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
-        return (sha + ("+dirty" if dirty else "")) or None
+        sha = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--", "hf_lite", "trainers", "benchmarks")
     except (OSError, subprocess.SubprocessError):
         return None
+    return (sha + ("+dirty" if dirty else "")) or None
 
 
-def _child_run(name: str, ctx: dict[str, Any]) -> dict[str, Any]:
+def _child_run(name: str, ctx: dict[str, Any], quiet: bool = True) -> dict[str, Any]:
     """Subprocess entry point: set threads and seeds, run the benchmark, attach phase timings and machine."""
     bench = discover()[name]
     context = Context(**ctx)
-    common.quiet_libraries()
+    if quiet:  # process-wide logging settings: only in the benchmark's own process
+        common.quiet_libraries()
     import torch
 
+    threads = torch.get_num_threads()
     if context.threads:
         torch.set_num_threads(context.threads)
-    common.set_seed(context.seed)
-    machine = common.machine_info()  # after set_num_threads: records the threads the run used
-    result = bench.run(context)
+    try:
+        common.set_seed(context.seed)
+        machine = common.machine_info()  # after set_num_threads: records the threads the run used
+        result = bench.run(context)
+    finally:
+        torch.set_num_threads(threads)  # matters in --in-process mode only
     if not isinstance(result, dict):
         raise TypeError(f"{name}.run(ctx) must return a dict; got {type(result).__name__}.")
     result.setdefault("timings_s", {}).update(context.timings)
@@ -281,7 +290,7 @@ def run_benchmark(bench: Benchmark, ctx: Context, *, isolated: bool = True) -> d
         out = common.run_isolated("benchmarks.harness:_child_run", {"name": bench.name, "ctx": ctx.to_dict()})
         payload, peak = out.result, out.peak_rss_bytes
     else:
-        payload, peak = _child_run(bench.name, ctx.to_dict()), None
+        payload, peak = _child_run(bench.name, ctx.to_dict(), quiet=False), None
     return {
         "schema": SCHEMA,
         "benchmark": bench.name,
@@ -300,8 +309,8 @@ def run_benchmark(bench: Benchmark, ctx: Context, *, isolated: bool = True) -> d
 
 def write_record(record: dict[str, Any], out_dir: Path, command: str) -> Path:
     record = {**record, "command": command}
-    return common.atomic_write_text(out_dir / "results" / f"{record['benchmark']}.json",
-                                    json.dumps(record, indent=2, sort_keys=False, allow_nan=True) + "\n")  # fmt: skip
+    text = json.dumps(record, indent=2, allow_nan=True) + "\n"
+    return common.atomic_write_text(out_dir / "results" / f"{record['benchmark']}.json", text)
 
 
 def load_records(out_dir: Path) -> list[dict[str, Any]]:
@@ -351,7 +360,7 @@ def render_table(table: Mapping[str, Any]) -> str:
     if table.get("title"):
         lines += [f"### {table['title']}", ""]
     lines.append("| " + " | ".join(c.get("label", c["key"]) for c in columns) + " |")
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
+    lines.append("|" + "|".join("---:" if c.get("format") else "---" for c in columns) + "|")  # numbers right
     for row in table["rows"]:
         lines.append(
             "| " + " | ".join(format_value(row.get(c["key"]), c.get("format")) for c in columns) + " |"
@@ -397,8 +406,8 @@ def render_record(record: Mapping[str, Any], custom: Callable[[dict[str, Any]], 
     if result.get("notes"):
         body.append("\n".join(f"- {n}" for n in result["notes"]))
     if result.get("timings_s"):
-        body.append("Wall time by phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings_s"].items())
-                    + ".")  # fmt: skip
+        phases = ", ".join(f"{k} {v:.0f} s" for k, v in result["timings_s"].items())
+        body.append(f"Wall time by phase: {phases}.")
     return "\n".join(head) + "\n\n" + "\n\n".join(body)
 
 
@@ -417,7 +426,7 @@ def render_results(
         f"(`{ENTRY} --render` rebuilds this file from the JSON alone). How the benchmarks work: `README.md`.",
     ]
     if not records:
-        lines += ["", "No results yet."]
+        lines += ["", f"No results yet: run `{ENTRY}` (see README.md)."]
     for record in records:
         bench = registry.get(record["benchmark"])
         lines += ["", render_record(record, bench.render if bench else None)]
@@ -432,26 +441,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog=ENTRY,
         description="Run hf-lite's benchmarks and rewrite RESULTS.md from their measured JSON.",
     )
-    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all; see --list)")
-    parser.add_argument(
-        "--quick", action="store_true", help="reduced sizes, every row exercised (< 10 min in all)"
-    )
-    parser.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
-    parser.add_argument("--render", action="store_true", help="only rebuild RESULTS.md from the JSON files")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME.KEY=VALUE",
-                        help="change one setting of a benchmark (repeatable); such runs go to benchmarks/out/custom")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for results/*.json and RESULTS.md (default: benchmarks/ for a full run, "
-                             "benchmarks/out/quick with --quick, benchmarks/out/custom with --set)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (default: every usable CPU); the same for every row")  # fmt: skip
-    parser.add_argument("--data-dir", type=Path, default=common.DEFAULT_DATA_DIR, help="real data sets")
-    parser.add_argument(
-        "--cache-dir", type=Path, default=CACHE_DIR, help="trained-teacher cache (kept between runs)"
-    )
-    parser.add_argument("--in-process", action="store_true",
-                        help="run benchmarks in this process (debugging; no per-benchmark peak memory)")  # fmt: skip
+    add = parser.add_argument
+    add("names", nargs="*", help="benchmarks to run (default: all; see --list)")
+    add("--quick", action="store_true", help="reduced sizes, every row exercised (< 10 min in all)")
+    add("--list", action="store_true", help="list the registered benchmarks and exit")
+    add("--render", action="store_true", help="only rebuild RESULTS.md from the JSON files")
+    add("--set", dest="overrides", action="append", default=[], metavar="NAME.KEY=VALUE",
+        help="change a setting of a benchmark (repeatable); output in benchmarks/out/custom")  # fmt: skip
+    add("--out", type=Path, default=None,
+        help="folder for results/*.json and RESULTS.md (default: benchmarks/ for a full run, "
+             "benchmarks/out/quick with --quick, benchmarks/out/custom with --set)")  # fmt: skip
+    add("--seed", type=int, default=0, help="seed of every run (default 0)")
+    add("--threads", type=int, default=0, help="torch threads, the same for every row (default: usable CPUs)")
+    add("--data-dir", type=Path, default=common.DEFAULT_DATA_DIR, help="folder of the real data sets")
+    add("--cache-dir", type=Path, default=CACHE_DIR, help="trained-teacher cache, kept between runs")
+    add("--in-process", action="store_true",
+        help="run benchmarks in this process (debugging; no per-benchmark peak memory)")  # fmt: skip
     return parser
 
 
