@@ -40,17 +40,44 @@ _LAZY: dict[str, str] = {
     "PushResult": "hf_lite.hub",
     "build_model_card": "hf_lite.model_card",
     "CompressionSummary": "hf_lite.model_card",
+    "load_data": "hf_lite.data",
+    "tokenize_data": "hf_lite.data",
+    "augment_data": "hf_lite.data",
+    "evaluate_model": "hf_lite.evaluation",
+    "EvaluationResult": "hf_lite.evaluation",
+    "classification_metrics": "hf_lite.evaluation",
+    "perplexity": "hf_lite.evaluation",
+    "count_parameters": "hf_lite.evaluation",
+    "measure_latency": "hf_lite.evaluation",
+    "machine_info": "hf_lite.evaluation",
+    "CompressionReport": "hf_lite.report",
+    "ReportRow": "hf_lite.report",
+    "Recipe": "hf_lite.recipe",
+    "run_recipe": "hf_lite.runner",
+    "precompute_teacher_cache": "hf_lite.teacher_cache",
+    "load_teacher_cache": "hf_lite.teacher_cache",
 }
 
 # subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
 _SUBMODULES = (
-    "cli", "data", "demo", "evaluation", "exporting", "hub", "loading", "losses", "model_card", "plan", "pruning",
+    "cli", "data", "demo", "evaluation", "exporting", "hub", "loading", "losses", "metrics", "model_card", "plan",
+    "pruning",
     "recipe", "report", "runner", "student", "summary", "teacher_cache", "tiny",
 )  # fmt: skip
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
+    from hf_lite.data import augment_data, load_data, tokenize_data
+    from hf_lite.evaluation import (
+        EvaluationResult,
+        classification_metrics,
+        count_parameters,
+        evaluate_model,
+        machine_info,
+        measure_latency,
+        perplexity,
+    )
     from hf_lite.exporting import ExportReport, export, unpack_bnb_cpu_weights_
     from hf_lite.hub import PushResult, push_to_hub
     from hf_lite.loading import (
@@ -64,8 +91,12 @@ if TYPE_CHECKING:
         resolve_quantization,
     )
     from hf_lite.model_card import CompressionSummary, build_model_card
+    from hf_lite.recipe import Recipe
+    from hf_lite.report import CompressionReport, ReportRow
+    from hf_lite.runner import run_recipe
     from hf_lite.student import init_student_from_teacher
     from hf_lite.summary import ModelSummary, model_summary
+    from hf_lite.teacher_cache import load_teacher_cache, precompute_teacher_cache
     from hf_lite.tiny import build_tiny_model, build_tokenizer, save_tiny_checkpoint
 
 

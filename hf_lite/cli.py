@@ -1,6 +1,12 @@
-"""The ``hf-lite`` command.
+"""The ``hf-lite`` command: run a YAML recipe, one stage at a time, or the offline demo.
 
->>> main(["demo", "--output-dir", "hf-lite-demo"])  # doctest: +SKIP
+Subcommands: ``run``, ``plan``, ``distill``, ``finetune``, ``prune``, ``evaluate``, ``export``, ``push``,
+``demo``. Every ``--key value`` after the known options overrides the recipe: a top-level key (``--seed 1``),
+a data key (``--data.max_length 64``), a stage's training argument or option (``--distill.learning_rate 3e-5``),
+or a training argument of every training stage (``--max_steps 100``). The same command runs under
+``accelerate launch -m hf_lite ...`` on several processes.
+
+>>> main(["plan", "examples/recipes/distill_encoder.yaml"])  # doctest: +SKIP
 0
 """
 
@@ -8,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from hf_lite import __version__
 
@@ -16,38 +23,174 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-lite",
         description="Make Hugging Face Hub checkpoints lighter to fine-tune and to serve.",
+        epilog="Extra --key value pairs override the recipe (see `hf-lite run --help`).",
     )
     parser.add_argument("--version", action="version", version=f"hf-lite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    run = sub.add_parser("run", help="run (or resume) every stage of a YAML recipe")
+    run.add_argument("recipe", help="path of the YAML recipe")
+    run.add_argument("--stage", action="append", dest="stages", help="run only this stage (repeatable)")
+
+    plan = sub.add_parser("plan", help="validate a recipe, resolve models and data, print sizes; no training")
+    plan.add_argument("recipe", help="path of the YAML recipe")
+
+    for name, help_text in (
+        (
+            "distill",
+            "distil a teacher into a student (initialised from the teacher's layers unless --student)",
+        ),
+        ("finetune", "fine-tune a model, optionally 4/8-bit with a LoRA adapter (QLoRA)"),
+        ("prune", "prune a model one-shot (magnitude, wanda, ffn, heads, layers)"),
+        ("evaluate", "measure task metric, size and latency of models"),
+        ("export", "export a model as an ordinary checkpoint folder (adapters merged, pruning permanent)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "--model", required=name != "distill", help="Hub id or folder (the teacher for distill)"
+        )
+        p.add_argument("--task", default="sequence-classification" if name != "export" else "causal-lm")
+        p.add_argument("--output_dir", required=True, help="run folder")
+        if name != "export":
+            p.add_argument(
+                "--data", required=True, help="training/eval data: a file, folder or Hub dataset id"
+            )
+            p.add_argument("--eval_data", default=None, help="evaluation data (default: a split of --data)")
+            p.add_argument("--text_column", default="text")
+            p.add_argument("--label_column", default="label")
+        if name == "distill":
+            p.add_argument("--teacher", required=True, help="teacher Hub id or folder")
+            p.add_argument(
+                "--student", default=None, help="student Hub id or folder (default: teacher layers)"
+            )
+            p.add_argument("--student_layers", default="every_other")
+        if name == "finetune":
+            p.add_argument("--peft", default=None, help="'lora' for a default LoRA adapter")
+            p.add_argument("--quantization", default=None, help="'4bit' or '8bit'")
+        if name == "prune":
+            p.add_argument("--method", required=True)
+            p.add_argument("--sparsity", type=float, default=None)
+            p.add_argument("--pattern", default="unstructured")
+            p.add_argument("--keep_ratio", type=float, default=None)
+        if name == "export":
+            p.add_argument("--merge_adapter", action="store_true")
+            p.add_argument("--dtype", default=None)
+
+    push = sub.add_parser("push", help="push an exported folder to the Hub with a model card")
+    push.add_argument("folder")
+    push.add_argument("--repo_id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None)
+    push.add_argument("--create_pr", action="store_true")
+    push.add_argument("--commit_message", default=None)
+
     demo = sub.add_parser(
         "demo",
-        help="run the pipeline offline on an embedded default (CPU, a few minutes)",
-        description="Pretrain a small Llama-style model on a generated corpus, save it like a Hub checkpoint, "
-        "load it 4-bit with a LoRA adapter (QLoRA) and fine-tune it; print measured perplexity, "
-        "parameters and memory.",
+        help="run the whole pipeline offline on an embedded default (CPU, a few minutes)",
+        description="Train a teacher on generated data, then distil, prune, quantize, evaluate and export a student, "
+        "and print the compression report. With --teacher and --dataset, the same pipeline on a real model.",
     )
-    demo.add_argument("--output-dir", default="hf-lite-demo", help="where models and reports go (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=300, help="pretraining optimizer steps (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and order (default: %(default)s)")
+    demo.add_argument(
+        "--output_dir", "--output-dir", default="hf-lite-demo", help="run folder (default: %(default)s)"
+    )
+    demo.add_argument("--teacher", default=None, help="Hub id or folder of a real causal LM teacher")
+    demo.add_argument("--dataset", default=None, help="text file / Hub dataset id to use with --teacher")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="fewer steps (tests, smoke runs)")
     return parser
 
 
+def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe a one-stage subcommand stands for (followed by an evaluate stage where it makes sense)."""
+    data = None
+    if getattr(args, "data", None):
+        data = {"train": args.data, "eval": args.eval_data,
+                "columns": {"text": args.text_column, "label": args.label_column}}  # fmt: skip
+    teacher = args.teacher if args.command == "distill" else args.model
+    stages: list[dict[str, Any]]
+    if args.command == "distill":
+        student = args.student
+        stages = []
+        if student is None:
+            stages.append(
+                {"name": "student", "type": "init_student", "model": "teacher", "layers": args.student_layers}
+            )
+            student = "student"
+        stages += [{"name": "distill", "type": "distill", "model": student, "teacher": "teacher"},
+                   {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill"]}]  # fmt: skip
+    elif args.command == "finetune":
+        stages = [{"name": "finetune", "type": "finetune", "model": "teacher", "peft": args.peft,
+                   "quantization": args.quantization}]  # fmt: skip
+    elif args.command == "prune":
+        stage = {
+            "name": "prune",
+            "type": "prune",
+            "model": "teacher",
+            "method": args.method,
+            "pattern": args.pattern,
+        }
+        if args.sparsity is not None:
+            stage["sparsity"] = args.sparsity
+        if args.keep_ratio is not None:
+            stage["keep_ratio"] = args.keep_ratio
+        stages = [stage, {"name": "evaluate", "type": "evaluate", "models": ["teacher", "prune"]}]
+    elif args.command == "evaluate":
+        stages = [{"name": "evaluate", "type": "evaluate", "models": ["teacher"]}]
+    else:  # export
+        stages = [{"name": "export", "type": "export", "model": "teacher", "merge_adapter": args.merge_adapter,
+                   "dtype": args.dtype}]  # fmt: skip
+    return {"name": args.command, "task": args.task, "teacher": teacher, "output_dir": args.output_dir,
+            "data": data, "stages": stages}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    """Run the command; bad input (a recipe error, a missing file) prints ``hf-lite: error: ...`` and returns 2."""
+    try:
+        return _main(argv)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"hf-lite: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(argv)
+    from hf_lite.recipe import Recipe, parse_cli_overrides
+
+    try:
+        overrides = parse_cli_overrides(extra)
+    except ValueError as err:
+        parser.error(str(err))
     if args.command == "demo":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         from hf_lite.demo import run_demo
 
-        report = run_demo(args.output_dir, steps=args.steps, seed=args.seed)
-        print()
-        print(report.to_markdown())
-        print(
-            f"\nperplexity of the base on its own corpus: {report.perplexity_pretrained:.2f}; "
-            f"finished in {report.seconds:.0f} s. Report: {args.output_dir}/report.json, {args.output_dir}/report.md"
+        run_demo(
+            args.output_dir, teacher=args.teacher, dataset=args.dataset, seed=args.seed, quick=args.quick
         )
         return 0
-    raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects unknown commands first
+    if args.command == "push":
+        from hf_lite.hub import push_to_hub
+
+        result = push_to_hub(args.folder, args.repo_id, private=args.private or None, revision=args.revision,
+                             create_pr=args.create_pr, commit_message=args.commit_message)  # fmt: skip
+        print(result)
+        return 0
+    if args.command in ("run", "plan"):
+        recipe = Recipe.from_yaml(args.recipe, overrides)
+    else:
+        recipe = Recipe.from_dict(_single_stage_recipe(args), overrides)
+    if args.command == "plan":
+        from hf_lite.plan import plan_recipe
+
+        print(plan_recipe(recipe))
+        return 0
+    from hf_lite.runner import run_recipe
+
+    run_recipe(recipe, stages=getattr(args, "stages", None))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,173 +1,173 @@
-"""``hf-lite demo``: an offline run on an embedded default, on CPU, in a couple of minutes.
+"""``hf-lite demo``: the whole pipeline, offline, on CPU, in a few minutes.
 
-What runs today (the pipeline grows as stages land):
+The embedded default makes everything it needs in place, then runs an ordinary recipe
+(:mod:`hf_lite.recipe`, :mod:`hf_lite.runner`):
 
-1. **Pretrain** a small Llama-style model (grouped-query attention) on a generated corpus; this stands in
-   for a Hub checkpoint and is saved with ``save_pretrained`` like one.
-2. **QLoRA fine-tune** it on a shifted corpus: the saved checkpoint is loaded through
-   :func:`hf_lite.load_model` in 4-bit NF4 with a LoRA adapter, and trained with ``transformers.Trainer``.
-3. **Report** validation perplexity before and after, parameters, trainable parameters and bytes in
-   memory of the full-precision and the 4-bit + adapter models, as a Markdown table.
+1. **data**: a generated language (``make_corpus``) whose sentences carry long-range agreement (a subject
+   and its verb separated by a relative clause), written to ``data/train.txt`` and ``data/eval.txt``;
+2. **teacher**: a randomly initialised 4-layer Llama-style model (grouped-query attention) trained on it;
+3. **student**: its layers 0 and 2 (``init_student``), trained alone with cross-entropy as a baseline,
+4. **distill**: the same student distilled from the teacher while pruned gradually to 50% sparsity,
+5. **int8**: the distilled student in 8-bit (bitsandbytes),
+6. **evaluate**: perplexity, parameters (nonzero too), bytes on disk, latency for every model: the
+   compression report as JSON, Markdown and a PNG plot; **export**: the distilled student as a plain checkpoint.
 
-The corpus is a small grammar (``det adj noun verb det noun``, with verbs that agree with their subject),
-so both stages have something real to learn and perplexity falls measurably.
+The bigger teacher is measurably better than the small student trained alone (lower perplexity): that is
+what distillation transfers. With ``teacher=`` and ``dataset=`` the same stages run on a real causal LM and
+text data (the teacher is fine-tuned on the data first).
 
 >>> from hf_lite.demo import run_demo
->>> report = run_demo("hf-lite-demo")  # doctest: +SKIP
+>>> run_demo("hf-lite-demo")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import random
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+_NOUNS = {"cat": "sg", "dog": "sg", "bird": "sg", "child": "sg", "teacher": "sg", "river": "sg",
+          "cats": "pl", "dogs": "pl", "birds": "pl", "children": "pl", "teachers": "pl", "trees": "pl"}  # fmt: skip
+_VERBS = {
+    "sg": ["sees", "likes", "chases", "finds", "follows"],
+    "pl": ["see", "like", "chase", "find", "follow"],
+}
+_ADJS = ["big", "small", "red", "old", "happy", "quiet", "young", "green"]
 
-_NOUNS = {"cat": "sg", "dog": "sg", "bird": "sg", "child": "sg", "cats": "pl", "dogs": "pl", "birds": "pl",
-          "children": "pl", "river": "sg", "trees": "pl"}  # fmt: skip
-_VERBS = {"sg": ["sees", "likes", "chases", "finds"], "pl": ["see", "like", "chase", "find"]}
-_ADJS = ["big", "small", "red", "old", "happy", "quiet"]
 
+def make_corpus(n: int, *, seed: int) -> list[str]:
+    """``n`` sentences of the demo language. Half carry a relative clause between the subject and its verb
+    (``the dogs that the cat sees chase a bird .``), so predicting the verb's number needs to remember the
+    subject across the clause: a deeper model does this better.
 
-def make_corpus(n: int, *, seed: int, shift: bool = False) -> list[str]:
-    """``n`` sentences of the demo grammar. ``shift=True`` draws the fine-tuning domain: adjectives
-    always present, and only plural subjects (a distribution the pretrained model has rarely seen).
-
-    >>> make_corpus(2, seed=0)  # doctest: +SKIP
-    ['the red dog chases a cat .', 'a birds ...']
+    >>> make_corpus(2, seed=0) == make_corpus(2, seed=0)
+    True
     """
     rng = random.Random(seed)
     nouns = list(_NOUNS)
+
+    def noun_phrase() -> tuple[list[str], str]:
+        noun = rng.choice(nouns)
+        det = "the" if _NOUNS[noun] == "pl" or rng.random() < 0.5 else "a"
+        adj = [rng.choice(_ADJS)] if rng.random() < 0.4 else []
+        return [det, *adj, noun], _NOUNS[noun]
+
     out = []
     for _ in range(n):
-        subject = rng.choice([w for w in nouns if _NOUNS[w] == "pl"] if shift else nouns)
-        obj = rng.choice(nouns)
-        adj = rng.choice(_ADJS) if shift or rng.random() < 0.3 else None
-        verb = rng.choice(_VERBS[_NOUNS[subject]])
-        det = "the" if _NOUNS[subject] == "pl" or rng.random() < 0.5 else "a"
-        words = [det, *([adj] if adj else []), subject, verb, "the", obj, "."]
+        subject, number = noun_phrase()
+        words = list(subject)
+        if rng.random() < 0.5:
+            inner, inner_number = noun_phrase()
+            words += ["that", *inner, rng.choice(_VERBS[inner_number])]
+        obj, _ = noun_phrase()
+        words += [rng.choice(_VERBS[number]), *obj, "."]
         out.append(" ".join(words))
     return out
 
 
-@dataclass
-class DemoReport:
-    """Measured results of one demo run (written to ``report.json``)."""
-
-    base: dict[str, Any]
-    qlora: dict[str, Any]
-    perplexity_pretrained: float
-    perplexity_base_on_shift: float
-    perplexity_qlora_on_shift: float
-    seconds: float
-
-    def to_markdown(self) -> str:
-        def mib(n: int) -> str:
-            return f"{n / 2**20:.2f} MiB"
-
-        rows = [
-            ("model", "parameters", "trainable", "bytes in memory", "quantization", "val. perplexity (shifted)"),
-            ("pretrained base (fp32)", f"{self.base['total_params']:,}", f"{self.base['trainable_params']:,}",
-             mib(self.base["bytes_in_memory"]), "none", f"{self.perplexity_base_on_shift:.2f}"),
-            ("QLoRA (4-bit base + LoRA)", f"{self.qlora['total_params']:,}", f"{self.qlora['trainable_params']:,}",
-             mib(self.qlora["bytes_in_memory"]), self.qlora["quantization"], f"{self.perplexity_qlora_on_shift:.2f}"),
-        ]  # fmt: skip
-        lines = ["| " + " | ".join(r) + " |" for r in rows]
-        lines.insert(1, "|" + "---|" * len(rows[0]))
-        return "\n".join(lines)
-
-
-def _dataset(tokenizer: Any, texts: list[str], max_length: int = 16) -> Any:
-    from datasets import Dataset
-
-    def tokenize(batch: dict[str, list[str]]) -> dict[str, Any]:
-        enc = tokenizer(batch["text"], padding="max_length", truncation=True, max_length=max_length)
-        enc["labels"] = [
-            [tok if mask else -100 for tok, mask in zip(ids, am, strict=True)]
-            for ids, am in zip(enc["input_ids"], enc["attention_mask"], strict=True)
-        ]
-        return enc
-
-    return Dataset.from_dict({"text": texts}).map(tokenize, batched=True, remove_columns=["text"])
+def demo_recipe(output_dir: str | Path, *, teacher: str, train: str, eval_file: str | None, seed: int,
+                quick: bool, pretrain_teacher: bool) -> dict[str, Any]:  # fmt: skip
+    """The demo's recipe as a dict (what a YAML recipe would hold)."""
+    steps = 24 if quick else 300
+    common = {"per_device_train_batch_size": 32, "learning_rate": 3e-3, "lr_scheduler_type": "cosine",
+              "warmup_steps": max(1, steps // 20), "logging_steps": max(1, steps // 8), "save_steps": max(10, steps // 4),
+              "disable_tqdm": False}  # fmt: skip
+    teacher_args = {**common, "max_steps": steps if pretrain_teacher else max(10, steps // 4)}
+    if not pretrain_teacher:
+        teacher_args["learning_rate"] = 5e-5
+    student_args = {**common, "max_steps": max(10, steps // 2)}
+    return {
+        "name": "hf-lite-demo",
+        "task": "causal-lm",
+        "teacher": teacher,
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "data": {"train": train, "eval": eval_file, "max_length": 32 if pretrain_teacher else 128,
+                 "max_train_rows": 400 if quick else None},  # fmt: skip
+        "stages": [
+            {"name": "teacher-trained", "type": "finetune", "model": "teacher", "args": teacher_args},
+            {"name": "student", "type": "init_student", "model": "teacher-trained", "layers": "every_other"},
+            {"name": "student-alone", "type": "finetune", "model": "student", "args": student_args},
+            {"name": "distill", "type": "distill", "model": "student", "teacher": "teacher-trained",
+             "pruning": {"target_sparsity": 0.5, "start_step": student_args["max_steps"] // 5,
+                         "end_step": student_args["max_steps"] * 4 // 5, "frequency": max(1, student_args["max_steps"] // 20)},
+             "args": {**student_args, "temperature": 1.0, "alpha": 0.5}},
+            {"name": "int8", "type": "quantize", "model": "distill", "bits": 8},
+            {"name": "evaluate", "type": "evaluate", "latency_repeats": 3 if quick else 10,
+             "models": ["teacher-trained", "student", "student-alone", "distill", "int8"]},
+            {"name": "export", "type": "export", "model": "distill"},
+        ],
+    }  # fmt: skip
 
 
-def _trainer(model: Any, out: Path, train: Any, evaluation: Any, *, steps: int, lr: float, seed: int) -> Any:
-    from transformers import Trainer, TrainingArguments
-
-    args = TrainingArguments(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=32, per_device_eval_batch_size=64,
-        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 5),
-        save_strategy="no", report_to=[], seed=seed, disable_tqdm=True,
-    )  # fmt: skip
-    return Trainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation)
-
-
-def _perplexity(trainer: Any) -> float:
-    import math
-
-    return math.exp(trainer.evaluate()["eval_loss"])
-
-
-def run_demo(output_dir: str | Path = "hf-lite-demo", *, steps: int = 300, seed: int = 0) -> DemoReport:
-    """Run the demo pipeline into ``output_dir`` and return its measured report.
+def run_demo(
+    output_dir: str | Path = "hf-lite-demo",
+    *,
+    teacher: str | None = None,
+    dataset: str | None = None,
+    seed: int = 0,
+    quick: bool = False,
+) -> Any:
+    """Run the demo pipeline into ``output_dir`` (resumable: a second call skips finished stages) and return
+    the compression report.
 
     Args:
-        output_dir: where the pretrained base, the adapter and ``report.json``/``report.md`` go.
-        steps: optimizer steps of the pretraining stage (the QLoRA stage takes a third of them).
-        seed: seed of the corpus, the initialisation and the data order.
+        output_dir: run folder.
+        teacher: Hub id or folder of a causal LM to use instead of the generated teacher (needs ``dataset``).
+        dataset: text file or Hub dataset id to use with ``teacher``.
+        seed: seed of the data, the initialisations and the data order.
+        quick: a few steps per stage (smoke tests).
     """
-    from hf_lite.loading import load_model
-    from hf_lite.summary import model_summary
+    import torch
+    from accelerate import PartialState
+
+    from hf_lite.recipe import Recipe
+    from hf_lite.runner import run_recipe
+
+    if (teacher is None) != (dataset is None):
+        raise ValueError("demo: give both --teacher and --dataset (a real model and its data), or neither.")
+    out = Path(output_dir)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if teacher is None:
+        data_dir, init_dir = out / "data", out / "teacher-init"
+        if state.is_main_process and not (init_dir / "config.json").is_file():
+            _make_embedded_default(out, data_dir, init_dir, seed)
+        state.wait_for_everyone()
+        raw = demo_recipe(out, teacher=str(init_dir), train=str(data_dir / "train.txt"),
+                          eval_file=str(data_dir / "eval.txt"), seed=seed, quick=quick, pretrain_teacher=True)  # fmt: skip
+    else:
+        raw = demo_recipe(out, teacher=teacher, train=dataset, eval_file=None, seed=seed, quick=quick,
+                          pretrain_teacher=False)  # fmt: skip
+    ctx = run_recipe(Recipe.from_dict(raw))
+    from hf_lite.report import CompressionReport
+
+    report = CompressionReport.from_json((out / "evaluate" / "report.json").read_text())
+    if ctx.is_main:
+        print(f"\nreport: {out / 'evaluate' / 'report.json'}, {out / 'evaluate' / 'report.md'}; "
+              f"plot: {out / 'evaluate' / 'report.png'}; student checkpoint: {out / 'export' / 'model'}")  # fmt: skip
+    return report
+
+
+def _make_embedded_default(out: Path, data_dir: Path, init_dir: Path, seed: int) -> None:
+    """Generated data files and a randomly initialised teacher with its tokenizer, written before the recipe
+    runs (the recipe folder is claimed by the run, so the marker file is written here first)."""
+    import json
+
+    from hf_lite.runner import RUN_MARKER
     from hf_lite.tiny import build_tiny_model, build_tokenizer
 
-    if steps < 3:
-        raise ValueError(f"steps={steps} is too few to train anything; use at least 3 (default 300).")
-    start = time.perf_counter()
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pretrain_texts = make_corpus(4000, seed=seed)
-    shift_texts = make_corpus(1200, seed=seed + 1, shift=True)
-    tokenizer = build_tokenizer(pretrain_texts + shift_texts, style="gpt")
+    if not (out / RUN_MARKER).exists():
+        (out / RUN_MARKER).write_text(json.dumps({"recipe": "hf-lite-demo"}))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    train, evaluation = make_corpus(6000, seed=seed), make_corpus(400, seed=seed + 1)
+    (data_dir / "train.txt").write_text("\n".join(train) + "\n")
+    (data_dir / "eval.txt").write_text("\n".join(evaluation) + "\n")
+    tokenizer = build_tokenizer(train, style="gpt")
     tokenizer.pad_token = tokenizer.eos_token
-
-    # 1. Pretrain a base model and save it like a Hub checkpoint.
-    print(f"[1/3] pretraining a small Llama-style base model ({steps} steps) ...", flush=True)
-    model, _ = build_tiny_model("llama", "causal-lm", tokenizer=tokenizer, seed=seed)
-    base_dir = out / "base"
-    pre = _trainer(model, out / "runs" / "pretrain", _dataset(tokenizer, pretrain_texts[:3600]),
-                   _dataset(tokenizer, pretrain_texts[3600:]), steps=steps, lr=3e-3, seed=seed)  # fmt: skip
-    pre.train()
-    ppl_pretrained = _perplexity(pre)
-    model.save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
-
-    # 2. QLoRA: the saved checkpoint, loaded 4-bit with a LoRA adapter, fine-tuned on the shifted corpus.
-    shift_train, shift_eval = _dataset(tokenizer, shift_texts[:1000]), _dataset(tokenizer, shift_texts[1000:])
-    base = load_model(base_dir, dtype="float32")
-    base_summary = model_summary(base)
-    ppl_base_shift = _perplexity(_trainer(base, out / "runs" / "eval", None, shift_eval, steps=1, lr=0.0, seed=seed))
-    del base
-    print("[2/3] QLoRA fine-tuning: 4-bit NF4 base + LoRA on the shifted corpus ...", flush=True)
-    qlora = load_model(base_dir, quantization="4bit", peft="lora")
-    ft = _trainer(qlora, out / "runs" / "qlora", shift_train, shift_eval, steps=max(3, steps // 3), lr=5e-3, seed=seed)
-    ft.train()
-    ppl_qlora = _perplexity(ft)
-    qlora.save_pretrained(out / "adapter")  # the adapter only: a few hundred KB
-
-    print("[3/3] report", flush=True)
-    report = DemoReport(
-        base=base_summary.to_dict(),
-        qlora=model_summary(qlora).to_dict(),
-        perplexity_pretrained=ppl_pretrained,
-        perplexity_base_on_shift=ppl_base_shift,
-        perplexity_qlora_on_shift=ppl_qlora,
-        seconds=time.perf_counter() - start,
-    )
-    (out / "report.json").write_text(json.dumps(asdict(report), indent=2))
-    (out / "report.md").write_text(report.to_markdown() + "\n")
-    return report
+    model, _ = build_tiny_model("llama", tokenizer=tokenizer, seed=seed, hidden_size=128, intermediate_size=256,
+                                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32)  # fmt: skip
+    tmp = init_dir.with_name(".teacher-init.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(init_dir)

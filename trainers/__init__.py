@@ -17,6 +17,9 @@ _LAZY: dict[str, str] = {
     "resolve_layer_map": "trainers.distillation",
     "PruningCallback": "trainers.pruning",
     "PruningConfig": "trainers.pruning",
+    "StructuralPruningCallback": "trainers.structural",
+    "StructuralPruningConfig": "trainers.structural",
+    "shrink_like_checkpoint": "trainers.structural",
 }
 
 __all__ = list(_LAZY)

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["__init__", "masks", "schedule", "targets", "oneshot", "report", "importance", "structural"]
+MODULES = ["__init__", "masks", "schedule", "targets", "oneshot", "report", "importance", "structural", "peft_merge"]
 
 
 @pytest.mark.parametrize("name", MODULES)

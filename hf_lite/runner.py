@@ -1,0 +1,496 @@
+"""Run a :class:`~hf_lite.recipe.Recipe`: stages in order, each writing ``<output_dir>/<stage>/``.
+
+Each model-producing stage writes its model to ``<stage>/model`` atomically and then a marker
+``<stage>/stage.json`` holding the stage's fingerprint; a stage whose marker matches is skipped, so a killed
+run restarted with the same command resumes at the first unfinished stage (and a training stage resumes from
+its last Trainer checkpoint in ``<stage>/trainer``). Under ``accelerate launch`` the training stages run on
+every process; the others run on the main process while the rest wait, and only the main process writes
+reports and pushes.
+
+>>> from hf_lite.recipe import Recipe
+>>> from hf_lite.runner import run_recipe
+>>> report = run_recipe(Recipe.from_yaml("examples/recipes/distill_encoder.yaml"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hf_lite.recipe import MODEL_STAGES, Recipe, StageConfig, check_training_args
+
+logger = logging.getLogger(__name__)
+
+RUN_MARKER = "hf_lite_run.json"
+STAGE_MARKER = "stage.json"
+
+
+class RunContext:
+    """What stages share: the recipe, the run folder, the process state, data and tokenizer."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        import torch
+        from accelerate import PartialState
+
+        self.recipe = recipe
+        self.root = Path(recipe.output_dir)
+        # Without GPUs, processes started by `accelerate launch` only join one process group (gloo) when the
+        # state is created for the CPU; the Trainer's arguments get use_cpu=True to match (_training_base).
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self._tokenizer: Any = None
+        self._data: Any = None
+        self._tokenized: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.state.is_main_process
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(f"[hf-lite] {message}", flush=True)
+
+    def model_path(self, ref: str) -> str:
+        """``teacher``, an earlier stage's name, or a Hub id / folder -> something ``from_pretrained`` takes."""
+        if ref == "teacher":
+            return self.recipe.teacher
+        names = [s.name for s in self.recipe.stages]
+        if ref in names:
+            stage = self.recipe.stage(ref)
+            if stage.type not in MODEL_STAGES:
+                raise ValueError(f"model reference {ref!r} is a {stage.type} stage, which produces no model.")
+            return str(self.root / ref / "model")
+        return ref
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from hf_lite.loading import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.recipe.teacher)
+        return self._tokenizer
+
+    def raw_data(self) -> Any:
+        if self._data is None:
+            from hf_lite.data import load_data
+
+            d = self.recipe.data
+            if d is None:
+                raise ValueError(
+                    f"recipe {self.recipe.name!r} has no data, but a stage needs it (training, calibration "
+                    "or evaluation): add data: {train: FILE_OR_HUB_ID}."
+                )
+            source: Any = d.train if d.eval is None else {"train": d.train, "eval": d.eval}
+            data = load_data(
+                source, columns=d.columns or None, eval_fraction=d.eval_fraction, seed=self.recipe.seed
+            )
+            if "eval" not in data:
+                raise ValueError(
+                    f"recipe {self.recipe.name!r}: the data has no evaluation split; set data.eval or data.eval_fraction."
+                )
+            limits = {"train": d.max_train_rows, "eval": d.max_eval_rows}
+            self._data = {split: data[split].select(range(min(limits[split], len(data[split]))))
+                          if limits[split] else data[split] for split in ("train", "eval")}  # fmt: skip
+        return self._data
+
+    def tokenized(self, augment: dict[str, Any] | None = None) -> Any:
+        """Tokenized train/eval splits; ``augment`` (EDA options) enlarges the train split first."""
+        from hf_lite.data import augment_data, tokenize_data
+
+        if augment:
+            raw = self.raw_data()
+            train = augment_data(raw["train"], seed=self.recipe.seed, **augment)
+            return {
+                "train": tokenize_data(
+                    train, self.tokenizer, task=self.recipe.task, max_length=self.recipe.data.max_length
+                ),
+                "eval": self.tokenized()["eval"],
+            }
+        if self._tokenized is None:
+            raw = self.raw_data()
+            self._tokenized = {
+                split: tokenize_data(
+                    raw[split], self.tokenizer, task=self.recipe.task, max_length=self.recipe.data.max_length
+                )
+                for split in ("train", "eval")
+            }
+        return self._tokenized
+
+    def num_labels(self) -> int | None:
+        if self.recipe.task not in ("sequence-classification", "token-classification"):
+            return None
+        if self.recipe.num_labels is not None:
+            return int(self.recipe.num_labels)
+        labels = self.raw_data()["train"]["label"]
+        return int(max(labels)) + 1
+
+
+# ------------------------------------------------------------------------------------------ run folders
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def claim_run_folder(recipe: Recipe) -> None:
+    """Refuse an output folder that holds something else than a previous run of this recipe."""
+    root = Path(recipe.output_dir)
+    marker = root / RUN_MARKER
+    if root.exists() and any(root.iterdir()):
+        if not marker.is_file():
+            raise ValueError(
+                f"output_dir {str(root)!r} exists, is not empty and is not an hf-lite run folder (no {RUN_MARKER}). "
+                "Choose another output_dir, or empty that folder."
+            )
+        previous = json.loads(marker.read_text())
+        if previous.get("recipe") != recipe.name:
+            raise ValueError(
+                f"output_dir {str(root)!r} holds a run of recipe {previous.get('recipe')!r}, not {recipe.name!r}. "
+                "Choose another output_dir for this recipe."
+            )
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(marker, {"recipe": recipe.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def stage_done(ctx: RunContext, stage: StageConfig) -> bool:
+    marker = ctx.root / stage.name / STAGE_MARKER
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("fingerprint") == ctx.recipe.stage_fingerprint(stage.name)
+
+
+def _finish_stage(ctx: RunContext, stage: StageConfig, info: dict[str, Any]) -> None:
+    if ctx.is_main:
+        folder = ctx.root / stage.name
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(folder / STAGE_MARKER, {"fingerprint": ctx.recipe.stage_fingerprint(stage.name),
+                                                   "type": stage.type, **info})  # fmt: skip
+    ctx.state.wait_for_everyone()
+
+
+def _save_model(ctx: RunContext, stage: StageConfig, model: Any) -> Path:
+    """Main process: write ``<stage>/model`` through a temp folder and a rename (complete or absent)."""
+    out = ctx.root / stage.name / "model"
+    tmp = out.with_name(".model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    ctx.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def _training_base(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    import torch
+
+    return {
+        "output_dir": str(ctx.root / stage.name / "trainer"),
+        "seed": ctx.recipe.seed,
+        "report_to": [],
+        "save_total_limit": 2,
+        "use_cpu": not torch.cuda.is_available(),
+    }
+
+
+def _load_for_training(ctx: RunContext, stage: StageConfig, ref: str) -> Any:
+    from hf_lite.loading import load_model
+
+    kwargs: dict[str, Any] = {}
+    if ctx.num_labels() is not None:
+        kwargs["num_labels"] = ctx.num_labels()
+    return load_model(
+        ctx.model_path(ref), ctx.recipe.task, quantization=stage.get("quantization"), peft=stage.get("peft"),
+        gradient_checkpointing=bool(stage.get("gradient_checkpointing", False)), dtype="float32", **kwargs,
+    )  # fmt: skip
+
+
+def _callbacks(stage: StageConfig) -> list[Any]:
+    pruning = stage.get("pruning")
+    if not pruning:
+        return []
+    from trainers.pruning import PruningCallback
+
+    return [PruningCallback(**pruning)]
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` that was written to the end (``trainer_state.json`` is saved last); a
+    checkpoint cut short by a kill is skipped (the Trainer itself would pick it and fail)."""
+    if not trainer_dir.is_dir():
+        return None
+    done = [
+        p
+        for p in trainer_dir.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+def _train_and_save(ctx: RunContext, stage: StageConfig, trainer: Any) -> dict[str, Any]:
+    trainer_dir = Path(trainer.args.output_dir)
+    last = last_complete_checkpoint(trainer_dir)
+    if last:
+        ctx.log(f"{stage.name}: resuming from {Path(last).name}")
+    result = trainer.train(resume_from_checkpoint=last)
+    eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    model = trainer.model
+    if hasattr(model, "peft_config"):
+        model = _merged(model)
+    if ctx.is_main:
+        _save_model(ctx, stage, model)
+    return {"train_loss": result.training_loss, "steps": result.global_step,
+            **{k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))}}  # fmt: skip
+
+
+def _merged(model: Any) -> Any:
+    """A PEFT model as a plain model for the next stage: the adapter merged (onto a dequantized base)."""
+    from hf_lite.exporting import _dequantize_bnb_, _strip_quantization_, unpack_bnb_cpu_weights_
+
+    if _has_bnb(model):
+        unpack_bnb_cpu_weights_(model)  # bnb's CPU kernel repacks 4-bit weights after a forward (evaluation)
+        _dequantize_bnb_(model)
+        _strip_quantization_(model)
+    return model.merge_and_unload()
+
+
+def _has_bnb(model: Any) -> bool:
+    return any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
+
+
+def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    from transformers import Trainer, TrainingArguments
+
+    args = check_training_args(stage, TrainingArguments, _training_base(ctx, stage))
+    data = ctx.tokenized()
+    model = _load_for_training(ctx, stage, stage.model)
+    trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
+                      processing_class=ctx.tokenizer, data_collator=_collator(ctx), callbacks=_callbacks(stage))  # fmt: skip
+    return _train_and_save(ctx, stage, trainer)
+
+
+def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    from hf_lite.loading import load_teacher
+    from trainers.distillation import DistillationConfig, DistillationTrainer
+
+    args = check_training_args(stage, DistillationConfig, _training_base(ctx, stage))
+    data = ctx.tokenized(stage.get("augment"))
+    student = _load_for_training(ctx, stage, stage.model)
+    teacher = load_teacher(ctx.model_path(stage.get("teacher", "teacher")), ctx.recipe.task,
+                           quantization=args.teacher_quantization, dtype="float32")  # fmt: skip
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data["train"],
+                                  eval_dataset=data["eval"], processing_class=ctx.tokenizer,
+                                  data_collator=_collator(ctx), callbacks=_callbacks(stage))  # fmt: skip
+    return _train_and_save(ctx, stage, trainer)
+
+
+def _collator(ctx: RunContext) -> Any:
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+    )
+
+    if ctx.recipe.task == "causal-lm":
+        return DataCollatorForLanguageModeling(ctx.tokenizer, mlm=False)
+    if ctx.recipe.task == "token-classification":
+        return DataCollatorForTokenClassification(ctx.tokenizer)
+    return DataCollatorWithPadding(ctx.tokenizer)
+
+
+def _load_plain(ctx: RunContext, ref: str) -> Any:
+    from hf_lite.loading import load_model
+
+    kwargs = {"num_labels": ctx.num_labels()} if ctx.num_labels() is not None else {}
+    return load_model(ctx.model_path(ref), ctx.recipe.task, dtype="float32", **kwargs)
+
+
+def stage_init_student(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    from hf_lite.student import init_student_from_teacher
+
+    if ctx.is_main:
+        teacher = _load_plain(ctx, stage.model)
+        student = init_student_from_teacher(teacher, stage.get("layers", "every_other"))
+        _save_model(ctx, stage, student)
+    ctx.state.wait_for_everyone()
+    return {"layers": stage.get("layers", "every_other")}
+
+
+def _calibration(ctx: RunContext, n: int) -> list[dict[str, Any]]:
+    import torch
+
+    data = ctx.tokenized()["train"].select(range(min(n, len(ctx.tokenized()["train"]))))
+    collate = _collator(ctx)
+    rows = [dict(r) for r in data]
+    batches = []
+    for i in range(0, len(rows), 8):
+        batch = collate(rows[i : i + 8])
+        batches.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+    return batches
+
+
+def stage_prune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    from hf_lite import pruning
+
+    info: dict[str, Any] = {"method": stage.get("method")}
+    if ctx.is_main:
+        model = _load_plain(ctx, stage.model).eval()
+        method = stage.get("method")
+        calib = _calibration(ctx, int(stage.get("calibration_samples", 64)))
+        if method == "magnitude":
+            pruning.magnitude_prune_(
+                model, stage.get("sparsity"), pattern=stage.get("pattern", "unstructured")
+            )
+        elif method == "wanda":
+            pruning.wanda_prune_(
+                model, calib, stage.get("sparsity"), pattern=stage.get("pattern", "unstructured")
+            )
+        elif method == "ffn":
+            pruning.prune_ffn_(
+                model, stage.get("keep_ratio"), importance="activation", calibration_batches=calib
+            )
+        elif method == "heads":
+            pruning.prune_attention_heads_(model, stage.get("heads_keep_ratio", stage.get("keep_ratio")))
+        elif method == "layers":
+            pruning.prune_layers_(model, keep_ratio=stage.get("keep_ratio"), num_hidden_layers=stage.get("num_layers"),
+                                  calibration_batches=calib)  # fmt: skip
+        report = pruning.sparsity_report(model)
+        info["sparsity"] = report.to_dict().get("body_sparsity")
+        _save_model(ctx, stage, model)
+    ctx.state.wait_for_everyone()
+    return info
+
+
+def stage_quantize(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    from hf_lite.loading import load_model
+
+    bits = int(stage.get("bits"))
+    if ctx.is_main:
+        kwargs = {"num_labels": ctx.num_labels()} if ctx.num_labels() is not None else {}
+        model = load_model(ctx.model_path(stage.model), ctx.recipe.task, quantization=f"{bits}bit", **kwargs)
+        _save_model(ctx, stage, model)
+    ctx.state.wait_for_everyone()
+    return {"bits": bits}
+
+
+def stage_evaluate(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    """Task metric, parameters (nonzero too), bytes on disk and in memory, latency of each model, side by side
+    in one process; the compression report as JSON, Markdown and PNG in the stage folder."""
+    refs = stage.get("models") or ["teacher", *[s.name for s in ctx.recipe.stages if s.type in MODEL_STAGES]]
+    info: dict[str, Any] = {"models": refs}
+    if ctx.is_main:
+        report = evaluate_models(ctx, refs, batch_sizes=tuple(stage.get("latency_batch_sizes", (1, 32))),
+                                 repeats=int(stage.get("latency_repeats", 10)))  # fmt: skip
+        folder = ctx.root / stage.name
+        folder.mkdir(parents=True, exist_ok=True)
+        report.to_json(folder / "report.json")
+        (folder / ".report.md.tmp").write_text(report.to_markdown() + "\n")
+        os.replace(folder / ".report.md.tmp", folder / "report.md")
+        report.plot(folder / "report.png")
+        info["report"] = "report.json"
+        print(report.to_markdown(), flush=True)
+    ctx.state.wait_for_everyone()
+    return info
+
+
+def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int, ...] = (1, 32),
+                    repeats: int = 10) -> Any:  # fmt: skip
+    """Evaluate ``refs`` on the recipe's evaluation split into a :class:`~hf_lite.report.CompressionReport`."""
+    import tempfile
+    import warnings
+
+    from hf_lite.evaluation import evaluate_model, machine_info
+    from hf_lite.report import CompressionReport
+
+    # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: once is enough.
+    warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
+    data = ctx.tokenized()["eval"]
+    report = CompressionReport(
+        task=ctx.recipe.task, machine=machine_info(), title=f"{ctx.recipe.name}: compression report"
+    )
+    stage_types = {s.name: s.type for s in ctx.recipe.stages}
+    for ref in refs:
+        path = ctx.model_path(ref)
+        model = _load_plain_or_quantized(ctx, ref)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = path if Path(path).is_dir() else _saved_copy(model, tmp)
+            result = evaluate_model(model, data, ctx.recipe.task, folder=folder, batch_sizes=batch_sizes,
+                                    repeats=repeats, seq_len=ctx.recipe.data.max_length)  # fmt: skip
+        report.add_evaluation(result, name=ref, stage=stage_types.get(ref, "teacher"))
+        ctx.log(f"evaluated {ref}: {result.metrics}")
+        del model
+    return report
+
+
+def _load_plain_or_quantized(ctx: RunContext, ref: str) -> Any:
+    """Load a model as saved (a bitsandbytes folder comes back quantized through its config)."""
+    from hf_lite.loading import load_model
+
+    kwargs = {"num_labels": ctx.num_labels()} if ctx.num_labels() is not None else {}
+    return load_model(ctx.model_path(ref), ctx.recipe.task, dtype="auto", **kwargs).eval()
+
+
+def _saved_copy(model: Any, folder: str) -> str:
+    model.save_pretrained(folder)
+    return folder
+
+
+def stage_export(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
+    from hf_lite.exporting import export
+
+    info: dict[str, Any] = {}
+    if ctx.is_main:
+        model = _load_plain(ctx, stage.model)
+        out = ctx.root / stage.name / "model"
+        report = export(model, out, tokenizer=ctx.tokenizer, merge_adapter=bool(stage.get("merge_adapter", False)),
+                        dtype=stage.get("dtype"), overwrite=True)  # fmt: skip
+        if report is not None:
+            info["max_abs_logit_diff"] = getattr(report, "max_abs_diff", None)
+        push = stage.get("push")
+        if push:
+            from hf_lite.hub import push_to_hub
+
+            result = push_to_hub(str(out), **push)
+            info["pushed"] = getattr(result, "commit_url", None)
+    ctx.state.wait_for_everyone()
+    return info
+
+
+STAGES = {
+    "finetune": stage_finetune,
+    "init_student": stage_init_student,
+    "distill": stage_distill,
+    "prune": stage_prune,
+    "quantize": stage_quantize,
+    "evaluate": stage_evaluate,
+    "export": stage_export,
+}
+
+
+def run_recipe(recipe: Recipe, *, stages: list[str] | None = None) -> RunContext:
+    """Run (or resume) every stage of ``recipe``; ``stages`` limits the run to those names."""
+    ctx = RunContext(recipe)
+    if ctx.is_main:
+        claim_run_folder(recipe)
+    ctx.state.wait_for_everyone()
+    for stage in recipe.stages:
+        if stages is not None and stage.name not in stages:
+            continue
+        if stage_done(ctx, stage):
+            ctx.log(f"{stage.name}: done in an earlier run, skipped")
+            continue
+        ctx.log(f"{stage.name} ({stage.type}) ...")
+        start = time.perf_counter()
+        info = STAGES[stage.type](ctx, stage)
+        info["seconds"] = round(time.perf_counter() - start, 1)
+        _finish_stage(ctx, stage, info)
+    return ctx

@@ -1,0 +1,205 @@
+"""`hf-lite run/plan` on recipes: stages chained through folders, resume after a kill, bad input,
+and the same run on two processes under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_lite.cli import main
+from hf_lite.demo import make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A teacher checkpoint and text data for small causal-LM recipes."""
+    from hf_lite.tiny import save_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    texts = make_corpus(1200, seed=0)
+    (root / "train.txt").write_text("\n".join(texts[:1000]) + "\n")
+    (root / "eval.txt").write_text("\n".join(texts[1000:]) + "\n")
+    teacher = save_tiny_checkpoint(root / "teacher", "llama", texts=texts, num_hidden_layers=4)
+    return root, teacher
+
+
+def _recipe(root: Path, teacher: Path, out: Path, *, steps: int = 12, save_steps: int = 4) -> Path:
+    raw = {
+        "name": "tiny", "task": "causal-lm", "teacher": str(teacher), "output_dir": str(out), "seed": 0,
+        "data": {"train": str(root / "train.txt"), "eval": str(root / "eval.txt"), "max_length": 16},
+        "stages": [
+            {"name": "student", "type": "init_student", "model": "teacher", "layers": [0, 3]},
+            {"name": "distill", "type": "distill", "model": "student", "teacher": "teacher",
+             "args": {"max_steps": steps, "save_steps": save_steps, "per_device_train_batch_size": 8,
+                      "learning_rate": 3e-3, "logging_steps": 2, "disable_tqdm": True}},
+            {"name": "int8", "type": "quantize", "model": "distill", "bits": 8},
+            {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill", "int8"], "latency_repeats": 2},
+        ],
+    }  # fmt: skip
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "evaluate" / "report.json").read_text())
+
+
+def _perplexities(report: dict) -> dict[str, float]:
+    return {row["name"]: row["metrics"]["perplexity"] for row in report["rows"]}
+
+
+@pytest.mark.integration
+def test_run_chains_stages_and_a_second_run_skips_them(tiny_run, tmp_path, capsys):
+    root, teacher = tiny_run
+    out = tmp_path / "run"
+    recipe = _recipe(root, teacher, out)
+    assert main(["run", str(recipe)]) == 0
+    report = _report(out)
+    assert [r["name"] for r in report["rows"]] == ["teacher", "distill", "int8"]
+    assert report["rows"][2]["quantization"].startswith("bnb-8bit")
+    assert (out / "evaluate" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| distill |" in (out / "evaluate" / "report.md").read_text()
+    student = json.loads((out / "student" / "model" / "config.json").read_text())
+    assert student["num_hidden_layers"] == 2
+    capsys.readouterr()
+    assert main(["run", str(recipe)]) == 0
+    printed = capsys.readouterr().out
+    assert all(
+        f"{s}: done in an earlier run, skipped" in printed for s in ("student", "distill", "int8", "evaluate")
+    )
+    # Changing a stage's settings re-runs it and what follows, not what comes before.
+    assert main(["run", str(recipe), "--int8.bits", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "distill: done in an earlier run, skipped" in printed and "int8 (quantize) ..." in printed
+    assert _report(out)["rows"][2]["quantization"].startswith("bnb-4bit")
+
+
+@pytest.mark.integration
+def test_a_killed_run_resumes_to_the_same_report(tiny_run, tmp_path):
+    root, teacher = tiny_run
+    reference = tmp_path / "reference"
+    assert main(["run", str(_recipe(root, teacher, reference, steps=40, save_steps=5))]) == 0
+
+    out = tmp_path / "killed"
+    recipe = _recipe(root, teacher, out, steps=40, save_steps=5)
+    cmd = [sys.executable, "-m", "hf_lite", "run", str(recipe)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trainer_dir = out / "distill" / "trainer"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (trainer_dir / "checkpoint-10").is_dir():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-stage: no chance to clean up
+    proc.wait()
+    assert not (out / "distill" / "stage.json").exists(), "the stage finished before the kill: make it longer"
+    student_marker = (out / "student" / "stage.json").stat().st_mtime_ns
+
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "student: done in an earlier run, skipped" in done.stdout
+    assert "distill: resuming from checkpoint-" in done.stdout
+    assert (out / "student" / "stage.json").stat().st_mtime_ns == student_marker
+    got, want = _perplexities(_report(out)), _perplexities(_report(reference))
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_write_one_report_that_matches_one_process(tiny_run, tmp_path):
+    root, teacher = tiny_run
+    one, two = tmp_path / "one", tmp_path / "two"
+    recipe_one = _recipe(root, teacher, one)
+    recipe_two = _recipe(root, teacher, two)
+    single = subprocess.run([sys.executable, "-m", "hf_lite", "run", str(recipe_one)], env=ENV, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    launched = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_lite", "run", str(recipe_two),
+         "--distill.per_device_train_batch_size", "4"],  # same global batch of 8
+        env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("| distill |") == 1  # only the main process prints and writes the report
+    assert len(list((two / "evaluate").glob("report*.json"))) == 1
+    got, want = _perplexities(_report(two)), _perplexities(_report(one))
+    assert got == pytest.approx(want, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------- plan
+
+
+@pytest.mark.parametrize(
+    ("recipe", "family", "task"),
+    [
+        ("distill_encoder", "bert", "sequence-classification"),
+        ("qlora_causal_lm", "llama", "causal-lm"),
+        ("distill_prune_causal_lm", "llama", "causal-lm"),
+        ("oneshot_prune", "llama", "causal-lm"),
+    ],
+)
+def test_plan_each_example_recipe(recipe, family, task, tmp_path, capsys, monkeypatch):
+    from hf_lite.tiny import save_tiny_checkpoint
+
+    if not SHARED.is_dir():
+        pytest.skip("the example recipes read ../shared/data")
+    monkeypatch.chdir(ROOT)  # the recipes' data paths are relative to the repository root
+    teacher = save_tiny_checkpoint(tmp_path / "teacher", family, task)
+    assert main(["plan", f"examples/recipes/{recipe}.yaml", "--teacher", str(teacher),
+                 "--output_dir", str(tmp_path / "out")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "plan OK: nothing was trained." in printed and "world size: 1 process(es)" in printed
+    assert "train rows" in printed and "parameters" in printed
+    if recipe == "qlora_causal_lm":
+        assert "(adapter on down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj)" in printed
+    assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_input_is_a_clear_error(tiny_run, tmp_path, capsys):
+    root, teacher = tiny_run
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "recipe '" in capsys.readouterr().err
+    bad = yaml.safe_load(_recipe(root, teacher, tmp_path / "bad").read_text())
+    bad["stages"][1]["type"] = "distil"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["plan", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown stage type 'distil' (did you mean 'distill'?)" in capsys.readouterr().err
+
+    # A column the data does not have.
+    tsv = tmp_path / "data.tsv"
+    tsv.write_text("sentence\tlabel\nthe cat\t1\na dog\t0\n")
+    cls = yaml.safe_load(_recipe(root, teacher, tmp_path / "cls").read_text())
+    cls["data"] = {"train": str(tsv), "columns": {"text": "review", "label": "label"}}
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(cls))
+    assert main(["plan", str(tmp_path / "cls.yaml")]) == 2
+    assert "review" in capsys.readouterr().err
+
+    # Nothing left after dropping blank rows.
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n\n")
+    cls["data"] = {"train": str(empty)}
+    (tmp_path / "empty.yaml").write_text(yaml.safe_dump(cls))
+    assert main(["plan", str(tmp_path / "empty.yaml")]) == 2
+    assert "empty" in capsys.readouterr().err.lower()
+
+    # An output folder that is not a previous run of this recipe.
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    assert main(["run", str(_recipe(root, teacher, taken))]) == 2
+    assert "is not empty and is not an hf-lite run folder" in capsys.readouterr().err
+    assert (taken / "notes.txt").read_text() == "mine"
