@@ -451,3 +451,25 @@ def test_teacher_cache_errors(tmp_path, tok):
     ):
         DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=_args(tmp_path, temperature=2.0),
                             train_dataset=cache)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_attention_map_matching_switches_to_eager_attention_and_trains(tmp_path, tiny_checkpoints):
+    from hf_lite import load_tokenizer
+
+    bert_tok = load_tokenizer(tiny_checkpoints["bert"])
+    enc = bert_tok(["the cat runs", "a dog sees the bird", "the red fish", "one big tree"], padding=True)
+    data = Dataset.from_dict({**enc, "labels": [0, 1, 1, 0]})
+    student = build_tiny_model(
+        "bert", "sequence-classification", tokenizer=bert_tok, seed=5, num_hidden_layers=1
+    )[0]
+    args = _args(
+        tmp_path, max_steps=2, alpha=1.0, attention_weight=1.0, layer_map="1:2", per_device_train_batch_size=4
+    )
+    trainer = DistillationTrainer(model=student, teacher_model=tiny_checkpoints["bert"], args=args, train_dataset=data,
+                                  processing_class=bert_tok)  # fmt: skip
+    assert student.config._attn_implementation == "eager"
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss_attention" in log]
+    assert logs and all(math.isfinite(log["loss_attention"]) and log["loss_attention"] > 0 for log in logs)
+    assert logs[0]["loss"] == pytest.approx(logs[0]["loss_kd"] + logs[0]["loss_attention"], rel=1e-4)
