@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,3 +38,21 @@ def test_qlora_example_under_accelerate_launch_with_two_processes(tmp_path):
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
     assert proc.stdout.count("***** eval metrics *****") == 1
     assert "world_size=2" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.integration
+def test_distill_classifier_example_runs_and_saves_a_plain_student(tmp_path):
+    from hf_lite.tiny import save_tiny_checkpoint
+
+    rows = ["the cat runs\t1", "a dog sees the bird\t0", "the red fish sleeps\t1", "one big tree\t0"] * 6
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    teacher = save_tiny_checkpoint(tmp_path / "teacher", "bert", "sequence-classification", num_hidden_layers=4)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "examples" / "distill_classifier.py"), "--teacher", str(teacher),
+           "--train_file", str(tmp_path / "train.tsv"), "--output_dir", str(out), "--max_steps", "3",
+           "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "--hidden_weight", "1",
+           "--save_strategy", "no"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2 and "eval_accuracy" in proc.stdout
