@@ -92,20 +92,29 @@ class Benchmark:
         return getattr(self.module, "render", None)
 
 
-def discover(package: str = "benchmarks") -> dict[str, Benchmark]:
-    """Every benchmark module of ``package`` (a module with a callable ``run``), by name, in ``ORDER``."""
+def discover(package: str = "benchmarks", errors: dict[str, str] | None = None) -> dict[str, Benchmark]:
+    """Every benchmark module of ``package`` (a module with a callable ``run``), by name, in ``ORDER``.
+
+    A module that fails to import raises, unless ``errors`` is given: then its error is recorded there
+    (``{name: "ExceptionType: message"}``) and the other benchmarks stay usable.
+    """
     pkg = importlib.import_module(package)
     found = []
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name.startswith("_") or info.name in NOT_BENCHMARKS or info.ispkg:
             continue
-        module = importlib.import_module(f"{package}.{info.name}")
+        try:
+            module = importlib.import_module(f"{package}.{info.name}")
+        except Exception as err:
+            if errors is None:
+                raise
+            errors[info.name] = f"{type(err).__name__}: {err}"
+            continue
         if not callable(getattr(module, "run", None)):
             continue
         doc_title = (module.__doc__ or info.name).strip().splitlines()[0].rstrip(".")
-        found.append(
-            Benchmark(info.name, module, getattr(module, "TITLE", doc_title), getattr(module, "ORDER", 100))
-        )
+        title, order = getattr(module, "TITLE", doc_title), getattr(module, "ORDER", 100)
+        found.append(Benchmark(info.name, module, title, order))
     return {b.name: b for b in sorted(found, key=lambda b: (b.order, b.name))}
 
 
@@ -470,11 +479,14 @@ def _default_threads() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    registry = discover()
+    broken: dict[str, str] = {}
+    registry = discover(errors=broken)
+    for name, error in broken.items():
+        print(f"benchmark module {name!r} does not import: {error}", file=sys.stderr)
     if args.list:
         for b in registry.values():
             print(f"{b.name:24s} {b.title}")
-        return 0
+        return 1 if broken else 0
     unknown = [n for n in args.names if n not in registry]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; registered: {', '.join(registry)}", file=sys.stderr)
@@ -494,9 +506,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = " ".join([ENTRY, *(shlex.quote(a) for a in argv)])
     threads = args.threads or _default_threads()
+    failed = [] if args.names else sorted(broken)  # running "all": a module that does not import has failed
     # Scratch models of this run; git-ignored under benchmarks/out unless an explicit --out says elsewhere.
     work_dir = (args.out / "work") if args.out else common.BENCH_DIR / "out" / "work"
-    failed = []
     for name in names:
         ctx = Context(
             name=name, quick=args.quick, seed=args.seed, threads=threads, data_dir=str(args.data_dir),

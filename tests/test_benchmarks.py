@@ -120,6 +120,16 @@ def test_discover_registers_modules_with_run_only(tmp_path, monkeypatch):
     assert registry["beta"].title == "Beta title"
 
 
+def test_discover_reports_a_module_that_does_not_import(tmp_path, monkeypatch):
+    name = _fake_package(tmp_path, monkeypatch, "fakebench2")
+    (tmp_path / name / "gamma.py").write_text("import no_such_module_here\ndef run(ctx):\n    return {}\n")
+    with pytest.raises(ModuleNotFoundError):
+        harness.discover(name)
+    errors: dict[str, str] = {}
+    assert list(harness.discover(name, errors)) == ["beta", "alpha"]
+    assert errors == {"gamma": "ModuleNotFoundError: No module named 'no_such_module_here'"}
+
+
 # --------------------------------------------------------------------------------------------- settings
 
 
@@ -233,7 +243,7 @@ def _toy_registry(tmp_path, monkeypatch):
         "toy": harness.Benchmark("toy", module, "Toy", 1),
         "broken": harness.Benchmark("broken", broken, "Broken", 2),
     }
-    monkeypatch.setattr(harness, "discover", lambda package="benchmarks": registry)
+    monkeypatch.setattr(harness, "discover", lambda package="benchmarks", errors=None: registry)
     return registry
 
 
