@@ -552,12 +552,21 @@ def trl_status() -> str | None:
     """None when TRL's GKDTrainer can be imported, else why not."""
     if importlib.util.find_spec("trl") is None:
         return "TRL is not installed (pip install trl; it is part of the benchmark environment only)"
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
-        from trl.experimental.gkd import GKDTrainer  # noqa: F401
+        gkd()
     except Exception as err:  # any import failure makes the TRL rows unavailable, with the reason
         return f"TRL is installed but its GKDTrainer cannot be imported ({type(err).__name__}: {err})"
     return None
+
+
+def gkd() -> tuple[Any, Any]:
+    """TRL's ``(GKDConfig, GKDTrainer)``: in ``trl.experimental.gkd`` in TRL 1.x, top-level before."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+    except ImportError:
+        from trl import GKDConfig, GKDTrainer
+    return GKDConfig, GKDTrainer
 
 
 def loss_variants(s: dict[str, Any], with_trl: bool) -> list[str]:
@@ -618,7 +627,7 @@ def _loss_call(variant: str, x: dict[str, Any]) -> Any:
     kind, chunk = _split_variant(variant)
     kw = {"loss_type": "jsd", "beta": JSD_BETA, "temperature": 1.0, "labels": x["labels"]}
     if kind == "trl":
-        from trl.experimental.gkd import GKDTrainer
+        GKDTrainer = gkd()[1]
 
     def call() -> float:
         for t in x.values():
@@ -675,7 +684,7 @@ def loss_comparison(ctx: Any, s: dict[str, Any], trl_missing: str | None) -> dic
     memory = {}
     with ctx.phase("loss memory (isolated processes)"):
         for variant in variants:
-            preload = ("torch", "hf_lite.losses", *(("trl.experimental.gkd",) if variant == "trl" else ()))
+            preload = ("torch", "hf_lite.losses", *(("trl",) if variant == "trl" else ()))
             out = run_isolated("benchmarks.perf:loss_memory_child", {"variant": variant, **dims, "seed": ctx.seed},
                                preload=preload, env=env, capture_output=True)  # fmt: skip
             memory[variant] = {**out.result, "process_peak_rss_bytes": out.peak_rss_bytes}
@@ -701,7 +710,7 @@ def _kd_trainer(kind: str, student: Any, teacher: Any, data: Any, tokenizer: Any
 
     common = dict(steps=steps, lr=s["student_lr"], batch_size=s["trl_batch_size"], seed=seed)
     if kind == "trl-gkd":
-        from trl.experimental.gkd import GKDConfig, GKDTrainer
+        GKDConfig, GKDTrainer = gkd()
 
         # lmbda=0, seq_kd=False: distillation on the dataset's sequences (no generation), the path
         # DistillationTrainer takes; GKD's loss ignores temperature (it is the sampling temperature). TRL's
@@ -789,7 +798,7 @@ def trainer_comparison(ctx: Any, s: dict[str, Any], trl_missing: str | None) -> 
     with ctx.phase("trainer memory (isolated processes)"):
         for kind in kinds:
             # Imports are not measured (the mark is set just before train()): import only what runs.
-            preload = ("torch", "transformers", "trl.experimental.gkd" if kind == "trl-gkd" else "trainers")
+            preload = ("torch", "transformers", "trl" if kind == "trl-gkd" else "trainers")
             out = run_isolated("benchmarks.perf:trainer_memory_child",
                                {"kind": kind, "settings": s, "seed": ctx.seed, "out": str(ctx.work / "trl-mem" / kind)},
                                preload=preload, env=env, capture_output=True)  # fmt: skip
