@@ -33,8 +33,11 @@ What it measures, and how:
   (``hf_lite.pruning.magnitude_prune_``, each layer's smallest weights, the Wanda paper's baseline) and
   Wanda (``wanda_prune_``: ``|W| * ||X||`` per output row, block by block, calibrated on
   ``calibration_windows`` training windows), at 50% and 2:4, on every linear layer of the blocks
-  (embeddings and the head stay dense). Zeros are stored densely: bytes and CPU speed are the dense
-  model's (no sparse kernels).
+  (embeddings and the head stay dense); plus, as a diagnostic, magnitude at 50% ranked within each output
+  row like Wanda (so Wanda vs. it isolates the activation term). Zeros are stored densely: bytes and CPU
+  speed are the dense model's (no sparse kernels). Because Wanda only gains where some input features are
+  much larger than the others, the teacher's input-feature scales are measured on the same calibration
+  windows and reported (max / median of the per-feature norms of each linear layer's input).
 - **Every row** is saved with ``save_pretrained`` and loaded back with ``hf_lite.load_model`` (stock
   ``from_pretrained``) before it is measured. Parameters: total and nonzero. Bytes: its
   ``*.safetensors`` files. **Tokens/s**: forward passes (``inference_mode``, fp32, the harness's thread
@@ -60,7 +63,9 @@ What it measures, and how:
   (``disable_mmap=True``; mapped file pages count in RSS and are copied on the first optimizer write),
   and glibc serves blocks over 128 KiB with ``mmap`` (``MALLOC_MMAP_THRESHOLD_``) so freed activations
   go back to the system instead of staying in the heap. The ratio compares QLoRA with full fine-tuning
-  at the same gradient-checkpointing setting.
+  at the same gradient-checkpointing setting. (Full fine-tuning turns checkpointing on with
+  ``activation_checkpointing_enable`` after loading, which is what ``load_model(gradient_checkpointing=True)``
+  intends; QLoRA gets it from ``load_model``, through PEFT's ``prepare_model_for_kbit_training``.)
 
 Fixed seeds (``--seed``): perplexities repeat run to run on the same machine and thread count.
 """
@@ -376,6 +381,40 @@ def get_teacher(ctx: Any, s: dict[str, Any], tokenizer: Any, train_ids: Any) -> 
     return folder, {**meta, "from_cache": False}
 
 
+def input_feature_scales(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:
+    """How uneven the input features of the block's linear layers are: for every linear layer, the L2 norm of
+    each input feature over the calibration tokens (what Wanda multiplies weights by), then max ÷ median of
+    those norms; averaged over blocks per projection (``q/k/v_proj`` share an input, so do ``gate/up_proj``).
+    Wanda gains over magnitude pruning where this is large (outlier features)."""
+    import torch
+
+    sums: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers." in name:
+
+            def hook(mod: Any, args: tuple, name: str = name) -> None:
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # (tokens, in)
+                sums[name] = sums.get(name, 0) + (x * x).sum(0)
+
+            handles.append(module.register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    per_kind: dict[str, list[float]] = {}
+    for name, sq in sums.items():
+        norms = sq.sqrt()
+        per_kind.setdefault(name.rsplit(".", 1)[-1], []).append(float(norms.max() / norms.median()))
+    return {kind: sum(v) / len(v) for kind, v in sorted(per_kind.items())}
+
+
 # ------------------------------------------------------------------------------------------------ isolated
 
 
@@ -588,24 +627,34 @@ def run(ctx: Any) -> dict[str, Any]:
 
     with ctx.phase("oneshot"):
         calib_batches = batches_of(calib, s["eval_batch_size"], labels=False)
+        outliers = input_feature_scales(teacher, calib_batches)
         sp = s["sparsity"]
-        for method in ("magnitude", "wanda"):
-            for pattern in ("unstructured", "2:4"):
-                label = f"{100 * sp:.0f}%" if pattern == "unstructured" else pattern
-                name = f"{method}-{label.rstrip('%')}"
-                start = time.perf_counter()
-                model = copy.deepcopy(teacher)
-                if method == "magnitude":
-                    magnitude_prune_(model, sp if pattern == "unstructured" else None, pattern=pattern)
-                    how = f"teacher, one-shot magnitude pruning to {label} (each layer's smallest weights)"
-                else:
-                    wanda_prune_(
-                        model, calib_batches, sp if pattern == "unstructured" else None, pattern=pattern
-                    )
-                    how = (f"teacher, one-shot Wanda to {label} (|W|·‖X‖ per output row, {len(calib)} "
-                           f"calibration windows)")  # fmt: skip
-                add_row(name, how + "; no retraining", save(name.replace(":", "of"), model), time.perf_counter() - start,
-                        method=method, pattern=pattern)  # fmt: skip
+        pct = f"{100 * sp:.0f}"
+        # (row, method, pattern, magnitude's comparison group); the per-row magnitude row is a diagnostic: it
+        # ranks weights within each output row as Wanda does, so it separates the activation term from the
+        # comparison group.
+        plan = [
+            (f"magnitude-{pct}", "magnitude", "unstructured", "layer"),
+            (f"magnitude-{pct}-per-row", "magnitude", "unstructured", "row"),
+            (f"wanda-{pct}", "wanda", "unstructured", None),
+            ("magnitude-2:4", "magnitude", "2:4", "layer"),
+            ("wanda-2:4", "wanda", "2:4", None),
+        ]
+        for name, method, pattern, scope in plan:
+            label = f"{pct}%" if pattern == "unstructured" else pattern
+            amount = sp if pattern == "unstructured" else None
+            start = time.perf_counter()
+            model = copy.deepcopy(teacher)
+            if method == "magnitude":
+                magnitude_prune_(model, amount, pattern=pattern, scope=scope)
+                ranked = "each output row's" if scope == "row" else "each layer's"
+                how = f"teacher, one-shot magnitude pruning to {label} ({ranked} smallest weights)"
+            else:
+                wanda_prune_(model, calib_batches, amount, pattern=pattern)
+                how = (f"teacher, one-shot Wanda to {label} (|W|·‖X‖ within each output row, {len(calib)} "
+                       "calibration windows)")  # fmt: skip
+            add_row(name, how + "; no retraining", save(name.replace(":", "of"), model),
+                    time.perf_counter() - start, method=method, pattern=pattern, scope=scope)  # fmt: skip
 
     with ctx.phase("perplexity"):
         loaded = {}
@@ -674,7 +723,8 @@ def run(ctx: Any) -> dict[str, Any]:
                 "notes": [memory["note"]],
             },
         ],
-        "notes": _notes(s),
+        "notes": _notes(s, outliers),
+        "input_feature_scales": outliers,
         "settings": s,
         "teacher": {k: v for k, v in teacher_meta.items() if k != "losses"},
         "training_losses": logs,
@@ -789,11 +839,13 @@ def _goals(
     sp = f"{100 * s['sparsity']:.0f}"
     mag, wanda = rows[f"magnitude-{sp}"]["perplexity"], rows[f"wanda-{sp}"]["perplexity"]
     d_mag, d_wanda = mag - t, wanda - t
+    d_row = rows[f"magnitude-{sp}-per-row"]["perplexity"] - t
     ratio = d_wanda / d_mag if d_mag > 0 else None
     goals = [{
         "goal": f"one-shot Wanda at {sp}% raises validation perplexity by ≤ ⅓ of what magnitude pruning at {sp}% "
                 "raises it (Wanda's published Llama-2-7B ratio ≈ 0.13)",
-        "measured": (f"ratio {ratio:.2f}: Wanda +{d_wanda:.3f}, magnitude +{d_mag:.3f} over the teacher's {t:.3f}"
+        "measured": (f"ratio {ratio:.2f}: Wanda {d_wanda:+.3f}, magnitude {d_mag:+.3f} over the teacher's {t:.3f} "
+                     f"(per-row magnitude {d_row:+.3f})"
                      if ratio is not None else f"magnitude pruning did not raise perplexity ({mag:.3f} vs {t:.3f})"),
         "met": ratio is not None and ratio <= 1 / 3,
     }]  # fmt: skip
@@ -850,13 +902,19 @@ def _summary(s: dict, meta: dict, n_train: int, n_val: int, n_val_split: int, vo
     )
 
 
-def _notes(s: dict[str, Any]) -> list[str]:
+def _notes(s: dict[str, Any], outliers: dict[str, float]) -> list[str]:
+    scales = ", ".join(f"{kind} {v:.1f}" for kind, v in outliers.items())
     return [
         "Perplexity is per character (the same character tokenizer for every row), so it is not comparable with "
         "word- or BPE-level perplexities; exp(loss) of nanoGPT's character-level Shakespeare runs is the same unit.",
-        "Magnitude pruning ranks each layer's weights as a whole (the baseline of the Wanda paper); Wanda compares "
-        "weights within each output row. Both prune every linear layer of the blocks; embeddings, norms and the "
-        "head stay dense. Neither retrains.",
+        "Magnitude pruning ranks each layer's weights as a whole (the baseline of the Wanda paper, and of the goal); "
+        "Wanda compares weights within each output row. The per-row magnitude row ranks like Wanda without the "
+        "activation term, so Wanda vs. it shows what the activations add, and it vs. layer-wise magnitude what the "
+        "comparison group does. All prune every linear layer of the blocks; embeddings, norms and the head stay "
+        "dense. None retrains.",
+        "Input-feature scales of the teacher (per linear layer, max ÷ median of the per-feature L2 norms over the "
+        f"calibration windows, mean over blocks): {scales}. Wanda's advantage over magnitude pruning comes from "
+        "large ratios (outlier features, as in multi-billion-parameter LLMs).",
         "The width-pruned rows have fewer and smaller tensors (an ordinary Llama config with a smaller "
         "intermediate_size and fewer heads), so their bytes and speed change; the unstructured and 2:4 rows only "
         "hold zeros (CPU kernels do not skip them).",
