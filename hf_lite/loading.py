@@ -635,8 +635,11 @@ def _check_target_modules(model: torch.nn.Module, peft_config: Any) -> None:
 
 def _enable_checkpointing(model: Any) -> None:
     # transformers 5.23 renamed gradient checkpointing to activation checkpointing (old name deprecated).
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:

@@ -393,3 +393,14 @@ def test_public_functions_are_not_shadowed_by_submodules():
 
     assert callable(hf_lite.export) and hf_lite.export.__name__ == "export"
     assert hf_lite.push_to_hub.__name__ == "push_to_hub"
+
+
+@pytest.mark.parametrize("peft", [None, "lora"])
+def test_gradient_checkpointing_without_quantization(tiny_checkpoints, peft):
+    model = load_model(tiny_checkpoints["llama"], dtype="float32", peft=peft, gradient_checkpointing=True)
+    inner = model.get_base_model() if peft else model
+    assert getattr(inner, "is_activation_checkpointing", None) or inner.is_gradient_checkpointing
+    batch = _batch(load_tokenizer(tiny_checkpoints["llama"]))
+    model.train()
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
