@@ -43,6 +43,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from hf_lite import divergences
+
 __all__ = [
     "ATTENTION_LOSS_KINDS",
     "HIDDEN_LOSS_KINDS",
@@ -810,13 +812,8 @@ def topk_distillation_loss(
             "not log-probabilities. Build the cache with teacher_topk(teacher_logits, k, temperature=T)."
         )
     tail_t = tail_t.clamp(0.0, 1.0).to(dtype)  # (n,)
-    logprobs_s = F.log_softmax(student.to(dtype) / temperature, dim=-1)  # (n, V)
-    per_token = _kl_terms(logprobs_t, logprobs_s.gather(-1, indices)).sum(-1)  # (n,)
-    if k < vocab:
-        # log of the student's tail mass, from its own logits rather than log(1 - sum), which cancels
-        log_tail_s = logprobs_s.scatter(-1, indices, float("-inf")).logsumexp(-1)  # (n,)
-        tail_diff = torch.where(tail_t > 0, tail_t.log() - log_tail_s, 0.0)  # 0 log 0 = 0
-        per_token = per_token + tail_t * tail_diff
+    # value and closed-form gradient in one pass (hf_lite.divergences; the formula above)
+    per_token = divergences.topk_kl_rows(student.to(dtype), logprobs_t, indices, tail_t, temperature)  # (n,)
     count = valid.sum() if valid is not None else math.prod(lead_shape)
     return _normalize(per_token.sum(), count, num_items_in_batch) * (temperature * temperature)
 
@@ -1027,6 +1024,10 @@ def _token_divergence(
     """Per-row divergence of ``(n, V)`` logits, before the ``T**2`` factor and the reduction; returns ``(n,)``."""
     if loss_type == "mse":
         return (student - teacher).pow(2).mean(-1)
+    if loss_type in divergences.FUSED_LOSS_TYPES and not teacher.requires_grad:
+        # The usual case (a frozen teacher): value and closed-form gradient in one pass, much faster and
+        # lighter than autograd through the formula below, which stays for a teacher that needs gradients.
+        return divergences.kl_rows(student, teacher, loss_type, temperature, beta)
     if temperature != 1.0:
         student, teacher = student / temperature, teacher / temperature
     log_s = F.log_softmax(student, dim=-1)  # (n, V)

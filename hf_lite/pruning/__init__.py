@@ -34,8 +34,8 @@ from hf_lite.pruning.masks import (
     wanda_scores,
 )
 from hf_lite.pruning.oneshot import magnitude_prune_, parse_pattern, wanda_prune_
-from hf_lite.pruning.report import SPEED_NOTE, LayerSparsity, SparsityReport, sparsity_report
 from hf_lite.pruning.peft_merge import SparseMergeReport, merge_adapter_keep_sparsity
+from hf_lite.pruning.report import SPEED_NOTE, LayerSparsity, SparsityReport, sparsity_report
 from hf_lite.pruning.schedule import CubicSchedule
 from hf_lite.pruning.structural import KeptHeads, prune_attention_heads_, prune_ffn_, prune_layers_
 from hf_lite.pruning.targets import (
