@@ -49,6 +49,7 @@ _LAZY: dict[str, str] = {
     "perplexity": "hf_lite.evaluation",
     "count_parameters": "hf_lite.evaluation",
     "measure_latency": "hf_lite.evaluation",
+    "measure_latency_side_by_side": "hf_lite.evaluation",
     "machine_info": "hf_lite.evaluation",
     "CompressionReport": "hf_lite.report",
     "ReportRow": "hf_lite.report",
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
         evaluate_model,
         machine_info,
         measure_latency,
+        measure_latency_side_by_side,
         perplexity,
     )
     from hf_lite.exporting import ExportReport, export, unpack_bnb_cpu_weights_

@@ -55,6 +55,7 @@ __all__ = [
     "machine_info",
     "make_compute_metrics",
     "measure_latency",
+    "measure_latency_side_by_side",
     "perplexity",
 ]
 
@@ -615,6 +616,43 @@ def measure_latency(
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    return measure_latency_side_by_side(
+        {"model": model}, example_inputs, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats, seq_len=seq_len
+    )["model"]
+
+
+def measure_latency_side_by_side(
+    models: Mapping[str, torch.nn.Module],
+    example_inputs: Mapping[str, Any],
+    *,
+    batch_sizes: Sequence[int] = (1, 32),
+    warmup: int = 2,
+    repeats: int = 10,
+    seq_len: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`measure_latency` for several models at once, timed *interleaved*: for each batch size every
+    model takes its ``warmup`` passes, then ``repeats`` rounds in which each model runs once, the order
+    rotating each round. A burst of background load then lands on every model alike, so their ratios
+    (speedups) are far steadier than those of models timed one after the other. All models are held in
+    memory together.
+
+    Returns ``{name: measure_latency-style dict}``, in the order of ``models``.
+
+    >>> from hf_lite.tiny import build_tiny_model
+    >>> small, _ = build_tiny_model("gpt2", "causal-lm")
+    >>> big, _ = build_tiny_model("gpt2", "causal-lm", num_hidden_layers=4)
+    >>> out = measure_latency_side_by_side({"small": small, "big": big}, {"input_ids": [5, 6]}, batch_sizes=(2,),
+    ...                                    repeats=3, seq_len=8)
+    >>> list(out), out["big"]["results"][0]["batch_size"]
+    (['small', 'big'], 2)
+    """
+    import torch
+
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError(f"models must be a non-empty mapping of name -> model; got {models!r}.")
+    for name, model in models.items():
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"models[{name!r}] must be a torch.nn.Module; got {type(model).__name__}.")
     if not isinstance(example_inputs, Mapping):
         raise TypeError(
             f"example_inputs must be a mapping such as tokenized_dataset[0] or tokenizer(text); got "
@@ -642,44 +680,58 @@ def measure_latency(
             f"seq_len={seq_len!r} must be a positive integer (or None for the example's length)."
         )
     rows = {k: [v[i % len(v)] for i in range(seq_len)] for k, v in rows.items()}  # cyclic repeat / cut
-    device = _model_device(model)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    results = []
-    was_training = model.training
-    model.eval()
+    names = list(models)
+    devices = {name: _model_device(models[name]) for name in names}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    modes = {name: models[name].training for name in names}
+    for model in models.values():
+        model.eval()
     try:
         with torch.inference_mode():
             for b in batch_sizes:
-                batch = {k: torch.tensor([v] * b, dtype=torch.long, device=device) for k, v in rows.items()}
-                for _ in range(warmup):
-                    model(**batch)
-                sync()
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    model(**batch)
-                    sync()
-                    times.append(time.perf_counter() - start)
-                median = statistics.median(times)
-                results.append(
-                    {
-                        "batch_size": b,
-                        "median_ms": 1000 * median,
-                        "min_ms": 1000 * min(times),
-                        "max_ms": 1000 * max(times),
-                        "samples_per_s": b / median if median > 0 else math.inf,
-                        "tokens_per_s": b * seq_len / median if median > 0 else math.inf,
-                    }
-                )
+                batches = {
+                    name: {k: torch.tensor([v] * b, dtype=torch.long, device=devices[name]) for k, v in rows.items()}
+                    for name in names
+                }
+                times: dict[str, list[float]] = {name: [] for name in names}
+                for name in names:
+                    for _ in range(warmup):
+                        models[name](**batches[name])
+                for r in range(repeats):
+                    k = r % len(names)
+                    for name in names[k:] + names[:k]:  # rotate who goes first
+                        sync = torch.cuda.synchronize if devices[name].type == "cuda" else (lambda: None)
+                        sync()
+                        start = time.perf_counter()
+                        models[name](**batches[name])
+                        sync()
+                        times[name].append(time.perf_counter() - start)
+                for name in names:
+                    median = statistics.median(times[name])
+                    results[name].append(
+                        {
+                            "batch_size": b,
+                            "median_ms": 1000 * median,
+                            "min_ms": 1000 * min(times[name]),
+                            "max_ms": 1000 * max(times[name]),
+                            "samples_per_s": b / median if median > 0 else math.inf,
+                            "tokens_per_s": b * seq_len / median if median > 0 else math.inf,
+                        }
+                    )
     finally:
-        model.train(was_training)
+        for name, training in modes.items():
+            models[name].train(training)
+    threads = torch.get_num_threads()
     return {
-        "seq_len": seq_len,
-        "threads": torch.get_num_threads(),
-        "device": str(device),
-        "warmup": warmup,
-        "repeats": repeats,
-        "results": results,
+        name: {
+            "seq_len": seq_len,
+            "threads": threads,
+            "device": str(devices[name]),
+            "warmup": warmup,
+            "repeats": repeats,
+            "results": results[name],
+        }
+        for name in names
     }
 
 

@@ -404,11 +404,17 @@ def stage_evaluate(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
 
 def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int, ...] = (1, 32),
                     repeats: int = 10) -> Any:  # fmt: skip
-    """Evaluate ``refs`` on the recipe's evaluation split into a :class:`~hf_lite.report.CompressionReport`."""
+    """Evaluate ``refs`` on the recipe's evaluation split into a :class:`~hf_lite.report.CompressionReport`.
+
+    Metrics, sizes and parameters model by model; then latency of all models *side by side*
+    (:func:`hf_lite.evaluation.measure_latency_side_by_side`: interleaved rounds, so background load on a
+    shared machine skews no model's speedup). All evaluated models are held in memory together for that.
+    """
+    import dataclasses
     import tempfile
     import warnings
 
-    from hf_lite.evaluation import evaluate_model, machine_info
+    from hf_lite.evaluation import _MODEL_INPUTS, evaluate_model, machine_info, measure_latency_side_by_side
     from hf_lite.report import CompressionReport
 
     # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: once is enough.
@@ -418,16 +424,22 @@ def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int,
         task=ctx.recipe.task, machine=machine_info(), title=f"{ctx.recipe.name}: compression report"
     )
     stage_types = {s.name: s.type for s in ctx.recipe.stages}
+    models, results = {}, {}
     for ref in refs:
         path = ctx.model_path(ref)
         model = _load_plain_or_quantized(ctx, ref)
         with tempfile.TemporaryDirectory() as tmp:
             folder = path if Path(path).is_dir() else _saved_copy(model, tmp)
-            result = evaluate_model(model, data, ctx.recipe.task, folder=folder, batch_sizes=batch_sizes,
-                                    repeats=repeats, seq_len=ctx.recipe.data.max_length)  # fmt: skip
+            results[ref] = evaluate_model(model, data, ctx.recipe.task, folder=folder, measure_speed=False)
+        models[ref] = model
+        ctx.log(f"evaluated {ref}: {results[ref].metrics}")
+    ctx.log(f"timing {len(models)} models side by side: batch sizes {list(batch_sizes)}, {repeats} rounds")
+    example = {k: data[0][k] for k in _MODEL_INPUTS if k in data.column_names}
+    latencies = measure_latency_side_by_side(models, example, batch_sizes=batch_sizes, repeats=repeats,
+                                             seq_len=ctx.recipe.data.max_length)  # fmt: skip
+    for ref in refs:
+        result = dataclasses.replace(results[ref], latency=latencies[ref])
         report.add_evaluation(result, name=ref, stage=stage_types.get(ref, "teacher"))
-        ctx.log(f"evaluated {ref}: {result.metrics}")
-        del model
     return report
 
 

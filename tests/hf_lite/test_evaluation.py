@@ -22,6 +22,7 @@ from hf_lite.evaluation import (
     machine_info,
     make_compute_metrics,
     measure_latency,
+    measure_latency_side_by_side,
     perplexity,
 )
 from hf_lite.metrics import METRICS, load_metric, metric_path
@@ -444,6 +445,49 @@ def test_measure_latency_errors(gpt2, kwargs, error, match):
     args = {"model": gpt2[0], "example_inputs": {"input_ids": [5, 6]}, **kwargs}
     with pytest.raises(error, match=match):
         measure_latency(args.pop("model"), args.pop("example_inputs"), **args)
+
+
+class _Recorder(torch.nn.Module):
+    """Records the order in which it is called and takes ``cost`` calls' worth of busy work."""
+
+    def __init__(self, name: str, log: list[str], cost: int) -> None:
+        super().__init__()
+        self.name, self.log, self.cost = name, log, cost
+        self.weight = torch.nn.Parameter(torch.ones(64, 64))
+
+    def forward(self, input_ids, attention_mask=None):
+        self.log.append(self.name)
+        x = torch.ones(input_ids.shape[0], 64)
+        for _ in range(self.cost):
+            x = torch.tanh(x @ self.weight)
+        return x
+
+
+def test_side_by_side_interleaves_models_and_rotates_their_order():
+    log: list[str] = []
+    models = {name: _Recorder(name, log, cost) for name, cost in (("a", 1), ("b", 1), ("c", 200))}
+    models["a"].eval()  # modes are restored afterwards, whatever they were
+    out = measure_latency_side_by_side(models, {"input_ids": [1, 2]}, batch_sizes=(1, 4), warmup=1, repeats=3)
+    assert list(out) == ["a", "b", "c"] and models["b"].training and not models["a"].training
+    # per batch size: one warm-up each, then 3 rounds of all three, the first model rotating
+    per_size = ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert log == per_size + per_size
+    for name in models:
+        assert [r["batch_size"] for r in out[name]["results"]] == [1, 4]
+        assert out[name]["repeats"] == 3 and out[name]["seq_len"] == 2
+    # the costly model is slower, measured in the same rounds
+    assert out["c"]["results"][1]["median_ms"] > out["a"]["results"][1]["median_ms"]
+
+
+def test_side_by_side_matches_single_model_interface(gpt2):
+    single = measure_latency(gpt2[0], {"input_ids": [5, 6]}, batch_sizes=(2,), repeats=2, seq_len=4)
+    both = measure_latency_side_by_side({"m": gpt2[0]}, {"input_ids": [5, 6]}, batch_sizes=(2,), repeats=2,
+                                        seq_len=4)  # fmt: skip
+    assert set(single) == set(both["m"]) and both["m"]["results"][0].keys() == single["results"][0].keys()
+    with pytest.raises(ValueError, match="models must be a non-empty mapping"):
+        measure_latency_side_by_side({}, {"input_ids": [5]})
+    with pytest.raises(TypeError, match=r"models\['x'\] must be a torch.nn.Module"):
+        measure_latency_side_by_side({"x": "gpt2"}, {"input_ids": [5]})
 
 
 def test_machine_info_describes_the_machine_without_paths():
