@@ -22,8 +22,9 @@ pruned shapes. A LoRA adapter (PEFT) is sliced with its base layer: ``lora_B`` r
 features, ``lora_A`` columns of removed input features. Other adapter types, DoRA, and bitsandbytes-quantized
 layers are refused (merge or prune first). After pruning an adapter-wrapped model, save a checkpoint that
 stock transformers loads with ``model.merge_and_unload().save_pretrained(folder)``: the adapter saved alone
-fits only the pruned base, not the original that its ``adapter_config.json`` names. Prune before creating an
-optimizer: its state keeps the old shapes.
+fits only the pruned base, not the original that its ``adapter_config.json`` names. These functions leave
+optimizers alone: prune before creating one, or, to prune while training, use
+:class:`trainers.StructuralPruningCallback`, which slices the Trainer's optimizer state with the weights.
 
 >>> from hf_lite.tiny import build_tiny_model
 >>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
