@@ -3,18 +3,21 @@
 The embedded default makes everything it needs in place, then runs an ordinary recipe
 (:mod:`hf_lite.recipe`, :mod:`hf_lite.runner`):
 
-1. **data**: a generated language (``make_corpus``) whose sentences carry long-range agreement (a subject
-   and its verb separated by a relative clause), written to ``data/train.txt`` and ``data/eval.txt``;
+1. **data**: a generated language (:func:`make_markov_corpus`): each word depends on the two before it
+   through a fixed random table (1,600 two-word contexts, three continuations each), written to
+   ``data/train.txt`` and ``data/eval.txt``. Predicting it well means memorising the table, and in the same
+   number of steps a bigger model does that measurably better (lower perplexity): the gap that
+   distillation narrows;
 2. **teacher**: a randomly initialised 4-layer Llama-style model (grouped-query attention) trained on it;
 3. **student**: its layers 0 and 2 (``init_student``), trained alone with cross-entropy as a baseline,
 4. **distill**: the same student distilled from the teacher while pruned gradually to 50% sparsity,
 5. **int8**: the distilled student in 8-bit (bitsandbytes),
-6. **evaluate**: perplexity, parameters (nonzero too), bytes on disk, latency for every model: the
-   compression report as JSON, Markdown and a PNG plot; **export**: the distilled student as a plain checkpoint.
+6. **evaluate**: perplexity, parameters (nonzero too), bytes on disk, latency for every model (timed side by
+   side): the compression report as JSON, Markdown and a PNG plot; **export**: the distilled student as a
+   plain checkpoint.
 
-The bigger teacher is measurably better than the small student trained alone (lower perplexity): that is
-what distillation transfers. With ``teacher=`` and ``dataset=`` the same stages run on a real causal LM and
-text data (the teacher is fine-tuned on the data first).
+With ``teacher=`` and ``dataset=`` the same stages run on a real causal LM and text data (the teacher is
+fine-tuned on the data first).
 
 >>> from hf_lite.demo import run_demo
 >>> run_demo("hf-lite-demo")  # doctest: +SKIP
@@ -36,7 +39,8 @@ _ADJS = ["big", "small", "red", "old", "happy", "quiet", "young", "green"]
 
 
 def make_corpus(n: int, *, seed: int) -> list[str]:
-    """``n`` sentences of the demo language. Half carry a relative clause between the subject and its verb
+    """``n`` sentences of a small English-like grammar (the test suite's language; the demo uses
+    :func:`make_markov_corpus`). Half carry a relative clause between the subject and its verb
     (``the dogs that the cat sees chase a bird .``), so predicting the verb's number needs to remember the
     subject across the clause: a deeper model does this better.
 
@@ -65,10 +69,52 @@ def make_corpus(n: int, *, seed: int) -> list[str]:
     return out
 
 
+#: The demo language's words: common English words, so that its text reads like (random) text.
+_WORDS = ("the a cat dog bird child river tree house road sees likes finds follows runs sleeps sings "
+          "big small red old happy quiet young green near under over with and but then today slowly "
+          "again here there very not now").split()  # fmt: skip
+
+
+def markov_table(*, seed: int = 7, branch: int = 3) -> dict[tuple[int, int], tuple[list[int], list[float]]]:
+    """The demo language's grammar: for each pair of word ids, ``branch`` possible next words and their weights
+    (drawn once from ``seed``: the same table for the training and the evaluation text).
+
+    >>> table = markov_table()
+    >>> len(table), len(table[0, 1][0])
+    (1600, 3)
+    """
+    rng = random.Random(seed)
+    n = len(_WORDS)
+    table = {}
+    for a in range(n):
+        for b in range(n):
+            table[a, b] = (rng.sample(range(n), branch), sorted((rng.random() for _ in range(branch)), reverse=True))
+    return table
+
+
+def make_markov_corpus(n: int, *, seed: int, table_seed: int = 7) -> list[str]:
+    """``n`` lines of 14 to 26 words of the demo language (:func:`markov_table`): a random start, then each
+    word drawn from the continuations of the two before it.
+
+    >>> make_markov_corpus(2, seed=0) == make_markov_corpus(2, seed=0) != make_markov_corpus(2, seed=1)
+    True
+    """
+    table = markov_table(seed=table_seed)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        ids = [rng.randrange(len(_WORDS)), rng.randrange(len(_WORDS))]
+        for _ in range(rng.randint(12, 24)):
+            words, weights = table[ids[-2], ids[-1]]
+            ids.append(rng.choices(words, weights)[0])
+        out.append(" ".join(_WORDS[i] for i in ids))
+    return out
+
+
 def demo_recipe(output_dir: str | Path, *, teacher: str, train: str, eval_file: str | None, seed: int,
                 quick: bool, pretrain_teacher: bool) -> dict[str, Any]:  # fmt: skip
     """The demo's recipe as a dict (what a YAML recipe would hold)."""
-    steps = 24 if quick else 300
+    steps = 24 if quick else 600
     common = {"per_device_train_batch_size": 32, "learning_rate": 3e-3, "lr_scheduler_type": "cosine",
               "warmup_steps": max(1, steps // 20), "logging_steps": max(1, steps // 8), "save_steps": max(10, steps // 4),
               "disable_tqdm": False}  # fmt: skip
@@ -160,7 +206,7 @@ def _make_embedded_default(out: Path, data_dir: Path, init_dir: Path, seed: int)
     if not (out / RUN_MARKER).exists():
         (out / RUN_MARKER).write_text(json.dumps({"recipe": "hf-lite-demo"}))
     data_dir.mkdir(parents=True, exist_ok=True)
-    train, evaluation = make_corpus(6000, seed=seed), make_corpus(400, seed=seed + 1)
+    train, evaluation = make_markov_corpus(6000, seed=seed), make_markov_corpus(400, seed=seed + 1)
     (data_dir / "train.txt").write_text("\n".join(train) + "\n")
     (data_dir / "eval.txt").write_text("\n".join(evaluation) + "\n")
     tokenizer = build_tokenizer(train, style="gpt")
