@@ -39,8 +39,8 @@ classes, fp32. Memory: each variant runs forward + backward once in a fresh proc
 peak RSS during the call minus its RSS just before (the peak mark is reset then), so inputs are not
 counted but gradients and every temporary are. glibc is set to return freed blocks of 64 KiB or more to
 the system at once (:data:`MEMORY_ENV`) so that RSS follows live tensors. Variants on given logits:
-``distillation_loss``; ``chunked_distillation_loss`` with chunks of ``loss_chunk_size`` (its default) and
-``loss_chunk_size_small`` tokens; TRL's ``GKDTrainer.generalized_jsd_loss`` called as
+``distillation_loss``; ``chunked_distillation_loss`` with chunks of ``loss_chunk_size`` and
+``loss_chunk_size_small`` (its default) tokens; TRL's ``GKDTrainer.generalized_jsd_loss`` called as
 ``GKDTrainer.compute_loss`` calls it. From final hidden states and LM-head weights (the widths of the
 tiny student and teacher): logits built with ``F.linear`` then ``distillation_loss``, against
 ``chunked_distillation_loss_from_hidden`` at both chunk sizes. Time: the same calls side by side in one
@@ -113,8 +113,8 @@ DEFAULTS: dict[str, Any] = {
     # row 3: chunked loss and TRL
     "loss_tokens": 4096,
     "loss_vocab": 32000,
-    "loss_chunk_size": 1024,  # chunked_distillation_loss's default
-    "loss_chunk_size_small": 256,
+    "loss_chunk_size": 1024,  # a larger chunk than the default
+    "loss_chunk_size_small": 256,  # chunked_distillation_loss's default
     "loss_repeats": 2,
     "loss_share_rounds": 30,  # first rounds of the distillation race in which the losses alone are timed too
     "trl_batch_size": 2,

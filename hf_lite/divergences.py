@@ -42,17 +42,24 @@ FUSED_LOSS_TYPES = ("forward_kl", "reverse_kl", "jsd")
 
 
 def kl_rows(
-    student: torch.Tensor, teacher: torch.Tensor, loss_type: str, temperature: float, beta: float
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    loss_type: str,
+    temperature: float,
+    beta: float,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-row divergence ``(n,)`` of ``(n, V)`` student and teacher logits (same float dtype), before ``T**2``.
+    """Per-row divergence ``(...)`` of ``(..., V)`` student and teacher logits (same float dtype), before ``T**2``.
 
     ``loss_type`` is one of :data:`FUSED_LOSS_TYPES`; ``teacher`` must not require grad. Differentiable once
-    with respect to ``student``.
+    with respect to ``student``. ``valid`` (bool, shape ``(...)``): rows where it is False give exactly 0 and
+    no gradient, whatever their logits (even non-finite); they are computed in place rather than copied out,
+    which is faster than selecting the valid rows first.
     """
     if torch.is_grad_enabled() and student.requires_grad:
-        return _KLRows.apply(student, teacher, loss_type, temperature, beta)
+        return _KLRows.apply(student, teacher, loss_type, temperature, beta, valid)
     with torch.no_grad():
-        return _kl_rows(student, teacher, loss_type, temperature, beta, want_grad=False)[0]
+        return _masked(*_kl_rows(student, teacher, loss_type, temperature, beta, want_grad=False), valid)[0]
 
 
 def topk_kl_rows(
@@ -61,16 +68,31 @@ def topk_kl_rows(
     indices: torch.Tensor,
     tail_t: torch.Tensor,
     temperature: float,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-row bucketed forward KL ``(n,)`` against a top-k teacher, before ``T**2``.
+    """Per-row bucketed forward KL ``(...)`` against a top-k teacher, before ``T**2``.
 
-    ``student`` is ``(n, V)``; ``logprobs_t`` ``(n, k)`` in the student's dtype; ``indices`` ``(n, k)`` int64
-    without repeats; ``tail_t`` ``(n,)`` the teacher's mass outside the cache, in ``[0, 1]``.
+    ``student`` is ``(..., V)``; ``logprobs_t`` ``(..., k)`` in the student's dtype; ``indices`` ``(..., k)``
+    int64 in ``[0, V)`` without repeats; ``tail_t`` ``(...)`` the teacher's mass outside the cache, in
+    ``[0, 1]``; ``valid`` as in :func:`kl_rows`.
     """
     if torch.is_grad_enabled() and student.requires_grad:
-        return _TopKRows.apply(student, logprobs_t, indices, tail_t, temperature)
+        return _TopKRows.apply(student, logprobs_t, indices, tail_t, temperature, valid)
     with torch.no_grad():
-        return _topk_rows(student, logprobs_t, indices, tail_t, temperature, want_grad=False)[0]
+        return _masked(*_topk_rows(student, logprobs_t, indices, tail_t, temperature, want_grad=False), valid)[0]
+
+
+def _masked(
+    rows: torch.Tensor, grad: torch.Tensor | None, valid: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows outside ``valid`` set to exactly 0 (``where``, not a product, so a NaN there does not leak) and
+    their gradient rows to 0."""
+    if valid is None:
+        return rows, grad
+    rows = torch.where(valid, rows, 0.0)
+    if grad is not None:
+        grad.masked_fill_(~valid.unsqueeze(-1), 0.0)
+    return rows, grad
 
 
 def _masked_log_ratio(log_p: torch.Tensor, log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -82,18 +104,19 @@ def _masked_log_ratio(log_p: torch.Tensor, log_q: torch.Tensor, p: torch.Tensor)
 def _kl_rows(
     student: torch.Tensor, teacher: torch.Tensor, loss_type: str, temperature: float, beta: float, want_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(rows, grad)``: per-row values and d(sum of rows)/d(student), or ``None`` without ``want_grad``."""
+    """``(rows, grad)``: per-row values ``(...)`` and d(sum of rows)/d(student) ``(..., V)``, or ``None`` without
+    ``want_grad``."""
     if loss_type == "jsd" and beta == 0.0:
         loss_type = "forward_kl"
     elif loss_type == "jsd" and beta == 1.0:
         loss_type = "reverse_kl"
     scale = 1.0 / temperature
-    log_s = F.log_softmax(student * scale if temperature != 1.0 else student, dim=-1)  # (n, V)
-    log_t = F.log_softmax(teacher * scale if temperature != 1.0 else teacher, dim=-1)  # (n, V)
+    log_s = F.log_softmax(student * scale if temperature != 1.0 else student, dim=-1)  # (..., V)
+    log_t = F.log_softmax(teacher * scale if temperature != 1.0 else teacher, dim=-1)  # (..., V)
     if loss_type == "forward_kl":
         p_t = log_t.exp()
         ratio = _masked_log_ratio(log_t, log_s, p_t)  # log p_t - log p_s
-        rows = torch.linalg.vecdot(p_t, ratio)  # (n,)
+        rows = torch.linalg.vecdot(p_t, ratio)  # (...)
         del ratio, log_t
         if not want_grad:
             return rows, None
@@ -105,14 +128,14 @@ def _kl_rows(
         weight = 1.0
         rows = None
     else:  # generalized JSD
-        log_m = torch.logaddexp(log_s + math.log1p(-beta), log_t + math.log(beta))  # (n, V)
+        log_m = torch.logaddexp(log_s + math.log1p(-beta), log_t + math.log(beta))  # (..., V)
         p_t = log_t.exp()
         teacher_part = torch.linalg.vecdot(p_t, _masked_log_ratio(log_t, log_m, p_t))
         del p_t
         weight = 1.0 - beta
         rows = beta * teacher_part
     ratio = _masked_log_ratio(log_s, log_m, p_s)  # log p_s - log m
-    kl_s = torch.linalg.vecdot(p_s, ratio)  # KL(p_s || m), (n,)
+    kl_s = torch.linalg.vecdot(p_s, ratio)  # KL(p_s || m), (...)
     rows = weight * kl_s if rows is None else rows + weight * kl_s
     if not want_grad:
         return rows, None
@@ -130,17 +153,17 @@ def _topk_rows(
     want_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     scale = 1.0 / temperature
-    log_s = F.log_softmax(student * scale if temperature != 1.0 else student, dim=-1)  # (n, V)
-    log_s_k = log_s.gather(-1, indices)  # (n, k)
+    log_s = F.log_softmax(student * scale if temperature != 1.0 else student, dim=-1)  # (..., V)
+    log_s_k = log_s.gather(-1, indices)  # (..., k)
     p_t_k = logprobs_t.exp()
-    rows = torch.linalg.vecdot(p_t_k, torch.where(p_t_k > 0, logprobs_t - log_s_k, 0.0))  # (n,)
+    rows = torch.linalg.vecdot(p_t_k, torch.where(p_t_k > 0, logprobs_t - log_s_k, 0.0))  # (...)
     vocab, k = student.shape[-1], indices.shape[-1]
     p_s = log_s.exp() if want_grad else None
     factor = None
     if k < vocab:
         # log of the student's tail mass from its own logits (a logsumexp over the non-cached tokens), not
         # log(1 - sum), which cancels when the cache holds nearly all of the student's mass
-        log_tail_s = log_s.scatter_(-1, indices, float("-inf")).logsumexp(-1)  # (n,)
+        log_tail_s = log_s.scatter_(-1, indices, float("-inf")).logsumexp(-1)  # (...)
         log_tail_t = torch.where(tail_t > 0, tail_t, 1.0).log()
         rows = rows + torch.where(tail_t > 0, tail_t * (log_tail_t - log_tail_s), 0.0)
         factor = torch.where(tail_t > 0, (log_tail_t - log_tail_s).exp(), 0.0)  # tau_t / tau_s
@@ -154,8 +177,9 @@ def _topk_rows(
 
 class _KLRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, teacher, loss_type, temperature, beta):  # type: ignore[override]
+    def forward(ctx, student, teacher, loss_type, temperature, beta, valid):  # type: ignore[override]
         rows, grad = _kl_rows(student.detach(), teacher.detach(), loss_type, temperature, beta, want_grad=True)
+        rows, grad = _masked(rows, grad, valid)
         ctx.save_for_backward(grad)
         return rows
 
@@ -163,15 +187,16 @@ class _KLRows(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_rows):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_rows.unsqueeze(-1), None, None, None, None
+        return grad * grad_rows.unsqueeze(-1), None, None, None, None, None
 
 
 class _TopKRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, student, logprobs_t, indices, tail_t, temperature):  # type: ignore[override]
+    def forward(ctx, student, logprobs_t, indices, tail_t, temperature, valid):  # type: ignore[override]
         rows, grad = _topk_rows(
             student.detach(), logprobs_t.detach(), indices, tail_t.detach(), temperature, want_grad=True
         )
+        rows, grad = _masked(rows, grad, valid)
         ctx.save_for_backward(grad)
         return rows
 
@@ -179,4 +204,4 @@ class _TopKRows(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_rows):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_rows.unsqueeze(-1), None, None, None, None
+        return grad * grad_rows.unsqueeze(-1), None, None, None, None, None

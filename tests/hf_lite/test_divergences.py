@@ -133,3 +133,41 @@ def test_topk_gradient_is_finite_when_the_student_tail_is_tiny():
     log_tail_s = (-40.0 + math.log(6)) - torch.logsumexp(student.detach(), -1)
     cached = (logprobs_t.exp() * (logprobs_t - F.log_softmax(student.detach(), -1).gather(-1, indices))).sum(-1)
     torch.testing.assert_close(rows, cached + tail_t * (tail_t.log() - log_tail_s))
+
+
+@pytest.mark.parametrize("loss_type", ["forward_kl", "reverse_kl", "jsd"])
+def test_rows_left_out_give_zero_and_no_gradient_even_when_not_finite(loss_type):
+    student, teacher = _pair(5, n=8)
+    valid = torch.tensor([True, False, True, True, False, True, True, True])
+    with torch.no_grad():
+        student[1] = float("nan")  # e.g. logits at padding positions
+        teacher[4] = float("inf")
+    rows = divergences.kl_rows(student, teacher, loss_type, 1.5, 0.5, valid)
+    (grad,) = torch.autograd.grad(rows.sum(), student)
+    assert rows[~valid].eq(0).all() and grad[~valid].eq(0).all()
+    ref_student = student.detach()[valid].requires_grad_()
+    ref = divergences.kl_rows(ref_student, teacher[valid], loss_type, 1.5, 0.5)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), ref_student)
+    torch.testing.assert_close(rows[valid], ref, rtol=0, atol=0)
+    torch.testing.assert_close(grad[valid], ref_grad, rtol=0, atol=0)
+
+
+def test_topk_loss_ignores_whatever_the_cache_holds_at_rows_left_out():
+    from hf_lite.losses import teacher_topk, topk_distillation_loss
+
+    g = torch.Generator().manual_seed(6)
+    student = torch.randn(2, 5, 30, generator=g, requires_grad=True)
+    logprobs, indices = teacher_topk(torch.randn(2, 5, 30, generator=g), k=4)
+    labels = torch.randint(0, 30, (2, 5), generator=g)
+    labels[1, 3:] = -100  # padding: the cache holds garbage there
+    logprobs, indices = logprobs.clone(), indices.clone()
+    logprobs[1, 3:], indices[1, 3:] = 7.0, 10_000
+    loss = topk_distillation_loss(student, logprobs, indices, labels=labels)
+    loss.backward()
+    assert torch.isfinite(loss) and student.grad[1, 3:].eq(0).all()
+    keep = labels != -100
+    ref_student = student.detach()[keep].requires_grad_()
+    ref = topk_distillation_loss(ref_student, logprobs[keep], indices[keep])
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(student.grad[keep], ref_student.grad)
