@@ -114,7 +114,7 @@ DEFAULTS: dict[str, Any] = {
     "loss_tokens": 4096,
     "loss_vocab": 32000,
     "loss_chunk_size": 1024,  # a larger chunk than the default
-    "loss_chunk_size_small": 256,  # chunked_distillation_loss's default
+    "loss_chunk_size_small": 128,  # chunked_distillation_loss's default
     "loss_repeats": 2,
     "loss_share_rounds": 30,  # first rounds of the distillation race in which the losses alone are timed too
     "trl_batch_size": 2,

@@ -481,7 +481,7 @@ def chunked_distillation_loss(
     mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     num_items_in_batch: NumItems = None,
-    chunk_size: int = 256,
+    chunk_size: int = 128,
 ) -> torch.Tensor:
     r""":func:`distillation_loss` computed ``chunk_size`` tokens at a time: same value, same gradient, less memory.
 
@@ -552,7 +552,7 @@ def chunked_distillation_loss_from_hidden(
     mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     num_items_in_batch: NumItems = None,
-    chunk_size: int = 256,
+    chunk_size: int = 128,
 ) -> torch.Tensor:
     r"""Distillation loss from final hidden states and LM-head weights, never building all the logits.
 
@@ -1275,7 +1275,7 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise TypeError(f"chunk_size must be an int; got {type(chunk_size).__name__} {chunk_size!r}.")
     if chunk_size < 1:
         raise ValueError(
-            f"chunk_size={chunk_size} must be >= 1 (tokens per chunk). Use e.g. 256 (the default); lower it if memory is short."
+            f"chunk_size={chunk_size} must be >= 1 (tokens per chunk). Use e.g. 128 (the default); lower it if memory is short."
         )
 
 

@@ -73,7 +73,7 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Compute the logit loss over this many tokens at a time (large vocabularies; same value and "
-            "gradient; 256 keeps it under 0.2x the memory of the plain loss at a 32k vocabulary)."
+            "gradient; e.g. 128: benchmarks/RESULTS.md has the memory it saves)."
         },
     )
     hidden_weight: float = field(
