@@ -145,10 +145,11 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; bad input (a recipe error, a missing file) prints ``hf-lite: error: ...`` and returns 2."""
+    """Run the command; bad input (a recipe error, a missing file, a model that cannot be resolved, e.g. offline)
+    prints ``hf-lite: error: ...`` and returns 2."""
     try:
         return _main(argv)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"hf-lite: error: {err}", file=sys.stderr)
         return 2
 

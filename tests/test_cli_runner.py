@@ -166,6 +166,18 @@ def test_plan_each_example_recipe(recipe, family, task, tmp_path, capsys, monkey
     assert not (tmp_path / "out").exists()  # planning writes nothing
 
 
+def test_plan_with_a_model_that_cannot_be_resolved_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    if not SHARED.is_dir():
+        pytest.skip("the example recipes read ../shared/data")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["plan", "examples/recipes/oneshot_prune.yaml", "--teacher", "no-such-org/no-such-model",
+                 "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hf-lite: error: ") and "no-such-org/no-such-model" in err
+    assert "Traceback" not in err
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
