@@ -106,6 +106,7 @@ def distillation_loss(
     mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     num_items_in_batch: NumItems = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     r"""Divergence between the student's and the teacher's token distributions, averaged over valid tokens.
 
@@ -136,6 +137,8 @@ def distillation_loss(
         labels: ``(...)`` integer labels; positions equal to ``-100`` are left out.
         num_items_in_batch: number of valid positions in the whole (gradient-accumulated) batch, as an int or a
             one-element tensor. Default: the number of valid positions here.
+        compiled: compute the divergence through ``torch.compile`` (fused kernels, about 4x faster on CPU; a few
+            seconds of compilation on first use; eager fallback with a warning where it cannot compile).
 
     Returns:
         A 0-dim fp32 tensor (fp64 for fp64 inputs); exactly ``0.`` when no position is valid.
@@ -156,7 +159,7 @@ def distillation_loss(
     _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
     lead_shape = student_logits.shape[:-1]
     valid = _valid_mask(lead_shape, mask, labels, student_logits.device)
-    total = _divergence_sum(student_logits, teacher_logits, valid, loss_type, temperature, beta)
+    total = _divergence_sum(student_logits, teacher_logits, valid, loss_type, temperature, beta, compiled)
     count = valid.sum() if valid is not None else math.prod(lead_shape)
     return _normalize(total, count, num_items_in_batch) * _t2(loss_type, temperature)
 
@@ -482,6 +485,7 @@ def chunked_distillation_loss(
     labels: torch.Tensor | None = None,
     num_items_in_batch: NumItems = None,
     chunk_size: int = 128,
+    compiled: bool = False,
 ) -> torch.Tensor:
     r""":func:`distillation_loss` computed ``chunk_size`` tokens at a time: same value, same gradient, less memory.
 
@@ -505,6 +509,8 @@ def chunked_distillation_loss(
         labels: ``(...)``, ``-100`` = left out.
         num_items_in_batch: valid positions in the whole accumulated batch (default: in this one).
         chunk_size: tokens per chunk (``>= 1``). Larger is faster, smaller uses less memory.
+        compiled: compute the divergence through ``torch.compile`` (fused kernels, about 4x faster on CPU; a few
+            seconds of compilation on first use; eager fallback with a warning where it cannot compile).
 
     Returns:
         A 0-dim fp32 tensor equal to ``distillation_loss(...)``. Its backward can run once (it hands over a
@@ -531,7 +537,7 @@ def chunked_distillation_loss(
     scale = _scale(count, num_items_in_batch, _t2(loss_type, temperature), student_logits)
 
     def chunk_sum(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        return _divergence_sum(student, teacher, valid, loss_type, temperature, beta)
+        return _divergence_sum(student, teacher, valid, loss_type, temperature, beta, compiled)
 
     return _chunked(
         chunk_sum, [student_logits, teacher_logits, valid], [], len(lead_shape), scale, chunk_size
@@ -553,6 +559,7 @@ def chunked_distillation_loss_from_hidden(
     labels: torch.Tensor | None = None,
     num_items_in_batch: NumItems = None,
     chunk_size: int = 128,
+    compiled: bool = False,
 ) -> torch.Tensor:
     r"""Distillation loss from final hidden states and LM-head weights, never building all the logits.
 
@@ -582,6 +589,7 @@ def chunked_distillation_loss_from_hidden(
         labels: ``(...)``, ``-100`` = left out.
         num_items_in_batch: valid positions in the whole accumulated batch (default: in this one).
         chunk_size: tokens per chunk (``>= 1``).
+        compiled: compute the divergence through ``torch.compile`` (see :func:`distillation_loss`).
 
     Returns:
         A 0-dim fp32 tensor. Gradients reach the hidden states and head weights/biases that require grad (the
@@ -653,7 +661,7 @@ def chunked_distillation_loss_from_hidden(
             hidden_s, hidden_t = hidden_s[flat], hidden_t[flat]  # only valid rows become logits
         student = F.linear(hidden_s, weight_s, bias_s)  # (n, V), in the model's dtype, as lm_head would give
         teacher = F.linear(hidden_t, weight_t, bias_t)  # (n, V)
-        return _divergence_sum(student, teacher, None, loss_type, temperature, beta)
+        return _divergence_sum(student, teacher, None, loss_type, temperature, beta, compiled)
 
     return _chunked(
         chunk_sum,
@@ -721,6 +729,7 @@ def topk_distillation_loss(
     mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     num_items_in_batch: NumItems = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     r"""Forward KL against a cached teacher stored as its top-k log-probabilities (see :func:`teacher_topk`).
 
@@ -744,6 +753,8 @@ def topk_distillation_loss(
         mask: ``(...)`` bool/0-1, ``0`` = left out.
         labels: ``(...)``, ``-100`` = left out.
         num_items_in_batch: valid positions in the whole accumulated batch (default: in this one).
+        compiled: compute the divergence through ``torch.compile`` (fused kernels, about 4x faster on CPU; a few
+            seconds of compilation on first use; eager fallback with a warning where it cannot compile).
 
     Returns:
         A 0-dim fp32 tensor, ``>= 0``.
@@ -801,7 +812,7 @@ def topk_distillation_loss(
     tail_t = tail_t.clamp(0.0, 1.0).to(dtype)  # (...)
     # value and closed-form gradient in one pass (hf_lite.divergences; the formula above), on every row in place
     per_token = divergences.topk_kl_rows(
-        student_logits.to(dtype), logprobs_t, indices, tail_t, temperature, valid
+        student_logits.to(dtype), logprobs_t, indices, tail_t, temperature, valid, compiled
     )  # (...)
     count = valid.sum() if valid is not None else math.prod(lead_shape)
     return _normalize(per_token.sum(), count, num_items_in_batch) * (temperature * temperature)
@@ -1014,6 +1025,7 @@ def _divergence_sum(
     loss_type: str,
     temperature: float,
     beta: float,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Sum over the ``valid`` positions of the divergence of ``(..., V)`` logits, before ``T**2`` and the
     normalisation."""
@@ -1022,7 +1034,9 @@ def _divergence_sum(
         # The usual case (a frozen teacher): value and closed-form gradient in one pass, on the logits as
         # they are (no copy of the valid rows, no index/scatter in backward): several times faster and lighter
         # than autograd through the formula, which stays below for a teacher that needs gradients.
-        rows = divergences.kl_rows(student.to(dtype), teacher.to(dtype), loss_type, temperature, beta, valid)
+        rows = divergences.kl_rows(
+            student.to(dtype), teacher.to(dtype), loss_type, temperature, beta, valid, compiled
+        )
         return rows.sum()
     vocab = student.shape[-1]
     student, teacher = student.reshape(-1, vocab), teacher.reshape(-1, vocab)  # (N, V)

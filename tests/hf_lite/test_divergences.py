@@ -171,3 +171,39 @@ def test_topk_loss_ignores_whatever_the_cache_holds_at_rows_left_out():
     ref.backward()
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(student.grad[keep], ref_student.grad)
+
+
+def test_compiled_gives_the_same_values_and_gradients():
+    student, teacher = _pair(7, n=5, vocab=33)
+    student = student.detach().float().requires_grad_()
+    teacher = teacher.float()
+    valid = torch.tensor([True, True, False, True, True])
+    for loss_type in ("forward_kl", "jsd"):
+        rows = {}
+        grads = {}
+        for compiled in (False, True):
+            rows[compiled] = divergences.kl_rows(student, teacher, loss_type, 2.0, 0.3, valid, compiled)
+            (grads[compiled],) = torch.autograd.grad(rows[compiled].sum(), student)
+        torch.testing.assert_close(rows[True], rows[False], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-7)
+
+
+def test_compile_failure_warns_once_and_computes_eagerly(monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("no C++ compiler here")
+
+        return call
+
+    monkeypatch.setattr(divergences, "_COMPILED", {})
+    monkeypatch.setattr(divergences, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    student, teacher = _pair(8)
+    with caplog.at_level("WARNING", logger="hf_lite.divergences"):
+        first = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True)
+        second = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True)
+    eager = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5)
+    torch.testing.assert_close(first, eager, rtol=0, atol=0)
+    torch.testing.assert_close(second, eager, rtol=0, atol=0)
+    warnings = [r for r in caplog.records if "compile_loss" in r.getMessage()]
+    assert len(warnings) == 1 and "no C++ compiler here" in warnings[0].getMessage()

@@ -123,6 +123,22 @@ def test_chunked_loss_gives_the_same_training(tmp_path, tok):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_compiled_loss_gives_the_same_training(tmp_path, tok):
+    def run(compiled):
+        args = _args(tmp_path / str(compiled), compile_loss=compiled, alpha=0.5, temperature=2.0, max_steps=2,
+                     optim="sgd", learning_rate=0.5)  # SGD: Adam would magnify float-rounding differences of ~0 gradients
+        trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=args,
+                                      train_dataset=_token_data(tok), data_collator=_collator(tok))  # fmt: skip
+        trainer.train()
+        return trainer.model, [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
+
+    eager, eager_logs = run(False)
+    compiled, compiled_logs = run(True)
+    assert compiled_logs == pytest.approx(eager_logs, rel=1e-5)
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def _sgd_step_weights(tmp_path, tok, batch: int, accumulation: int):
     args = _args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                  optim="sgd", learning_rate=1.0, alpha=0.5, temperature=2.0, lr_scheduler_type="constant",
