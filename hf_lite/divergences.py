@@ -67,7 +67,7 @@ def kl_rows(
     which is faster than selecting the valid rows first.
     """
     if torch.is_grad_enabled() and student.requires_grad:
-        return _KLRows.apply(student, teacher, loss_type, temperature, beta, valid, compiled)
+        return _FusedRows.apply(_kl_rows, compiled, valid, student, teacher, loss_type, temperature, beta)
     with torch.no_grad():
         rows = _run(_kl_rows, compiled, student, teacher, loss_type, temperature, beta, want_grad=False)
         return _masked(*rows, valid)[0]
@@ -89,7 +89,7 @@ def topk_kl_rows(
     ``[0, 1]``; ``valid`` as in :func:`kl_rows`.
     """
     if torch.is_grad_enabled() and student.requires_grad:
-        return _TopKRows.apply(student, logprobs_t, indices, tail_t, temperature, valid, compiled)
+        return _FusedRows.apply(_topk_rows, compiled, valid, student, logprobs_t, indices, tail_t, temperature)
     with torch.no_grad():
         rows = _run(_topk_rows, compiled, student, logprobs_t, indices, tail_t, temperature, want_grad=False)
         return _masked(*rows, valid)[0]
@@ -209,36 +209,20 @@ def _topk_rows(
     return rows, grad.mul_(scale)
 
 
-class _KLRows(torch.autograd.Function):
+class _FusedRows(torch.autograd.Function):
+    """Per-row values of ``fn(student, *rest, want_grad=True)``, whose precomputed student gradient backward
+    scales by the incoming gradient of each row."""
+
     @staticmethod
-    def forward(ctx, student, teacher, loss_type, temperature, beta, valid, compiled):  # type: ignore[override]
-        rows, grad = _run(
-            _kl_rows, compiled, student.detach(), teacher.detach(), loss_type, temperature, beta, want_grad=True
-        )
-        rows, grad = _masked(rows, grad, valid)
+    def forward(ctx, fn, compiled, valid, student, *rest):  # type: ignore[override]
+        rest = [a.detach() if isinstance(a, torch.Tensor) else a for a in rest]
+        rows, grad = _masked(*_run(fn, compiled, student.detach(), *rest, want_grad=True), valid)
         ctx.save_for_backward(grad)
+        ctx.num_rest = len(rest)
         return rows
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_rows):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_rows.unsqueeze(-1), None, None, None, None, None, None
-
-
-class _TopKRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, student, logprobs_t, indices, tail_t, temperature, valid, compiled):  # type: ignore[override]
-        rows, grad = _run(
-            _topk_rows, compiled, student.detach(), logprobs_t.detach(), indices, tail_t.detach(), temperature,
-            want_grad=True,
-        )
-        rows, grad = _masked(rows, grad, valid)
-        ctx.save_for_backward(grad)
-        return rows
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_rows):  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return grad * grad_rows.unsqueeze(-1), None, None, None, None, None, None
+        return None, None, None, grad * grad_rows.unsqueeze(-1), *([None] * ctx.num_rest)
