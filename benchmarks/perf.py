@@ -18,15 +18,17 @@ function (the teacher's forward) takes part in the rounds the same way.
 **Rows 1 and 2: distillation step, cached teacher** (tinyshakespeare, a word-level tokenizer of
 ``vocab_size`` words built from the training text, blocks of ``seq_len`` tokens; the last 10% of the
 characters for validation). A teacher (hf-lite's tiny Llama at ``teacher_layers`` x ``teacher_hidden``) is
-trained with plain CE and cached under ``benchmarks/.cache/perf/``. Four participants then race for
+trained with plain CE and cached under ``benchmarks/.cache/perf/``. Six participants then race for
 ``student_steps`` rounds on the same batches in the same order (a sequential sampler over blocks shuffled
 once with the seed; every batch is ``batch_size x seq_len``): a student (``student_layers`` x
 ``student_hidden``) trained with plain CE by ``transformers.Trainer``; the same initialisation distilled
 online by ``trainers.DistillationTrainer`` (forward KL, ``kd_alpha``, ``kd_temperature``); the same
 initialisation distilled from a teacher cache (``hf_lite.teacher_cache.precompute_teacher_cache``, k =
-``cache_k``, read by ``TeacherCacheCollator``, ``teacher_model=None``); and one ``torch.no_grad()``
-forward of the teacher in evaluation mode on a batch of the same shape. Ratios: KD online / (CE student +
-teacher forward), and KD from the cache / CE student. Cache size: ``cache_bytes_per_token`` (the Arrow
+``cache_k``, read by ``TeacherCacheCollator``, ``teacher_model=None``); those two again with
+``DistillationConfig(compile_loss=True)`` (the loss through ``torch.compile``; its compilation falls in the
+left-out first steps); and one ``torch.no_grad()`` forward of the teacher in evaluation mode on a batch of
+the same shape. Ratios: KD online / (CE student + teacher forward), and KD from the cache / CE student,
+each without and with ``compile_loss``. Cache size: ``cache_bytes_per_token`` (the Arrow
 buffers of the teacher columns, measured). KD result: validation next-token accuracy (top-1; the
 difference in percentage points) and perplexity of each student after the race. To show how much of a
 step is loss, the three trainers' losses alone (forward + backward on the student's and teacher's logits
