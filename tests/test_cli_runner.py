@@ -16,6 +16,7 @@ import yaml
 
 from hf_lite.cli import main
 from hf_lite.demo import make_corpus
+from tests.launch import launch_two
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -124,11 +125,9 @@ def test_two_processes_write_one_report_that_matches_one_process(tiny_run, tmp_p
     single = subprocess.run([sys.executable, "-m", "hf_lite", "run", str(recipe_one)], env=ENV, capture_output=True,
                             text=True, timeout=600)  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
-    launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_lite", "run", str(recipe_two),
-         "--distill.per_device_train_batch_size", "4"],  # same global batch of 8
-        env=ENV, capture_output=True, text=True, timeout=600,
+    launched = launch_two(
+        ["-m", "hf_lite", "run", str(recipe_two), "--distill.per_device_train_batch_size", "4"],  # global batch 8
+        env=ENV, timeout=600,
     )  # fmt: skip
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert launched.stdout.count("| distill |") == 1  # only the main process prints and writes the report

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.launch import launch_two
+
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog number {i % 7}." for i in range(200))
 
@@ -22,16 +24,14 @@ def test_qlora_example_under_accelerate_launch_with_two_processes(tmp_path):
     train.write_text(TEXT)
     model_dir = save_tiny_checkpoint(tmp_path / "model", "llama", texts=[TEXT])
     out = tmp_path / "out"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    args = [
         str(ROOT / "examples" / "qlora_finetune.py"),
         "--model_name_or_path", str(model_dir), "--train_file", str(train), "--output_dir", str(out),
         "--max_steps", "4", "--per_device_train_batch_size", "4", "--block_size", "16",
         "--report_to", "none", "--logging_steps", "1", "--use_cpu", "--save_strategy", "no",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = launch_two(args, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Two ranks trained together: the Trainer saw a world of 2, and only rank 0 wrote the adapter.
     assert (out / "adapter_model.safetensors").is_file()

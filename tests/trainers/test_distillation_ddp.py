@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.launch import launch_two
+
 SCRIPT = Path(__file__).parent / "scripts" / "distill_run.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -22,11 +24,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     one = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "4"], capture_output=True, text=True,
                          env=ENV, timeout=300)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(tmp_path / "two"), "2"],
-        capture_output=True, text=True, env=ENV, timeout=300,
-    )  # fmt: skip
+    two = launch_two([str(SCRIPT), str(tmp_path / "two"), "2"], env=ENV, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "world_size=1" in one.stdout and "world_size=2" in two.stdout
     a = load_file(tmp_path / "one" / "model.safetensors")

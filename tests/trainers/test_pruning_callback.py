@@ -6,8 +6,6 @@ import doctest
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, Trainin
 import trainers.pruning as pruning_module
 from hf_lite.pruning import CubicSchedule, find_prunable_modules, pruned_count
 from hf_lite.tiny import build_tiny_model
+from tests.launch import launch_two
 from trainers.pruning import PRUNING_STATE_JSON, PRUNING_STATE_NAME, PruningCallback, PruningConfig
 
 HERE = Path(__file__).resolve().parent
@@ -478,13 +477,9 @@ def test_docstring_examples():
 
 @pytest.mark.multiprocess
 def test_two_processes_end_with_identical_masks(tmp_path):
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(HERE / "pruning_ddp_script.py"), str(tmp_path), "movement",
-    ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = launch_two([str(HERE / "pruning_ddp_script.py"), str(tmp_path), "movement"], env=env, timeout=300,
+                      cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["rank"] for i in infos] == [0, 1]
