@@ -354,7 +354,7 @@ def build_llama(tokenizer: Any, seed: int, *, hidden: int, layers: int, heads: i
 
 def get_teacher(ctx: Any, s: dict[str, Any], tokenizer: Any, train_ids: Any) -> tuple[Path, dict[str, Any]]:
     """The trained teacher's folder, trained now or found in the cache (keyed by its settings)."""
-    from benchmarks.common import settings_key
+    from benchmarks.common import save_teacher, settings_key
 
     settings = teacher_settings(s, ctx.seed, len(train_ids), len(tokenizer))
     folder = ctx.cache / f"teacher-{settings_key(settings)}"
@@ -371,14 +371,7 @@ def get_teacher(ctx: Any, s: dict[str, Any], tokenizer: Any, train_ids: Any) -> 
         model, data, s, s["teacher_steps"], s["teacher_lr"], ctx.work / "teacher-run", ctx.seed
     )
     meta = {"settings": settings, "steps": s["teacher_steps"], **log}
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # the cache entry is complete or absent
-    return folder, {**meta, "from_cache": False}
+    return save_teacher(folder, model, tokenizer, meta)  # the cache entry is complete or absent
 
 
 def input_feature_scales(model: Any, batches: list[dict[str, Any]]) -> dict[str, float]:

@@ -367,6 +367,24 @@ def count_parameters(model: Any) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------ misc
 
 
+def save_teacher(folder: str | os.PathLike, model: Any, tokenizer: Any, meta: Mapping[str, Any]) -> tuple[Path, dict]:
+    """Store a trained teacher as a cache entry: model, tokenizer and ``teacher.json`` (``meta``), written
+    beside ``folder`` and renamed into place, so the entry is complete or absent. Returns ``(folder, meta
+    with from_cache=False)``."""
+    import json
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "teacher.json").write_text(json.dumps(dict(meta), indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder, {**meta, "from_cache": False}
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, numpy and torch (``transformers.set_seed``)."""
     from transformers import set_seed as hf_set_seed

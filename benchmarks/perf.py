@@ -383,7 +383,7 @@ def get_teacher(ctx: Any, s: dict[str, Any], train_text: str) -> tuple[Path, dic
     """The trained teacher's folder (with its tokenizer), trained now or found in the cache."""
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from benchmarks.common import settings_key
+    from benchmarks.common import save_teacher, settings_key
     from hf_lite.tiny import build_tiny_model, build_tokenizer
 
     settings = teacher_settings(s, ctx.seed)
@@ -408,14 +408,7 @@ def get_teacher(ctx: Any, s: dict[str, Any], train_text: str) -> tuple[Path, dic
         "train_s": round(time.perf_counter() - start, 1),
         "train_blocks": len(blocks),
     }
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # the cache entry is complete or absent
-    return folder, {**meta, "from_cache": False}
+    return save_teacher(folder, model, tokenizer, meta)  # the cache entry is complete or absent
 
 
 # ------------------------------------------------------------------------------------------------ rows 1, 2

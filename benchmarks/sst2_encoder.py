@@ -247,7 +247,7 @@ def teacher_settings(s: dict[str, Any], seed: int, n_train: int) -> dict[str, An
 
 def get_teacher(ctx: Any, s: dict[str, Any], train: Any, tokenizer: Any) -> tuple[Path, dict[str, Any]]:
     """The fine-tuned teacher's folder, trained now or found in the cache (keyed by its settings)."""
-    from benchmarks.common import settings_key
+    from benchmarks.common import save_teacher, settings_key
     from hf_lite import load_model
     from hf_lite.student import init_student_from_teacher
 
@@ -265,14 +265,7 @@ def get_teacher(ctx: Any, s: dict[str, Any], train: Any, tokenizer: Any) -> tupl
     start = time.perf_counter()
     model = train_ce(model, train, tokenizer, s, steps, s["teacher_lr"], ctx.work / "teacher-run", ctx.seed)
     meta = {"settings": settings, "steps": steps, "train_s": round(time.perf_counter() - start, 1)}
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "teacher.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # the cache entry is complete or absent
-    return folder, {**meta, "from_cache": False}
+    return save_teacher(folder, model, tokenizer, meta)  # the cache entry is complete or absent
 
 
 # ------------------------------------------------------------------------------------------------ measuring

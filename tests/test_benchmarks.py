@@ -321,3 +321,17 @@ def test_format_value_and_machine_description():
     assert harness.format_value(90.0, "min") == "1.5"
     assert "load average 0.5" in common.describe_machine({"cpu": "c", "load_avg_1m": 0.5})
     assert sys.executable  # the child processes above used this interpreter
+
+
+def test_save_teacher_writes_a_complete_cache_entry(tmp_path):
+    from benchmarks.common import save_teacher
+    from hf_lite.tiny import build_tiny_model
+
+    model, tokenizer = build_tiny_model("llama")
+    folder = tmp_path / "teacher-abc"
+    (tmp_path / "teacher-abc.tmp").mkdir()  # left by an interrupted earlier run
+    path, meta = save_teacher(folder, model, tokenizer, {"steps": 3})
+    assert path == folder and meta == {"steps": 3, "from_cache": False}
+    assert json.loads((folder / "teacher.json").read_text()) == {"steps": 3}
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert not (tmp_path / "teacher-abc.tmp").exists()
