@@ -443,9 +443,9 @@ def evaluate_model(
     if measure_speed:
         if seq_len is None:
             seq_len = max(1, int(statistics.median(len(ids) for ids in dataset["input_ids"])))
-        example = {k: dataset[0][k] for k in _MODEL_INPUTS if k in dataset.column_names}
         latency = measure_latency(
-            model, example, batch_sizes=batch_sizes, warmup=warmup, repeats=repeats, seq_len=seq_len
+            # dataset[0]: its other columns (labels, text) are ignored
+            model, dataset[0], batch_sizes=batch_sizes, warmup=warmup, repeats=repeats, seq_len=seq_len
         )
     return EvaluationResult(
         task=task,

@@ -414,7 +414,7 @@ def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int,
     import tempfile
     import warnings
 
-    from hf_lite.evaluation import _MODEL_INPUTS, evaluate_model, machine_info, measure_latency_side_by_side
+    from hf_lite.evaluation import evaluate_model, machine_info, measure_latency_side_by_side
     from hf_lite.report import CompressionReport
 
     # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: once is enough.
@@ -434,8 +434,8 @@ def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int,
         models[ref] = model
         ctx.log(f"evaluated {ref}: {results[ref].metrics}")
     ctx.log(f"timing {len(models)} models side by side: batch sizes {list(batch_sizes)}, {repeats} rounds")
-    example = {k: data[0][k] for k in _MODEL_INPUTS if k in data.column_names}
-    latencies = measure_latency_side_by_side(models, example, batch_sizes=batch_sizes, repeats=repeats,
+    # one tokenized row; the timing keeps only the model inputs (input_ids, attention_mask, token_type_ids)
+    latencies = measure_latency_side_by_side(models, data[0], batch_sizes=batch_sizes, repeats=repeats,
                                              seq_len=ctx.recipe.data.max_length)  # fmt: skip
     for ref in refs:
         result = dataclasses.replace(results[ref], latency=latencies[ref])
