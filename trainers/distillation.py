@@ -116,6 +116,10 @@ class DistillationConfig(TrainingArguments):
         super().__post_init__()
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0 (typical: 1 to 4).")
+        if not isinstance(self.compile_loss, bool):
+            raise ValueError(
+                f"compile_loss={self.compile_loss!r} must be True or False (from YAML or the command line: true/false)."
+            )
         for name in ("alpha", "beta"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

@@ -356,6 +356,8 @@ def test_config_errors(tmp_path):
         DistillationConfig(str(tmp_path), hidden_weight=-1.0)
     with pytest.raises(ValueError, match=r"chunk_size=0 must be a positive number"):
         DistillationConfig(str(tmp_path), chunk_size=0)
+    with pytest.raises(ValueError, match=r"compile_loss='yes' must be True or False"):
+        DistillationConfig(str(tmp_path), compile_loss="yes")
 
 
 def test_trainer_errors(tmp_path, tok):
