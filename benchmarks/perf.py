@@ -528,17 +528,16 @@ def loss_calls(
         student_logits.grad = None
         ForCausalLMLoss(student_logits, labels, vocab_size=vocab).backward()
 
-    def kd(cached: bool) -> None:  # the loss part of DistillationTrainer.compute_loss
+    def kd(cached: bool) -> None:  # the loss part of DistillationTrainer.compute_loss (alpha < 1: one fused pass)
         student_logits.grad = None
-        s_logits, kd_labels = losses.shift_for_causal_lm(student_logits, labels)
+        kd_labels = losses.shift_labels(labels)
         if cached:
-            loss_kd = losses.topk_distillation_loss(s_logits, logprobs[:, :-1], indices[:, :-1], temperature=temp,
-                                                    labels=kd_labels)  # fmt: skip
+            out = losses.topk_distillation_and_ce_loss(student_logits, logprobs, indices, kd_labels, alpha=alpha,
+                                                       temperature=temp)  # fmt: skip
         else:
-            loss_kd = losses.distillation_loss(s_logits, teacher_logits[:, :-1], loss_type="forward_kl",
-                                               temperature=temp, labels=kd_labels)  # fmt: skip
-        loss_ce = losses.cross_entropy_loss(s_logits, kd_labels)
-        losses.combine_losses(loss_kd, loss_ce, alpha).backward()
+            out = losses.distillation_and_ce_loss(student_logits, teacher_logits, kd_labels, alpha=alpha,
+                                                  loss_type="forward_kl", temperature=temp)  # fmt: skip
+        out.loss.backward()
 
     return {"loss: CE (student-ce)": ce, "loss: forward KL + CE (kd-online)": lambda: kd(False),
             "loss: top-k KL + CE (kd-cache)": lambda: kd(True)}  # fmt: skip

@@ -23,12 +23,10 @@ teacher stored as its top-k log-probabilities is handled by :func:`teacher_topk`
 :func:`topk_distillation_loss`. Intermediate layers: :func:`hidden_state_loss`, :func:`attention_loss`.
 
 >>> import torch
->>> from hf_lite.losses import distillation_loss, shift_for_causal_lm
->>> student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+>>> from hf_lite.losses import distillation_loss, shift_labels
+>>> student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)  # a causal LM's (batch, seq, vocab)
 >>> labels = torch.tensor([[-100, 3, 4, 5, -100], [-100, -100, 1, 2, 3]])
->>> s, shifted = shift_for_causal_lm(student, labels)
->>> t, _ = shift_for_causal_lm(teacher, labels)
->>> loss = distillation_loss(s, t, loss_type="jsd", temperature=2.0, labels=shifted)
+>>> loss = distillation_loss(student, teacher, loss_type="jsd", temperature=2.0, labels=shift_labels(labels))
 >>> loss.dtype, loss.ndim
 (torch.float32, 0)
 """
@@ -38,7 +36,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +52,9 @@ __all__ = [
     "chunked_distillation_loss",
     "chunked_distillation_loss_from_hidden",
     "combine_losses",
+    "DistillationLosses",
     "cross_entropy_loss",
+    "distillation_and_ce_loss",
     "distillation_loss",
     "forward_kl_loss",
     "generalized_jsd_loss",
@@ -62,7 +62,9 @@ __all__ = [
     "mse_logits_loss",
     "reverse_kl_loss",
     "shift_for_causal_lm",
+    "shift_labels",
     "teacher_topk",
+    "topk_distillation_and_ce_loss",
     "topk_distillation_loss",
     "total_variation_loss",
 ]
@@ -383,13 +385,7 @@ def combine_losses(
     >>> combine_losses(torch.tensor(2.0), torch.tensor(4.0), alpha=0.25)
     tensor(3.5000)
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a number in [0, 1]; got {type(alpha).__name__} {alpha!r}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(
-            f"alpha={alpha!r} is outside [0, 1]: it weighs the distillation loss against the hard-label loss "
-            "(alpha*kd + (1-alpha)*ce). Use 1.0 for pure distillation, 0.5 for an even mix."
-        )
+    _check_alpha(alpha)
     return alpha * kd_loss + (1.0 - alpha) * ce_loss
 
 
@@ -403,7 +399,7 @@ def cross_entropy_loss(
     losses, micro-batches of a gradient-accumulated batch add up to the full batch's loss.
 
     Args:
-        logits: ``(..., num_classes)``; for a causal LM shift first (:func:`shift_for_causal_lm`).
+        logits: ``(..., num_classes)``; for a causal LM align the labels first (:func:`shift_labels`).
         labels: ``(...)`` integer class ids; ``-100`` positions are left out.
         num_items_in_batch: valid positions in the whole (accumulated) batch. Default: those here.
 
@@ -428,6 +424,36 @@ def cross_entropy_loss(
         reduction="sum",
     )
     return _normalize(total, valid.sum(), num_items_in_batch)
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """A causal LM's targets aligned with its outputs *without slicing the logits*: position ``i`` predicts
+    token ``i + 1``, and the last position predicts nothing.
+
+    Returns ``labels[:, 1:]`` padded with ``-100`` on the right: the same shape as ``labels``, so that the
+    ``(batch, seq, vocab)`` logits of both models go to the losses as they are. This is how transformers'
+    ``ForCausalLMLoss`` aligns them too, and it is cheaper than :func:`shift_for_causal_lm`: slicing
+    ``logits[:, :-1]`` makes backward allocate and zero a gradient the size of the full logits.
+
+    Args:
+        labels: ``(batch, seq)`` token ids with ``-100`` on positions that are not targets (padding included).
+
+    Returns:
+        ``(batch, seq)``: ``labels[:, 1:]`` followed by one column of ``-100``.
+
+    Example:
+
+    >>> import torch
+    >>> shift_labels(torch.tensor([[5, 6, 1, -100], [2, 3, -100, -100]])).tolist()
+    [[6, 1, -100, -100], [3, -100, -100, -100]]
+    """
+    _check_tensor("labels", labels, floating=False)
+    if labels.ndim != 2:
+        raise ValueError(
+            f"shift_labels expects labels (batch, seq); got shape {tuple(labels.shape)}. Classification labels "
+            "(batch,) need no shift."
+        )
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
 def shift_for_causal_lm(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -677,6 +703,149 @@ def chunked_distillation_loss_from_hidden(
 # cached (top-k) teacher
 
 
+class DistillationLosses(NamedTuple):
+    """What :func:`distillation_and_ce_loss` returns: ``loss`` (differentiable) and its two parts (detached,
+    for logging)."""
+
+    loss: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor
+
+
+def distillation_and_ce_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    loss_type: LossType | str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    num_items_in_batch: NumItems = None,
+    compiled: bool = False,
+) -> DistillationLosses:
+    r"""Distillation and hard-label cross-entropy in one pass over the logits: :math:`lpha\,\mathcal{L}_{KD} +
+    (1-lpha)\,\mathcal{L}_{CE}`.
+
+    The same value and gradient as ``combine_losses(distillation_loss(s, t, labels=labels, ...),
+    cross_entropy_loss(s, labels, ...), alpha)``, both normalized by the same count. When the teacher needs
+    no gradient and the divergence has a closed-form gradient (forward KL, reverse KL, JSD), both terms come
+    out of one pass that shares the student's softmax (at ``T = 1``) and writes one gradient buffer, so
+    distillation plus cross-entropy costs little more than cross-entropy alone. Other cases compute the two
+    losses separately.
+
+    Args:
+        student_logits: ``(..., vocab)``; for a causal LM, unshifted, with :func:`shift_labels` labels.
+        teacher_logits: same shape.
+        labels: ``(...)`` class ids in ``[0, vocab)``; ``-100`` positions are left out of both terms.
+        alpha: weight of the distillation term in ``[0, 1]``.
+        loss_type, temperature, beta, num_items_in_batch, compiled: as in :func:`distillation_loss`.
+
+    Returns:
+        :class:`DistillationLosses` ``(loss, kd, ce)``: ``loss`` is differentiable (once: its gradient is
+        precomputed and handed over by backward); ``kd`` (with its ``T**2``) and ``ce`` are detached.
+
+    Example:
+
+    >>> import torch
+    >>> student, teacher = torch.randn(2, 6, 50, requires_grad=True), torch.randn(2, 6, 50)
+    >>> labels = shift_labels(torch.randint(0, 50, (2, 6)))
+    >>> out = distillation_and_ce_loss(student, teacher, labels, alpha=0.5)
+    >>> kd = distillation_loss(student, teacher, labels=labels)
+    >>> torch.allclose(out.loss, 0.5 * kd + 0.5 * cross_entropy_loss(student, labels))
+    True
+    >>> out.loss.backward()
+    """
+    _check_alpha(alpha)
+    loss_type = _check_loss_type(loss_type)
+    _check_temperature(temperature)
+    _check_beta(beta)
+    _check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
+    valid = _check_labels_in_range(student_logits, labels)
+    if loss_type not in divergences.FUSED_LOSS_TYPES or teacher_logits.requires_grad:
+        kd = distillation_loss(student_logits, teacher_logits, loss_type=loss_type, temperature=temperature,
+                               beta=beta, labels=labels, num_items_in_batch=num_items_in_batch, compiled=compiled)  # fmt: skip
+        ce = cross_entropy_loss(student_logits, labels, num_items_in_batch=num_items_in_batch)
+        return DistillationLosses(combine_losses(kd, ce, alpha), kd.detach(), ce.detach())
+    dtype = _compute_dtype(student_logits.dtype)
+    weight, share = _mix(alpha, temperature)
+    rows = divergences.kl_rows(student_logits.to(dtype), teacher_logits.to(dtype), loss_type, temperature, beta,
+                               valid, compiled, labels=labels, ce_share=share)  # fmt: skip
+    return _mixed(rows, valid.sum(), num_items_in_batch, weight, temperature)
+
+
+def topk_distillation_and_ce_loss(
+    student_logits: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    num_items_in_batch: NumItems = None,
+    compiled: bool = False,
+) -> DistillationLosses:
+    r""":func:`topk_distillation_loss` and hard-label cross-entropy in one pass: :math:`lpha\,\mathcal{L}_{KD}
+    + (1-lpha)\,\mathcal{L}_{CE}`, the same value and gradient as combining the two functions' results.
+
+    Arguments as in :func:`topk_distillation_loss` and :func:`distillation_and_ce_loss`.
+
+    Example:
+
+    >>> import torch
+    >>> student = torch.randn(2, 6, 50, requires_grad=True)
+    >>> logprobs, indices = teacher_topk(torch.randn(2, 6, 50), k=8)
+    >>> labels = shift_labels(torch.randint(0, 50, (2, 6)))
+    >>> out = topk_distillation_and_ce_loss(student, logprobs, indices, labels, alpha=0.25)
+    >>> kd = topk_distillation_loss(student, logprobs, indices, labels=labels)
+    >>> torch.allclose(out.loss, 0.25 * kd + 0.75 * cross_entropy_loss(student, labels))
+    True
+    """
+    _check_alpha(alpha)
+    _check_temperature(temperature)
+    _check_labels_in_range(student_logits, labels)
+    logprobs_t, indices, tail_t, valid = _prepare_topk(
+        student_logits, teacher_topk_logprobs, teacher_topk_indices, None, labels
+    )
+    weight, share = _mix(alpha, temperature)
+    rows = divergences.topk_kl_rows(student_logits.to(logprobs_t.dtype), logprobs_t, indices, tail_t, temperature,
+                                    valid, compiled, labels=labels, ce_share=share)  # fmt: skip
+    return _mixed(rows, valid.sum(), num_items_in_batch, weight, temperature)
+
+
+def _mix(alpha: float, temperature: float) -> tuple[float, float]:
+    """``alpha T^2 kd + (1 - alpha) ce = weight ((1 - share) kd + share ce)``: ``(weight, share)``."""
+    weight = alpha * temperature**2 + (1.0 - alpha)  # > 0 for T > 0
+    return weight, (1.0 - alpha) / weight
+
+
+def _mixed(
+    rows: divergences.Rows, count: torch.Tensor, num_items_in_batch: NumItems, weight: float, temperature: float
+) -> DistillationLosses:
+    denom = _denominator(count, num_items_in_batch)
+    if isinstance(denom, torch.Tensor):
+        denom = denom.to(device=rows.total.device, dtype=rows.total.dtype)
+    return DistillationLosses(
+        rows.total.sum() / denom * weight, rows.kd.sum() / denom * temperature**2, rows.ce.sum() / denom
+    )
+
+
+def _check_labels_in_range(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The valid-position mask of ``labels`` after checking that every valid label is a class of ``logits``."""
+    _check_tensor("logits", logits)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of class ids; got {type(labels).__name__}.")
+    valid = _valid_mask(logits.shape[:-1], None, labels, logits.device)
+    kept = labels.to(logits.device)[valid]
+    classes = logits.shape[-1]
+    if kept.numel() and (int(kept.min()) < 0 or int(kept.max()) >= classes):
+        raise ValueError(
+            f"labels hold ids in [{int(kept.min())}, {int(kept.max())}] but the logits have {classes} classes: "
+            "labels must be class ids in [0, num_classes) or -100 for positions left out."
+        )
+    return valid
+
+
 def teacher_topk(
     teacher_logits: torch.Tensor, k: int, *, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -768,6 +937,26 @@ def topk_distillation_loss(
     True
     """
     _check_temperature(temperature)
+    logprobs_t, indices, tail_t, valid = _prepare_topk(
+        student_logits, teacher_topk_logprobs, teacher_topk_indices, mask, labels
+    )
+    # value and closed-form gradient in one pass (hf_lite.divergences; the formula above), on every row in place
+    rows = divergences.topk_kl_rows(
+        student_logits.to(logprobs_t.dtype), logprobs_t, indices, tail_t, temperature, valid, compiled
+    )
+    count = valid.sum() if valid is not None else math.prod(student_logits.shape[:-1])
+    return _normalize(rows.total.sum(), count, num_items_in_batch) * (temperature * temperature)
+
+
+def _prepare_topk(
+    student_logits: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_topk_indices: torch.Tensor,
+    mask: torch.Tensor | None,
+    labels: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Checked ``(logprobs (..., k) in the compute dtype, indices (..., k) int64, tail mass (...), valid)``;
+    rows left out get harmless indices."""
     _check_tensor("student_logits", student_logits)
     _check_tensor("teacher_topk_logprobs", teacher_topk_logprobs)
     _check_tensor("teacher_topk_indices", teacher_topk_indices, floating=False)
@@ -780,15 +969,14 @@ def topk_distillation_loss(
         raise ValueError(
             f"teacher_topk_indices.shape={tuple(teacher_topk_indices.shape)} does not match "
             f"student_logits.shape={tuple(student_logits.shape)} before the last dimension: the cache must hold "
-            "one entry per student position (same examples, same padding and shift, in the same order)."
+            "one entry per student position (same examples, same padding, in the same order)."
         )
     vocab, k = student_logits.shape[-1], teacher_topk_indices.shape[-1]
     if not 1 <= k <= vocab:
         raise ValueError(
             f"the cache holds k={k} entries per position but the student vocabulary has {vocab}."
         )
-    lead_shape = student_logits.shape[:-1]
-    valid = _valid_mask(lead_shape, mask, labels, student_logits.device)
+    valid = _valid_mask(student_logits.shape[:-1], mask, labels, student_logits.device)
     indices = teacher_topk_indices.long()  # (..., k)
     checked = indices if valid is None else indices[valid]  # the checks look at valid rows only
     if checked.numel() and (int(checked.min()) < 0 or int(checked.max()) >= vocab):
@@ -809,13 +997,7 @@ def topk_distillation_loss(
             f"teacher_topk_logprobs sum to {1 - float(tail_checked.min()):.4f} > 1 in probability: they look like "
             "logits, not log-probabilities. Build the cache with teacher_topk(teacher_logits, k, temperature=T)."
         )
-    tail_t = tail_t.clamp(0.0, 1.0).to(dtype)  # (...)
-    # value and closed-form gradient in one pass (hf_lite.divergences; the formula above), on every row in place
-    per_token = divergences.topk_kl_rows(
-        student_logits.to(dtype), logprobs_t, indices, tail_t, temperature, valid, compiled
-    )  # (...)
-    count = valid.sum() if valid is not None else math.prod(lead_shape)
-    return _normalize(per_token.sum(), count, num_items_in_batch) * (temperature * temperature)
+    return logprobs_t, indices, tail_t.clamp(0.0, 1.0).to(dtype), valid
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1037,7 +1219,7 @@ def _divergence_sum(
         rows = divergences.kl_rows(
             student.to(dtype), teacher.to(dtype), loss_type, temperature, beta, valid, compiled
         )
-        return rows.sum()
+        return rows.total.sum()
     vocab = student.shape[-1]
     student, teacher = student.reshape(-1, vocab), teacher.reshape(-1, vocab)  # (N, V)
     if valid is not None:
@@ -1262,6 +1444,16 @@ def _check_kind(kind: str, choices: tuple[str, ...]) -> str:
     return kind
 
 
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number in [0, 1]; got {type(alpha).__name__} {alpha!r}.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            f"alpha={alpha!r} is outside [0, 1]: it weighs the distillation loss against the hard-label loss "
+            "(alpha*kd + (1-alpha)*ce). Use 1.0 for pure distillation, 0.5 for an even mix."
+        )
+
+
 def _check_temperature(temperature: float) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(
@@ -1366,7 +1558,8 @@ def _valid_mask(
         if labels.shape != lead_shape:
             raise ValueError(
                 f"labels.shape={tuple(labels.shape)} must be {tuple(lead_shape)}, the inputs' shape without the last "
-                "dimension. For a causal LM use shift_for_causal_lm(logits, labels) on both models' logits."
+                "dimension. For a causal LM align the labels with shift_labels(labels) (or slice both models' logits "
+                "with shift_for_causal_lm)."
             )
         from_labels = labels.to(device) != IGNORE_INDEX
         valid = from_labels if valid is None else valid & from_labels

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
@@ -321,6 +322,22 @@ class DistillationTrainer(Trainer):
         self._component_last_step = 0
         self._step_counts = None
 
+    def get_train_dataloader(self) -> Any:
+        """Training from a teacher cache reads it a batch of rows at a time
+        (:class:`hf_lite.teacher_cache.TeacherCacheRows`): ``datasets`` would turn each of its ``(seq, k)``
+        values into a Python object first, which costs about as much as a small student's step."""
+        dataset = self.train_dataset
+        strategy = getattr(self.args, "train_sampling_strategy", "random")
+        if self.cache_meta is None or strategy not in ("random", "sequential") or not _is_arrow_dataset(dataset):
+            return super().get_train_dataloader()  # length-grouped samplers read the dataset's columns
+        from hf_lite.teacher_cache import TeacherCacheRows
+
+        self.train_dataset = TeacherCacheRows(dataset)
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.train_dataset = dataset
+
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         if self.cache_meta is not None:
@@ -438,8 +455,6 @@ class DistillationTrainer(Trainer):
         if cached:
             s_logits = outputs.logits[..., : self._vocab_size]
             t_logprobs, t_indices = cached["teacher_topk_logprobs"], cached["teacher_topk_indices"]
-            if self.task == "causal-lm":
-                t_logprobs, t_indices = t_logprobs[:, :-1], t_indices[:, :-1]
             t_logits = None
         else:
             with torch.no_grad():
@@ -447,13 +462,12 @@ class DistillationTrainer(Trainer):
             s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
         kd_labels, kd_mask = labels, None
         if self.task == "causal-lm":
+            # Shift the targets, not the logits: position i predicts token i + 1 and the last position nothing.
+            # Slicing logits[:, :-1] would make backward allocate and zero a full-size gradient every step.
             if labels is not None:
-                s_logits, kd_labels = losses.shift_for_causal_lm(s_logits, labels)
+                kd_labels = losses.shift_labels(labels)
             else:
-                s_logits = s_logits[:, :-1]
-                kd_mask = _attention_mask(model_inputs)[:, 1:]
-            if t_logits is not None:
-                t_logits = t_logits[:, :-1]
+                kd_mask = F.pad(_attention_mask(model_inputs)[:, 1:], (0, 1), value=0)
         elif self.task == "token-classification" and labels is None:
             kd_mask = _attention_mask(model_inputs)
         # During training every loss is divided by its item count over the whole accumulated batch and all
@@ -464,32 +478,31 @@ class DistillationTrainer(Trainer):
         )
         token_items = self._step_counts["tokens"] if training else None
         self.loss_is_scaled_for_ga = training
-        kd_kwargs = dict(loss_type=args.loss_type, temperature=args.temperature, beta=args.beta,
-                         labels=kd_labels, mask=kd_mask, num_items_in_batch=kd_items,
+        kd_kwargs = dict(temperature=args.temperature, labels=kd_labels, mask=kd_mask, num_items_in_batch=kd_items,
                          compiled=args.compile_loss)  # fmt: skip
-        if cached:
-            loss_kd = losses.topk_distillation_loss(
-                s_logits,
-                t_logprobs,
-                t_indices,
-                temperature=args.temperature,
-                labels=kd_labels,
-                mask=kd_mask,
-                num_items_in_batch=kd_items,
-                compiled=args.compile_loss,
-            )
-        elif args.chunk_size:
-            loss_kd = losses.chunked_distillation_loss(
-                s_logits, t_logits, chunk_size=args.chunk_size, **kd_kwargs
-            )
+        if args.alpha < 1.0 and not args.chunk_size:
+            # Both terms from one pass over the logits (they share the student's softmax and one gradient buffer).
+            fused = dict(alpha=args.alpha, temperature=args.temperature, num_items_in_batch=kd_items,
+                         compiled=args.compile_loss)  # fmt: skip
+            if cached:
+                mixed = losses.topk_distillation_and_ce_loss(s_logits, t_logprobs, t_indices, kd_labels, **fused)
+            else:
+                mixed = losses.distillation_and_ce_loss(s_logits, t_logits, kd_labels, loss_type=args.loss_type,
+                                                        beta=args.beta, **fused)  # fmt: skip
+            loss, components = mixed.loss, {"loss_kd": mixed.kd, "loss_ce": mixed.ce}
         else:
-            loss_kd = losses.distillation_loss(s_logits, t_logits, **kd_kwargs)
-        components = {"loss_kd": loss_kd}
-        if args.alpha < 1.0:
-            components["loss_ce"] = losses.cross_entropy_loss(
-                s_logits, kd_labels, num_items_in_batch=kd_items
-            )
-        loss = losses.combine_losses(loss_kd, components.get("loss_ce", 0.0), args.alpha)
+            if cached:
+                loss_kd = losses.topk_distillation_loss(s_logits, t_logprobs, t_indices, **kd_kwargs)
+            elif args.chunk_size:
+                loss_kd = losses.chunked_distillation_loss(s_logits, t_logits, chunk_size=args.chunk_size,
+                                                           loss_type=args.loss_type, beta=args.beta, **kd_kwargs)  # fmt: skip
+            else:
+                loss_kd = losses.distillation_loss(s_logits, t_logits, loss_type=args.loss_type, beta=args.beta,
+                                                   **kd_kwargs)  # fmt: skip
+            components = {"loss_kd": loss_kd}
+            if args.alpha < 1.0:
+                components["loss_ce"] = losses.cross_entropy_loss(s_logits, kd_labels, num_items_in_batch=kd_items)
+            loss = losses.combine_losses(loss_kd, components.get("loss_ce", 0.0), args.alpha)
 
         attention_mask = model_inputs.get("attention_mask")
         if want_hidden:
@@ -680,6 +693,14 @@ class DistillationTrainer(Trainer):
 
 
 # --------------------------------------------------------------------------------------- helpers
+
+
+def _is_arrow_dataset(dataset: Any) -> bool:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return False
+    return isinstance(dataset, datasets.Dataset)
 
 
 def _cache_metadata(dataset: Any) -> dict[str, Any] | None:

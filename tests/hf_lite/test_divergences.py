@@ -55,7 +55,7 @@ def _pair(seed: int, n: int = 6, vocab: int = 11, spread: float = 3.0):
 def test_value_and_gradient_equal_autograd_of_the_formula(loss_type, beta, temperature):
     student, teacher = _pair(0)
     weights = torch.rand(student.shape[0], dtype=torch.float64)  # a non-uniform incoming gradient
-    rows = divergences.kl_rows(student, teacher, loss_type, temperature, beta)
+    rows = divergences.kl_rows(student, teacher, loss_type, temperature, beta).total
     (grad,) = torch.autograd.grad((rows * weights).sum(), student)
     ref_type = {0.0: "forward_kl", 1.0: "reverse_kl"}.get(beta, loss_type) if loss_type == "jsd" else loss_type
     ref_rows = reference_rows(student, teacher, ref_type, temperature, beta)
@@ -70,7 +70,7 @@ def test_zero_probability_tokens_give_finite_exact_values(loss_type):
     teacher[:, :3] = float("-inf")  # tokens the teacher rules out (e.g. padding rows of its vocabulary)
     with torch.no_grad():
         student[:2, :3] = float("-inf")  # and the student too, in two rows
-    rows = divergences.kl_rows(student, teacher, loss_type, 1.0, 0.5)
+    rows = divergences.kl_rows(student, teacher, loss_type, 1.0, 0.5).total
     if loss_type == "reverse_kl":  # KL(p_s || p_t) is infinite where p_s > 0 = p_t; finite where both rule out
         assert torch.isfinite(rows[:2]).all() and torch.isinf(rows[2:]).all()
         return
@@ -84,7 +84,7 @@ def test_zero_probability_tokens_give_finite_exact_values(loss_type):
 def test_equal_distributions_give_zero_value_and_gradient():
     student, _ = _pair(2)
     for loss_type in divergences.FUSED_LOSS_TYPES:
-        rows = divergences.kl_rows(student, student.detach() + 5.0, loss_type, 1.5, 0.3)  # shift: same softmax
+        rows = divergences.kl_rows(student, student.detach() + 5.0, loss_type, 1.5, 0.3).total  # shift: same softmax
         (grad,) = torch.autograd.grad(rows.sum(), student)
         torch.testing.assert_close(rows, torch.zeros_like(rows), atol=1e-12, rtol=0)
         torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-12, rtol=0)
@@ -93,9 +93,9 @@ def test_equal_distributions_give_zero_value_and_gradient():
 def test_no_grad_path_gives_the_same_values():
     student, teacher = _pair(3)
     for loss_type in divergences.FUSED_LOSS_TYPES:
-        with_grad = divergences.kl_rows(student, teacher, loss_type, 2.0, 0.5)
+        with_grad = divergences.kl_rows(student, teacher, loss_type, 2.0, 0.5).total
         with torch.no_grad():
-            without = divergences.kl_rows(student, teacher, loss_type, 2.0, 0.5)
+            without = divergences.kl_rows(student, teacher, loss_type, 2.0, 0.5).total
         assert without.grad_fn is None
         torch.testing.assert_close(with_grad.detach(), without, rtol=0, atol=0)
 
@@ -107,14 +107,14 @@ def test_topk_value_and_gradient_equal_autograd_of_the_formula(k, temperature):
     logprobs_t, indices = F.log_softmax(teacher / temperature, dim=-1).topk(k, dim=-1)
     tail_t = (1 - logprobs_t.exp().sum(-1)).clamp(0, 1)
     weights = torch.rand(student.shape[0], dtype=torch.float64)
-    rows = divergences.topk_kl_rows(student, logprobs_t, indices, tail_t, temperature)
+    rows = divergences.topk_kl_rows(student, logprobs_t, indices, tail_t, temperature).total
     (grad,) = torch.autograd.grad((rows * weights).sum(), student)
     ref_rows = reference_topk_rows(student, logprobs_t, indices, temperature)
     (ref_grad,) = torch.autograd.grad((ref_rows * weights).sum(), student)
     torch.testing.assert_close(rows, ref_rows, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-7, atol=1e-10)
     if k == student.shape[-1]:  # every token cached: the bucketed loss is the full forward KL
-        full = divergences.kl_rows(student, teacher, "forward_kl", temperature, 0.5)
+        full = divergences.kl_rows(student, teacher, "forward_kl", temperature, 0.5).total
         torch.testing.assert_close(rows, full, rtol=1e-9, atol=1e-12)
 
 
@@ -126,7 +126,7 @@ def test_topk_gradient_is_finite_when_the_student_tail_is_tiny():
     logprobs_t = torch.log(torch.tensor([[0.6, 0.3], [0.5, 0.4]]))
     indices = torch.tensor([[0, 1], [1, 0]])
     tail_t = 1 - logprobs_t.exp().sum(-1)
-    rows = divergences.topk_kl_rows(student, logprobs_t, indices, tail_t, 1.0)
+    rows = divergences.topk_kl_rows(student, logprobs_t, indices, tail_t, 1.0).total
     (grad,) = torch.autograd.grad(rows.sum(), student)
     assert torch.isfinite(rows).all() and torch.isfinite(grad).all()
     # exact tail term: tail_t * (log tail_t - log tail_s) with log tail_s = logsumexp(-40 x 6) - logsumexp(all)
@@ -142,11 +142,11 @@ def test_rows_left_out_give_zero_and_no_gradient_even_when_not_finite(loss_type)
     with torch.no_grad():
         student[1] = float("nan")  # e.g. logits at padding positions
         teacher[4] = float("inf")
-    rows = divergences.kl_rows(student, teacher, loss_type, 1.5, 0.5, valid)
+    rows = divergences.kl_rows(student, teacher, loss_type, 1.5, 0.5, valid).total
     (grad,) = torch.autograd.grad(rows.sum(), student)
     assert rows[~valid].eq(0).all() and grad[~valid].eq(0).all()
     ref_student = student.detach()[valid].requires_grad_()
-    ref = divergences.kl_rows(ref_student, teacher[valid], loss_type, 1.5, 0.5)
+    ref = divergences.kl_rows(ref_student, teacher[valid], loss_type, 1.5, 0.5).total
     (ref_grad,) = torch.autograd.grad(ref.sum(), ref_student)
     torch.testing.assert_close(rows[valid], ref, rtol=0, atol=0)
     torch.testing.assert_close(grad[valid], ref_grad, rtol=0, atol=0)
@@ -182,7 +182,7 @@ def test_compiled_gives_the_same_values_and_gradients():
         rows = {}
         grads = {}
         for compiled in (False, True):
-            rows[compiled] = divergences.kl_rows(student, teacher, loss_type, 2.0, 0.3, valid, compiled)
+            rows[compiled] = divergences.kl_rows(student, teacher, loss_type, 2.0, 0.3, valid, compiled).total
             (grads[compiled],) = torch.autograd.grad(rows[compiled].sum(), student)
         torch.testing.assert_close(rows[True], rows[False], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-7)
@@ -200,9 +200,9 @@ def test_compile_failure_warns_once_and_computes_eagerly(monkeypatch, caplog):
     monkeypatch.setattr(torch, "compile", broken_compile)
     student, teacher = _pair(8)
     with caplog.at_level("WARNING", logger="hf_lite.divergences"):
-        first = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True)
-        second = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True)
-    eager = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5)
+        first = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True).total
+        second = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True).total
+    eager = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5).total
     torch.testing.assert_close(first, eager, rtol=0, atol=0)
     torch.testing.assert_close(second, eager, rtol=0, atol=0)
     warnings = [r for r in caplog.records if "compile_loss" in r.getMessage()]

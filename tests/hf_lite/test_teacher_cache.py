@@ -25,6 +25,7 @@ from hf_lite.teacher_cache import (
     METADATA_FILE,
     TAIL_COLUMN,
     TeacherCacheCollator,
+    TeacherCacheRows,
     cache_bytes_per_token,
     load_teacher_cache,
     precompute_teacher_cache,
@@ -472,6 +473,40 @@ def test_collator_pads_consistently_with_input_ids(llama):
     batch = TeacherCacheCollator(tok, labels_from_input_ids=True)(no_labels)
     assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
     assert "labels" not in TeacherCacheCollator(tok)(no_labels)
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "sequence-classification"])
+def test_rows_read_a_batch_at_a_time_equal_the_datasets_rows(llama, data, tmp_path, task):
+    """TeacherCacheRows gives the same values as indexing the dataset, in the order asked, through a
+    shuffled view (an indices mapping), and the collator makes the same batch of either."""
+    if task == "causal-lm":
+        teacher, tok = llama
+        source = data
+    else:
+        teacher, tok = build_tiny_model("bert", "sequence-classification", seed=0, num_labels=3)
+        teacher.eval()
+        source = datasets.Dataset.from_dict({**tok(TEXTS), "label": [i % 3 for i in range(len(TEXTS))]})
+    cache = precompute(teacher, source, tmp_path / "c", tok, k=3, task=task).shuffle(seed=1)
+    rows = TeacherCacheRows(cache)
+    assert len(rows) == len(cache)
+    order = [7, 0, 3, 3, 9]
+    fast = rows.__getitems__(order)
+    plain = [cache[i] for i in order]
+    for got, want in zip(fast, plain, strict=True):
+        assert set(got) == set(want)
+        for column, value in want.items():
+            if isinstance(value, str):
+                assert got[column] == value
+            else:
+                np.testing.assert_array_equal(np.asarray(got[column], dtype=np.float64),
+                                              np.asarray(value, dtype=np.float64))  # fmt: skip
+    assert isinstance(fast[0][LOGPROBS_COLUMN], np.ndarray)
+    collate = TeacherCacheCollator(tok, return_tail_mass=True)
+    for column, value in collate(fast).items():
+        assert torch.equal(value, collate(plain)[column]), column
+    assert rows[3].keys() == fast[0].keys()
+    with pytest.raises(TypeError, match="TeacherCacheRows reads a datasets.Dataset; got list"):
+        TeacherCacheRows([])
 
 
 def test_collator_errors(llama):

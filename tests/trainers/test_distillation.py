@@ -450,6 +450,42 @@ def test_training_from_a_full_teacher_cache_equals_online_distillation(tmp_path,
     assert from_cache == pytest.approx(online, rel=2e-3)  # fp16 cache of log-probs
 
 
+@pytest.mark.integration
+def test_training_from_a_cache_reads_it_a_batch_at_a_time_with_the_same_result(tmp_path, tok, monkeypatch):
+    """The cache loader (TeacherCacheRows) changes how rows are read, not what the student learns."""
+    from transformers import Trainer
+
+    from hf_lite.teacher_cache import TeacherCacheCollator, TeacherCacheRows, precompute_teacher_cache
+
+    cache = precompute_teacher_cache(_llama(tok, 1).eval(), _token_data(tok, n=12, variable=True), tmp_path / "cache",
+                                     tokenizer=tok, k=4, temperature=1.0)  # fmt: skip
+
+    def train(name):
+        args = _args(tmp_path / name, max_steps=3, alpha=0.5, temperature=1.0, per_device_train_batch_size=4)
+        trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=None, args=args, train_dataset=cache,
+                                      data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True))  # fmt: skip
+        datasets_seen = []
+        original = Trainer._get_dataloader
+
+        def spy(self, dataset, *a, **kw):
+            datasets_seen.append(type(dataset).__name__)
+            return original(self, dataset, *a, **kw)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(Trainer, "_get_dataloader", spy)
+            trainer.train()
+        return trainer, datasets_seen
+
+    fast, seen = train("fast")
+    assert seen == [TeacherCacheRows.__name__] and fast.train_dataset is cache
+    monkeypatch.setattr(DistillationTrainer, "get_train_dataloader", Trainer.get_train_dataloader)
+    plain, seen = train("plain")
+    assert seen == ["Dataset"]
+    for a, b in zip(fast.model.parameters(), plain.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [h.get("loss") for h in fast.state.log_history] == [h.get("loss") for h in plain.state.log_history]
+
+
 def test_teacher_cache_errors(tmp_path, tok):
     from hf_lite.teacher_cache import precompute_teacher_cache
 
