@@ -183,10 +183,12 @@ class SteppedTrainer:
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 end = time.perf_counter()
-                runner._last = {"step_s": end - runner._resumed, "compute_s": end - runner._begin}
+                runner._last = {"step_s": end - runner._resumed, "compute_s": end - runner._begin,
+                                "page_faults": _minor_faults() - runner._faults}  # fmt: skip
                 if not runner._stop:
                     runner._done.release()
                     runner._go.acquire()  # paused here until the next step() (or close())
+                    runner._faults = _minor_faults()
                     runner._resumed = time.perf_counter()
                 if runner._stop:
                     control.should_training_stop = True
@@ -198,6 +200,7 @@ class SteppedTrainer:
         self._error: BaseException | None = None
         self._last: dict[str, float] | None = None
         self._resumed = self._begin = 0.0
+        self._faults = 0
         self.finished = False
         trainer.remove_callback(PrinterCallback)  # no end-of-training summary dict in the benchmark's log
         trainer.add_callback(_Gate())  # last: it runs after every other callback of the step
@@ -206,6 +209,7 @@ class SteppedTrainer:
 
     def _work(self) -> None:
         self._go.acquire()
+        self._faults = _minor_faults()
         self._resumed = time.perf_counter()
         try:
             if not self._stop:
@@ -238,6 +242,14 @@ class SteppedTrainer:
             raise RuntimeError(f"{self.name} failed: {self._error!r}") from self._error
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far: first touches of memory the allocator got from the system
+    (only one participant runs at a time, so a step's difference is its own)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class TimedCall:
     """A plain function as a participant of :func:`race` (one call per round)."""
 
@@ -245,10 +257,11 @@ class TimedCall:
         self.fn = fn
 
     def step(self) -> dict[str, float]:
+        faults = _minor_faults()
         start = time.perf_counter()
         self.fn()
         seconds = time.perf_counter() - start
-        return {"step_s": seconds, "compute_s": seconds}
+        return {"step_s": seconds, "compute_s": seconds, "page_faults": _minor_faults() - faults}
 
     def close(self) -> None:
         pass

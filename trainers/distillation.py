@@ -451,14 +451,17 @@ class DistillationTrainer(Trainer):
 
         cached = {k: model_inputs.pop(k) for k in ("teacher_topk_logprobs", "teacher_topk_indices",
                                                    "teacher_tail_mass") if k in model_inputs}  # fmt: skip
+        if not cached:
+            # The teachers first: their activations are freed before the student's (kept for backward) exist,
+            # so the step's peak memory is the student's plus the teachers' outputs, not plus their activations.
+            with torch.no_grad():
+                teacher_outputs = [t(**model_inputs, **extra) for t in self.teachers]
         outputs = model(**model_inputs, **extra)
         if cached:
             s_logits = outputs.logits[..., : self._vocab_size]
             t_logprobs, t_indices = cached["teacher_topk_logprobs"], cached["teacher_topk_indices"]
             t_logits = None
         else:
-            with torch.no_grad():
-                teacher_outputs = [t(**model_inputs, **extra) for t in self.teachers]
             s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
         kd_labels, kd_mask = labels, None
         if self.task == "causal-lm":
