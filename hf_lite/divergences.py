@@ -245,6 +245,12 @@ def _call(fn: Callable[..., Any], compiled: bool, *args: Any, **kwargs: Any) -> 
 # ------------------------------------------------------------------------------------------ the maths
 
 
+def _may_branch(tensor: torch.Tensor) -> bool:
+    """Whether a branch on a tensor's values is cheap here: eagerly on the CPU, yes; on an accelerator it would
+    wait for the device, and under torch.compile it would break the graph, so the safe path runs always."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _canonical(loss_type: str, beta: float) -> str:
     """JSD at its ends is exactly forward (beta = 0) or reverse (beta = 1) KL."""
     if loss_type == "jsd" and beta == 0.0:
@@ -316,7 +322,7 @@ def _kl_block(
         lse_diff = (max_t - max_s) + (p_max_s / p_max_t).log()
         log_ratio = torch.sub(z_t, z_s).sub_(lse_diff.unsqueeze(-1))
         kd = torch.linalg.vecdot(p_t, log_ratio)
-        if student.device.type != "cpu" or not bool(torch.isfinite(kd).all()):  # on CPU only when needed
+        if not _may_branch(student) or not bool(torch.isfinite(kd).all()):  # on CPU eagerly: only when needed
             log_ratio.nan_to_num_(nan=0.0, posinf=math.inf, neginf=torch.finfo(z_s.dtype).min)
             kd = torch.linalg.vecdot(p_t, log_ratio)
         del log_ratio
@@ -389,7 +395,7 @@ def _topk_block(
         # cancels when the cache holds nearly all of the student's mass.
         tail_s = p_s.scatter(-1, indices, 0.0).sum(-1)  # (r,)
         log_tail_s = tail_s.log()
-        if bool((tail_s == 0).any()):  # so small it underflows: the same sum in log space, for those rows
+        if not _may_branch(student) or bool((tail_s == 0).any()):  # underflow: the same sum in log space
             log_tail_s = torch.where(
                 tail_s > 0, log_tail_s, z_s.scatter(-1, indices, -math.inf).logsumexp(-1) - lse_s
             )
