@@ -504,7 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {path}")
         return 0
 
-    command = " ".join([ENTRY, *(shlex.quote(a) for a in argv)])
+    # glibc allocator settings change timings (page faults): a run made with them shows them in its command
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
+    command = " ".join([*env, ENTRY, *(shlex.quote(a) for a in argv)])
     threads = args.threads or _default_threads()
     failed = [] if args.names else sorted(broken)  # running "all": a module that does not import has failed
     # Scratch models of this run; git-ignored under benchmarks/out unless an explicit --out says elsewhere.

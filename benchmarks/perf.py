@@ -1236,6 +1236,18 @@ def assemble(s: dict[str, Any], teacher_meta: dict[str, Any], kd: dict[str, Any]
         "gradient_checkpointing=True turned off for both to run alike), on random tokens; train() memory is what "
         f"train() adds in a fresh process over {s['trl_memory_steps']} step(s), models and data excluded.",
     ]  # fmt: skip
+    faults = {name: statistics.median([r.get("page_faults", 0) for r in rows[warm:]])
+              for name, rows in kd["steps"].items() if not name.startswith("loss: ")}  # fmt: skip
+    allocator = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
+    notes.append(
+        "Page faults per step (medians): " + ", ".join(f"{n} {f:,.0f}" for n, f in faults.items()) + ". glibc "
+        "hands freed blocks of this size back to the system, and the next step that allocates them pays a page "
+        "fault per 4 KiB again (~10 ms per 16k faults here), depending on the heap's state rather than on the "
+        "code: identical trainers can differ by thousands of faults per step. Allocator settings of this run: "
+        + (", ".join(f"{k}={v}" for k, v in allocator.items()) if allocator else "glibc's defaults")
+        + ". `MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=2147483647` keeps freed "
+        "memory in the process (no faults after the first steps), so that the ratios compare the code only."
+    )
     if teacher_meta.get("from_cache"):
         notes.append(
             "The teacher was loaded from the benchmark cache (trained by an earlier run with the same settings)."

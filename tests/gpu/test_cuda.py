@@ -27,7 +27,7 @@ def _inputs(seed: int, vocab: int = 257):
 
 
 def _value_and_grad(fn, student, *args, device):
-    x = student.to(device).requires_grad_()
+    x = student.detach().to(device, copy=True).requires_grad_()
     out = fn(x, *[a.to(device) if isinstance(a, torch.Tensor) else a for a in args])
     loss = out.loss if isinstance(out, tuple) else out
     loss.backward()
@@ -81,7 +81,8 @@ def _train_distillation(tmp_path, use_cpu: bool, from_cache: bool = False):
     from hf_lite.tiny import build_tiny_model, build_tokenizer
     from trainers import DistillationConfig, DistillationTrainer
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(style="gpt")
+    tok.pad_token = tok.eos_token
     teacher = build_tiny_model("llama", tokenizer=tok, seed=1)[0].eval()
     student = build_tiny_model("llama", tokenizer=tok, seed=2)[0]
     g = torch.Generator().manual_seed(0)
@@ -131,7 +132,7 @@ def test_qlora_forward_backward_on_cuda(tiny_checkpoints, bits):
     cls = bnb.nn.Linear4bit if bits == "4bit" else bnb.nn.Linear8bitLt
     quantized = [m for m in model.modules() if isinstance(m, cls)]
     assert quantized and all(m.weight.device.type == "cuda" for m in quantized)
-    ids = torch.randint(3, 100, (2, 10), device="cuda")
+    ids = torch.randint(3, model.config.vocab_size, (2, 10), device="cuda")
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]

@@ -98,8 +98,9 @@ def test_quantized_load_wraps_linear_layers_and_keeps_logical_parameter_count(ti
     assert s_quant.quantization.startswith("bnb-4bit" if bits == "4bit" else "bnb-8bit")
     # The quantized model still computes nearly the same function.
     batch = _batch(load_tokenizer(tiny_checkpoints["llama"]))
-    with torch.no_grad():
-        a, b = full(**batch).logits, quant(**batch).logits
+    with torch.no_grad():  # (on a GPU machine the quantized model sits on the GPU)
+        a = full(**batch).logits
+        b = quant(**{k: v.to(quant.device) for k, v in batch.items()}).logits.float().cpu()
     assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.95
 
 
@@ -124,7 +125,8 @@ def _train(model, tokenizer, tmp_path, steps: int = 25, lr: float = 1e-2) -> lis
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     args = TrainingArguments(
         output_dir=str(tmp_path / "run"), max_steps=steps, per_device_train_batch_size=4, learning_rate=lr,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, lr_scheduler_type="constant",
+        logging_steps=1, save_strategy="no", report_to=[], seed=0, lr_scheduler_type="constant",
+        use_cpu=not torch.cuda.is_available(),  # a quantized model is placed on the GPU when there is one
     )  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
@@ -166,7 +168,7 @@ def test_merged_lora_gives_the_same_logits_as_the_adapter(tiny_checkpoints, tmp_
     model = load_model(tiny_checkpoints["llama"], dtype="float32", peft={"r": 8, "target_modules": "all-linear"})
     _train(model, tokenizer, tmp_path, steps=5)
     model.eval()
-    batch = _batch(tokenizer)
+    batch = {k: v.to(model.device) for k, v in _batch(tokenizer).items()}  # the Trainer may have moved it to a GPU
     with torch.no_grad():
         adapted = model(**batch).logits
         with model.disable_adapter():
@@ -316,7 +318,8 @@ def test_quantization_wrong_type_and_bad_dict():
     assert resolve_quantization({"load_in_4bit": True}).load_in_4bit
     cfg = resolve_quantization("4bit")
     assert cfg.bnb_4bit_quant_type == "nf4" and cfg.bnb_4bit_use_double_quant
-    assert cfg.bnb_4bit_compute_dtype == torch.float32  # no GPU here: bf16 matmuls would be slow on CPU
+    # fp32 without a GPU (bf16 matmuls would be slow on the CPU), bf16 with one
+    assert cfg.bnb_4bit_compute_dtype == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
 
 
 def test_missing_bitsandbytes_gives_the_install_line(monkeypatch):
