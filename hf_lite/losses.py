@@ -139,8 +139,9 @@ def distillation_loss(
         labels: ``(...)`` integer labels; positions equal to ``-100`` are left out.
         num_items_in_batch: number of valid positions in the whole (gradient-accumulated) batch, as an int or a
             one-element tensor. Default: the number of valid positions here.
-        compiled: compute the divergence through ``torch.compile`` (fused kernels, about 4x faster on CPU; a few
-            seconds of compilation on first use; eager fallback with a warning where it cannot compile).
+        compiled: compute the divergence through ``torch.compile`` (a few seconds of compilation on first use;
+            eager fallback with a warning where it cannot compile). On the CPU the eager blocked path is as fast
+            (benchmarks/RESULTS.md); it can pay off on accelerators, where the eager path is one block.
 
     Returns:
         A 0-dim fp32 tensor (fp64 for fp64 inputs); exactly ``0.`` when no position is valid.
@@ -535,8 +536,9 @@ def chunked_distillation_loss(
         labels: ``(...)``, ``-100`` = left out.
         num_items_in_batch: valid positions in the whole accumulated batch (default: in this one).
         chunk_size: tokens per chunk (``>= 1``). Larger is faster, smaller uses less memory.
-        compiled: compute the divergence through ``torch.compile`` (fused kernels, about 4x faster on CPU; a few
-            seconds of compilation on first use; eager fallback with a warning where it cannot compile).
+        compiled: compute the divergence through ``torch.compile`` (a few seconds of compilation on first use;
+            eager fallback with a warning where it cannot compile). On the CPU the eager blocked path is as fast
+            (benchmarks/RESULTS.md); it can pay off on accelerators, where the eager path is one block.
 
     Returns:
         A 0-dim fp32 tensor equal to ``distillation_loss(...)``. Its backward can run once (it hands over a
@@ -922,8 +924,9 @@ def topk_distillation_loss(
         mask: ``(...)`` bool/0-1, ``0`` = left out.
         labels: ``(...)``, ``-100`` = left out.
         num_items_in_batch: valid positions in the whole accumulated batch (default: in this one).
-        compiled: compute the divergence through ``torch.compile`` (fused kernels, about 4x faster on CPU; a few
-            seconds of compilation on first use; eager fallback with a warning where it cannot compile).
+        compiled: compute the divergence through ``torch.compile`` (a few seconds of compilation on first use;
+            eager fallback with a warning where it cannot compile). On the CPU the eager blocked path is as fast
+            (benchmarks/RESULTS.md); it can pay off on accelerators, where the eager path is one block.
 
     Returns:
         A 0-dim fp32 tensor, ``>= 0``.
