@@ -135,6 +135,21 @@ def test_bad_input():
         distillation_and_ce_loss(student, teacher, labels, alpha=1.5)
     with pytest.raises(ValueError, match=r"shift_labels expects labels \(batch, seq\)"):
         shift_labels(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"temperature=0.0 must be a finite number > 0"):
+        distillation_and_ce_loss(student, teacher, labels, temperature=0.0)
+    with pytest.raises(ValueError, match=r"loss_type='kl'.*forward_kl"):
+        distillation_and_ce_loss(student, teacher, labels, loss_type="kl")
+    with pytest.raises(ValueError, match=r"labels.shape=\(3, 6\) must be \(3, 7\)"):
+        distillation_and_ce_loss(student, teacher, labels[:, :-1])
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor of class ids; got list"):
+        distillation_and_ce_loss(student, teacher, labels.tolist())
+    with pytest.raises(ValueError, match=r"student_logits.*teacher_logits"):
+        distillation_and_ce_loss(student, teacher[..., :-1], labels)
+    logprobs, indices = teacher_topk(teacher, 4)
+    with pytest.raises(ValueError, match=r"teacher_topk_indices hold ids in \[.*\] but the student vocabulary"):
+        topk_distillation_and_ce_loss(student[..., :5], logprobs, indices, labels.clamp(max=4))
+    with pytest.raises(ValueError, match=r"labels hold ids in .* but the logits have 13 classes"):
+        topk_distillation_and_ce_loss(student, logprobs, indices, bad)
     out = distillation_and_ce_loss(student, teacher, labels)
     out.loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="retain_graph=True\\) is not supported"):
