@@ -772,7 +772,7 @@ def distillation_and_ce_loss(
     dtype = _compute_dtype(student_logits.dtype)
     weight, share = _mix(alpha, temperature)
     rows = divergences.kl_rows(student_logits.to(dtype), teacher_logits.to(dtype), loss_type, temperature, beta,
-                               valid, compiled, labels=labels, ce_share=share)  # fmt: skip
+                               valid, compiled, labels=labels.to(valid.device), ce_share=share)  # fmt: skip
     return _mixed(rows, valid.sum(), num_items_in_batch, weight, temperature)
 
 
@@ -811,7 +811,7 @@ def topk_distillation_and_ce_loss(
     )
     weight, share = _mix(alpha, temperature)
     rows = divergences.topk_kl_rows(student_logits.to(logprobs_t.dtype), logprobs_t, indices, tail_t, temperature,
-                                    valid, compiled, labels=labels, ce_share=share)  # fmt: skip
+                                    valid, compiled, labels=labels.to(valid.device), ce_share=share)  # fmt: skip
     return _mixed(rows, valid.sum(), num_items_in_batch, weight, temperature)
 
 
