@@ -699,10 +699,8 @@ class DistillationTrainer(Trainer):
 
 
 def _is_arrow_dataset(dataset: Any) -> bool:
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return False
+    import datasets
+
     return isinstance(dataset, datasets.Dataset)
 
 
