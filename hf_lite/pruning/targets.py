@@ -34,6 +34,10 @@ HEAD_PATTERNS: tuple[str, ...] = (
     r"(^|\.)score$",
     r"(^|\.)pooler(\.|$)",
     r"(^|\.)qa_outputs$",
+    # Masked/causal-LM heads of BERT-style models (BertForMaskedLM, BertLMHeadModel: cls.predictions.*;
+    # DistilBertForMaskedLM: vocab_transform/vocab_projector): their transform layer is part of the head.
+    r"(^|\.)cls(\.|$)",
+    r"(^|\.)vocab_(transform|projector)$",
 )
 #: Modules left dense unless the caller says otherwise: heads, embeddings, norms, and PEFT adapter
 #: matrices (LoRA's A/B are trained separately and merged later; prune the ``base_layer`` they wrap).

@@ -44,6 +44,23 @@ def test_bert_classifier_and_pooler_excluded(models):
     assert {"bert.pooler.dense", "classifier"} <= set(with_heads)
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_masked_lm_head_transform_excluded(family):
+    """BERT's cls.predictions.transform.dense and DistilBERT's vocab_transform belong to the MLM head."""
+    from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+    if family == "bert":
+        model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=32))  # fmt: skip
+    else:
+        model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                                       hidden_dim=32))  # fmt: skip
+    names = list(find_prunable_modules(model))
+    assert len(names) == 6 and all(".layer.0." in n for n in names)
+    heads = set(find_prunable_modules(model, exclude=None)) - set(names)
+    assert heads == ({"cls.predictions.transform.dense"} if family == "bert" else {"vocab_transform"})
+
+
 def test_t5_all_attention_and_ffn_layers(models):
     names = find_prunable_modules(models["t5"])
     assert len(names) == 2 * 6 + 2 * 10 and "lm_head" not in names
