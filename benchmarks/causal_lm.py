@@ -579,15 +579,6 @@ def pretrained_oneshot(ctx: Any, s: dict[str, Any], train_text: str, val_text: s
     }
 
 
-PRETRAINED_COLUMNS = [
-    {"key": "row", "label": "model"},
-    {"key": "perplexity", "label": "val. perplexity", "format": "{:.2f}"},
-    {"key": "ppl_increase", "label": "increase", "format": "{:+.2f}"},
-    {"key": "params", "label": "params", "format": "params"},
-    {"key": "nonzero_params", "label": "nonzero", "format": "params"},
-    {"key": "train_s", "label": "train/prune (min)", "format": "min"},
-    {"key": "how", "label": "how"},
-]
 
 
 # ------------------------------------------------------------------------------------------------ isolated
@@ -982,6 +973,16 @@ COLUMNS = [
     {"key": "tokens_per_s", "label": "tokens/s", "format": "int"},
     {"key": "speedup", "label": "speedup", "format": "x"},
     {"key": "peak_bytes", "label": "inference peak", "format": "bytes"},
+    {"key": "train_s", "label": "train/prune (min)", "format": "min"},
+    {"key": "how", "label": "how"},
+]
+
+PRETRAINED_COLUMNS = [
+    {"key": "row", "label": "model"},
+    {"key": "perplexity", "label": "val. perplexity", "format": "{:.2f}"},
+    {"key": "ppl_increase", "label": "increase", "format": "{:+.2f}"},
+    {"key": "params", "label": "params", "format": "params"},
+    {"key": "nonzero_params", "label": "nonzero", "format": "params"},
     {"key": "train_s", "label": "train/prune (min)", "format": "min"},
     {"key": "how", "label": "how"},
 ]
