@@ -12,7 +12,7 @@ What it measures, and how:
 - **Tokenization: characters.** The vocabulary is every character of the training split (65) plus
   ``<unk>`` and ``<|endoftext|>``, built with ``tokenizers`` (a ``WordLevel`` model over a one-character
   split) and saved with every model as a stock ``PreTrainedTokenizerFast``. Characters rather than words
-  (:func:`hf_lite.tiny.build_tokenizer`) because the word tokenizer lower-cases, drops line breaks and
+  (:func:`hf_lite.testing.build_tokenizer`) because the word tokenizer lower-cases, drops line breaks and
   maps rare words to ``<unk>`` (Shakespeare has ~12k word types), so its perplexity would describe a
   different, lossy text; with characters no token is unknown and the embedding/head tables are tiny, so
   the parameters are where pruning acts. **Perplexity is per character** for every row: ``exp`` of the mean
@@ -20,7 +20,7 @@ What it measures, and how:
   non-overlapping windows of ``seq_len`` characters (the first character of each window has no context
   and is not scored; the last, shorter window is padded and masked).
 - **Teacher**: a Llama model with grouped-query attention built in place
-  (:func:`hf_lite.tiny.build_tiny_model`, sizes in ``DEFAULTS``), trained from random initialisation with
+  (:func:`hf_lite.testing.build_tiny_model`, sizes in ``DEFAULTS``), trained from random initialisation with
   ``transformers.Trainer`` on random windows of the training split (AdamW, cosine schedule). It is cached
   under ``benchmarks/.cache/causal_lm/teacher-<hash of its settings>`` and reused by later runs.
 - **Students**, every one trained ``student_steps`` steps on the same windows, batch and learning rate:
@@ -362,7 +362,7 @@ def teacher_settings(s: dict[str, Any], seed: int, n_train: int, vocab: int) -> 
 
 def build_llama(tokenizer: Any, seed: int, *, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
                 max_len: int) -> Any:  # fmt: skip
-    from hf_lite.tiny import build_tiny_model
+    from hf_lite.testing import build_tiny_model
 
     if hidden % heads:
         raise ValueError(f"hidden_size={hidden} must be divisible by num_heads={heads}.")

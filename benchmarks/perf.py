@@ -41,7 +41,7 @@ classes, fp32. Memory: each variant runs forward + backward once in a fresh proc
 peak RSS during the call minus its RSS just before (the peak mark is reset then), so inputs are not
 counted but gradients and every temporary are. glibc is set to return freed blocks of 64 KiB or more to
 the system at once (:data:`MEMORY_ENV`) so that RSS follows live tensors. Variants on given logits:
-``distillation_loss`` (on the CPU it computes its rows in blocks of ``hf_lite.divergences.BLOCK_ELEMENTS``
+``distillation_loss`` (on the CPU it computes its rows in blocks of ``hf_lite.losses._fused.BLOCK_ELEMENTS``
 values); the same in one block of rows (whole ``(tokens, vocab)`` temporaries, as it runs on an accelerator:
 the baseline of the chunked variants); ``chunked_distillation_loss`` with chunks of ``loss_chunk_size`` and
 ``loss_chunk_size_small`` (its default) tokens; TRL's ``GKDTrainer.generalized_jsd_loss`` called as
@@ -399,7 +399,7 @@ def get_teacher(ctx: Any, s: dict[str, Any], train_text: str) -> tuple[Path, dic
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     from benchmarks.common import save_teacher, settings_key
-    from hf_lite.tiny import build_tiny_model, build_tokenizer
+    from hf_lite.testing import build_tiny_model, build_tokenizer
 
     settings = teacher_settings(s, ctx.seed)
     folder = ctx.cache / f"teacher-{settings_key(settings)}"
@@ -437,7 +437,7 @@ def distillation_race(ctx: Any, s: dict[str, Any], teacher_dir: Path, tokenizer:
 
     from hf_lite import load_model
     from hf_lite.teacher_cache import TeacherCacheCollator, cache_bytes_per_token, precompute_teacher_cache
-    from hf_lite.tiny import build_tiny_model
+    from hf_lite.testing import build_tiny_model
     from trainers import DistillationConfig, DistillationTrainer
 
     steps, bs = s["student_steps"], s["batch_size"]
@@ -614,7 +614,7 @@ def describe_variant(variant: str) -> str:
 
 def _baseline(variant: str) -> str:
     """What a chunked variant is compared with: the plain loss holding whole (tokens, vocab) tensors. On the
-    CPU hf-lite's plain loss runs in blocks of rows (hf_lite.divergences.BLOCK_ELEMENTS), so its one-block
+    CPU hf-lite's plain loss runs in blocks of rows (hf_lite.losses._fused.BLOCK_ELEMENTS), so its one-block
     run (what it does on an accelerator) is the baseline; from hidden states, building the logits first."""
     return "plain-hidden" if variant.startswith(("plain-hidden", "chunked-hidden")) else "plain-oneblock"
 
@@ -665,7 +665,7 @@ def _loss_call(variant: str, x: dict[str, Any]) -> Any:
         if kind == "plain":
             loss = losses.distillation_loss(x["s"], x["t"], **kw)
         elif kind == "plain-oneblock":
-            from hf_lite import divergences
+            from hf_lite.losses import _fused as divergences
 
             blocks, divergences.BLOCK_ELEMENTS = divergences.BLOCK_ELEMENTS, x["s"].numel()
             try:
@@ -774,7 +774,7 @@ def _trl_models_and_data(s: dict[str, Any], seed: int, rows: int) -> tuple[Any, 
     import torch
     import transformers
 
-    from hf_lite.tiny import build_tokenizer, tiny_config
+    from hf_lite.testing import build_tokenizer, tiny_config
 
     tokenizer = build_tokenizer()
     tokenizer.pad_token = tokenizer.eos_token

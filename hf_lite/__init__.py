@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY: dict[str, str] = {
-    "TASKS": "hf_lite.loading",
+    "TASKS": "hf_lite.tasks",
     "load_model": "hf_lite.loading",
     "load_tokenizer": "hf_lite.loading",
     "load_teacher": "hf_lite.loading",
@@ -29,17 +29,14 @@ _LAZY: dict[str, str] = {
     "resolve_peft_config": "hf_lite.loading",
     "ModelSummary": "hf_lite.summary",
     "model_summary": "hf_lite.summary",
-    "save_tiny_checkpoint": "hf_lite.tiny",
-    "build_tiny_model": "hf_lite.tiny",
-    "build_tokenizer": "hf_lite.tiny",
     "init_student_from_teacher": "hf_lite.student",
     "export": "hf_lite.exporting",
     "ExportReport": "hf_lite.exporting",
     "unpack_bnb_cpu_weights_": "hf_lite.exporting",
     "push_to_hub": "hf_lite.hub",
     "PushResult": "hf_lite.hub",
-    "build_model_card": "hf_lite.model_card",
-    "CompressionSummary": "hf_lite.model_card",
+    "build_model_card": "hf_lite.card",
+    "CompressionSummary": "hf_lite.card",
     "load_data": "hf_lite.data",
     "tokenize_data": "hf_lite.data",
     "augment_data": "hf_lite.data",
@@ -53,18 +50,24 @@ _LAZY: dict[str, str] = {
     "machine_info": "hf_lite.evaluation",
     "CompressionReport": "hf_lite.report",
     "ReportRow": "hf_lite.report",
-    "Recipe": "hf_lite.recipe",
-    "run_recipe": "hf_lite.runner",
+    "Recipe": "hf_lite.app.recipe",
+    "run_recipe": "hf_lite.app.runner",
     "precompute_teacher_cache": "hf_lite.teacher_cache",
     "load_teacher_cache": "hf_lite.teacher_cache",
 }
 
 # subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
 _SUBMODULES = (
-    "cli", "data", "demo", "evaluation", "exporting", "hub", "loading", "losses", "metrics", "model_card", "plan",
-    "pruning",
-    "recipe", "report", "runner", "student", "summary", "teacher_cache", "tiny",
+    "app", "card", "data", "evaluation", "exporting", "hub", "loading", "losses", "metrics", "pruning", "report",
+    "student", "summary", "tasks", "teacher_cache", "testing",
 )  # fmt: skip
+
+# names that moved: old top-level name -> module that defines it now (a FutureWarning says where)
+_MOVED: dict[str, str] = {
+    "save_tiny_checkpoint": "hf_lite.testing",
+    "build_tiny_model": "hf_lite.testing",
+    "build_tokenizer": "hf_lite.testing",
+}
 
 __all__ = ["__version__", *_LAZY]
 
@@ -83,7 +86,6 @@ if TYPE_CHECKING:
     from hf_lite.exporting import ExportReport, export, unpack_bnb_cpu_weights_
     from hf_lite.hub import PushResult, push_to_hub
     from hf_lite.loading import (
-        TASKS,
         freeze,
         linear_module_names,
         load_model,
@@ -92,19 +94,26 @@ if TYPE_CHECKING:
         resolve_peft_config,
         resolve_quantization,
     )
-    from hf_lite.model_card import CompressionSummary, build_model_card
-    from hf_lite.recipe import Recipe
+    from hf_lite.card import CompressionSummary, build_model_card
+    from hf_lite.app.recipe import Recipe
     from hf_lite.report import CompressionReport, ReportRow
-    from hf_lite.runner import run_recipe
+    from hf_lite.app.runner import run_recipe
     from hf_lite.student import init_student_from_teacher
     from hf_lite.summary import ModelSummary, model_summary
+    from hf_lite.tasks import TASKS
     from hf_lite.teacher_cache import load_teacher_cache, precompute_teacher_cache
-    from hf_lite.tiny import build_tiny_model, build_tokenizer, save_tiny_checkpoint
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"hf_lite.{name}")
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(
+            f"hf_lite.{name} moved to {_MOVED[name]}.{name}; import it from there.", FutureWarning, stacklevel=2
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'hf_lite' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Publish a compressed model (or an exported folder) to the Hugging Face Hub in one commit, with its card.
 
-:func:`push_to_hub` exports a model object first (:func:`hf_lite.exporting.export`, with its reload check),
-builds the model card (:func:`hf_lite.model_card.build_model_card`) and uploads the folder and the card as
+:func:`push_to_hub` exports a model object first (:func:`hf_lite.exporting.writer.export`, with its reload check),
+builds the model card (:func:`hf_lite.card.build.build_model_card`) and uploads the folder and the card as
 one commit. Transient server errors are retried where the client does not retry them itself (repo creation,
 lookups, and the commit call, which is retried only after checking that the server did not apply it). A push
 that fails leaves the repo as it was: commits are atomic on the Hub, and a repo or branch this call created
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     import torch
     from huggingface_hub import HfApi, ModelCard
 
-    from hf_lite.exporting import ExportReport
-    from hf_lite.model_card import CheckpointInfo, CompressionSummary
+    from hf_lite.exporting.writer import ExportReport
+    from hf_lite.card.build import CheckpointInfo, CompressionSummary
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def push_to_hub(
     """Upload a compressed model, or a checkpoint folder, to a Hub repo as one commit with a model card.
 
     A model object is exported first into a temporary folder (``merge_adapter``, ``dtype``, ``base_model``,
-    ``tokenizer`` and ``check`` are passed to :func:`~hf_lite.exporting.export`); a folder is checked to be a
+    ``tokenizer`` and ``check`` are passed to :func:`~hf_lite.exporting.writer.export`); a folder is checked to be a
     loadable safetensors checkpoint (``config.json`` or ``adapter_config.json`` and the weights, no pickle
     files). The card is built from ``report``, the folder's counted figures and the export report, unless
     ``card`` is given. The repo is created if needed (``private``), the branch ``revision`` too, and the
@@ -124,7 +124,7 @@ def push_to_hub(
         model_or_folder: a ``PreTrainedModel``/``PeftModel``, or the path of a checkpoint folder.
         repo_id: ``"namespace/name"`` (or ``"name"`` for the token's user).
         tokenizer: saved with a model object (ignored for a folder, which has its own).
-        report: the compression report for the card (:class:`~hf_lite.model_card.CompressionSummary` or a
+        report: the compression report for the card (:class:`~hf_lite.card.build.CompressionSummary` or a
             dict with its field names).
         card: a ready ``huggingface_hub.ModelCard`` (or its text) to upload instead of building one.
         base_model: Hub id of the base model: written into a separate adapter's config and the card.
@@ -152,8 +152,8 @@ def push_to_hub(
     """
     from huggingface_hub import HfApi, ModelCard, get_token
 
-    from hf_lite.exporting import export
-    from hf_lite.model_card import build_model_card, inspect_checkpoint
+    from hf_lite.exporting.writer import export
+    from hf_lite.card.build import build_model_card, inspect_checkpoint
 
     # ---- arguments (no request is made before they are all checked)
     repo_id = _check_repo_id(repo_id)

@@ -14,13 +14,15 @@ argument, the value, the reason and the fix.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib.util
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hf_lite._utils import did_you_mean
+from hf_lite.tasks import PEFT_TASK_TYPES, TASK_ALIASES, TASKS, normalize_task  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays fast
     import torch
@@ -29,32 +31,6 @@ if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays
 
 logger = logging.getLogger(__name__)
 
-#: Task name -> transformers auto class. ``base`` is the bare encoder/decoder (hidden states only).
-TASKS: dict[str, str] = {
-    "causal-lm": "AutoModelForCausalLM",
-    "sequence-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "seq2seq-lm": "AutoModelForSeq2SeqLM",
-    "base": "AutoModel",
-}
-#: Task name -> PEFT ``TaskType`` (decides which wrapper PEFT builds and which heads it keeps trainable).
-PEFT_TASK_TYPES: dict[str, str] = {
-    "causal-lm": "CAUSAL_LM",
-    "sequence-classification": "SEQ_CLS",
-    "token-classification": "TOKEN_CLS",
-    "seq2seq-lm": "SEQ_2_SEQ_LM",
-    "base": "FEATURE_EXTRACTION",
-}
-_TASK_ALIASES = {
-    "text-generation": "causal-lm",
-    "clm": "causal-lm",
-    "text-classification": "sequence-classification",
-    "classification": "sequence-classification",
-    "ner": "token-classification",
-    "text2text-generation": "seq2seq-lm",
-    "seq2seq": "seq2seq-lm",
-    "feature-extraction": "base",
-}
 _QUANT_ALIASES = {
     "4bit": "nf4",
     "int4": "nf4",
@@ -68,24 +44,6 @@ _QUANT_ALIASES = {
 _HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "subfolder", "proxies")
 
 BNB_INSTALL = "pip install 'bitsandbytes>=0.46'"
-
-
-def normalize_task(task: str) -> str:
-    """Return the canonical task name for ``task`` (accepts ``_`` for ``-`` and common pipeline names).
-
-    >>> normalize_task("causal_lm"), normalize_task("text-classification")
-    ('causal-lm', 'sequence-classification')
-    """
-    if not isinstance(task, str):
-        raise TypeError(f"task must be a string, one of {sorted(TASKS)}; got {type(task).__name__} {task!r}.")
-    key = task.strip().lower().replace("_", "-")
-    key = _TASK_ALIASES.get(key, key)
-    if key not in TASKS:
-        raise ValueError(
-            f"task={task!r} is not a task hf-lite knows{_did_you_mean(key, [*TASKS, *_TASK_ALIASES])}. "
-            f"Use one of: {', '.join(TASKS)}."
-        )
-    return key
 
 
 def resolve_quantization(
@@ -118,7 +76,7 @@ def resolve_quantization(
         if unknown:
             raise ValueError(
                 f"quantization={dict(quantization)!r} is not a valid BitsAndBytesConfig: unknown key(s) {unknown}"
-                f"{_did_you_mean(unknown[0], sorted(known))}. Use '4bit', '8bit' or the keyword arguments of "
+                f"{did_you_mean(unknown[0], sorted(known))}. Use '4bit', '8bit' or the keyword arguments of "
                 "transformers.BitsAndBytesConfig."
             )
         try:
@@ -137,7 +95,7 @@ def resolve_quantization(
     kind = _QUANT_ALIASES.get(key)
     if kind is None:
         raise ValueError(
-            f"quantization={quantization!r} is not understood{_did_you_mean(key, list(_QUANT_ALIASES))}. "
+            f"quantization={quantization!r} is not understood{did_you_mean(key, list(_QUANT_ALIASES))}. "
             "Use '4bit' (NF4, as in QLoRA), 'fp4', '8bit' (LLM.int8), None for full precision, "
             "or pass a transformers.BitsAndBytesConfig."
         )
@@ -172,7 +130,7 @@ def resolve_dtype(dtype: Any) -> Any:
         if key in names:
             return names[key]
         raise ValueError(
-            f"dtype={dtype!r} is not a floating point dtype{_did_you_mean(key, list(names))}. "
+            f"dtype={dtype!r} is not a floating point dtype{did_you_mean(key, list(names))}. "
             "Use 'auto', 'float32', 'bfloat16', 'float16' or a torch.dtype."
         )
     raise TypeError(f"dtype must be a string, a torch.dtype or None; got {type(dtype).__name__} {dtype!r}.")
@@ -284,7 +242,7 @@ def load_model(
     bnb_config = resolve_quantization(quantization, torch_dtype)
     peft_config = resolve_peft_config(peft, task)
     hub_kwargs = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
-    config = _load_checked_config(name_or_path, task, trust_remote_code, revision, hub_kwargs)
+    config = load_checked_config(name_or_path, task, trust_remote_code, revision, hub_kwargs)
 
     kwargs: dict[str, Any] = {"use_safetensors": True, **from_pretrained_kwargs}
     if revision is not None:
@@ -433,11 +391,6 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 # checks
 
 
-def _did_you_mean(value: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _require_bitsandbytes(quantization: Any) -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError(
@@ -511,7 +464,7 @@ def _check_source(name_or_path: Any, revision: str | None, hub_kwargs: dict[str,
     return name
 
 
-def _load_checked_config(
+def load_checked_config(
     name_or_path: Any, task: str, trust_remote_code: bool, revision: str | None, hub_kwargs: dict[str, Any]
 ) -> Any:
     """Read config.json (no code runs), then check remote code, architecture and task support."""
@@ -615,7 +568,7 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, classes)]
 
 
-def _check_target_modules(model: torch.nn.Module, peft_config: Any) -> None:
+def check_target_modules(model: torch.nn.Module, peft_config: Any) -> None:
     """Refuse adapter targets that match no layer, listing the layer names that exist."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
@@ -645,7 +598,7 @@ def _enable_checkpointing(model: Any) -> None:
 def _attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    _check_target_modules(model, peft_config)
+    check_target_modules(model, peft_config)
     if quantized:
         # QLoRA: layer norms and the head in fp32, input embeddings' outputs require grad so that
         # gradients reach the adapters through frozen quantized layers (and through checkpointing).

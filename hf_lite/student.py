@@ -79,7 +79,7 @@ def init_student_from_teacher(
     Returns:
         The student, in training mode, with ``config.num_hidden_layers`` (``n_layer``) edited.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> teacher, _ = build_tiny_model("bert", "sequence-classification", num_hidden_layers=4)
     >>> student = init_student_from_teacher(teacher, layers=[0, 3])
     >>> student.config.num_hidden_layers, teacher.config.num_hidden_layers

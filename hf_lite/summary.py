@@ -63,7 +63,7 @@ def format_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _logical_numel(param: torch.Tensor) -> int:
+def logical_numel(param: torch.Tensor) -> int:
     quant_state = getattr(param, "quant_state", None)  # bnb Params4bit pack two weights per byte
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
         return math.prod(quant_state.shape)
@@ -151,7 +151,7 @@ def model_summary(model: torch.nn.Module) -> ModelSummary:
         return t.numel() * t.element_size()
 
     for param in model.parameters():
-        n = _logical_numel(param)
+        n = logical_numel(param)
         total += n
         if param.requires_grad:
             trainable += n

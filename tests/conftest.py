@@ -29,7 +29,7 @@ TINY = {
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """Folder of each tiny checkpoint, keyed by family. Built once per test session."""
-    from hf_lite.tiny import save_tiny_checkpoint
+    from hf_lite.testing import save_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     return {name: str(save_tiny_checkpoint(root / name, family, task)) for name, (family, task) in TINY.items()}

@@ -325,7 +325,7 @@ def test_format_value_and_machine_description():
 
 def test_save_teacher_writes_a_complete_cache_entry(tmp_path):
     from benchmarks.common import save_teacher
-    from hf_lite.tiny import build_tiny_model
+    from hf_lite.testing import build_tiny_model
 
     model, tokenizer = build_tiny_model("llama")
     folder = tmp_path / "teacher-abc"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_lite.cli import main
-from hf_lite.demo import make_corpus
+from hf_lite.app.cli import main
+from hf_lite.app.demo import make_corpus
 from tests.launch import launch_two
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A teacher checkpoint and text data for small causal-LM recipes."""
-    from hf_lite.tiny import save_tiny_checkpoint
+    from hf_lite.testing import save_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-run")
     texts = make_corpus(1200, seed=0)
@@ -149,7 +149,7 @@ def test_two_processes_write_one_report_that_matches_one_process(tiny_run, tmp_p
     ],
 )
 def test_plan_each_example_recipe(recipe, family, task, tmp_path, capsys, monkeypatch):
-    from hf_lite.tiny import save_tiny_checkpoint
+    from hf_lite.testing import save_tiny_checkpoint
 
     if not SHARED.is_dir():
         pytest.skip("the example recipes read ../shared/data")

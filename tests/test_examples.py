@@ -18,7 +18,7 @@ TEXT = "\n".join(f"line {i}: the quick brown fox jumps over the lazy dog number 
 
 @pytest.mark.multiprocess
 def test_qlora_example_under_accelerate_launch_with_two_processes(tmp_path):
-    from hf_lite.tiny import save_tiny_checkpoint
+    from hf_lite.testing import save_tiny_checkpoint
 
     train = tmp_path / "train.txt"
     train.write_text(TEXT)
@@ -42,7 +42,7 @@ def test_qlora_example_under_accelerate_launch_with_two_processes(tmp_path):
 
 @pytest.mark.integration
 def test_distill_classifier_example_runs_and_saves_a_plain_student(tmp_path):
-    from hf_lite.tiny import save_tiny_checkpoint
+    from hf_lite.testing import save_tiny_checkpoint
 
     rows = ["the cat runs\t1", "a dog sees the bird\t0", "the red fish sleeps\t1", "one big tree\t0"] * 6
     (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")

@@ -32,7 +32,7 @@ REPO = "test-user/tiny"
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
     """A tiny Llama checkpoint (``save_pretrained`` output) plus a small text file, built once."""
-    from hf_lite.tiny import save_tiny_checkpoint
+    from hf_lite.testing import save_tiny_checkpoint
 
     folder = Path(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama"))
     (folder / "notes.txt").write_text("a small text file\n")

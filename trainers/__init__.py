@@ -12,14 +12,14 @@ from typing import Any
 
 # public name -> module that defines it (filled in as trainers land)
 _LAZY: dict[str, str] = {
-    "DistillationConfig": "trainers.distillation",
-    "DistillationTrainer": "trainers.distillation",
-    "resolve_layer_map": "trainers.distillation",
-    "PruningCallback": "trainers.pruning",
-    "PruningConfig": "trainers.pruning",
-    "StructuralPruningCallback": "trainers.structural",
-    "StructuralPruningConfig": "trainers.structural",
-    "shrink_like_checkpoint": "trainers.structural",
+    "DistillationConfig": "trainers.distillation_trainer",
+    "DistillationTrainer": "trainers.distillation_trainer",
+    "resolve_layer_map": "trainers.distillation_trainer",
+    "PruningCallback": "trainers.pruning_callback",
+    "PruningConfig": "trainers.pruning_callback",
+    "StructuralPruningCallback": "trainers.structural_callback",
+    "StructuralPruningConfig": "trainers.structural_callback",
+    "shrink_like_checkpoint": "trainers.structural_callback",
 }
 
 __all__ = list(_LAZY)

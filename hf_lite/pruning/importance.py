@@ -22,7 +22,7 @@ can be dropped first.
 Scores are computed on the base weights; with a LoRA adapter attached they ignore the adapter's update
 (merge it first when the adapter has moved the weights far).
 
->>> from hf_lite.tiny import build_tiny_model
+>>> from hf_lite.testing import build_tiny_model
 >>> model, tok = build_tiny_model("llama")
 >>> scores = ffn_neuron_scores(model)
 >>> len(scores), scores[0].shape
@@ -96,7 +96,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def model_config(model: nn.Module) -> PretrainedConfig:
     """The ``config`` of a transformers model (or of the model inside a PEFT wrapper); ``TypeError`` if none.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model_config(build_tiny_model("gpt2")[0]).n_layer
     2
     """
@@ -140,7 +140,7 @@ def _get(module: nn.Module, dotted: str) -> nn.Module | None:
 def find_layer_list(model: nn.Module) -> nn.ModuleList:
     """The ``nn.ModuleList`` of transformer blocks (``config.num_hidden_layers`` of them).
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> type(find_layer_list(build_tiny_model("bert")[0])[0]).__name__
     'BertLayer'
     """
@@ -184,7 +184,7 @@ class FfnSite:
         project: layer whose *input* features are the neurons (``down_proj``, ``c_proj``, ``output.dense``).
         config_key: the config attribute holding the width (``intermediate_size``, ``n_inner``, ...).
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> site = find_ffn_sites(build_tiny_model("bert")[0])[0]
     >>> site.width, site.config_key, type(site.parent).__name__
     (128, 'intermediate_size', 'BertLayer')
@@ -211,7 +211,7 @@ class AttentionSite:
         module: the attention module.
         q, k, v, o: its projections (possibly wrapped by a PEFT adapter).
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> site = find_attention_sites(build_tiny_model("llama")[0])[1]
     >>> site.layer, type(site.module).__name__, tuple(site.o.weight.shape)
     (1, 'LlamaAttention', (64, 64))
@@ -241,7 +241,7 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
 def find_ffn_sites(model: nn.Module) -> list[FfnSite]:
     """The FFN of every block, in block order; ``ValueError`` when a block has none or several.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> [site.config_key for site in find_ffn_sites(build_tiny_model("gpt2")[0])]
     ['n_inner', 'n_inner']
     """
@@ -272,7 +272,7 @@ def find_ffn_sites(model: nn.Module) -> list[FfnSite]:
 def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
     """The self-attention of every block, for architectures with separate q/k/v/o projections.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> site = find_attention_sites(build_tiny_model("llama")[0])[0]
     >>> tuple(site.k.weight.shape)   # 2 key/value heads of 16
     (32, 64)
@@ -298,7 +298,7 @@ def head_layout(model: nn.Module) -> tuple[int, int, int]:
     """``(num_attention_heads, num_key_value_heads, head_dim)`` from the config; ``ValueError`` when the
     config cannot express head pruning.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> head_layout(build_tiny_model("llama")[0])
     (4, 2, 16)
     """
@@ -583,7 +583,7 @@ def ffn_neuron_scores(
     Returns:
         ``{block index: float32 tensor (width,)}``.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, tok = build_tiny_model("bert", "sequence-classification")
     >>> batch = {**tok(["the cat"], return_tensors="pt"), "labels": torch.tensor([1])}
     >>> ffn_neuron_scores(model, "taylor", [batch])[1].shape
@@ -646,7 +646,7 @@ def attention_head_scores(
     Returns:
         ``{block index: HeadScores}``.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> scores = attention_head_scores(build_tiny_model("llama")[0])
     >>> scores[0].query.shape, scores[0].group.shape
     (torch.Size([4]), torch.Size([2]))
@@ -702,7 +702,7 @@ def block_influence(
     Returns:
         A float32 tensor ``(num_hidden_layers,)``.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, tok = build_tiny_model("gpt2")
     >>> bi = block_influence(model, [tok(["the cat sees a dog"], return_tensors="pt")])
     >>> bool(((bi >= 0) & (bi <= 2)).all())

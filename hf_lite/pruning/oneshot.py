@@ -9,7 +9,7 @@ Note the convention: here and in NVIDIA's 2:4, ``n`` is the number **kept**; the
 counts pruned weights instead, which agrees for 2:4 and 4:8 only.
 
 >>> import torch
->>> from hf_lite.tiny import build_tiny_model
+>>> from hf_lite.testing import build_tiny_model
 >>> model, tok = build_tiny_model("llama")
 >>> tok.pad_token = tok.eos_token
 >>> batches = [tok(["the cat sees a dog", "a bird"], return_tensors="pt", padding=True)]
@@ -146,7 +146,7 @@ def magnitude_prune_(
     Returns:
         ``{layer name: bool mask}`` of each weight's shape, on the weight's device.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, _ = build_tiny_model("bert", "sequence-classification")
     >>> masks = magnitude_prune_(model, 0.3, scope="global")
     >>> round(mask_sparsity(masks), 3)
@@ -348,7 +348,7 @@ def wanda_prune_(
     Returns:
         ``{layer name: bool mask}`` of each weight's shape, on the weight's device.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, tok = build_tiny_model("gpt2")
     >>> batch = tok(["the cat sees the dog"], return_tensors="pt")
     >>> masks = wanda_prune_(model, [batch], pattern="2:4")

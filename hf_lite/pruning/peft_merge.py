@@ -14,7 +14,7 @@ the base weights' own zeros, or those a pruning run recorded (``PruningCallback.
 >>> import torch
 >>> from peft import LoraConfig, get_peft_model
 >>> from hf_lite.pruning import magnitude_prune_
->>> from hf_lite.tiny import build_tiny_model
+>>> from hf_lite.testing import build_tiny_model
 >>> model, _ = build_tiny_model("llama")
 >>> masks = magnitude_prune_(model, 0.5)
 >>> peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "up_proj"]))
@@ -94,7 +94,7 @@ def _check_tuner_layer(name: str, module: nn.Module) -> None:
     if type(base).__module__.startswith("bitsandbytes"):
         raise ValueError(
             f"layer {name!r} has a bitsandbytes-quantized base ({type(base).__name__}): merging requantizes the "
-            "weights, whose zeros are not zeros of the quantized code. Dequantize first (hf_lite.exporting with "
+            "weights, whose zeros are not zeros of the quantized code. Dequantize first (hf_lite.exporting.writer with "
             "merge_adapter=True and a dtype), or merge into the full-precision sparse base."
         )
     if any(bool(v) for v in (getattr(module, "use_dora", None) or {}).values()):
@@ -170,7 +170,7 @@ def merge_adapter_keep_sparsity(
             a DoRA adapter; a bitsandbytes-quantized base layer.
 
     >>> from peft import LoraConfig, get_peft_model
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, _ = build_tiny_model("gpt2")
     >>> layer = model.transformer.h[0].mlp.c_fc
     >>> with torch.no_grad():

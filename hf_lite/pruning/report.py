@@ -4,7 +4,7 @@ Figures are counted from the weights (and from masks when given), never derived 
 sparsity. Unstructured and N:M sparsity keep every tensor's shape, so they neither shrink a dense
 checkpoint nor speed up dense CPU kernels; only structural pruning (fewer heads, neurons or layers) does.
 
->>> from hf_lite.tiny import build_tiny_model
+>>> from hf_lite.testing import build_tiny_model
 >>> from hf_lite.pruning import magnitude_prune_
 >>> model, _ = build_tiny_model("llama")
 >>> masks = magnitude_prune_(model, 0.5)

@@ -26,7 +26,7 @@ fits only the pruned base, not the original that its ``adapter_config.json`` nam
 optimizers alone: prune before creating one, or, to prune while training, use
 :class:`trainers.StructuralPruningCallback`, which slices the Trainer's optimizer state with the weights.
 
->>> from hf_lite.tiny import build_tiny_model
+>>> from hf_lite.testing import build_tiny_model
 >>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
 >>> _ = prune_ffn_(model, 0.5, multiple_of=8)
 >>> _ = prune_attention_heads_(model, 0.5)
@@ -403,7 +403,7 @@ def prune_ffn_(
             ``(0, 1]`` or keeping no neuron, a width above the current one, indices out of range or of
             unequal lengths, missing calibration data, an architecture or adapter that cannot be sliced.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, _ = build_tiny_model("gpt2")
     >>> kept = prune_ffn_(model, 0.3, multiple_of=8)   # round(0.3 * 128) = 38 -> 40
     >>> len(kept[0]), model.config.n_inner, tuple(model.transformer.h[0].mlp.c_fc.weight.shape)
@@ -540,7 +540,7 @@ def prune_attention_heads_(
     Returns:
         ``{block index: KeptHeads(key_value, query)}`` in the original head numbering.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, _ = build_tiny_model("llama")   # 4 query heads, 2 key/value heads, head_dim 16
     >>> kept = prune_attention_heads_(model, num_key_value_heads=1, query_heads_per_group=1)
     >>> model.config.num_attention_heads, model.config.num_key_value_heads, len(kept[0].query)
@@ -715,7 +715,7 @@ def prune_layers_(
     Returns:
         The original indices of the kept blocks, ascending.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, tok = build_tiny_model("bert", "sequence-classification", num_hidden_layers=3)
     >>> prune_layers_(model, drop=[1])
     [0, 2]

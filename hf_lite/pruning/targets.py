@@ -7,7 +7,7 @@ and an output head is often tied to the input embeddings, so pruning it would pr
 ``Conv1D`` stores its weight as ``(in_features, out_features)``, the transpose of ``nn.Linear``; use
 :func:`in_features_dim` wherever the input dimension matters (N:M groups, Wanda's per-output comparison).
 
->>> from hf_lite.tiny import build_tiny_model
+>>> from hf_lite.testing import build_tiny_model
 >>> model, _ = build_tiny_model("llama")
 >>> list(find_prunable_modules(model, include=r"layers\\.0\\.mlp"))
 ['model.layers.0.mlp.gate_proj', 'model.layers.0.mlp.up_proj', 'model.layers.0.mlp.down_proj']
@@ -153,7 +153,7 @@ def find_prunable_modules(
         ValueError: a pattern (of ``include``, or of ``exclude`` beyond the defaults) matches no
             Linear/Conv1D layer, nothing is left to prune, or a chosen layer is quantized.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, _ = build_tiny_model("gpt2")
     >>> no_attention = find_prunable_modules(model, exclude=[*DEFAULT_EXCLUDE, "attn"])
     >>> len(find_prunable_modules(model)), len(no_attention)

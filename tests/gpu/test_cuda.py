@@ -78,7 +78,7 @@ def _train_distillation(tmp_path, use_cpu: bool, from_cache: bool = False):
     from transformers import DataCollatorForLanguageModeling
 
     from hf_lite.teacher_cache import TeacherCacheCollator, precompute_teacher_cache
-    from hf_lite.tiny import build_tiny_model, build_tokenizer
+    from hf_lite.testing import build_tiny_model, build_tokenizer
     from trainers import DistillationConfig, DistillationTrainer
 
     tok = build_tokenizer(style="gpt")

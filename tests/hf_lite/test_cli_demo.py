@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from hf_lite.cli import main
-from hf_lite.demo import demo_recipe, make_corpus, run_demo
+from hf_lite.app.cli import main
+from hf_lite.app.demo import demo_recipe, make_corpus, run_demo
 
 
 @pytest.mark.integration
@@ -44,7 +44,7 @@ def test_corpus_is_seeded_and_has_long_range_agreement():
 
 
 def test_demo_recipe_is_a_valid_recipe(tmp_path):
-    from hf_lite.recipe import Recipe
+    from hf_lite.app.recipe import Recipe
 
     raw = demo_recipe(
         tmp_path, teacher="t", train="a.txt", eval_file="b.txt", seed=0, quick=True, pretrain_teacher=True

@@ -27,7 +27,7 @@ from hf_lite.data import (
     tokenizer_vocabulary,
     vocabulary_replacement,
 )
-from hf_lite.tiny import build_tokenizer
+from hf_lite.testing import build_tokenizer
 
 SST2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sst2"
 SENTENCE = "the movie was a great film with a good story and bad acting".split()

@@ -26,7 +26,7 @@ from hf_lite.evaluation import (
     perplexity,
 )
 from hf_lite.metrics import METRICS, load_metric, metric_path
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +358,7 @@ def test_count_parameters_counts_zeros_and_tied_weights_once(gpt2):
 @pytest.mark.integration
 def test_count_parameters_of_a_4bit_model_dequantizes(tmp_path):
     from hf_lite import load_model
-    from hf_lite.tiny import save_tiny_checkpoint
+    from hf_lite.testing import save_tiny_checkpoint
 
     folder = save_tiny_checkpoint(tmp_path / "llama", "llama")
     full = load_model(folder, dtype="float32")

@@ -1,4 +1,4 @@
-"""hf_lite.exporting: atomic checkpoint export (adapters merged or separate, bnb 4/8-bit, pruning made permanent)
+"""hf_lite.exporting.writer: atomic checkpoint export (adapters merged or separate, bnb 4/8-bit, pruning made permanent)
 checked by reloading with stock transformers / PEFT. Tiny checkpoints, everything under tmp_path."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-import hf_lite.exporting as export_module
+import hf_lite.exporting.writer as export_module
 import hf_lite.hub as hub_module
-import hf_lite.model_card as card_module
+import hf_lite.card.build as card_module
 from hf_lite import load_model, load_tokenizer
-from hf_lite.exporting import (
+from hf_lite._utils import is_hub_id
+from hf_lite.exporting.writer import (
     ExportReport,
     default_check_inputs,
     export,
-    is_hub_id,
     unpack_bnb_cpu_weights_,
 )
 

@@ -1,4 +1,4 @@
-"""hf_lite.hub.push_to_hub and hf_lite.model_card against the local Hub server (tests/hub_server.py): round
+"""hf_lite.hub.push_to_hub and hf_lite.card.build against the local Hub server (tests/hub_server.py): round
 trips of six kinds of compressed checkpoints through the unmodified huggingface_hub client and stock
 from_pretrained, model cards validated like the Hub does, retries, atomic failures and bad input."""
 
@@ -17,9 +17,9 @@ from transformers import AutoModelForCausalLM
 
 import hf_lite.hub as hub_module
 from hf_lite import load_model, load_tokenizer
-from hf_lite.exporting import export
+from hf_lite.exporting.writer import export
 from hf_lite.hub import PushResult, push_to_hub
-from hf_lite.model_card import CompressionSummary, ModelFigures, build_model_card, inspect_checkpoint
+from hf_lite.card.build import CompressionSummary, ModelFigures, build_model_card, inspect_checkpoint
 from tests.hub_server import parse_card_metadata
 
 pytestmark = [

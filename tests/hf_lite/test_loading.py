@@ -22,7 +22,8 @@ from transformers import (
 
 import hf_lite
 from hf_lite import load_model, load_teacher, load_tokenizer, model_summary
-from hf_lite.loading import normalize_task, resolve_dtype, resolve_peft_config, resolve_quantization
+from hf_lite.loading import resolve_dtype, resolve_peft_config, resolve_quantization
+from hf_lite.tasks import normalize_task
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -67,7 +68,7 @@ def test_lazy_attributes_resolve_and_unknown_names_raise():
 def test_load_model_each_family_matches_stock_from_pretrained(tiny_checkpoints, name, task, cls_name):
     import transformers
 
-    from hf_lite.loading import TASKS
+    from hf_lite.tasks import TASKS
 
     model = load_model(tiny_checkpoints[name], task, dtype="float32")
     assert type(model).__name__ == cls_name
@@ -235,7 +236,7 @@ def test_tokenizer_gets_a_pad_token(tiny_checkpoints):
 
 
 def test_tokenizer_without_pad_or_eos_gets_a_new_pad_token(tmp_path, caplog):
-    from hf_lite.tiny import build_tokenizer
+    from hf_lite.testing import build_tokenizer
 
     tok = build_tokenizer(style="gpt")
     tok.eos_token = None
@@ -392,7 +393,7 @@ def test_name_of_the_wrong_type_and_a_file_instead_of_a_folder(tiny_checkpoints)
 
 
 def test_public_functions_are_not_shadowed_by_submodules():
-    import hf_lite.exporting  # noqa: F401  (importing a submodule must not replace the function)
+    import hf_lite.exporting.writer  # noqa: F401  (importing a submodule must not replace the function)
 
     assert callable(hf_lite.export) and hf_lite.export.__name__ == "export"
     assert hf_lite.push_to_hub.__name__ == "push_to_hub"

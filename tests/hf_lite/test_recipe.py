@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from hf_lite.recipe import Recipe, StageConfig, apply_overrides, check_training_args, parse_cli_overrides
+from hf_lite.app.recipe import Recipe, StageConfig, apply_overrides, check_training_args, parse_cli_overrides
 
 BASE = {
     "name": "r", "task": "causal-lm", "teacher": "org/teacher", "seed": 1,

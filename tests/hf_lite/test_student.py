@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hf_lite.student import init_student_from_teacher, select_layers
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 
 
 def test_select_layers():

@@ -32,7 +32,7 @@ from hf_lite.teacher_cache import (
     teacher_cache_metadata,
     teacher_fingerprint,
 )
-from hf_lite.tiny import build_tiny_model, build_tokenizer
+from hf_lite.testing import build_tiny_model, build_tokenizer
 
 pytestmark = pytest.mark.integration
 

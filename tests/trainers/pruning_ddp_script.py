@@ -17,8 +17,8 @@ from datasets import Dataset
 from safetensors.torch import save_file
 from transformers import Trainer, TrainingArguments
 
-from hf_lite.tiny import build_tiny_model
-from trainers.pruning import PruningCallback
+from hf_lite.testing import build_tiny_model
+from trainers.pruning_callback import PruningCallback
 
 
 def main(out: Path, method: str) -> None:

@@ -9,9 +9,9 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-from hf_lite.tiny import build_tiny_model, build_tokenizer
+from hf_lite.testing import build_tiny_model, build_tokenizer
 from trainers import DistillationConfig, DistillationTrainer, resolve_layer_map
-from trainers.distillation import PROJECTIONS_FILE, parse_layer_map
+from trainers.distillation_trainer import PROJECTIONS_FILE, parse_layer_map
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def _lm_data(tok, texts):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_distilled_student_agrees_with_the_teacher_more_than_plain_cross_entropy(tmp_path):
-    from hf_lite.demo import make_corpus
+    from hf_lite.app.demo import make_corpus
 
     texts = make_corpus(2560, seed=0)
     tok = build_tokenizer(texts, style="gpt")

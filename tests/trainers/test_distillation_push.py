@@ -6,7 +6,7 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling
 
-from hf_lite.tiny import build_tiny_model, build_tokenizer
+from hf_lite.testing import build_tiny_model, build_tokenizer
 from trainers import DistillationConfig, DistillationTrainer, PruningCallback
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")

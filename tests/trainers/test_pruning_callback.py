@@ -14,11 +14,11 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-import trainers.pruning as pruning_module
+import trainers.pruning_callback as pruning_module
 from hf_lite.pruning import CubicSchedule, find_prunable_modules, pruned_count
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 from tests.launch import launch_two
-from trainers.pruning import PRUNING_STATE_JSON, PRUNING_STATE_NAME, PruningCallback, PruningConfig
+from trainers.pruning_callback import PRUNING_STATE_JSON, PRUNING_STATE_NAME, PruningCallback, PruningConfig
 
 HERE = Path(__file__).resolve().parent
 SCHEDULE = dict(target_sparsity=0.5, start_step=2, end_step=8, frequency=2)  # updates at 2, 4, 6, 8

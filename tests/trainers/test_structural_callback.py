@@ -17,10 +17,10 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainerState, TrainingArguments
 
-import trainers.structural as structural_module
-from hf_lite.tiny import build_tiny_model
-from trainers.distillation import DistillationConfig, DistillationTrainer
-from trainers.structural import (
+import trainers.structural_callback as structural_module
+from hf_lite.testing import build_tiny_model
+from trainers.distillation_trainer import DistillationConfig, DistillationTrainer
+from trainers.structural_callback import (
     STRUCTURAL_STATE_JSON,
     STRUCTURAL_STATE_TENSORS,
     StageTarget,

@@ -19,7 +19,7 @@ from hf_lite.pruning import (
     wanda_prune_,
     wanda_scores,
 )
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 
 PAD = 1  # the tiny GPT-style tokenizer's <|endoftext|>, used as pad token by the tiny configs
 

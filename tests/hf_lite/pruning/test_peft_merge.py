@@ -13,7 +13,7 @@ from torch import nn
 import hf_lite.pruning.peft_merge as peft_merge_module
 from hf_lite.pruning import find_prunable_modules, magnitude_prune_
 from hf_lite.pruning.peft_merge import SparseMergeReport, merge_adapter_keep_sparsity
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
 

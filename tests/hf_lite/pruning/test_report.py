@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_lite.pruning import SPEED_NOTE, magnitude_prune_, sparsity_report
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 
 
 def test_report_counts_after_magnitude_pruning_llama():

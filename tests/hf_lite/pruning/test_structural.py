@@ -29,7 +29,7 @@ from hf_lite.pruning.importance import (
     find_ffn_sites,
 )
 from hf_lite.pruning.structural import prune_attention_heads_, prune_ffn_, prune_layers_
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 
 TASKS = {"llama": "causal-lm", "gpt2": "causal-lm", "bert": "sequence-classification"}
 AUTO = {

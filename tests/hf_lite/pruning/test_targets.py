@@ -7,7 +7,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from hf_lite.pruning import DEFAULT_EXCLUDE, find_prunable_modules, in_features_dim, is_prunable
-from hf_lite.tiny import build_tiny_model
+from hf_lite.testing import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling
 
-from hf_lite.tiny import build_tiny_model, build_tokenizer
+from hf_lite.testing import build_tiny_model, build_tokenizer
 from trainers import DistillationConfig, DistillationTrainer
 
 

@@ -34,7 +34,8 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from hf_lite import losses
-from hf_lite.loading import TASKS, freeze, load_teacher
+from hf_lite.loading import freeze, load_teacher
+from hf_lite.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -627,8 +628,8 @@ class DistillationTrainer(Trainer):
 
     def compression_summary(self) -> Any:
         """What this run did, for the model card: teacher, distillation settings, pruning, adapter."""
-        from hf_lite.exporting import is_hub_id
-        from hf_lite.model_card import CompressionSummary
+        from hf_lite._utils import is_hub_id
+        from hf_lite.card.build import CompressionSummary
         from hf_lite.summary import describe_adapter, describe_quantization
 
         args = self.args
@@ -666,7 +667,7 @@ class DistillationTrainer(Trainer):
         """The hf-lite model card (the one :func:`hf_lite.push_to_hub` writes) instead of the Trainer's draft."""
         if not self.is_world_process_zero():
             return
-        from hf_lite.model_card import build_model_card
+        from hf_lite.card.build import build_model_card
 
         card = build_model_card(
             self.compression_summary(), repo_id=self.hub_model_id, checkpoint=self.args.output_dir,

@@ -129,7 +129,7 @@ def build_tiny_model(
     import torch
     import transformers
 
-    from hf_lite.loading import TASKS, normalize_task
+    from hf_lite.tasks import TASKS, normalize_task
 
     task = normalize_task(task)
     if tokenizer is None:

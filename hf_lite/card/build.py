@@ -10,7 +10,7 @@ Cards never name local paths (a base model, teacher or dataset given as a folder
 metadata and described as "a local checkpoint"), and hold no timestamps, so the same inputs give the same
 card, byte for byte, and pushing it again uploads nothing.
 
->>> from hf_lite.model_card import build_model_card
+>>> from hf_lite.card.build import build_model_card
 >>> card = build_model_card({"teacher": "org/teacher", "student": {"parameters": 1000}}, repo_id="me/tiny")
 >>> card.data.tags
 ['hf-lite', 'distillation']
@@ -27,12 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hf_lite.exporting import PICKLE_SUFFIXES, is_hub_id
+from hf_lite._utils import PICKLE_SUFFIXES, is_hub_id
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
 
-    from hf_lite.exporting import ExportReport
+    from hf_lite.exporting.writer import ExportReport
 
 __all__ = ["ModelFigures", "CompressionSummary", "CheckpointInfo", "inspect_checkpoint", "build_model_card"]
 
@@ -358,7 +358,7 @@ def inspect_checkpoint(folder: str | os.PathLike, *, refuse_pickles: bool = True
         )
         raise ValueError(
             f"folder={os.fspath(folder)!r} has a config but no weights: {expected} is missing. Save the model "
-            "with save_pretrained into this folder (or export it with hf_lite.exporting)."
+            "with save_pretrained into this folder (or export it with hf_lite.export)."
         )
     weight_paths = [root / f for f in weights]
     parameters, dtypes = _count_parameters(weight_paths)
@@ -495,7 +495,7 @@ def build_model_card(
         repo_id: the repo the card is for (its name becomes the model name; used in the loading example).
         checkpoint: the folder being published (a ``Trainer`` output dir will do), or its
             :class:`CheckpointInfo` (counted parameters and bytes, quantization, adapter, architecture).
-        export_report: the :class:`~hf_lite.exporting.ExportReport` of the export (merge, dequantization,
+        export_report: the :class:`~hf_lite.exporting.writer.ExportReport` of the export (merge, dequantization,
             pruning made permanent, check difference).
         base_model: Hub id of the model this one derives from; default: the export report's or the
             adapter's base when it is a Hub id. Local paths are refused (``ValueError``).

@@ -1,7 +1,7 @@
 """``hf-lite demo``: the whole pipeline, offline, on CPU, in a few minutes.
 
 The embedded default makes everything it needs in place, then runs an ordinary recipe
-(:mod:`hf_lite.recipe`, :mod:`hf_lite.runner`):
+(:mod:`hf_lite.app.recipe`, :mod:`hf_lite.app.runner`):
 
 1. **data**: a generated language (:func:`make_markov_corpus`): each word depends on the two before it
    through a fixed random table (1,600 two-word contexts, three continuations each), written to
@@ -19,7 +19,7 @@ The embedded default makes everything it needs in place, then runs an ordinary r
 With ``teacher=`` and ``dataset=`` the same stages run on a real causal LM and text data (the teacher is
 fine-tuned on the data first).
 
->>> from hf_lite.demo import run_demo
+>>> from hf_lite.app.demo import run_demo
 >>> run_demo("hf-lite-demo")  # doctest: +SKIP
 """
 
@@ -167,8 +167,8 @@ def run_demo(
     import torch
     from accelerate import PartialState
 
-    from hf_lite.recipe import Recipe
-    from hf_lite.runner import run_recipe
+    from hf_lite.app.recipe import Recipe
+    from hf_lite.app.runner import run_recipe
 
     if (teacher is None) != (dataset is None):
         raise ValueError("demo: give both --teacher and --dataset (a real model and its data), or neither.")
@@ -199,8 +199,8 @@ def _make_embedded_default(out: Path, data_dir: Path, init_dir: Path, seed: int)
     runs (the recipe folder is claimed by the run, so the marker file is written here first)."""
     import json
 
-    from hf_lite.runner import RUN_MARKER
-    from hf_lite.tiny import build_tiny_model, build_tokenizer
+    from hf_lite.app.runner import RUN_MARKER
+    from hf_lite.testing import build_tiny_model, build_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     if not (out / RUN_MARKER).exists():

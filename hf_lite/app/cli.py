@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
-    from hf_lite.recipe import Recipe, parse_cli_overrides
+    from hf_lite.app.recipe import Recipe, parse_cli_overrides
 
     try:
         overrides = parse_cli_overrides(extra)
@@ -166,7 +166,7 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "demo":
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        from hf_lite.demo import run_demo
+        from hf_lite.app.demo import run_demo
 
         run_demo(
             args.output_dir, teacher=args.teacher, dataset=args.dataset, seed=args.seed, quick=args.quick
@@ -184,11 +184,11 @@ def _main(argv: list[str] | None) -> int:
     else:
         recipe = Recipe.from_dict(_single_stage_recipe(args), overrides)
     if args.command == "plan":
-        from hf_lite.plan import plan_recipe
+        from hf_lite.app.plan import plan_recipe
 
         print(plan_recipe(recipe))
         return 0
-    from hf_lite.runner import run_recipe
+    from hf_lite.app.runner import run_recipe
 
     run_recipe(recipe, stages=getattr(args, "stages", None))
     return 0

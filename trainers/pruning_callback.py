@@ -7,7 +7,7 @@ ordinary checkpoint whose zeros load with stock ``from_pretrained``. The mask ma
 :mod:`hf_lite.pruning`; this module only arranges it around the training loop.
 
 >>> from transformers import Trainer
->>> from trainers.pruning import PruningCallback
+>>> from trainers.pruning_callback import PruningCallback
 >>> callback = PruningCallback(target_sparsity=0.5, start_step=0, end_step=600, frequency=50)
 >>> trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[callback])  # doctest: +SKIP
 >>> trainer.train()  # doctest: +SKIP

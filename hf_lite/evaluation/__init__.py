@@ -360,7 +360,7 @@ def perplexity(model: Any, dataset: Dataset, batch_size: int = 8) -> float:
             :func:`hf_lite.data.tokenize_data` with ``task="causal-lm"``.
         batch_size: rows per forward pass (does not change the result).
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> from datasets import Dataset
     >>> model, tok = build_tiny_model("gpt2", "causal-lm")
     >>> ds = Dataset.from_dict({"input_ids": [[5, 6, 7, 8]], "labels": [[5, 6, 7, 8]]})
@@ -400,7 +400,7 @@ def evaluate_model(
         batch_sizes, warmup, repeats: passed to :func:`measure_latency`.
         seq_len: sequence length for the timing; default: the median ``input_ids`` length of ``dataset``.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> from datasets import Dataset
     >>> model, tok = build_tiny_model("bert", "sequence-classification", num_labels=2)
     >>> ds = Dataset.from_dict({"input_ids": [[2, 7, 3], [2, 9, 3]], "labels": [0, 1]})
@@ -408,7 +408,7 @@ def evaluate_model(
     >>> sorted(r.metrics), r.details["average"], 0 < r.nonzero_parameters < r.parameters  # zero-initialised biases
     (['accuracy', 'f1', 'precision', 'recall'], 'binary', True)
     """
-    from hf_lite.loading import normalize_task
+    from hf_lite.tasks import normalize_task
     from hf_lite.summary import model_summary
 
     task = normalize_task(task)
@@ -508,14 +508,14 @@ def count_parameters(model: torch.nn.Module) -> ParameterCount:
     """
     import torch
 
-    from hf_lite.summary import _logical_numel
+    from hf_lite.summary import logical_numel
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     total = nonzero = 0
     with torch.no_grad():
         for param in model.parameters():  # yields each shared Parameter once
-            total += _logical_numel(param)
+            total += logical_numel(param)
             nonzero += _nonzero(param)
     return ParameterCount(total=total, nonzero=nonzero)
 
@@ -606,7 +606,7 @@ def measure_latency(
         processed (``batch_size * seq_len / median``).
 
     >>> import torch
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, tok = build_tiny_model("gpt2", "causal-lm")
     >>> out = measure_latency(model, {"input_ids": [5, 6, 7]}, batch_sizes=(1, 4), repeats=3, seq_len=8)
     >>> [r["batch_size"] for r in out["results"]], out["seq_len"], out["threads"] == torch.get_num_threads()
@@ -638,7 +638,7 @@ def measure_latency_side_by_side(
 
     Returns ``{name: measure_latency-style dict}``, in the order of ``models``.
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> small, _ = build_tiny_model("gpt2", "causal-lm")
     >>> big, _ = build_tiny_model("gpt2", "causal-lm", num_hidden_layers=4)
     >>> out = measure_latency_side_by_side({"small": small, "big": big}, {"input_ids": [5, 6]}, batch_sizes=(2,),

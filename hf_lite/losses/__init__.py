@@ -41,7 +41,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from hf_lite import divergences
+from hf_lite.losses import _fused as divergences
 
 __all__ = [
     "ATTENTION_LOSS_KINDS",
@@ -943,7 +943,7 @@ def topk_distillation_loss(
     logprobs_t, indices, tail_t, valid = _prepare_topk(
         student_logits, teacher_topk_logprobs, teacher_topk_indices, mask, labels
     )
-    # value and closed-form gradient in one pass (hf_lite.divergences; the formula above), on every row in place
+    # value and closed-form gradient in one pass (hf_lite.losses._fused; the formula above), on every row in place
     rows = divergences.topk_kl_rows(
         student_logits.to(logprobs_t.dtype), logprobs_t, indices, tail_t, temperature, valid, compiled
     )

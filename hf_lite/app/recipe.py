@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hf_lite.loading import TASKS, normalize_task
+from hf_lite.tasks import TASKS, normalize_task
 
-#: What each stage type does (see hf_lite.runner) and the keys it accepts beyond name/type/model.
+#: What each stage type does (see hf_lite.app.runner) and the keys it accepts beyond name/type/model.
 STAGE_KEYS: dict[str, set[str]] = {
     "finetune": {"args", "peft", "quantization", "pruning", "gradient_checkpointing"},
     "init_student": {"layers"},

@@ -15,7 +15,7 @@ quantization, wrongly (absmax saved transposed). :func:`unpack_bnb_cpu_weights_`
 layout exactly, and export applies it to such layers first.
 
 >>> from hf_lite import load_model
->>> from hf_lite.exporting import export
+>>> from hf_lite.exporting.writer import export
 >>> model = load_model("org/model", quantization="4bit", peft="lora")  # doctest: +SKIP
 >>> report = export(model, "out/merged", merge_adapter=True, dtype="bfloat16")  # doctest: +SKIP
 >>> report.max_abs_diff  # doctest: +SKIP
@@ -36,18 +36,19 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_lite._utils import PICKLE_SUFFIXES, is_hub_id
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportReport", "export", "unpack_bnb_cpu_weights_", "default_check_inputs", "is_hub_id"]
+__all__ = ["ExportReport", "export", "unpack_bnb_cpu_weights_", "default_check_inputs"]
 
 #: Floating dtypes a checkpoint can be saved in (and a quantized base dequantized to).
 _SAVE_DTYPES = ("float32", "bfloat16", "float16")
 #: Files that hold pickled Python objects: never written by export, refused by push_to_hub.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
 @dataclasses.dataclass
@@ -111,30 +112,6 @@ class ExportReport:
 
 # --------------------------------------------------------------------------------------------------
 # public helpers
-
-
-def is_hub_id(value: Any) -> bool:
-    """Whether ``value`` is a valid Hub repo id that is not also a local path (``"org/name"`` or ``"name"``).
-
-    Local folders, absolute or relative paths and ``~`` paths are not Hub ids, even when they would pass the
-    Hub's naming rules: they must never be written into a model card or an uploaded config.
-
-    >>> is_hub_id("meta-llama/Llama-3.2-1B"), is_hub_id("/tmp/model"), is_hub_id("./model"), is_hub_id("")
-    (True, False, False, False)
-    """
-    if not isinstance(value, str) or not value or value.count("/") > 1:
-        return False
-    if value.startswith(("/", ".", "~", "\\")) or (os.sep != "/" and os.sep in value) or ":" in value:
-        return False
-    if os.path.exists(value):
-        return False
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return False
-    return True
 
 
 def unpack_bnb_cpu_weights_(model: torch.nn.Module) -> int:
@@ -304,7 +281,7 @@ def export(
 
     Example:
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model, tokenizer = build_tiny_model("llama")
     >>> report = export(model, "/tmp/hf-lite-doc/export", tokenizer=tokenizer, overwrite=True)  # doctest: +SKIP
     >>> report.max_abs_diff  # doctest: +SKIP
@@ -444,7 +421,7 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    from hf_lite.model_card import inspect_checkpoint
+    from hf_lite.card.build import inspect_checkpoint
 
     info = inspect_checkpoint(out)
     report.files = info.files
@@ -612,7 +589,7 @@ def _dequantized_weight(module: Any) -> torch.Tensor:
     return (weight.data.to(torch.float32) * scb.to(torch.float32).view(-1, 1)) / 127.0
 
 
-def _dequantize_bnb_(model: Any) -> int:
+def dequantize_bnb_(model: Any) -> int:
     """Replace every bnb layer of ``model`` by a float32 ``nn.Linear`` holding its dequantized weight."""
     import bitsandbytes as bnb
     import torch
@@ -634,7 +611,7 @@ def _dequantize_bnb_(model: Any) -> int:
     return count
 
 
-def _strip_quantization_(model: Any) -> None:
+def strip_quantization_(model: Any) -> None:
     """What transformers' ``remove_quantization_config`` does: the model saves as a plain checkpoint."""
     for attr in ("hf_quantizer", "quantization_method"):
         if hasattr(model, attr):
@@ -659,8 +636,8 @@ def _transformed_copy(
         configs = {n: copy.deepcopy(model.peft_config[n]) for n in active}
         states = {n: get_peft_model_state_dict(model, adapter_name=n) for n in active}
         base = _deepcopy_model(model).unload()  # the bnb base, adapter layers removed
-        _dequantize_bnb_(base)
-        _strip_quantization_(base)
+        dequantize_bnb_(base)
+        strip_quantization_(base)
         base.to(torch.float32)  # merge in float32 (exact up to fp32 rounding), cast afterwards
         # Wrapping the plain base again lets PEFT merge with its own (non-bnb) code, for any adapter type.
         wrapped = PeftModel(base, configs[active[0]], adapter_name=active[0])
@@ -676,8 +653,8 @@ def _transformed_copy(
         if merge:
             work = work.merge_and_unload()
         if quantized:
-            _dequantize_bnb_(work)
-            _strip_quantization_(work)
+            dequantize_bnb_(work)
+            strip_quantization_(work)
     pruned = _make_pruning_permanent_(work)
     if dtype is not None:
         work.to(dtype)
@@ -756,7 +733,7 @@ def _auto_class(model: Any) -> Any:
     """The transformers Auto class that builds ``type(model)`` from its config (stock loading path)."""
     import transformers
 
-    from hf_lite.loading import TASKS
+    from hf_lite.tasks import TASKS
 
     for auto_name in TASKS.values():
         auto = getattr(transformers, auto_name)

@@ -9,7 +9,7 @@ the removed neurons had never been there. At the end the model is an ordinary sm
 ``from_pretrained`` loads.
 
 >>> from transformers import Trainer
->>> from trainers.structural import StructuralPruningCallback
+>>> from trainers.structural_callback import StructuralPruningCallback
 >>> callback = StructuralPruningCallback(ffn_keep_ratio=0.5, kv_groups_keep_ratio=0.5, end_step=600,
 ...                                      num_stages=3)
 >>> callback.config.stage_steps()
@@ -66,7 +66,7 @@ from hf_lite.pruning.importance import (
     model_config,
 )
 from hf_lite.pruning.structural import _config_error, prune_attention_heads_, prune_ffn_, prune_layers_
-from trainers.pruning import _atomic_write, _base_optimizer, _world
+from trainers.pruning_callback import _atomic_write, _base_optimizer, _world
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -358,7 +358,7 @@ def _root(model: nn.Module) -> nn.Module:
 def model_sizes(model: nn.Module, kinds: Iterable[str] = _KINDS) -> dict[str, int]:
     """Current FFN width, key/value group count and block count of ``model`` (the ``kinds`` asked for).
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> model_sizes(build_tiny_model("llama")[0])
     {'ffn': 128, 'kv_groups': 2, 'layers': 2}
     """
@@ -458,7 +458,7 @@ def _edit_optimizer(
                     raise RuntimeError(
                         f"structural pruning left parameter {names.get(id(new), '?')} with shape "
                         f"{tuple(new.shape)}, expected {tuple(expected)}: hf_lite.pruning.structural and the "
-                        "optimizer edit in trainers.structural disagree (please report this)."
+                        "optimizer edit in trainers.structural_callback disagree (please report this)."
                     )
                 old_state = state.pop(old, None)
                 if old_state:
@@ -681,7 +681,7 @@ class StructuralPruningCallback(TrainerCallback):
     would never be all-reduced and the processes would drift apart silently. Run gradual structural pruning
     in one process, or shrink one-shot (``prune_ffn_`` & co.) between multi-process runs.
 
-    Do not combine with :class:`~trainers.pruning.PruningCallback` in the same run (its masks keep the old
+    Do not combine with :class:`~trainers.pruning_callback.PruningCallback` in the same run (its masks keep the old
     shapes). ``torch_compile`` is untested with shrinking models.
 
     Args:

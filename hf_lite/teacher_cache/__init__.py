@@ -137,7 +137,7 @@ def teacher_fingerprint(teacher: torch.nn.Module, tokenizer: Any, k: int, temper
 
     Example:
 
-    >>> from hf_lite.tiny import build_tiny_model
+    >>> from hf_lite.testing import build_tiny_model
     >>> teacher, tok = build_tiny_model("llama", seed=0)
     >>> fp = teacher_fingerprint(teacher, tok, k=16, temperature=2.0)
     >>> len(fp), fp == teacher_fingerprint(teacher, tok, k=16, temperature=1.0)
@@ -903,7 +903,7 @@ class TeacherCacheCollator:
     Example:
 
     >>> import torch
-    >>> from hf_lite.tiny import build_tokenizer
+    >>> from hf_lite.testing import build_tokenizer
     >>> rows = [{"input_ids": [5, 6, 7], "teacher_topk_logprobs": torch.zeros(3, 2).tolist(),
     ...          "teacher_topk_indices": [[1, 2]] * 3}, {"input_ids": [8],
     ...          "teacher_topk_logprobs": [[0.0, -1.0]], "teacher_topk_indices": [[3, 4]]}]
@@ -1097,7 +1097,7 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _check_task(task: str) -> str:
-    from hf_lite.loading import normalize_task
+    from hf_lite.tasks import normalize_task
 
     task = normalize_task(task)
     if task not in _TASKS:

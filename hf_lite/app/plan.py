@@ -5,7 +5,7 @@ so planning a 7B recipe takes seconds. The memory estimate counts weights, gradi
 each training stage (fp32: 4 + 4 + 8 bytes per trainable parameter, 4 per frozen one, 0.5/1 per 4/8-bit
 one); activations depend on batch and sequence length and are not included.
 
->>> from hf_lite.recipe import Recipe
+>>> from hf_lite.app.recipe import Recipe
 >>> print(plan_recipe(Recipe.from_yaml("examples/recipes/distill_encoder.yaml")))  # doctest: +SKIP
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from hf_lite.recipe import Recipe, StageConfig
+from hf_lite.app.recipe import Recipe, StageConfig
 from hf_lite.summary import format_bytes
 
 
@@ -22,7 +22,7 @@ def _meta_model(config: Any, task: str, num_labels: int | None) -> Any:
     import torch
     import transformers
 
-    from hf_lite.loading import TASKS
+    from hf_lite.tasks import TASKS
 
     config = copy.deepcopy(config)
     if num_labels is not None:
@@ -35,10 +35,10 @@ def _adapter(model: Any, stage: StageConfig, task: str) -> tuple[int, list[str]]
     """Trainable parameters and targeted module names with the stage's adapter (on the meta model)."""
     from peft import get_peft_model
 
-    from hf_lite.loading import _check_target_modules, resolve_peft_config
+    from hf_lite.loading import check_target_modules, resolve_peft_config
 
     peft_config = resolve_peft_config(stage.get("peft"), task)
-    _check_target_modules(model, peft_config)
+    check_target_modules(model, peft_config)
     peft_model = get_peft_model(model, peft_config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     targets = sorted({n.rsplit(".", 1)[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")})
@@ -55,8 +55,8 @@ def plan_recipe(recipe: Recipe) -> str:
     a training-memory estimate per stage and the world size. Raises what the run would raise on bad input."""
     from accelerate import PartialState
 
-    from hf_lite.loading import _load_checked_config
-    from hf_lite.runner import RunContext
+    from hf_lite.loading import load_checked_config
+    from hf_lite.app.runner import RunContext
 
     ctx = RunContext(recipe)
     lines = [f"recipe {recipe.name!r}: task {recipe.task}, output_dir {recipe.output_dir}, seed {recipe.seed}",
@@ -66,7 +66,7 @@ def plan_recipe(recipe: Recipe) -> str:
         lines.append(f"data: {len(data['train']):,} train rows, {len(data['eval']):,} eval rows, "
                      f"columns {sorted(data['train'].column_names)}")  # fmt: skip
     num_labels = ctx.num_labels() if recipe.data is not None else recipe.num_labels
-    teacher_config = _load_checked_config(recipe.teacher, recipe.task, False, None, {})
+    teacher_config = load_checked_config(recipe.teacher, recipe.task, False, None, {})
     configs: dict[str, Any] = {"teacher": teacher_config}
     lines.append(f"teacher: {recipe.teacher} ({teacher_config.model_type})")
     for stage in recipe.stages:
@@ -77,7 +77,7 @@ def plan_recipe(recipe: Recipe) -> str:
         if ref in configs:
             config = configs[ref]
         else:
-            config = _load_checked_config(ctx.model_path(ref), recipe.task, False, None, {})
+            config = load_checked_config(ctx.model_path(ref), recipe.task, False, None, {})
         config = copy.deepcopy(config)
         if stage.type == "init_student":
             from hf_lite.student import select_layers

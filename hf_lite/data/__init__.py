@@ -490,7 +490,7 @@ def tokenize_data(
         num_proc: processes for ``map``.
 
     >>> from datasets import Dataset
-    >>> from hf_lite.tiny import build_tokenizer
+    >>> from hf_lite.testing import build_tokenizer
     >>> tok = build_tokenizer(["the cat sat on the mat"], style="bert")
     >>> ds = Dataset.from_dict({"text": ["the cat sat", "the mat"], "label": [1, 0]})
     >>> out = tokenize_data(ds, tok, task="classification", max_length=8)
@@ -499,7 +499,7 @@ def tokenize_data(
     """
     from datasets import Dataset, DatasetDict
 
-    from hf_lite.loading import normalize_task
+    from hf_lite.tasks import normalize_task
 
     task = normalize_task(task)
     if task not in _TASKS:
@@ -836,7 +836,7 @@ def tokenizer_vocabulary(tokenizer: PreTrainedTokenizerBase, *, min_length: int 
     Byte-level BPE (GPT-2 ``Ġword``) and SentencePiece (``▁word``) keep only word-initial tokens; WordPiece
     drops ``##`` continuations. Special tokens are excluded.
 
-    >>> from hf_lite.tiny import build_tokenizer
+    >>> from hf_lite.testing import build_tokenizer
     >>> tokenizer_vocabulary(build_tokenizer(["the cat sat"], style="bert"))
     ['cat', 'sat', 'the']
     """

@@ -1,4 +1,4 @@
-"""Run a :class:`~hf_lite.recipe.Recipe`: stages in order, each writing ``<output_dir>/<stage>/``.
+"""Run a :class:`~hf_lite.app.recipe.Recipe`: stages in order, each writing ``<output_dir>/<stage>/``.
 
 Each model-producing stage writes its model to ``<stage>/model`` atomically and then a marker
 ``<stage>/stage.json`` holding the stage's fingerprint; a stage whose marker matches is skipped, so a killed
@@ -7,8 +7,8 @@ its last Trainer checkpoint in ``<stage>/trainer``). Under ``accelerate launch``
 every process; the others run on the main process while the rest wait, and only the main process writes
 reports and pushes.
 
->>> from hf_lite.recipe import Recipe
->>> from hf_lite.runner import run_recipe
+>>> from hf_lite.app.recipe import Recipe
+>>> from hf_lite.app.runner import run_recipe
 >>> report = run_recipe(Recipe.from_yaml("examples/recipes/distill_encoder.yaml"))  # doctest: +SKIP
 """
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hf_lite.recipe import MODEL_STAGES, Recipe, StageConfig, check_training_args
+from hf_lite.app.recipe import MODEL_STAGES, Recipe, StageConfig, check_training_args
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def _callbacks(stage: StageConfig) -> list[Any]:
     pruning = stage.get("pruning")
     if not pruning:
         return []
-    from trainers.pruning import PruningCallback
+    from trainers.pruning_callback import PruningCallback
 
     return [PruningCallback(**pruning)]
 
@@ -254,12 +254,12 @@ def _train_and_save(ctx: RunContext, stage: StageConfig, trainer: Any) -> dict[s
 
 def _merged(model: Any) -> Any:
     """A PEFT model as a plain model for the next stage: the adapter merged (onto a dequantized base)."""
-    from hf_lite.exporting import _dequantize_bnb_, _strip_quantization_, unpack_bnb_cpu_weights_
+    from hf_lite.exporting import dequantize_bnb_, strip_quantization_, unpack_bnb_cpu_weights_
 
     if _has_bnb(model):
         unpack_bnb_cpu_weights_(model)  # bnb's CPU kernel repacks 4-bit weights after a forward (evaluation)
-        _dequantize_bnb_(model)
-        _strip_quantization_(model)
+        dequantize_bnb_(model)
+        strip_quantization_(model)
     return model.merge_and_unload()
 
 
@@ -280,7 +280,7 @@ def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
 
 def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     from hf_lite.loading import load_teacher
-    from trainers.distillation import DistillationConfig, DistillationTrainer
+    from trainers.distillation_trainer import DistillationConfig, DistillationTrainer
 
     args = check_training_args(stage, DistillationConfig, _training_base(ctx, stage))
     data = ctx.tokenized(stage.get("augment"))
