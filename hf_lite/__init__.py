@@ -24,9 +24,9 @@ _LAZY: dict[str, str] = {
     "load_tokenizer": "hf_lite.loading",
     "load_teacher": "hf_lite.loading",
     "freeze": "hf_lite.loading",
-    "linear_module_names": "hf_lite.loading",
-    "resolve_quantization": "hf_lite.loading",
-    "resolve_peft_config": "hf_lite.loading",
+    "linear_module_names": "hf_lite.adapters",
+    "resolve_quantization": "hf_lite.quantization",
+    "resolve_peft_config": "hf_lite.adapters",
     "ModelSummary": "hf_lite.summary",
     "model_summary": "hf_lite.summary",
     "init_student_from_teacher": "hf_lite.student",
@@ -58,8 +58,8 @@ _LAZY: dict[str, str] = {
 
 # subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
 _SUBMODULES = (
-    "app", "card", "data", "evaluation", "exporting", "hub", "loading", "losses", "metrics", "pruning", "report",
-    "student", "summary", "tasks", "teacher_cache", "testing",
+    "adapters", "app", "card", "data", "evaluation", "exporting", "hub", "loading", "losses", "metrics", "pruning",
+    "quantization", "report", "student", "summary", "tasks", "teacher_cache", "testing",
 )  # fmt: skip
 
 # names that moved: old top-level name -> module that defines it now (a FutureWarning says where)
@@ -85,15 +85,9 @@ if TYPE_CHECKING:
     )
     from hf_lite.exporting import ExportReport, export, unpack_bnb_cpu_weights_
     from hf_lite.hub import PushResult, push_to_hub
-    from hf_lite.loading import (
-        freeze,
-        linear_module_names,
-        load_model,
-        load_teacher,
-        load_tokenizer,
-        resolve_peft_config,
-        resolve_quantization,
-    )
+    from hf_lite.adapters import linear_module_names, resolve_peft_config
+    from hf_lite.loading import freeze, load_model, load_teacher, load_tokenizer
+    from hf_lite.quantization import resolve_quantization
     from hf_lite.card import CompressionSummary, build_model_card
     from hf_lite.app.recipe import Recipe
     from hf_lite.report import CompressionReport, ReportRow

@@ -13,8 +13,6 @@ argument, the value, the reason and the fix.
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import logging
 import os
 from collections.abc import Mapping
@@ -22,7 +20,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_lite._utils import did_you_mean
-from hf_lite.tasks import PEFT_TASK_TYPES, TASK_ALIASES, TASKS, normalize_task  # noqa: F401 (re-exported)
+from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module_names re-exported)
+    attach_adapter,
+    check_target_modules,
+    enable_checkpointing,
+    linear_module_names,
+    resolve_peft_config,
+)
+from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-exported)
+    check_quantized,
+    default_quantized_device_map,
+    keep_heads_unquantized,
+    resolve_quantization,
+)
+from hf_lite.tasks import TASKS, normalize_task
 
 if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays fast
     import torch
@@ -31,82 +42,8 @@ if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays
 
 logger = logging.getLogger(__name__)
 
-_QUANT_ALIASES = {
-    "4bit": "nf4",
-    "int4": "nf4",
-    "nf4": "nf4",
-    "fp4": "fp4",
-    "8bit": "int8",
-    "int8": "int8",
-    "llm.int8": "int8",
-}
 # Keyword arguments of `from_pretrained` that also decide where the config file comes from.
 _HUB_KWARGS = ("cache_dir", "token", "local_files_only", "force_download", "subfolder", "proxies")
-
-BNB_INSTALL = "pip install 'bitsandbytes>=0.46'"
-
-
-def resolve_quantization(
-    quantization: str | Mapping[str, Any] | BitsAndBytesConfig | None,
-    dtype: Any = None,
-) -> BitsAndBytesConfig | None:
-    """Turn ``quantization`` into a ``BitsAndBytesConfig`` (or ``None`` for full precision).
-
-    ``"4bit"``/``"nf4"`` is QLoRA's recipe: NF4 with double quantization; ``"fp4"`` uses FP4 instead;
-    ``"8bit"``/``"int8"`` is LLM.int8(). The 4-bit compute dtype is ``dtype`` when it names a float
-    type, else bfloat16 on a GPU that supports it and float32 elsewhere (bf16 matmuls are slow on CPU).
-    A dict is passed to ``BitsAndBytesConfig(**dict)``; a ``BitsAndBytesConfig`` is used as given.
-
-    >>> resolve_quantization("8bit").load_in_8bit
-    True
-    """
-    if quantization is None or quantization is False:
-        return None
-    from transformers import BitsAndBytesConfig
-
-    _require_bitsandbytes(quantization)
-    if isinstance(quantization, BitsAndBytesConfig):
-        return quantization
-    if isinstance(quantization, Mapping):
-        import inspect
-
-        # BitsAndBytesConfig swallows unknown keyword arguments: refuse typos here instead.
-        known = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
-        unknown = sorted(set(quantization) - known)
-        if unknown:
-            raise ValueError(
-                f"quantization={dict(quantization)!r} is not a valid BitsAndBytesConfig: unknown key(s) {unknown}"
-                f"{did_you_mean(unknown[0], sorted(known))}. Use '4bit', '8bit' or the keyword arguments of "
-                "transformers.BitsAndBytesConfig."
-            )
-        try:
-            return BitsAndBytesConfig(**dict(quantization))
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"quantization={dict(quantization)!r} is not a valid BitsAndBytesConfig: {err}. "
-                "Use '4bit', '8bit' or the keyword arguments of transformers.BitsAndBytesConfig."
-            ) from err
-    if not isinstance(quantization, str):
-        raise TypeError(
-            f"quantization must be None, '4bit', '8bit', 'nf4', 'fp4', a dict or a transformers.BitsAndBytesConfig; "
-            f"got {type(quantization).__name__} {quantization!r}."
-        )
-    key = quantization.strip().lower().replace("-", "").replace("_", "")
-    kind = _QUANT_ALIASES.get(key)
-    if kind is None:
-        raise ValueError(
-            f"quantization={quantization!r} is not understood{did_you_mean(key, list(_QUANT_ALIASES))}. "
-            "Use '4bit' (NF4, as in QLoRA), 'fp4', '8bit' (LLM.int8), None for full precision, "
-            "or pass a transformers.BitsAndBytesConfig."
-        )
-    if kind == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=kind,
-        bnb_4bit_use_double_quant=kind == "nf4",
-        bnb_4bit_compute_dtype=_compute_dtype(dtype),
-    )
 
 
 def resolve_dtype(dtype: Any) -> Any:
@@ -134,58 +71,6 @@ def resolve_dtype(dtype: Any) -> Any:
             "Use 'auto', 'float32', 'bfloat16', 'float16' or a torch.dtype."
         )
     raise TypeError(f"dtype must be a string, a torch.dtype or None; got {type(dtype).__name__} {dtype!r}.")
-
-
-def resolve_peft_config(peft: str | Mapping[str, Any] | PeftConfig | None, task: str) -> PeftConfig | None:
-    """Turn ``peft`` into a ``peft.PeftConfig`` whose ``task_type`` matches ``task``.
-
-    ``"lora"`` is a default LoRA: rank 16, alpha 32, dropout 0.05 on every linear layer except the output
-    head (``target_modules="all-linear"``, as QLoRA found necessary to match full fine-tuning). A dict
-    with a ``peft_type`` key goes to ``peft.get_peft_config``, any other dict to ``LoraConfig``.
-
-    >>> resolve_peft_config("lora", "causal-lm").r
-    16
-    """
-    if peft is None or peft is False:
-        return None
-    import peft as peft_lib
-
-    task = normalize_task(task)
-    task_type = PEFT_TASK_TYPES[task]
-    if isinstance(peft, str):
-        if peft.strip().lower() != "lora":
-            raise ValueError(
-                f"peft={peft!r} is not a known shorthand. Use 'lora' for the default LoRA, a dict of "
-                "LoraConfig arguments, or a peft.PeftConfig instance."
-            )
-        return peft_lib.LoraConfig(
-            r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type=task_type
-        )
-    if isinstance(peft, Mapping):
-        kwargs = dict(peft)
-        kwargs.setdefault("task_type", task_type)
-        try:
-            if "peft_type" in kwargs:
-                return peft_lib.get_peft_config(kwargs)
-            return peft_lib.LoraConfig(**kwargs)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ValueError(
-                f"peft={dict(peft)!r} is not a valid adapter config: {err}. "
-                "Use the keyword arguments of peft.LoraConfig (or add 'peft_type' for another PEFT method)."
-            ) from err
-    if isinstance(peft, peft_lib.PeftConfig):
-        if peft.task_type is None:
-            # Copy so the caller's config object is not changed behind their back.
-            peft = copy.copy(peft)
-            peft.task_type = task_type
-        elif str(peft.task_type) != task_type:
-            logger.warning(
-                "peft.task_type=%s while task=%r expects %s; keeping yours.", peft.task_type, task, task_type
-            )
-        return peft
-    raise TypeError(
-        f"peft must be None, 'lora', a dict or a peft.PeftConfig; got {type(peft).__name__} {peft!r}."
-    )
 
 
 def load_model(
@@ -250,10 +135,10 @@ def load_model(
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     if bnb_config is not None:
-        bnb_config = _keep_heads_unquantized(bnb_config, task)
+        bnb_config = keep_heads_unquantized(bnb_config, task)
         kwargs["quantization_config"] = bnb_config
         if device_map is None:
-            device_map = _default_quantized_device_map()
+            device_map = default_quantized_device_map()
     if device_map is not None:
         kwargs["device_map"] = device_map
 
@@ -262,12 +147,12 @@ def load_model(
     logger.debug("loaded %s (%s) for task %s", type(model).__name__, config.model_type, task)
 
     if bnb_config is not None:
-        _check_quantized(model, bnb_config)
+        check_quantized(model, bnb_config)
     if peft_config is not None:
-        model = _attach_adapter(model, peft_config, quantized=bnb_config is not None,
+        model = attach_adapter(model, peft_config, quantized=bnb_config is not None,
                                 gradient_checkpointing=gradient_checkpointing)  # fmt: skip
     elif gradient_checkpointing:
-        _enable_checkpointing(model)
+        enable_checkpointing(model)
     from hf_lite.summary import model_summary
 
     logger.info("%s", model_summary(model))
@@ -296,7 +181,9 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     if padding_side not in (None, "left", "right"):
-        raise ValueError(f"padding_side={padding_side!r} must be 'left', 'right' or None (keep the tokenizer's).")
+        raise ValueError(
+            f"padding_side={padding_side!r} must be 'left', 'right' or None (keep the tokenizer's)."
+        )
     hub_kwargs = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
     _check_source(name_or_path, revision, hub_kwargs)
     if revision is not None:
@@ -311,7 +198,9 @@ def load_tokenizer(
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
             logger.warning(
                 "Tokenizer of %s had no pad or eos token; added '<pad>' (vocabulary now %d): call "
-                "model.resize_token_embeddings(len(tokenizer)) before training.", name_or_path, len(tokenizer)
+                "model.resize_token_embeddings(len(tokenizer)) before training.",
+                name_or_path,
+                len(tokenizer),
             )
     if padding_side is not None:
         tokenizer.padding_side = padding_side
@@ -391,39 +280,12 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 # checks
 
 
-def _require_bitsandbytes(quantization: Any) -> None:
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ImportError(
-            f"quantization={quantization!r} needs bitsandbytes, which is not installed: {BNB_INSTALL}"
-        )
-
-
-def _compute_dtype(dtype: Any) -> Any:
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def _default_quantized_device_map() -> Any:
-    """bitsandbytes models cannot be moved after loading: put the whole model on this process's device."""
-    import torch
-
-    if torch.cuda.is_available():
-        from accelerate import PartialState
-
-        return {"": PartialState().local_process_index}
-    return None  # CPU: from_pretrained places everything on the CPU already
-
-
 def _looks_like_path(name: str) -> bool:
     return (
         name.startswith(("/", "./", "../", "~", ".\\"))
         or name.count("/") > 1
-        or os.sep != "/" and os.sep in name
+        or os.sep != "/"
+        and os.sep in name
         or name in (".", "..")
     )
 
@@ -511,115 +373,11 @@ def load_checked_config(
 
         mapping = getattr(transformers, TASKS[task])._model_mapping
         if type(config) not in mapping:
-            supported = [t for t, cls in TASKS.items() if type(config) in getattr(transformers, cls)._model_mapping]
+            supported = [
+                t for t, cls in TASKS.items() if type(config) in getattr(transformers, cls)._model_mapping
+            ]
             raise ValueError(
                 f"task={task!r} is not available for model_type={model_type!r} ({name!r}): transformers has no "
                 f"{TASKS[task]} class for it. Tasks this architecture supports: {', '.join(supported) or 'none'}."
             )
     return config
-
-
-# Task heads that stay in full precision: PEFT trains them (modules_to_save), and an 8/4-bit head
-# cannot take gradients. transformers' default skip list misses them (it strips ".weight" from the last
-# parameter name, which is "classifier.bias" for BERT-style classifiers).
-_HEAD_MODULES = ["lm_head", "classifier", "score", "qa_outputs"]
-
-
-def _keep_heads_unquantized(bnb_config: Any, task: str) -> Any:
-    if task not in ("sequence-classification", "token-classification") or bnb_config.llm_int8_skip_modules:
-        return bnb_config
-    bnb_config = copy.deepcopy(bnb_config)
-    bnb_config.llm_int8_skip_modules = list(_HEAD_MODULES)
-    return bnb_config
-
-
-def _bnb_modules(model: torch.nn.Module) -> list[str]:
-    import bitsandbytes as bnb
-
-    return [n for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
-
-
-def _check_quantized(model: torch.nn.Module, bnb_config: Any) -> None:
-    if not _bnb_modules(model):
-        bits = "4bit" if bnb_config.load_in_4bit else "8bit"
-        raise ValueError(
-            f"quantization={bits!r}: bitsandbytes quantized no layer of {type(model).__name__}. It only wraps "
-            "torch.nn.Linear (and transformers Conv1D) layers, and this model has none outside the skipped "
-            f"modules ({bnb_config.llm_int8_skip_modules or 'none given'}). Load it without quantization, "
-            "or skip fewer modules."
-        )
-
-
-def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Names of the layers a LoRA adapter can target (Linear, transformers Conv1D and their bnb versions).
-
-    >>> import torch
-    >>> linear_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
-    ['0']
-    """
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    classes: tuple[type, ...] = (torch.nn.Linear, Conv1D)
-    if importlib.util.find_spec("bitsandbytes") is not None:
-        import bitsandbytes as bnb
-
-        classes += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-    return [n for n, m in model.named_modules() if isinstance(m, classes)]
-
-
-def check_target_modules(model: torch.nn.Module, peft_config: Any) -> None:
-    """Refuse adapter targets that match no layer, listing the layer names that exist."""
-    from peft.tuners.tuners_utils import check_target_module_exists
-
-    targets = getattr(peft_config, "target_modules", None)
-    if targets is None or (isinstance(targets, str) and targets.lower() == "all-linear"):
-        return
-    names = [n for n, _ in model.named_modules() if n]
-    if any(check_target_module_exists(peft_config, n) for n in names):
-        return
-    leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_module_names(model)})
-    raise ValueError(
-        f"peft target_modules={sorted(targets) if not isinstance(targets, str) else targets!r} match no module "
-        f"of {type(model).__name__}. Linear layers it has: {', '.join(leaves)}. Use some of those names, "
-        "or target_modules='all-linear'."
-    )
-
-
-def _enable_checkpointing(model: Any) -> None:
-    # transformers 5.23 renamed gradient checkpointing to activation checkpointing (old name deprecated).
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    check_target_modules(model, peft_config)
-    if quantized:
-        # QLoRA: layer norms and the head in fp32, input embeddings' outputs require grad so that
-        # gradients reach the adapters through frozen quantized layers (and through checkpointing).
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gradient_checkpointing:
-        _enable_checkpointing(model)
-        model.enable_input_require_grads()
-    # `get_peft_model` rewrites `target_modules` of the config it is given (e.g. 'all-linear' -> names).
-    peft_config = copy.deepcopy(peft_config)
-    targets = getattr(peft_config, "target_modules", None)
-    if (
-        isinstance(targets, str)
-        and targets.lower() == "all-linear"
-        and str(peft_config.task_type) in ("SEQ_CLS", "TOKEN_CLS")
-        and not getattr(peft_config, "exclude_modules", None)
-    ):
-        # PEFT trains classification heads fully (modules_to_save) but its 'all-linear' only leaves the
-        # head out for SEQ_CLS; a token-classification head would get both and PEFT refuses.
-        peft_config.exclude_modules = [h for h in _HEAD_MODULES if hasattr(model, h)] or None
-    return get_peft_model(model, peft_config)

@@ -38,6 +38,7 @@ TASK_ALIASES = {
     "feature-extraction": "base",
 }
 
+
 def normalize_task(task: str) -> str:
     """Return the canonical task name for ``task`` (accepts ``_`` for ``-`` and common pipeline names).
 

@@ -1,0 +1,150 @@
+"""PEFT adapters: what a ``peft=`` value means, which layers an adapter can target, attaching it.
+
+>>> import torch
+>>> linear_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+['0']
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from hf_lite.quantization import HEAD_MODULES
+from hf_lite.tasks import PEFT_TASK_TYPES, normalize_task
+
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays fast
+    import torch
+    from peft import PeftConfig
+
+
+def resolve_peft_config(peft: str | Mapping[str, Any] | PeftConfig | None, task: str) -> PeftConfig | None:
+    """Turn ``peft`` into a ``peft.PeftConfig`` whose ``task_type`` matches ``task``.
+
+    ``"lora"`` is a default LoRA: rank 16, alpha 32, dropout 0.05 on every linear layer except the output
+    head (``target_modules="all-linear"``, as QLoRA found necessary to match full fine-tuning). A dict
+    with a ``peft_type`` key goes to ``peft.get_peft_config``, any other dict to ``LoraConfig``.
+
+    >>> resolve_peft_config("lora", "causal-lm").r
+    16
+    """
+    if peft is None or peft is False:
+        return None
+    import peft as peft_lib
+
+    task = normalize_task(task)
+    task_type = PEFT_TASK_TYPES[task]
+    if isinstance(peft, str):
+        if peft.strip().lower() != "lora":
+            raise ValueError(
+                f"peft={peft!r} is not a known shorthand. Use 'lora' for the default LoRA, a dict of "
+                "LoraConfig arguments, or a peft.PeftConfig instance."
+            )
+        return peft_lib.LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type=task_type
+        )
+    if isinstance(peft, Mapping):
+        kwargs = dict(peft)
+        kwargs.setdefault("task_type", task_type)
+        try:
+            if "peft_type" in kwargs:
+                return peft_lib.get_peft_config(kwargs)
+            return peft_lib.LoraConfig(**kwargs)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"peft={dict(peft)!r} is not a valid adapter config: {err}. "
+                "Use the keyword arguments of peft.LoraConfig (or add 'peft_type' for another PEFT method)."
+            ) from err
+    if isinstance(peft, peft_lib.PeftConfig):
+        if peft.task_type is None:
+            # Copy so the caller's config object is not changed behind their back.
+            peft = copy.copy(peft)
+            peft.task_type = task_type
+        elif str(peft.task_type) != task_type:
+            logger.warning(
+                "peft.task_type=%s while task=%r expects %s; keeping yours.", peft.task_type, task, task_type
+            )
+        return peft
+    raise TypeError(
+        f"peft must be None, 'lora', a dict or a peft.PeftConfig; got {type(peft).__name__} {peft!r}."
+    )
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Names of the layers a LoRA adapter can target (Linear, transformers Conv1D and their bnb versions).
+
+    >>> import torch
+    >>> linear_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+    ['0']
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    classes: tuple[type, ...] = (torch.nn.Linear, Conv1D)
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        import bitsandbytes as bnb
+
+        classes += (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    return [n for n, m in model.named_modules() if isinstance(m, classes)]
+
+
+def check_target_modules(model: torch.nn.Module, peft_config: Any) -> None:
+    """Refuse adapter targets that match no layer, listing the layer names that exist."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = getattr(peft_config, "target_modules", None)
+    if targets is None or (isinstance(targets, str) and targets.lower() == "all-linear"):
+        return
+    names = [n for n, _ in model.named_modules() if n]
+    if any(check_target_module_exists(peft_config, n) for n in names):
+        return
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_module_names(model)})
+    raise ValueError(
+        f"peft target_modules={sorted(targets) if not isinstance(targets, str) else targets!r} match no module "
+        f"of {type(model).__name__}. Linear layers it has: {', '.join(leaves)}. Use some of those names, "
+        "or target_modules='all-linear'."
+    )
+
+
+def enable_checkpointing(model: Any) -> None:
+    # transformers 5.23 renamed gradient checkpointing to activation checkpointing (old name deprecated).
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    check_target_modules(model, peft_config)
+    if quantized:
+        # QLoRA: layer norms and the head in fp32, input embeddings' outputs require grad so that
+        # gradients reach the adapters through frozen quantized layers (and through checkpointing).
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
+        enable_checkpointing(model)
+        model.enable_input_require_grads()
+    # `get_peft_model` rewrites `target_modules` of the config it is given (e.g. 'all-linear' -> names).
+    peft_config = copy.deepcopy(peft_config)
+    targets = getattr(peft_config, "target_modules", None)
+    if (
+        isinstance(targets, str)
+        and targets.lower() == "all-linear"
+        and str(peft_config.task_type) in ("SEQ_CLS", "TOKEN_CLS")
+        and not getattr(peft_config, "exclude_modules", None)
+    ):
+        # PEFT trains classification heads fully (modules_to_save) but its 'all-linear' only leaves the
+        # head out for SEQ_CLS; a token-classification head would get both and PEFT refuses.
+        peft_config.exclude_modules = [h for h in HEAD_MODULES if hasattr(model, h)] or None
+    return get_peft_model(model, peft_config)
