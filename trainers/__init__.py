@@ -16,7 +16,7 @@ _LAZY: dict[str, str] = {
     "DistillationTrainer": "trainers.distillation_trainer",
     "resolve_layer_map": "trainers.distillation_trainer",
     "PruningCallback": "trainers.pruning_callback",
-    "PruningConfig": "trainers.pruning_callback",
+    "PruningConfig": "trainers.pruning_config",
     "StructuralPruningCallback": "trainers.structural_callback",
     "StructuralPruningConfig": "trainers.structural_callback",
     "shrink_like_checkpoint": "trainers.structural_callback",

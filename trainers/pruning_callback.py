@@ -18,40 +18,38 @@ ordinary checkpoint whose zeros load with stock ``from_pretrained``. The mask ma
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainerCallback
 
-from hf_lite.pruning import (
-    DEFAULT_EXCLUDE,
-    CubicSchedule,
+from hf_lite._utils import unwrap_model, world
+from hf_lite.pruning.masks import (
     apply_mask_,
-    find_prunable_modules,
+    check_nm_widths,
     global_unstructured_masks,
-    in_features_dim,
     magnitude_scores,
     mask_sparsity,
     movement_scores,
     nm_mask,
-    parse_pattern,
-    sparsity_report,
     unstructured_mask,
 )
-from hf_lite.pruning.masks import check_sparsity
+from hf_lite.pruning.optimizer_state import base_optimizer, mask_moments_
+from hf_lite.pruning.report import sparsity_report
+from hf_lite.pruning.schedule import CubicSchedule
+from hf_lite.pruning.targets import find_prunable_modules, in_features_dim
+from trainers._callback_state import CallbackState, resume_candidates
+from trainers.pruning_config import PruningConfig
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    from hf_lite.pruning import SparsityReport
+    from hf_lite.pruning.report import SparsityReport
 
 __all__ = ["PruningConfig", "PruningCallback", "PRUNING_STATE_NAME", "PRUNING_STATE_JSON"]
 
@@ -62,232 +60,9 @@ logger = logging.getLogger(__name__)
 PRUNING_STATE_NAME = "pruning_state.safetensors"
 #: Its companion: step, sparsity in force, the config and the layer names (plain JSON).
 PRUNING_STATE_JSON = "pruning_state.json"
-_FORMAT_VERSION = 1
 
-
-@dataclass
-class PruningConfig:
-    """What to prune, how, and on which schedule (see :class:`PruningCallback`).
-
-    Steps are optimizer steps (``TrainerState.global_step``), so gradient accumulation is already folded in.
-    Sparsity rises from ``initial_sparsity`` at ``start_step`` to ``target_sparsity`` at ``end_step`` along
-    :class:`hf_lite.pruning.CubicSchedule`, with masks recomputed every ``frequency`` steps.
-
-    Args:
-        method: importance score: ``"magnitude"`` (``|W|``) or ``"movement"`` (Sanh et al. 2020,
-            ``-sum_t W * dL/dW`` accumulated every optimizer step; needs trainable weights, not PEFT, and
-            holds one float32 copy of the targeted weights until ``end_step``).
-        pattern: ``"unstructured"`` or ``"N:M"`` such as ``"2:4"`` (keep N of every M consecutive weights
-            along the input dimension; implies ``target_sparsity = 1 - N/M``).
-        scope: ``"layer"`` (each layer pruned to the scheduled sparsity) or ``"global"`` (one threshold over
-            all targeted layers; unstructured only).
-        target_sparsity: final fraction of zeros in the targeted layers, in ``[0, 1)``; required for
-            ``"unstructured"``, implied by an N:M pattern.
-        initial_sparsity: sparsity applied at ``start_step``.
-        start_step: optimizer step of the first mask update.
-        end_step: optimizer step at which ``target_sparsity`` is reached (required, ``> start_step``).
-        frequency: recompute masks every this many optimizer steps (and once more at ``end_step``).
-        include: regexes of layer names to prune (``None``: every ``nn.Linear``/``Conv1D``).
-        exclude: regexes of layer names to leave dense; default :data:`hf_lite.pruning.DEFAULT_EXCLUDE`
-            (heads, embeddings, norms, LoRA matrices). A value replaces the default: extend it with
-            ``[*DEFAULT_EXCLUDE, "more"]``.
-
-    >>> config = PruningConfig(pattern="2:4", end_step=100, frequency=10)
-    >>> config.target_sparsity, config.nm
-    (0.5, (2, 4))
-    """
-
-    method: Literal["magnitude", "movement"] = field(
-        default="magnitude",
-        metadata={"help": "Importance score: 'magnitude' (|W|) or 'movement' (-sum W*grad over steps)."},
-    )
-    pattern: str = field(
-        default="unstructured",
-        metadata={"help": "'unstructured', or 'N:M' such as '2:4' (keep N of every M consecutive weights)."},
-    )
-    scope: Literal["layer", "global"] = field(
-        default="layer",
-        metadata={"help": "'layer': every layer at the scheduled sparsity; 'global': one threshold for all."},
-    )
-    target_sparsity: float | None = field(
-        default=None,
-        metadata={
-            "help": "Final fraction of zeros in [0, 1). Required for 'unstructured'; N:M implies 1-N/M."
-        },
-    )
-    initial_sparsity: float = field(default=0.0, metadata={"help": "Sparsity applied at start_step."})
-    start_step: int = field(default=0, metadata={"help": "Optimizer step of the first mask update."})
-    end_step: int | None = field(
-        default=None,
-        metadata={"help": "Optimizer step at which target_sparsity is reached (required, > start_step)."},
-    )
-    frequency: int = field(
-        default=100, metadata={"help": "Recompute masks every this many optimizer steps (and at end_step)."}
-    )
-    include: list[str] | None = field(
-        default=None, metadata={"help": "Regexes of layer names to prune (default: every Linear/Conv1D)."}
-    )
-    exclude: list[str] | None = field(
-        default_factory=lambda: list(DEFAULT_EXCLUDE),
-        metadata={"help": "Regexes of layer names left dense (default: heads, embeddings, norms, LoRA)."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.method not in ("magnitude", "movement"):
-            raise ValueError(
-                f"method={self.method!r} is not a pruning method. Use 'magnitude' (|W|, no data needed) or "
-                "'movement' (weights moving toward zero during fine-tuning are pruned)."
-            )
-        if self.scope not in ("layer", "global"):
-            raise ValueError(
-                f"scope={self.scope!r} is not a pruning scope. Use 'layer' (every layer at the same sparsity) "
-                "or 'global' (one threshold over all targeted layers)."
-            )
-        try:
-            nm = parse_pattern(self.pattern)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"pattern={self.pattern!r}: {err}") from err
-        if nm is None:
-            if self.target_sparsity is None:
-                raise ValueError(
-                    "target_sparsity=None: pattern='unstructured' needs the final fraction of zeros. "
-                    "Pass e.g. target_sparsity=0.5, or an N:M pattern such as pattern='2:4'."
-                )
-            self.target_sparsity = check_sparsity(self.target_sparsity, "target_sparsity")
-        else:
-            implied = 1.0 - nm[0] / nm[1]
-            if self.target_sparsity is not None and not math.isclose(
-                check_sparsity(self.target_sparsity, "target_sparsity"), implied, abs_tol=1e-9
-            ):
-                raise ValueError(
-                    f"target_sparsity={self.target_sparsity!r} contradicts pattern={self.pattern!r}, which "
-                    f"always ends at sparsity {implied:g}. Leave target_sparsity=None with an N:M pattern."
-                )
-            self.target_sparsity = implied
-            if self.scope == "global":
-                raise ValueError(
-                    f"scope='global' cannot apply to pattern={self.pattern!r}: N:M sparsity is decided inside "
-                    "each group of M weights, so there is no global threshold. Use scope='layer'."
-                )
-        if self.end_step is None:
-            raise ValueError(
-                "end_step=None: give the optimizer step at which target_sparsity is reached, e.g. 2/3 of "
-                "max_steps, so that the last third of training recovers from the pruning."
-            )
-        self.include = self._check_patterns(self.include, "include")
-        self.exclude = self._check_patterns(self.exclude, "exclude")
-        # The schedule checks steps, frequency and initial <= target, naming the offending field.
-        try:
-            self.schedule()
-        except (TypeError, ValueError) as err:
-            message = str(err).replace("final_sparsity", "target_sparsity")
-            raise type(err)(message) from err
-        if self.method == "movement" and self.start_step == 0 and self.initial_sparsity > 0:
-            raise ValueError(
-                f"initial_sparsity={self.initial_sparsity!r} with method='movement' and start_step=0 would "
-                "prune before any gradient is seen (all movement scores are 0). Use start_step >= 1 or "
-                "initial_sparsity=0.0."
-            )
-        if self.frequency > self.end_step - self.start_step:
-            logger.warning(
-                "frequency=%d is larger than end_step - start_step = %d: masks are updated only at "
-                "start_step=%d and end_step=%d, so sparsity jumps instead of ramping up.",
-                self.frequency, self.end_step - self.start_step, self.start_step, self.end_step,
-            )  # fmt: skip
-
-    @staticmethod
-    def _check_patterns(value: str | Iterable[str] | None, name: str) -> list[str] | None:
-        if value is None:
-            return None
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, (bytes, Mapping)) or not isinstance(items, Iterable):
-            raise TypeError(f"{name} must be a regex string or a list of them; got {type(value).__name__}.")
-        out = []
-        for item in items:
-            if not isinstance(item, str):
-                raise TypeError(f"{name} must contain regex strings; got {type(item).__name__} {item!r}.")
-            try:
-                re.compile(item)
-            except re.error as err:
-                raise ValueError(
-                    f"{name} pattern {item!r} is not a valid regular expression: {err}. Escape dots as '\\.'."
-                ) from err
-            out.append(item)
-        return out
-
-    @property
-    def nm(self) -> tuple[int, int] | None:
-        """``(N, M)`` for an N:M pattern, ``None`` for unstructured."""
-        return parse_pattern(self.pattern)
-
-    def schedule(self) -> CubicSchedule:
-        """The :class:`~hf_lite.pruning.CubicSchedule` this config describes.
-
-        >>> PruningConfig(target_sparsity=0.5, end_step=10, frequency=5).schedule().sparsity_at(5)
-        0.4375
-        """
-        return CubicSchedule(
-            final_sparsity=self.target_sparsity,
-            end_step=self.end_step,
-            start_step=self.start_step,
-            initial_sparsity=self.initial_sparsity,
-            frequency=self.frequency,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as a JSON-serializable dict (``PruningConfig(**d)`` rebuilds it).
-
-        >>> PruningConfig(target_sparsity=0.3, end_step=10).to_dict()["target_sparsity"]
-        0.3
-        """
-        return dataclasses.asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module whose layers are pruned: DDP / DataParallel / torch.compile wrappers removed, and for a
-    PEFT model its base model (LoRA's ``base_layer`` weights are pruned, the adapters stay dense)."""
-    from accelerate.utils import extract_model_from_parallel
-
-    model = extract_model_from_parallel(model, keep_torch_compile=False)
-    if hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None)):
-        model = model.get_base_model()
-    return model
-
-
-def _world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` outside distributed runs."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _base_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer under accelerate's ``AcceleratedOptimizer`` (and similar ``.optimizer``) wrappers."""
-    for _ in range(8):
-        inner = getattr(optimizer, "optimizer", None)
-        if inner is None:
-            break
-        optimizer = inner
-    return optimizer
-
-
-def _atomic_write(path: str, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: the file is complete or absent."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the callback
+#: How the state is written into, found in and read from checkpoints (see :mod:`trainers._callback_state`).
+_STATE = CallbackState(PRUNING_STATE_JSON, PRUNING_STATE_NAME, owner="PruningCallback", what="pruning state")
 
 
 class PruningCallback(TrainerCallback):
@@ -383,21 +158,11 @@ class PruningCallback(TrainerCallback):
     # -- targets --------------------------------------------------------------------------------------
 
     def _find_targets(self, model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]]:
-        root = _unwrap(model)
+        # The base model of a PEFT model: LoRA's base_layer weights are pruned, the adapters stay dense.
+        root = unwrap_model(model, peft_base=True)
         modules = find_prunable_modules(root, include=self.config.include, exclude=self.config.exclude)
-        nm = self.config.nm
-        if nm is not None:
-            bad = [
-                f"{name} ({m.weight.shape[in_features_dim(m)]} inputs)"
-                for name, m in modules.items()
-                if m.weight.shape[in_features_dim(m)] % nm[1]
-            ]
-            if bad:
-                raise ValueError(
-                    f"pattern={self.config.pattern!r} needs a number of input features divisible by {nm[1]}, "
-                    f"which these layers lack: {', '.join(bad[:5])}. Exclude them "
-                    "(exclude=[*DEFAULT_EXCLUDE, 'name']) or use pattern='unstructured'."
-                )
+        widths = {name: m.weight.shape[in_features_dim(m)] for name, m in modules.items()}
+        check_nm_widths(widths, self.config.nm, label=f"pattern={self.config.pattern!r}")
         if self.config.method == "movement":
             frozen = [name for name, m in modules.items() if not m.weight.requires_grad]
             if frozen:
@@ -447,8 +212,8 @@ class PruningCallback(TrainerCallback):
 
     def _sync_masks(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Under DDP, broadcast rank 0's masks and count where this rank's differed."""
-        rank, world = _world()
-        if world == 1:
+        rank, size = world()
+        if size == 1:
             return masks
         names = list(masks)
         flat = torch.cat([masks[n].reshape(-1) for n in names]).to(torch.uint8)
@@ -459,8 +224,10 @@ class PruningCallback(TrainerCallback):
             self.mask_disagreements += differ
             logger.warning(
                 "[rank %d] %d pruning-mask entries differed from rank 0 before the broadcast (weights or "
-                "gradients are not identical across ranks); using rank 0's masks.", rank, differ,
-            )  # fmt: skip
+                "gradients are not identical across ranks); using rank 0's masks.",
+                rank,
+                differ,
+            )
         out, offset = {}, 0
         for n in names:
             numel = masks[n].numel()
@@ -477,11 +244,15 @@ class PruningCallback(TrainerCallback):
         if step >= self.schedule.end_step:
             self._scores = None  # no update follows: movement scores are no longer needed
         self._apply(optimizer)
-        rank, _ = _world()
+        rank, _ = world()
         logger.info(
             "[rank %d] step %d: pruning masks updated to sparsity %.4f (counted %.4f over %d layers)",
-            rank, step, sparsity, mask_sparsity(self.masks), len(self.masks),
-        )  # fmt: skip
+            rank,
+            step,
+            sparsity,
+            mask_sparsity(self.masks),
+            len(self.masks),
+        )
 
     @torch.no_grad()
     def _apply(self, optimizer: Any) -> None:
@@ -493,22 +264,12 @@ class PruningCallback(TrainerCallback):
         """
         if not self._any_pruned:
             return
-        base = _base_optimizer(optimizer)
-        state = getattr(base, "state", None) or {}
+        state = getattr(base_optimizer(optimizer), "state", None) or {}
         for name, module in self._modules.items():
             weight, keep = module.weight, self.masks[name].view(torch.uint8)  # (weight shape), 0 or 1
             weight.mul_(keep)
-            param_state = state.get(weight)
-            if param_state:
-                for value in param_state.values():
-                    # Moments shaped like the weight (Adam exp_avg/exp_avg_sq, momentum); quantized 8-bit
-                    # states are left alone: 0 in their code space is not the value 0.
-                    if (
-                        isinstance(value, torch.Tensor)
-                        and value.is_floating_point()
-                        and value.shape == weight.shape
-                    ):
-                        value.mul_(keep)
+            # Moments shaped like the weight (Adam exp_avg/exp_avg_sq, momentum); not quantized 8-bit states.
+            mask_moments_(state.get(weight), weight, keep)
 
     # -- state ----------------------------------------------------------------------------------------
 
@@ -517,7 +278,6 @@ class PruningCallback(TrainerCallback):
         if self._scores is not None:
             tensors.update({f"scores.{n}": s.detach().contiguous().cpu() for n, s in self._scores.items()})
         meta = {
-            "format_version": _FORMAT_VERSION,
             "global_step": int(global_step),
             "last_update_step": self._last_update_step,
             "current_sparsity": self.current_sparsity,
@@ -539,26 +299,11 @@ class PruningCallback(TrainerCallback):
 
         >>> callback.save_state("out/checkpoint-100", 100)  # doctest: +SKIP
         """
-        from safetensors.torch import save_file
-
-        folder = os.fspath(folder)
-        if not os.path.isdir(folder):
-            raise ValueError(f"folder={folder!r} is not an existing folder; pass the checkpoint folder.")
         tensors, meta = self._state_dict(global_step)
-        _atomic_write(os.path.join(folder, PRUNING_STATE_NAME),
-                      lambda p: save_file(tensors, p, metadata={"format": "pt"}))  # fmt: skip
-
-        def write_json(path: str) -> None:
-            with open(path, "w", encoding="utf-8") as fh:
-                json.dump(meta, fh, indent=2)
-
-        _atomic_write(os.path.join(folder, PRUNING_STATE_JSON), write_json)
+        _STATE.save(folder, meta, tensors, indent=2)
 
     def _load_state(self, folder: str, global_step: int | None) -> dict[str, Any]:
-        from safetensors.torch import load_file
-
-        with open(os.path.join(folder, PRUNING_STATE_JSON), encoding="utf-8") as fh:
-            meta = json.load(fh)
+        meta = _STATE.read(folder)
         if global_step is not None and meta.get("global_step") != global_step:
             raise ValueError(
                 f"{folder}/{PRUNING_STATE_JSON} holds the pruning state of step {meta.get('global_step')}, but "
@@ -577,9 +322,10 @@ class PruningCallback(TrainerCallback):
         if changed:
             logger.warning(
                 "resuming pruning with a changed config %s (saved, now): the result will differ from an "
-                "uninterrupted run.", changed,
-            )  # fmt: skip
-        tensors = load_file(os.path.join(folder, PRUNING_STATE_NAME))
+                "uninterrupted run.",
+                changed,
+            )
+        tensors = _STATE.load_tensors(folder)
         masks = {}
         for name in self._modules:
             mask = tensors[f"masks.{name}"]
@@ -598,18 +344,10 @@ class PruningCallback(TrainerCallback):
         return meta
 
     def _resume_folder(self, args: TrainingArguments, state: TrainerState) -> str:
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        candidates = []
-        if isinstance(args.resume_from_checkpoint, str) and args.resume_from_checkpoint:
-            candidates.append(args.resume_from_checkpoint)
-        candidates.append(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
-        for folder in candidates:
-            path = os.path.join(folder, PRUNING_STATE_JSON)
-            if os.path.isfile(path) and os.path.isfile(os.path.join(folder, PRUNING_STATE_NAME)):
-                with open(path, encoding="utf-8") as fh:
-                    if json.load(fh).get("global_step") == state.global_step:
-                        return folder
+        candidates = resume_candidates(args, state)
+        folder = _STATE.find(candidates, state.global_step)
+        if folder is not None:
+            return folder
         raise ValueError(
             f"the Trainer resumes at step {state.global_step}, but no pruning state of that step "
             f"({PRUNING_STATE_NAME} and {PRUNING_STATE_JSON}) was found in {candidates}. PruningCallback "
@@ -644,16 +382,23 @@ class PruningCallback(TrainerCallback):
             folder = self._resume_folder(args, state)
             self._load_state(folder, state.global_step)
             self._apply(optimizer)  # a PEFT checkpoint holds no base weights: zero them again
-            logger.info("[rank %d] pruning state restored from %s (step %d, sparsity %.4f)",
-                        _world()[0], folder, state.global_step, self.current_sparsity)  # fmt: skip
+            logger.info(
+                "[rank %d] pruning state restored from %s (step %d, sparsity %.4f)",
+                world()[0],
+                folder,
+                state.global_step,
+                self.current_sparsity,
+            )
         elif self.schedule.should_update(0):
             self._update(0, optimizer)
         if state.max_steps and state.max_steps < self.schedule.end_step:
             logger.warning(
                 "end_step=%d is beyond max_steps=%d: training ends at sparsity %.4f, not target_sparsity=%g.",
-                self.schedule.end_step, state.max_steps, self.schedule.sparsity_at(state.max_steps),
+                self.schedule.end_step,
+                state.max_steps,
+                self.schedule.sparsity_at(state.max_steps),
                 self.config.target_sparsity,
-            )  # fmt: skip
+            )
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
@@ -675,15 +420,11 @@ class PruningCallback(TrainerCallback):
             self._apply(kwargs.get("optimizer"))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if not args.should_save or not self._modules:
+        if not self._modules:
             return
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if not os.path.isdir(folder):
-            logger.warning("checkpoint folder %s not found; pruning state not saved with it.", folder)
-            return
-        self.save_state(folder, state.global_step)
+        folder = _STATE.folder_to_save(args, state)
+        if folder is not None:
+            self.save_state(folder, state.global_step)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if not self._modules:
@@ -692,8 +433,12 @@ class PruningCallback(TrainerCallback):
         if best and os.path.isfile(os.path.join(best, PRUNING_STATE_JSON)):
             # The Trainer has just loaded the best checkpoint's weights: keep the masks that belong to them.
             meta = self._load_state(best, None)
-            logger.info("pruning masks of the best checkpoint %s (step %s, sparsity %.4f) kept",
-                        best, meta.get("global_step"), self.current_sparsity)  # fmt: skip
+            logger.info(
+                "pruning masks of the best checkpoint %s (step %s, sparsity %.4f) kept",
+                best,
+                meta.get("global_step"),
+                self.current_sparsity,
+            )
         for name, module in self._modules.items():
             apply_mask_(module.weight, self.masks[name])
         self._apply(kwargs.get("optimizer"))

@@ -66,7 +66,9 @@ from hf_lite.pruning.importance import (
     model_config,
 )
 from hf_lite.pruning.structural import _config_error, prune_attention_heads_, prune_ffn_, prune_layers_
-from trainers.pruning_callback import _atomic_write, _base_optimizer, _world
+from hf_lite._utils import atomic_write as _atomic_write
+from hf_lite._utils import world as _world
+from hf_lite.pruning.optimizer_state import base_optimizer as _base_optimizer
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments

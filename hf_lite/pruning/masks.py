@@ -26,7 +26,8 @@ tensor([2, 2])
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -40,11 +41,15 @@ __all__ = [
     "nm_mask",
     "apply_mask_",
     "mask_sparsity",
+    "check_sparsity",
+    "check_nm",
+    "check_nm_widths",
+    "check_patterns",
 ]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# argument checks (shared with schedule.py / oneshot.py)
+# argument checks (shared with schedule.py, oneshot.py, targets.py and the pruning callbacks)
 
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -87,6 +92,71 @@ def check_nm(n: int, m: int) -> tuple[int, int]:
             "1 <= n < m. Use e.g. n=2, m=4 (2:4, half the weights) or n=4, m=8."
         )
     return n, m
+
+
+def check_nm_widths(widths: Mapping[str, int], nm: tuple[int, int] | None, label: str | None = None) -> None:
+    """Refuse an N:M pattern for layers whose input width is not a multiple of ``m``, naming all of them.
+
+    Called before any weight is touched, so a bad layer fails the whole run early.
+
+    Args:
+        widths: ``{layer name: number of input features}`` of the targeted layers.
+        nm: ``(n, m)``, or ``None`` for unstructured sparsity (nothing to check).
+        label: how the message names the pattern argument (default ``"pattern 'n:m'"``), e.g.
+            ``"pattern='2:4'"`` for a config field.
+
+    >>> check_nm_widths({"fc": 8}, (2, 4))
+    >>> check_nm_widths({"fc": 6}, (2, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: pattern '2:4' needs a number of input features divisible by 4, which these layers lack: fc (6 inputs). Exclude them (exclude=[*DEFAULT_EXCLUDE, 'name']) or use pattern='unstructured'.
+    """
+    if nm is None:
+        return
+    bad = [f"{name} ({width} inputs)" for name, width in widths.items() if width % nm[1]]
+    if bad:
+        label = label if label is not None else f"pattern '{nm[0]}:{nm[1]}'"
+        raise ValueError(
+            f"{label} needs a number of input features divisible by {nm[1]}, which these layers lack: "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Exclude them "
+            "(exclude=[*DEFAULT_EXCLUDE, 'name']) or use pattern='unstructured'."
+        )
+
+
+def check_patterns(value: str | Iterable[str] | None, name: str) -> list[str] | None:
+    """Check layer-name regexes (an ``include``/``exclude`` argument) and return them as a list.
+
+    Args:
+        value: one regex, an iterable of them, or ``None``.
+        name: the argument's name, for error messages.
+
+    Returns:
+        A new list of the regexes, or ``None`` for ``None``.
+
+    >>> check_patterns("q_proj", "include"), check_patterns(None, "exclude")
+    (['q_proj'], None)
+    >>> check_patterns(["q_proj("], "include")
+    Traceback (most recent call last):
+    ...
+    ValueError: include pattern 'q_proj(' is not a valid regular expression: missing ), unterminated subpattern at position 6.
+    """
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if isinstance(items, (bytes, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"{name} must be a regex string, a list of them, or None; got {type(value).__name__}."
+        )
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} must contain regex strings; got {type(item).__name__} {item!r}.")
+        try:
+            re.compile(item)
+        except re.error as err:
+            raise ValueError(f"{name} pattern {item!r} is not a valid regular expression: {err}.") from err
+        out.append(item)
+    return out
 
 
 def _check_tensor(value: object, name: str) -> torch.Tensor:

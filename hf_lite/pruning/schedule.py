@@ -17,13 +17,47 @@ from dataclasses import dataclass, field
 
 from hf_lite.pruning.masks import check_sparsity
 
-__all__ = ["CubicSchedule"]
+__all__ = ["CubicSchedule", "cubic_progress", "check_ramp"]
 
 
 def _check_step(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int (an optimizer step); got {type(value).__name__} {value!r}.")
     return int(value)
+
+
+def cubic_progress(fraction: float) -> float:
+    """How far the cubic schedule has gone toward its target when ``fraction`` of its span has passed:
+    ``1 - (1 - fraction) ** 3`` (fast at first, slow at the end).
+
+    The one coding of the curve: :meth:`CubicSchedule.progress_at` uses it for steps, a staged schedule
+    (structural pruning) for ``stage / num_stages``.
+
+    >>> cubic_progress(0.0), cubic_progress(0.5), cubic_progress(1.0)
+    (0.0, 0.875, 1.0)
+    """
+    return 1.0 - (1.0 - fraction) ** 3
+
+
+def check_ramp(initial: float, final: float, final_name: str = "final_sparsity") -> None:
+    """Refuse an ``initial_sparsity`` above the final one: the cubic schedule only increases sparsity.
+
+    Args:
+        initial: the checked ``initial_sparsity``.
+        final: the checked final sparsity.
+        final_name: the name of the final-sparsity argument the caller took (``"target_sparsity"`` in
+            ``PruningConfig``), so the message names what the user passed.
+
+    >>> check_ramp(0.4, 0.2, "target_sparsity")
+    Traceback (most recent call last):
+    ...
+    ValueError: initial_sparsity=0.4 is above target_sparsity=0.2: the cubic schedule only increases sparsity. Lower initial_sparsity (0.0 is the usual choice).
+    """
+    if initial > final:
+        raise ValueError(
+            f"initial_sparsity={initial!r} is above {final_name}={final!r}: the cubic schedule only increases "
+            "sparsity. Lower initial_sparsity (0.0 is the usual choice)."
+        )
 
 
 @dataclass(frozen=True)
@@ -69,12 +103,7 @@ class CubicSchedule:
         start = _check_step(self.start_step, "start_step")
         end = _check_step(self.end_step, "end_step")
         frequency = _check_step(self.frequency, "frequency")
-        if initial > final:
-            raise ValueError(
-                f"initial_sparsity={self.initial_sparsity!r} is above "
-                f"final_sparsity={self.final_sparsity!r}: the cubic schedule only increases sparsity. "
-                "Lower initial_sparsity (0.0 is the usual choice)."
-            )
+        check_ramp(self.initial_sparsity, self.final_sparsity)
         if start < 0:
             raise ValueError(f"start_step={start} is negative; pass an optimizer step >= 0.")
         if end <= start:
@@ -87,8 +116,14 @@ class CubicSchedule:
                 f"frequency={frequency} must be >= 1 (masks are recomputed every `frequency` steps)."
             )
         # Store normalized values (plain float/int) on the frozen instance.
-        for name, value in (("final_sparsity", final), ("initial_sparsity", initial), ("start_step", start),
-                            ("end_step", end), ("frequency", frequency)):  # fmt: skip
+        normalized = {
+            "final_sparsity": final,
+            "initial_sparsity": initial,
+            "start_step": start,
+            "end_step": end,
+            "frequency": frequency,
+        }
+        for name, value in normalized.items():
             object.__setattr__(self, name, value)
 
     def sparsity_at(self, step: int) -> float:
@@ -111,6 +146,26 @@ class CubicSchedule:
             return self.final_sparsity
         progress = (step - self.start_step) / (self.end_step - self.start_step)
         return self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** 3
+
+    def progress_at(self, step: int) -> float:
+        """Fraction of the way from ``initial_sparsity`` to ``final_sparsity`` at optimizer step ``step``:
+        :func:`cubic_progress` of the elapsed part of ``[start_step, end_step]`` (0 before, 1 from the end).
+
+        Args:
+            step: optimizer step.
+
+        Returns:
+            A float in ``[0, 1]``.
+
+        >>> CubicSchedule(final_sparsity=0.5, end_step=4).progress_at(2)
+        0.875
+        """
+        step = _check_step(step, "step")
+        if step < self.start_step:
+            return 0.0
+        if step >= self.end_step:
+            return 1.0
+        return cubic_progress((step - self.start_step) / (self.end_step - self.start_step))
 
     def should_update(self, step: int) -> bool:
         """Whether masks are recomputed at optimizer step ``step``: ``start_step``, every ``frequency``
