@@ -33,7 +33,7 @@ import importlib
 import importlib.util
 import json
 import os
-import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +42,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from hf_lite._utils import atomic_write_text, replace_dir
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -52,45 +54,15 @@ DEFAULT_DATA_DIR = Path(os.environ.get("HF_LITE_BENCH_DATA", REPO_ROOT.parent / 
 # ------------------------------------------------------------------------------------------------ machine
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
-    """Where the numbers were measured: CPU, usable cores, torch threads, memory, library versions, load.
-
-    Uses :func:`hf_lite.evaluation.machine_info` when it exists and adds what a benchmark report needs
-    beyond it (total memory, the 1-minute load average at the time of the call: a busy machine explains
-    noisy timings). No host name, user name or path.
+    """Where the numbers were measured: :func:`hf_lite.evaluation.machine_info` (CPU, usable cores, torch
+    threads, library versions, GPU) plus what a benchmark report needs beyond it (total memory, the
+    1-minute load average at the time of the call: a busy machine explains noisy timings). No host name,
+    user name or path.
     """
-    info: dict[str, Any]
-    try:
-        from hf_lite.evaluation import machine_info as hf_lite_machine_info
+    from hf_lite.evaluation import machine_info as hf_lite_machine_info  # imports torch: only when measuring
 
-        info = dict(hf_lite_machine_info())
-    except (ImportError, AttributeError):
-        import torch
-
-        try:
-            usable = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            usable = os.cpu_count()
-        info = {
-            "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "usable_cpus": usable,
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": f"{platform.system()} {platform.machine()}",
-        }
+    info = dict(hf_lite_machine_info())
     for lib in ("transformers", "peft", "accelerate", "datasets", "bitsandbytes"):
         if lib not in info:
             with contextlib.suppress(Exception):
@@ -129,7 +101,8 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ memory
 
 
-def _proc_status_bytes(field: str) -> int | None:
+def proc_status_bytes(field: str) -> int | None:
+    """A ``/proc/self/status`` field in bytes (``VmRSS``, ``VmHWM``), None off Linux."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -147,7 +120,7 @@ def peak_rss_bytes() -> int:
     used there: across ``fork`` + ``exec`` it keeps the parent's peak, so a child started by a big
     process would report the parent's memory.) Elsewhere ``ru_maxrss``, or ``psutil`` on Windows.
     """
-    hwm = _proc_status_bytes("VmHWM")
+    hwm = proc_status_bytes("VmHWM")
     if hwm is not None:
         return hwm
     try:
@@ -264,9 +237,7 @@ def _child_main(spec_path: str, out_path: str) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
-    tmp = Path(out_path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, out_path)
+    atomic_write_text(out_path, json.dumps(out))
 
 
 def _example_allocate(megabytes: int) -> int:
@@ -343,47 +314,72 @@ def model_forward(model: Any, batch: Mapping[str, Any]) -> Callable[[], Any]:
 
 
 def bytes_on_disk(folder: str | os.PathLike) -> int:
-    """Bytes of the weight files (``*.safetensors``) that ``save_pretrained`` wrote into ``folder``."""
-    try:
-        from hf_lite.evaluation import bytes_on_disk as hf_lite_bytes
+    """Bytes of the weight files (``*.safetensors``) that ``save_pretrained`` wrote into ``folder``
+    (:func:`hf_lite.evaluation.bytes_on_disk`)."""
+    from hf_lite.evaluation import bytes_on_disk as hf_lite_bytes
 
-        return int(hf_lite_bytes(folder))
-    except ImportError:
-        return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+    return int(hf_lite_bytes(folder))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """``(total, nonzero)`` parameters (pruned weights are exact zeros; 4-bit weights count logically)."""
-    try:
-        from hf_lite.evaluation import count_parameters as hf_lite_count
+    """``(total, nonzero)`` parameters (pruned weights are exact zeros; 4-bit weights count logically;
+    :func:`hf_lite.evaluation.count_parameters`)."""
+    from hf_lite.evaluation import count_parameters as hf_lite_count
 
-        total, nonzero = hf_lite_count(model)
-        return int(total), int(nonzero)
-    except ImportError:
-        total = sum(p.numel() for p in model.parameters())
-        nonzero = sum(int(p.count_nonzero()) for p in model.parameters())
-        return total, nonzero
+    total, nonzero = hf_lite_count(model)
+    return int(total), int(nonzero)
 
 
 # ------------------------------------------------------------------------------------------------ misc
 
 
-def save_teacher(folder: str | os.PathLike, model: Any, tokenizer: Any, meta: Mapping[str, Any]) -> tuple[Path, dict]:
+def cached_teacher(
+    ctx: Any, name: str, settings: Mapping[str, Any], label: str = "teacher"
+) -> tuple[Path, dict | None]:
+    """Where the trained model keyed by ``settings`` lives in ``ctx.cache`` (``<name>-<settings_key>``), and
+    its ``teacher.json`` (with ``from_cache=True``) when an earlier run stored it there by :func:`save_teacher`,
+    else None (train it, then :func:`save_teacher` into the folder)."""
+    folder = ctx.cache / f"{name}-{settings_key(settings)}"
+    meta_path = folder / "teacher.json"
+    if not meta_path.is_file():
+        return folder, None
+    ctx.log(f"{label} from cache {folder.name}")
+    return folder, {**json.loads(meta_path.read_text()), "from_cache": True}
+
+
+def save_teacher(
+    folder: str | os.PathLike, model: Any, tokenizer: Any, meta: Mapping[str, Any]
+) -> tuple[Path, dict]:
     """Store a trained teacher as a cache entry: model, tokenizer and ``teacher.json`` (``meta``), written
     beside ``folder`` and renamed into place, so the entry is complete or absent. Returns ``(folder, meta
     with from_cache=False)``."""
-    import json
-    import shutil
-
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "teacher.json").write_text(json.dumps(dict(meta), indent=2))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    replace_dir(tmp, folder)
     return folder, {**meta, "from_cache": False}
+
+
+def read_tinyshakespeare(data_dir: Path) -> str:
+    """The Tiny Shakespeare corpus, ``<data_dir>/tinyshakespeare/input.txt`` (1,115,394 characters)."""
+    path = Path(data_dir) / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: pass --data-dir with the folder holding tinyshakespeare/input.txt."
+        )
+    return path.read_text(encoding="utf-8")
+
+
+def column(key: str, label: str, fmt: str | None = None) -> dict[str, str]:
+    """A column of a result table: the row key, its header and its format (see :mod:`benchmarks.harness`).
+
+    >>> column("params", "params", "params"), column("how", "how")
+    ({'key': 'params', 'label': 'params', 'format': 'params'}, {'key': 'how', 'label': 'how'})
+    """
+    return {"key": key, "label": label, **({"format": fmt} if fmt else {})}
 
 
 def set_seed(seed: int) -> None:
@@ -401,21 +397,6 @@ def settings_key(settings: Mapping[str, Any], length: int = 12) -> str:
     """
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (complete or absent)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 @contextlib.contextmanager

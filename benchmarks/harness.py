@@ -9,9 +9,10 @@ Entry command (from the repository root)::
     python -m benchmarks --render          # rebuild RESULTS.md from the JSON files only (no run)
     python -m benchmarks sst2_encoder --set train_rows=16000   # a changed setting -> benchmarks/out/custom/
 
-**Registry.** A benchmark is a module of the ``benchmarks`` package (not starting with ``_``, not
-``harness``/``common``) that defines ``run(ctx) -> dict``. Dropping such a file into ``benchmarks/`` is
-all it takes. Optional module attributes: ``TITLE`` (default: the docstring's first line), ``ORDER``
+**Registry.** A benchmark is a module or sub-package of the ``benchmarks`` package (not starting with
+``_``, not ``harness``/``common``) that defines ``run(ctx) -> dict``. Dropping such a file into
+``benchmarks/`` is all it takes; a large benchmark is a sub-package whose ``__init__`` holds the settings
+and ``run`` and whose other modules hold its measuring and rendering code (``perf/``, ``causal_lm/``). Optional module attributes: ``TITLE`` (default: the docstring's first line), ``ORDER``
 (position in runs and in RESULTS.md, default 100), ``render(record) -> str`` (replaces the generic
 Markdown of :func:`render_record`). Keep heavy imports (torch, transformers) inside ``run`` so that
 discovery stays fast.
@@ -60,6 +61,7 @@ from types import ModuleType
 from typing import Any
 
 from benchmarks import common
+from hf_lite._utils import atomic_write_text
 
 SCHEMA = 1
 NOT_BENCHMARKS = frozenset({"harness", "common"})
@@ -93,7 +95,7 @@ class Benchmark:
 
 
 def discover(package: str = "benchmarks", errors: dict[str, str] | None = None) -> dict[str, Benchmark]:
-    """Every benchmark module of ``package`` (a module with a callable ``run``), by name, in ``ORDER``.
+    """Every benchmark of ``package`` (a module or sub-package with a callable ``run``), by name, in ``ORDER``.
 
     A module that fails to import raises, unless ``errors`` is given: then its error is recorded there
     (``{name: "ExceptionType: message"}``) and the other benchmarks stay usable.
@@ -101,7 +103,7 @@ def discover(package: str = "benchmarks", errors: dict[str, str] | None = None) 
     pkg = importlib.import_module(package)
     found = []
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("_") or info.name in NOT_BENCHMARKS or info.ispkg:
+        if info.name.startswith("_") or info.name in NOT_BENCHMARKS:
             continue
         try:
             module = importlib.import_module(f"{package}.{info.name}")
@@ -319,7 +321,7 @@ def run_benchmark(bench: Benchmark, ctx: Context, *, isolated: bool = True) -> d
 def write_record(record: dict[str, Any], out_dir: Path, command: str) -> Path:
     record = {**record, "command": command}
     text = json.dumps(record, indent=2, allow_nan=True) + "\n"
-    return common.atomic_write_text(out_dir / "results" / f"{record['benchmark']}.json", text)
+    return atomic_write_text(out_dir / "results" / f"{record['benchmark']}.json", text)
 
 
 def load_records(out_dir: Path) -> list[dict[str, Any]]:
@@ -329,6 +331,20 @@ def load_records(out_dir: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ rendering
+
+
+#: The named column formats; any other format is a ``str.format`` spec such as ``"{:.3f}"``.
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "pct": lambda v: f"{100 * v:.1f}%",
+    "pct2": lambda v: f"{100 * v:.2f}%",
+    "params": lambda v: f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v:,}",
+    "bytes": lambda v: f"{v / 2**20:.1f} MiB",
+    "gib": lambda v: f"{v / 2**30:.2f} GiB",
+    "ms": lambda v: f"{v:.1f}" if v >= 10 else f"{v:.2f}",
+    "x": lambda v: f"{v:.2f}×",
+    "int": lambda v: f"{int(v):,}",
+    "min": lambda v: f"{v / 60:.1f}",
+}
 
 
 def format_value(value: Any, fmt: str | None) -> str:
@@ -342,25 +358,8 @@ def format_value(value: Any, fmt: str | None) -> str:
         return "–"
     if isinstance(value, str) or fmt is None:
         return str(value).replace("|", "\\|")
-    if fmt == "pct":
-        return f"{100 * value:.1f}%"
-    if fmt == "pct2":
-        return f"{100 * value:.2f}%"
-    if fmt == "params":
-        return f"{value / 1e6:.2f}M" if value >= 1e5 else f"{value:,}"
-    if fmt == "bytes":
-        return f"{value / 2**20:.1f} MiB"
-    if fmt == "gib":
-        return f"{value / 2**30:.2f} GiB"
-    if fmt == "ms":
-        return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-    if fmt == "x":
-        return f"{value:.2f}×"
-    if fmt == "int":
-        return f"{int(value):,}"
-    if fmt == "min":
-        return f"{value / 60:.1f}"
-    return fmt.format(value)
+    named = FORMATS.get(fmt)
+    return named(value) if named else fmt.format(value)
 
 
 def render_table(table: Mapping[str, Any]) -> str:
@@ -455,17 +454,30 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quick", action="store_true", help="reduced sizes, every row exercised (< 10 min in all)")
     add("--list", action="store_true", help="list the registered benchmarks and exit")
     add("--render", action="store_true", help="only rebuild RESULTS.md from the JSON files")
-    add("--set", dest="overrides", action="append", default=[], metavar="NAME.KEY=VALUE",
-        help="change a setting of a benchmark (repeatable); output in benchmarks/out/custom")  # fmt: skip
-    add("--out", type=Path, default=None,
+    add(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="change a setting of a benchmark (repeatable); output in benchmarks/out/custom",
+    )
+    add(
+        "--out",
+        type=Path,
+        default=None,
         help="folder for results/*.json and RESULTS.md (default: benchmarks/ for a full run, "
-             "benchmarks/out/quick with --quick, benchmarks/out/custom with --set)")  # fmt: skip
+        "benchmarks/out/quick with --quick, benchmarks/out/custom with --set)",
+    )
     add("--seed", type=int, default=0, help="seed of every run (default 0)")
     add("--threads", type=int, default=0, help="torch threads, the same for every row (default: usable CPUs)")
     add("--data-dir", type=Path, default=common.DEFAULT_DATA_DIR, help="folder of the real data sets")
     add("--cache-dir", type=Path, default=CACHE_DIR, help="trained-teacher cache, kept between runs")
-    add("--in-process", action="store_true",
-        help="run benchmarks in this process (debugging; no per-benchmark peak memory)")  # fmt: skip
+    add(
+        "--in-process",
+        action="store_true",
+        help="run benchmarks in this process (debugging; no per-benchmark peak memory)",
+    )
     return parser
 
 
@@ -500,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out or (QUICK_OUT if args.quick else CUSTOM_OUT if overrides else FULL_OUT)
     if args.render:
         text = render_results(load_records(out_dir), registry)
-        path = common.atomic_write_text(out_dir / "RESULTS.md", text)
+        path = atomic_write_text(out_dir / "RESULTS.md", text)
         print(f"wrote {path}")
         return 0
 
@@ -513,10 +525,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = (args.out / "work") if args.out else common.BENCH_DIR / "out" / "work"
     for name in names:
         ctx = Context(
-            name=name, quick=args.quick, seed=args.seed, threads=threads, data_dir=str(args.data_dir),
-            cache_dir=str(args.cache_dir), work_dir=str(work_dir),
+            name=name,
+            quick=args.quick,
+            seed=args.seed,
+            threads=threads,
+            data_dir=str(args.data_dir),
+            cache_dir=str(args.cache_dir),
+            work_dir=str(work_dir),
             overrides=overrides.get(name, {}),
-        )  # fmt: skip
+        )
         print(f"=== {name} ({'quick' if args.quick else 'full'}) ===", flush=True)
         try:
             record = run_benchmark(registry[name], ctx, isolated=not args.in_process)
@@ -527,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = write_record(record, out_dir, command)
         print(f"=== {name}: {record['wall_s'] / 60:.1f} min, wrote {path}", flush=True)
     text = render_results(load_records(out_dir), registry)
-    path = common.atomic_write_text(out_dir / "RESULTS.md", text)
+    path = atomic_write_text(out_dir / "RESULTS.md", text)
     print(f"wrote {path}")
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)

@@ -37,7 +37,6 @@ Fixed seeds (``--seed``), so accuracies repeat run to run on the same machine an
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import shutil
@@ -45,6 +44,17 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import (
+    bytes_on_disk,
+    cached_teacher,
+    column,
+    count_parameters,
+    minilm_path,
+    model_forward,
+    save_teacher,
+    time_side_by_side,
+)
 
 TITLE = "SST-2 encoder: all-MiniLM-L6-v2 teacher, 3-layer students (distilled, pruned, quantized)"
 ORDER = 10
@@ -181,8 +191,9 @@ def _steps(rows: int, epochs: float, batch_size: int) -> int:
     return max(1, math.ceil(rows * epochs / batch_size))
 
 
-def train_ce(model: Any, train: Any, tokenizer: Any, s: dict[str, Any], steps: int, lr: float, out: Path,
-             seed: int) -> Any:  # fmt: skip
+def train_ce(
+    model: Any, train: Any, tokenizer: Any, s: dict[str, Any], steps: int, lr: float, out: Path, seed: int
+) -> Any:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     args = _training_args(TrainingArguments, out, s, steps, lr, seed)
@@ -193,8 +204,19 @@ def train_ce(model: Any, train: Any, tokenizer: Any, s: dict[str, Any], steps: i
     return trainer.model
 
 
-def train_kd(student: Any, teacher: Any, train: Any, tokenizer: Any, s: dict[str, Any], steps: int, out: Path,
-             seed: int, *, hidden: bool, callbacks: list[Any] | None = None) -> Any:  # fmt: skip
+def train_kd(
+    student: Any,
+    teacher: Any,
+    train: Any,
+    tokenizer: Any,
+    s: dict[str, Any],
+    steps: int,
+    out: Path,
+    seed: int,
+    *,
+    hidden: bool,
+    callbacks: list[Any] | None = None,
+) -> Any:
     from transformers import DataCollatorWithPadding
 
     from trainers import DistillationConfig, DistillationTrainer
@@ -209,16 +231,28 @@ def train_kd(student: Any, teacher: Any, train: Any, tokenizer: Any, s: dict[str
     args = _training_args(DistillationConfig, out, s, steps, s["student_lr"], seed, **kd)
     collator = DataCollatorWithPadding(tokenizer)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=train, data_collator=collator,
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train,
+        data_collator=collator,
         callbacks=callbacks,
-    )  # fmt: skip
+    )
     trainer.train()
     return trainer.model
 
 
 def teacher_settings(s: dict[str, Any], seed: int, n_train: int) -> dict[str, Any]:
-    keys = ("train_rows", "max_seq_length", "batch_size", "freeze_word_embeddings", "teacher_layers",
-            "teacher_epochs", "teacher_lr", "warmup_ratio")  # fmt: skip
+    keys = (
+        "train_rows",
+        "max_seq_length",
+        "batch_size",
+        "freeze_word_embeddings",
+        "teacher_layers",
+        "teacher_epochs",
+        "teacher_lr",
+        "warmup_ratio",
+    )
     return {
         "recipe": TEACHER_RECIPE,
         "model": MODEL_NAME,
@@ -230,16 +264,13 @@ def teacher_settings(s: dict[str, Any], seed: int, n_train: int) -> dict[str, An
 
 def get_teacher(ctx: Any, s: dict[str, Any], train: Any, tokenizer: Any) -> tuple[Path, dict[str, Any]]:
     """The fine-tuned teacher's folder, trained now or found in the cache (keyed by its settings)."""
-    from benchmarks.common import minilm_path, save_teacher, settings_key
     from hf_lite import load_model
     from hf_lite.student import init_student_from_teacher
 
     settings = teacher_settings(s, ctx.seed, len(train))
-    folder = ctx.cache / f"teacher-{settings_key(settings)}"
-    meta_path = folder / "teacher.json"
-    if meta_path.is_file():
-        ctx.log(f"teacher from cache {folder.name}")
-        return folder, {**json.loads(meta_path.read_text()), "from_cache": True}
+    folder, cached = cached_teacher(ctx, "teacher", settings)
+    if cached is not None:
+        return folder, cached
     model = load_model(minilm_path(), task=TASK, num_labels=2)
     if s["teacher_layers"]:
         model = init_student_from_teacher(model, layers=s["teacher_layers"])
@@ -262,8 +293,13 @@ def dev_batches(tokenizer: Any, rows: list[tuple[str, int]], s: dict[str, Any]) 
     out = []
     for i in range(0, len(order), s["eval_batch_size"]):
         chunk = [rows[j] for j in order[i : i + s["eval_batch_size"]]]
-        enc = tokenizer([t for t, _ in chunk], truncation=True, max_length=s["max_seq_length"], padding=True,
-                        return_tensors="pt")  # fmt: skip
+        enc = tokenizer(
+            [t for t, _ in chunk],
+            truncation=True,
+            max_length=s["max_seq_length"],
+            padding=True,
+            return_tensors="pt",
+        )
         out.append((dict(enc), torch.tensor([y for _, y in chunk])))
     return out
 
@@ -288,8 +324,11 @@ def latency_inputs(tokenizer: Any, rows: list[tuple[str, int]], s: dict[str, Any
     b1 = dict(tokenizer([one], truncation=True, max_length=s["max_seq_length"], return_tensors="pt"))
     texts = [t for t, _ in rows[:32]]
     texts += texts[: 32 - len(texts)] if len(texts) < 32 else []  # tiny quick-mode dev sets
-    b32 = dict(tokenizer(texts[:32], truncation=True, max_length=s["max_seq_length"], padding=True,
-                         return_tensors="pt"))  # fmt: skip
+    b32 = dict(
+        tokenizer(
+            texts[:32], truncation=True, max_length=s["max_seq_length"], padding=True, return_tensors="pt"
+        )
+    )
     return b1, b32
 
 
@@ -299,7 +338,6 @@ def latency_inputs(tokenizer: Any, rows: list[tuple[str, int]], s: dict[str, Any
 def run(ctx: Any) -> dict[str, Any]:
     import torch
 
-    from benchmarks.common import bytes_on_disk, count_parameters, minilm_path, time_side_by_side
     from hf_lite import load_model, load_tokenizer
     from hf_lite.pruning import prune_ffn_
     from hf_lite.student import init_student_from_teacher
@@ -337,8 +375,13 @@ def run(ctx: Any) -> dict[str, Any]:
         teacher_dir, teacher_meta = get_teacher(ctx, s, train, tokenizer)
     teacher = load_model(teacher_dir, task=TASK)
     n_teacher_layers = teacher.config.num_hidden_layers
-    add_row("teacher", f"MiniLM-L6 ({n_teacher_layers} layers) fine-tuned with CE", teacher_dir,
-            teacher_meta["train_s"], from_cache=teacher_meta["from_cache"])  # fmt: skip
+    add_row(
+        "teacher",
+        f"MiniLM-L6 ({n_teacher_layers} layers) fine-tuned with CE",
+        teacher_dir,
+        teacher_meta["train_s"],
+        from_cache=teacher_meta["from_cache"],
+    )
 
     # Every student takes the same optimizer steps: student_epochs over the transfer set (the plain-CE student
     # cycles over the labelled rows for as many steps), so the rows differ only in loss and data.
@@ -353,21 +396,30 @@ def run(ctx: Any) -> dict[str, Any]:
     with ctx.phase("student_ce"):
         start = time.perf_counter()
         model = train_ce(new_student(), train, tokenizer, s, steps, s["student_lr"], ctx.work / "run", seed)
-        add_row("student-ce", f"{layers_note}, plain CE on the labels", save("student-ce", model),
-                time.perf_counter() - start)  # fmt: skip
+        add_row(
+            "student-ce",
+            f"{layers_note}, plain CE on the labels",
+            save("student-ce", model),
+            time.perf_counter() - start,
+        )
     kd_how = f"T={s['kd_temperature']:g}, α={s['kd_alpha']:g}"
     for name, hidden in (("student-kd", False), ("student-kd-hidden", True)):
         with ctx.phase(name.replace("-", "_")):
             start = time.perf_counter()
-            model = train_kd(new_student(), teacher, kd_train, tokenizer, s, steps, ctx.work / "run", seed,
-                             hidden=hidden)  # fmt: skip
+            model = train_kd(
+                new_student(), teacher, kd_train, tokenizer, s, steps, ctx.work / "run", seed, hidden=hidden
+            )
             what = (
                 f"logits + hidden states ({s['hidden_loss']}, weight {s['hidden_weight']:g})"
                 if hidden
                 else "logits"
             )
-            add_row(name, f"{layers_note}, distilled on {what}, {kd_how}", save(name, model),
-                    time.perf_counter() - start)  # fmt: skip
+            add_row(
+                name,
+                f"{layers_note}, distilled on {what}, {kd_how}",
+                save(name, model),
+                time.perf_counter() - start,
+            )
 
     # Measure the students now: the best distilled one is the base of the compressed rows.
     for name in ("teacher", "student-ce", "student-kd", "student-kd-hidden"):
@@ -386,27 +438,52 @@ def run(ctx: Any) -> dict[str, Any]:
         _freeze_embeddings(model, s)
         calib = _calibration_batches(train, tokenizer, s, seed)
         prune_ffn_(model, s["ffn_keep"], importance=s["ffn_importance"], calibration_batches=calib)
-        model = train_kd(model, teacher, kd_train, tokenizer, s, recovery_steps, ctx.work / "run", seed,
-                         hidden=best_hidden)  # fmt: skip
-        add_row("ffn-pruned", f"{best} with {100 * (1 - s['ffn_keep']):.0f}% of FFN neurons removed "
-                f"({s['ffn_importance']}), distilled {recovery_steps} steps", save("ffn-pruned", model),
-                time.perf_counter() - start)  # fmt: skip
+        model = train_kd(
+            model, teacher, kd_train, tokenizer, s, recovery_steps, ctx.work / "run", seed, hidden=best_hidden
+        )
+        add_row(
+            "ffn-pruned",
+            f"{best} with {100 * (1 - s['ffn_keep']):.0f}% of FFN neurons removed "
+            f"({s['ffn_importance']}), distilled {recovery_steps} steps",
+            save("ffn-pruned", model),
+            time.perf_counter() - start,
+        )
     with ctx.phase("unstructured"):
         start = time.perf_counter()
         model = load_model(rows[best]["folder"], task=TASK)
         _freeze_embeddings(model, s)
         end = max(1, int(0.7 * recovery_steps))
-        callback = PruningCallback(target_sparsity=s["sparsity"], start_step=0, end_step=end,
-                                   frequency=max(1, end // 10))  # fmt: skip
-        model = train_kd(model, teacher, kd_train, tokenizer, s, recovery_steps, ctx.work / "run", seed,
-                         hidden=best_hidden, callbacks=[callback])  # fmt: skip
-        add_row("unstructured", f"{best} pruned to {100 * s['sparsity']:.0f}% sparsity (gradual magnitude, "
-                f"linear layers) while distilling {recovery_steps} steps", save("unstructured", model),
-                time.perf_counter() - start)  # fmt: skip
+        callback = PruningCallback(
+            target_sparsity=s["sparsity"], start_step=0, end_step=end, frequency=max(1, end // 10)
+        )
+        model = train_kd(
+            model,
+            teacher,
+            kd_train,
+            tokenizer,
+            s,
+            recovery_steps,
+            ctx.work / "run",
+            seed,
+            hidden=best_hidden,
+            callbacks=[callback],
+        )
+        add_row(
+            "unstructured",
+            f"{best} pruned to {100 * s['sparsity']:.0f}% sparsity (gradual magnitude, "
+            f"linear layers) while distilling {recovery_steps} steps",
+            save("unstructured", model),
+            time.perf_counter() - start,
+        )
     for name, quant, how in (("int8", "8bit", "LLM.int8"), ("nf4", "4bit", "NF4, double quantization")):
         model = load_model(rows[best]["folder"], task=TASK, quantization=quant)
-        add_row(f"{best}-{name}", f"{best} in {how} (bitsandbytes)", save(f"{best}-{name}", model), None,
-                quantization=quant)  # fmt: skip
+        add_row(
+            f"{best}-{name}",
+            f"{best} in {how} (bitsandbytes)",
+            save(f"{best}-{name}", model),
+            None,
+            quantization=quant,
+        )
 
     with ctx.phase("measure"):
         loaded = {}
@@ -423,7 +500,7 @@ def run(ctx: Any) -> dict[str, Any]:
             ("b1", b1, s["latency_repeats_b1"]),
             ("b32", b32, s["latency_repeats_b32"]),
         ):
-            fns = {name: _forward(m, batch) for name, m in loaded.items()}
+            fns = {name: model_forward(m, batch) for name, m in loaded.items()}
             lat[label] = time_side_by_side(fns, repeats=repeats, warmup=s["latency_warmup"])
         for name, row in rows.items():
             for label in ("b1", "b32"):
@@ -462,23 +539,23 @@ def run(ctx: Any) -> dict[str, Any]:
             "dev_rows": len(dev),
             "student_steps": steps,
             "recovery_steps": recovery_steps,
-        },  # fmt: skip
+        },
     }
 
 
 COLUMNS = [
-    {"key": "row", "label": "model"},
-    {"key": "accuracy", "label": "dev accuracy", "format": "pct"},
-    {"key": "pct_of_teacher", "label": "% of teacher", "format": "pct"},
-    {"key": "params", "label": "params", "format": "params"},
-    {"key": "nonzero_params", "label": "nonzero", "format": "params"},
-    {"key": "bytes", "label": "safetensors", "format": "bytes"},
-    {"key": "latency_b1_ms", "label": "latency b1 (ms)", "format": "ms"},
-    {"key": "latency_b32_ms", "label": "latency b32 (ms)", "format": "ms"},
-    {"key": "speedup_b1", "label": "speedup b1", "format": "x"},
-    {"key": "speedup_b32", "label": "speedup b32", "format": "x"},
-    {"key": "train_s", "label": "train (min)", "format": "min"},
-    {"key": "how", "label": "how"},
+    column("row", "model"),
+    column("accuracy", "dev accuracy", "pct"),
+    column("pct_of_teacher", "% of teacher", "pct"),
+    column("params", "params", "params"),
+    column("nonzero_params", "nonzero", "params"),
+    column("bytes", "safetensors", "bytes"),
+    column("latency_b1_ms", "latency b1 (ms)", "ms"),
+    column("latency_b32_ms", "latency b32 (ms)", "ms"),
+    column("speedup_b1", "speedup b1", "x"),
+    column("speedup_b32", "speedup b32", "x"),
+    column("train_s", "train (min)", "min"),
+    column("how", "how"),
 ]
 
 
@@ -486,12 +563,6 @@ def _kept_layers(spec: Any, n: int) -> list[int]:
     from hf_lite.student import select_layers
 
     return select_layers(spec, n)
-
-
-def _forward(model: Any, batch: dict) -> Any:
-    from benchmarks.common import model_forward
-
-    return model_forward(model, batch)
 
 
 def _calibration_batches(train: Any, tokenizer: Any, s: dict[str, Any], seed: int) -> list[dict]:
@@ -502,8 +573,10 @@ def _calibration_batches(train: Any, tokenizer: Any, s: dict[str, Any], seed: in
     out = []
     for i in range(0, len(idx), s["batch_size"]):
         rows = [train[j] for j in idx[i : i + s["batch_size"]]]
-        enc = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r}
-                             for r in rows], return_tensors="pt")  # fmt: skip
+        enc = tokenizer.pad(
+            [{k: r[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in r} for r in rows],
+            return_tensors="pt",
+        )
         out.append({**enc, "labels": torch.tensor([r["labels"] for r in rows])})
     return out
 
@@ -537,18 +610,22 @@ def _goals(rows: dict[str, dict[str, Any]], best: str) -> list[dict[str, Any]]:
             measured = ", ".join(f"{r['row']} ({100 * r['accuracy'] / t:.1f}%, {r[key]:.2f}×)" for r in ok)
         else:
             measured = f"fastest row at ≥ 97%: {fast['row']} at {fast[key]:.2f}×"
-        goals.append({
-            "goal": f"some row keeps ≥ 97% at ≥ 2.0× CPU speedup, batch {label[1:]}",
-            "measured": measured,
-            "met": bool(ok),
-        })  # fmt: skip
+        goals.append(
+            {
+                "goal": f"some row keeps ≥ 97% at ≥ 2.0× CPU speedup, batch {label[1:]}",
+                "measured": measured,
+                "met": bool(ok),
+            }
+        )
     for suffix, bits, limit in (("int8", 8, 0.005), ("nf4", 4, 0.015)):
         q = rows[f"{best}-{suffix}"]["accuracy"]
-        goals.append({
-            "goal": f"{bits}-bit loses ≤ {100 * limit:.1f} point(s)",
-            "measured": f"{_pts(q, b)} ({100 * q:.1f} vs {100 * b:.1f})",
-            "met": b - q <= limit + 1e-9,
-        })  # fmt: skip
+        goals.append(
+            {
+                "goal": f"{bits}-bit loses ≤ {100 * limit:.1f} point(s)",
+                "measured": f"{_pts(q, b)} ({100 * q:.1f} vs {100 * b:.1f})",
+                "met": b - q <= limit + 1e-9,
+            }
+        )
     return goals
 
 
