@@ -26,10 +26,11 @@ text): it aggregates per-sequence NLL sums, so it is exact over a whole set and 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hf_lite._utils import did_you_mean
 
 if TYPE_CHECKING:
     import evaluate
@@ -52,10 +53,8 @@ def _check_name(name: Any) -> str:
             f"name must be a string, one of {sorted(METRICS)}; got {type(name).__name__} {name!r}."
         )
     if name not in METRICS:
-        close = difflib.get_close_matches(name, list(METRICS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"name={name!r} is not a bundled metric{hint}; choose one of {sorted(METRICS)}, or call "
+            f"name={name!r} is not a bundled metric{did_you_mean(name, METRICS)}; choose one of {sorted(METRICS)}, or call "
             "evaluate.load() yourself for other metrics (needs the Hub or a cached script)."
         )
     return name

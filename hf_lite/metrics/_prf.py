@@ -1,7 +1,9 @@
-"""Precision, recall and F1 from per-label counts, with scikit-learn's definitions (numpy only).
+"""The one implementation behind the ``precision``, ``recall`` and ``f1`` metric scripts (and ``accuracy``'s info).
 
-Shared by the ``f1``, ``precision`` and ``recall`` metric scripts of this folder. It is imported
-relatively (``from ._prf import ...``) so that ``evaluate.load`` copies it next to a script it loads.
+:func:`precision_recall_f1` computes the three scores from per-label counts with scikit-learn's
+definitions (numpy only); :func:`prf_metric` builds the ``evaluate.Metric`` class of one of them, so
+each script of this folder is a few lines. The scripts import this module relatively
+(``from ._prf import ...``) so that ``evaluate.load`` copies it next to a script it loads.
 
 >>> precision_recall_f1([1, 0, 1, 1], [1, 1, 0, 1], average="binary")
 (0.6666666666666666, 0.6666666666666666, 0.6666666666666666)
@@ -13,9 +15,29 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import datasets
+import evaluate
 import numpy as np
 
 AVERAGES = ("binary", "micro", "macro", "weighted", None)
+#: The scores :func:`precision_recall_f1` returns, in its order.
+SCORES = ("precision", "recall", "f1")
+SKLEARN_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython},
+author={Pedregosa, F. and others},
+journal={Journal of Machine Learning Research}, volume={12}, pages={2825--2830}, year={2011}}"""
+_PRF_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list` of `int`): predicted labels.
+    references (`list` of `int`): ground-truth labels.
+    labels (`list` of `int`, *optional*): labels to score; default all labels present.
+    pos_label (`int`, defaults to 1): the positive class for `average="binary"`.
+    average (`str` or `None`, defaults to `"binary"`): "binary", "micro", "macro", "weighted" or None (one
+        score per label).
+    sample_weight (`list` of `float`, *optional*): weight of each example.
+    zero_division (`float` or `"warn"`, defaults to 0.0): value of a score whose denominator is 0.
+Returns:
+    {score} (`float`, or `list` of `float` for average=None).
+"""
 
 
 def check_inputs(
@@ -140,3 +162,75 @@ def precision_recall_f1(
         return precision.tolist(), recall.tolist(), f1.tolist()
     weight = true_sum if average == "weighted" else None
     return _average(precision, weight), _average(recall, weight), _average(f1, weight)
+
+
+# ------------------------------------------------------------------------------------------------ metric classes
+
+
+def class_id_info(description: str, inputs_description: str, sklearn_function: str) -> evaluate.MetricInfo:
+    """The ``evaluate.MetricInfo`` of a metric on integer class ids that follows scikit-learn's ``sklearn_function``.
+
+    >>> class_id_info("Accuracy.", "", "accuracy_score").features["predictions"].dtype
+    'int64'
+    """
+    return evaluate.MetricInfo(
+        description=description,
+        citation=SKLEARN_CITATION,
+        inputs_description=inputs_description,
+        features=datasets.Features(
+            {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+        ),
+        reference_urls=[
+            f"https://scikit-learn.org/stable/modules/generated/sklearn.metrics.{sklearn_function}.html"
+        ],
+    )
+
+
+def prf_metric(class_name: str, module: str, score: str, description: str) -> type[evaluate.Metric]:
+    """The ``evaluate.Metric`` class of one of :data:`SCORES`, named ``class_name`` in module ``module``.
+
+    Same name, inputs, keyword arguments and output as the Hub's ``evaluate-metric/<score>``: the
+    keyword arguments of :func:`precision_recall_f1`, and ``{score: value}`` out. A metric script
+    calls it as ``F1 = prf_metric("F1", __name__, "f1", "F1: ...")``, so ``evaluate.load`` finds the
+    class in the script (a base class imported into the script would be found first).
+
+    >>> F1 = prf_metric("F1", __name__, "f1", "F1 score.")
+    >>> F1(keep_in_memory=True).compute(predictions=[0, 1, 2, 2], references=[0, 2, 2, 1], average="macro")
+    {'f1': 0.5}
+    """
+    if score not in SCORES:
+        raise ValueError(f"score={score!r} must be one of {list(SCORES)}.")
+    index = SCORES.index(score)
+
+    def _info(self: evaluate.Metric) -> evaluate.MetricInfo:
+        return class_id_info(description, _PRF_KWARGS_DESCRIPTION.format(score=score), f"{score}_score")
+
+    def _compute(
+        self: evaluate.Metric,
+        predictions: Any,
+        references: Any,
+        labels: Any = None,
+        pos_label: Any = 1,
+        average: str | None = "binary",
+        sample_weight: Any = None,
+        zero_division: Any = 0.0,
+    ) -> dict[str, Any]:
+        scores = precision_recall_f1(
+            predictions,
+            references,
+            labels=labels,
+            pos_label=pos_label,
+            average=average,
+            sample_weight=sample_weight,
+            zero_division=zero_division,
+        )
+        return {score: scores[index]}
+
+    namespace = {
+        "__module__": module,
+        "__qualname__": class_name,
+        "__doc__": f"{description} An ``evaluate.Metric``; no Hub access.",
+        "_info": _info,
+        "_compute": _compute,
+    }
+    return type(class_name, (evaluate.Metric,), namespace)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import datasets
 import evaluate
 import numpy as np
+
+from ._prf import class_id_info
 
 _DESCRIPTION = (
     "Accuracy: (number of correct predictions) / (number of predictions); with sample_weight, weighted."
@@ -28,9 +29,6 @@ Args:
 Returns:
     accuracy (`float`): in [0, 1] when `normalize=True`.
 """
-_CITATION = """@article{scikit-learn, title={Scikit-learn: Machine Learning in {P}ython},
-author={Pedregosa, F. and others},
-journal={Journal of Machine Learning Research}, volume={12}, pages={2825--2830}, year={2011}}"""
 
 
 class Accuracy(evaluate.Metric):
@@ -41,17 +39,7 @@ class Accuracy(evaluate.Metric):
     """
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-            reference_urls=[
-                "https://scikit-learn.org/stable/modules/generated/sklearn.metrics.accuracy_score.html"
-            ],
-        )
+        return class_id_info(_DESCRIPTION, _KWARGS_DESCRIPTION, "accuracy_score")
 
     def _compute(
         self, predictions: Any, references: Any, normalize: bool = True, sample_weight: Any = None
