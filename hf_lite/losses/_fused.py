@@ -64,8 +64,6 @@ FUSED_LOSS_TYPES = ("forward_kl", "reverse_kl", "jsd")
 #: in a worker thread (fewer, larger ops: each op wakes the intra-op thread team).
 BLOCK_ELEMENTS = 2**20
 
-IGNORE_INDEX = -100
-
 
 class Rows(NamedTuple):
     """Per-row results ``(...)``: ``total = (1 - ce_share) * kd + ce_share * ce`` (differentiable with respect
@@ -198,7 +196,9 @@ class _FusedRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block_fn, compiled, valid, labels, ce_share, student, *rows):  # type: ignore[override]
         rows = [r.detach() for r in rows]
-        total, kd, ce, grad = _run_blocks(block_fn, compiled, student.detach(), rows, valid, labels, ce_share, True)
+        total, kd, ce, grad = _run_blocks(
+            block_fn, compiled, student.detach(), rows, valid, labels, ce_share, True
+        )
         ctx.grad = grad.view(student.shape)
         ctx.num_rows = len(rows)
         ctx.mark_non_differentiable(*([kd] if ce is None else [kd, ce]))
@@ -237,7 +237,8 @@ def _call(fn: Callable[..., Any], compiled: bool, *args: Any, **kwargs: Any) -> 
         _COMPILE_FAILED.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         logger.warning(
             "compile_loss: torch.compile of the distillation loss failed here (%s); computing it eagerly "
-            "(same values, slower). Set compile_loss=False to silence this.", _COMPILE_FAILED[0]
+            "(same values, slower). Set compile_loss=False to silence this.",
+            _COMPILE_FAILED[0],
         )
         return fn(*args, **kwargs)
 
@@ -270,7 +271,10 @@ def _softmax_lse(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _ce_part(
-    student: torch.Tensor, labels: torch.Tensor | None, temperature: float, p_s: torch.Tensor,
+    student: torch.Tensor,
+    labels: torch.Tensor | None,
+    temperature: float,
+    p_s: torch.Tensor,
     lse_s: torch.Tensor,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(ce rows, softmax of the untempered student)``: ``lse(z_s) - z_s[y]``, reusing ``p_s`` at ``T = 1``."""
@@ -330,7 +334,11 @@ def _kl_block(
         if want_grad:
             if temperature == 1.0:
                 # (1 - c) (p_s - p_t) + c (p_s - onehot) = p_s - (1 - c) p_t - c onehot: one pass
-                grad = torch.add(p_s, p_t, alpha=-kd_weight, out=out) if out is not None else p_s.sub_(p_t, alpha=kd_weight)
+                grad = (
+                    torch.add(p_s, p_t, alpha=-kd_weight, out=out)
+                    if out is not None
+                    else p_s.sub_(p_t, alpha=kd_weight)
+                )
                 if ce is not None and ce_share:
                     _add_onehot(grad, labels, -ce_share)
                 return kd, ce, grad

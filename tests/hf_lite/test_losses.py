@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import doctest
+import importlib
 import math
+import pkgutil
 
 import pytest
 import torch
@@ -718,5 +720,8 @@ def test_errors(make, error, match):
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(losses, optionflags=doctest.ELLIPSIS)
+    names = [f"hf_lite.losses.{m.name}" for m in pkgutil.iter_modules(losses.__path__)]
+    modules = [losses, *(importlib.import_module(name) for name in names)]
+    results = [doctest.testmod(module, optionflags=doctest.ELLIPSIS) for module in modules]
+    result = doctest.TestResults(sum(r.failed for r in results), sum(r.attempted for r in results))
     assert result.attempted > 30 and result.failed == 0
