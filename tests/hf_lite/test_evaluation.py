@@ -491,12 +491,12 @@ def test_side_by_side_matches_single_model_interface(gpt2):
 
 
 def test_machine_info_describes_the_machine_without_paths():
-    from hf_lite.report import _check_public
+    from hf_lite.report import check_public
 
     info = machine_info()
     assert info["torch"] == torch.__version__ and info["torch_threads"] == torch.get_num_threads()
     assert info["cpu"] and info["cpu_count"] >= 1 and 1 <= info["usable_cpus"] <= info["cpu_count"]
-    _check_public(info, "machine")  # raises on a local path or token
+    check_public(info, "machine")  # raises on a local path or token
 
 
 def test_evaluation_result_sparsity():

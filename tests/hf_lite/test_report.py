@@ -9,6 +9,7 @@ import struct
 import pytest
 
 import hf_lite.report as report_module
+from hf_lite._utils import atomic_write
 from hf_lite.evaluation import EvaluationResult
 from hf_lite.report import CompressionReport, ReportRow
 
@@ -153,12 +154,13 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
     path = tmp_path / "report.json"
     path.write_text("old")
 
-    def explode(f):
-        f.write("partial")
+    def explode(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("partial")
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        report_module._atomic_write(path, explode)
+        atomic_write(path, explode)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
