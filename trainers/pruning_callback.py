@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
     from hf_lite.pruning.report import SparsityReport
 
+# PruningConfig lives in trainers.pruning_config; still importable from here as before.
 __all__ = ["PruningConfig", "PruningCallback", "PRUNING_STATE_NAME", "PRUNING_STATE_JSON"]
 
 logger = logging.getLogger(__name__)

@@ -105,11 +105,7 @@ def check_nm_widths(widths: Mapping[str, int], nm: tuple[int, int] | None, label
         label: how the message names the pattern argument (default ``"pattern 'n:m'"``), e.g.
             ``"pattern='2:4'"`` for a config field.
 
-    >>> check_nm_widths({"fc": 8}, (2, 4))
-    >>> check_nm_widths({"fc": 6}, (2, 4))
-    Traceback (most recent call last):
-    ...
-    ValueError: pattern '2:4' needs a number of input features divisible by 4, which these layers lack: fc (6 inputs). Exclude them (exclude=[*DEFAULT_EXCLUDE, 'name']) or use pattern='unstructured'.
+    >>> check_nm_widths({"fc": 8}, (2, 4))  # fits: no error; {"fc": 6} would raise a ValueError
     """
     if nm is None:
         return
@@ -126,19 +122,11 @@ def check_nm_widths(widths: Mapping[str, int], nm: tuple[int, int] | None, label
 def check_patterns(value: str | Iterable[str] | None, name: str) -> list[str] | None:
     """Check layer-name regexes (an ``include``/``exclude`` argument) and return them as a list.
 
-    Args:
-        value: one regex, an iterable of them, or ``None``.
-        name: the argument's name, for error messages.
-
-    Returns:
-        A new list of the regexes, or ``None`` for ``None``.
+    ``value`` is one regex, an iterable of them, or ``None`` (returned as ``None``); ``name`` is the
+    argument's name, for error messages.
 
     >>> check_patterns("q_proj", "include"), check_patterns(None, "exclude")
     (['q_proj'], None)
-    >>> check_patterns(["q_proj("], "include")
-    Traceback (most recent call last):
-    ...
-    ValueError: include pattern 'q_proj(' is not a valid regular expression: missing ), unterminated subpattern at position 6.
     """
     if value is None:
         return None
