@@ -64,6 +64,12 @@ def format_bytes(n: int) -> str:
 
 
 def logical_numel(param: torch.Tensor) -> int:
+    """Number of weights ``param`` stands for: a bitsandbytes 4-bit weight counts its unpacked shape.
+
+    >>> import torch
+    >>> logical_numel(torch.nn.Parameter(torch.zeros(4, 3)))
+    12
+    """
     quant_state = getattr(param, "quant_state", None)  # bnb Params4bit pack two weights per byte
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
         return math.prod(quant_state.shape)
@@ -75,8 +81,10 @@ def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
     out = []
     state = getattr(param, "quant_state", None)
     while state is not None:
-        out += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None), getattr(state, "offset", None))
-                if t is not None and hasattr(t, "untyped_storage")]  # fmt: skip
+        for attr in ("absmax", "code", "offset"):
+            t = getattr(state, attr, None)
+            if t is not None and hasattr(t, "untyped_storage"):
+                out.append(t)
         state = getattr(state, "state2", None)  # double quantization nests a second state
     scb = getattr(param, "SCB", None)  # LLM.int8 row scales
     if scb is not None:
@@ -112,12 +120,16 @@ def describe_adapter(model: torch.nn.Module) -> str | None:
         if getattr(cfg, "r", None) is not None:
             desc += f" r={cfg.r}"
         # A tuner layer holds one sub-dict per adapter name (lora_A["default"], ...).
-        adapted = sorted({
-            n.rsplit(".", 1)[-1]
-            for n, m in model.named_modules()
-            if any(isinstance(getattr(m, a, None), torch_module_dict()) and name in getattr(m, a)
-                   for a in ("lora_A", "lora_E", "ia3_l", "hada_w1_a", "lokr_w1", "oft_R", "boft_R"))
-        })  # fmt: skip
+        adapted = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if any(
+                    isinstance(getattr(m, a, None), torch_module_dict()) and name in getattr(m, a)
+                    for a in ("lora_A", "lora_E", "ia3_l", "hada_w1_a", "lokr_w1", "oft_R", "boft_R")
+                )
+            }
+        )
         if adapted:
             desc += f" on {', '.join(adapted)}"
         parts.append(desc if name == "default" else f"{name}: {desc}")
@@ -144,7 +156,11 @@ def model_summary(model: torch.nn.Module) -> ModelSummary:
     dtypes: dict[str, int] = {}
 
     def count_bytes(t: torch.Tensor) -> int:
-        key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) if t.device.type != "meta" else (id(t), 0)
+        key = (
+            (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            if t.device.type != "meta"
+            else (id(t), 0)
+        )
         if key in seen:
             return 0
         seen.add(key)
@@ -159,7 +175,8 @@ def model_summary(model: torch.nn.Module) -> ModelSummary:
         for extra in _quant_state_tensors(param):
             nbytes += count_bytes(extra)
         if param.is_floating_point():
-            dtypes[str(param.dtype).removeprefix("torch.")] = dtypes.get(str(param.dtype).removeprefix("torch."), 0) + n
+            kind = str(param.dtype).removeprefix("torch.")
+            dtypes[kind] = dtypes.get(kind, 0) + n
     for buf in model.buffers():
         nbytes += count_bytes(buf)
     dtype = max(dtypes, key=dtypes.get) if dtypes else "none"
