@@ -1,4 +1,4 @@
-"""Pytest fixture serving a local imitation of the Hugging Face Hub (see ``tests/hub_server.py``).
+"""Pytest fixture serving a local imitation of the Hugging Face Hub (see the ``tests.hub_server`` package).
 
 Register it from ``tests/conftest.py`` with ``pytest_plugins = ["tests.hub_fixtures"]``, then:
 

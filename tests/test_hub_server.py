@@ -1,4 +1,4 @@
-"""The local Hub server (tests/hub_server.py) driven by the unmodified ``huggingface_hub`` client and by
+"""The local Hub server (package tests/hub_server/) driven by the unmodified ``huggingface_hub`` client and by
 ``transformers``' ``from_pretrained``: every test goes through the real client code paths."""
 
 from __future__ import annotations
