@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_lite import losses, teacher_cache
+from hf_lite import losses
+from hf_lite.teacher_cache import precompute as teacher_cache
 from hf_lite.teacher_cache import (
     INDICES_COLUMN,
     LOGPROBS_COLUMN,
