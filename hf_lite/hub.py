@@ -1,7 +1,7 @@
 """Publish a compressed model (or an exported folder) to the Hugging Face Hub in one commit, with its card.
 
-:func:`push_to_hub` exports a model object first (:func:`hf_lite.exporting.writer.export`, with its reload check),
-builds the model card (:func:`hf_lite.card.build.build_model_card`) and uploads the folder and the card as
+:func:`push_to_hub` exports a model object first (:func:`hf_lite.exporting.export`, with its reload check),
+builds the model card (:func:`hf_lite.card.build_model_card`) and uploads the folder and the card as
 one commit. Transient server errors are retried where the client does not retry them itself (repo creation,
 lookups, and the commit call, which is retried only after checking that the server did not apply it). A push
 that fails leaves the repo as it was: commits are atomic on the Hub, and a repo or branch this call created
@@ -19,38 +19,49 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import logging
 import os
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, constants, get_token
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from hf_lite._hub_commit import RetryPolicy, commit_with_retries, describe_error, file_ids, status_code
+from hf_lite.card import CompressionSummary, build_model_card
+from hf_lite.checkpoint import CheckpointInfo, inspect_checkpoint
+from hf_lite.exporting import ExportReport, export
+from hf_lite.exporting.adapters import set_adapter_base
 
 if TYPE_CHECKING:
     import torch
-    from huggingface_hub import HfApi, ModelCard
-
-    from hf_lite.exporting.writer import ExportReport
-    from hf_lite.card.build import CheckpointInfo, CompressionSummary
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PushResult", "push_to_hub"]
 
-#: HTTP statuses worth retrying: the server did not (or may not have) done the work.
-TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
 #: First wait between retries, in seconds (doubled each time).
 RETRY_BASE_WAIT = 1.0
 #: Remote files that make up a checkpoint: on a new push, those the new folder does not have are deleted in the
 #: same commit, so that a stale ``adapter_config.json`` or shard cannot shadow the new weights.
 CHECKPOINT_PATTERNS = (
-    "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
-    "*.bin.index.json", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "adapter_config.json", "adapter_model.*",
-)  # fmt: skip
-
-T = TypeVar("T")
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.msgpack",
+    "*.h5",
+    "adapter_config.json",
+    "adapter_model.*",
+)
 
 
 @dataclasses.dataclass
@@ -112,7 +123,7 @@ def push_to_hub(
     """Upload a compressed model, or a checkpoint folder, to a Hub repo as one commit with a model card.
 
     A model object is exported first into a temporary folder (``merge_adapter``, ``dtype``, ``base_model``,
-    ``tokenizer`` and ``check`` are passed to :func:`~hf_lite.exporting.writer.export`); a folder is checked to be a
+    ``tokenizer`` and ``check`` are passed to :func:`~hf_lite.exporting.export`); a folder is checked to be a
     loadable safetensors checkpoint (``config.json`` or ``adapter_config.json`` and the weights, no pickle
     files). The card is built from ``report``, the folder's counted figures and the export report, unless
     ``card`` is given. The repo is created if needed (``private``), the branch ``revision`` too, and the
@@ -124,7 +135,7 @@ def push_to_hub(
         model_or_folder: a ``PreTrainedModel``/``PeftModel``, or the path of a checkpoint folder.
         repo_id: ``"namespace/name"`` (or ``"name"`` for the token's user).
         tokenizer: saved with a model object (ignored for a folder, which has its own).
-        report: the compression report for the card (:class:`~hf_lite.card.build.CompressionSummary` or a
+        report: the compression report for the card (:class:`~hf_lite.card.CompressionSummary` or a
             dict with its field names).
         card: a ready ``huggingface_hub.ModelCard`` (or its text) to upload instead of building one.
         base_model: Hub id of the base model: written into a separate adapter's config and the card.
@@ -150,11 +161,6 @@ def push_to_hub(
     >>> result.commit_url  # doctest: +SKIP
     'https://huggingface.co/me/tiny-merged/commit/...'
     """
-    from huggingface_hub import HfApi, ModelCard, get_token
-
-    from hf_lite.exporting.writer import export
-    from hf_lite.card.build import build_model_card, inspect_checkpoint
-
     # ---- arguments (no request is made before they are all checked)
     repo_id = _check_repo_id(repo_id)
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
@@ -194,12 +200,11 @@ def push_to_hub(
     api = HfApi(token=token)
     token_sent = isinstance(token, str) or (token is None and get_token() is not None)
     branch = revision or "main"
-    existed, repo_id = _prepare_repo(
-        api, repo_id, private=private, token_sent=token_sent, max_retries=max_retries
-    )
+    policy = RetryPolicy(max_retries=max_retries, base_wait=RETRY_BASE_WAIT)
+    existed, repo_id = _prepare_repo(api, repo_id, private=private, token_sent=token_sent, policy=policy)
     created_branch = None
     try:
-        created_branch = _prepare_branch(api, repo_id, branch, max_retries)
+        created_branch = _prepare_branch(api, repo_id, branch, policy)
         with tempfile.TemporaryDirectory(prefix="hf-lite-push-") as staging:
             export_report = None
             if is_folder:
@@ -207,9 +212,14 @@ def push_to_hub(
             else:
                 folder = Path(staging) / "checkpoint"
                 export_report = export(
-                    model_or_folder, folder, tokenizer=tokenizer, merge_adapter=merge_adapter, dtype=dtype,
-                    base_model=base_model, check=check,
-                )  # fmt: skip
+                    model_or_folder,
+                    folder,
+                    tokenizer=tokenizer,
+                    merge_adapter=merge_adapter,
+                    dtype=dtype,
+                    base_model=base_model,
+                    check=check,
+                )
                 if export_report is None:  # not the main process of a distributed run
                     raise RuntimeError("push_to_hub must run on the main process only (rank 0).")
                 info = inspect_checkpoint(folder)
@@ -221,18 +231,35 @@ def push_to_hub(
                 )
             if card is None:
                 card_text = build_model_card(
-                    report, repo_id=repo_id, checkpoint=info, export_report=export_report, base_model=base_model,
-                    license=license, language=language, datasets=datasets, tags=tags,
-                ).content  # fmt: skip
+                    report,
+                    repo_id=repo_id,
+                    checkpoint=info,
+                    export_report=export_report,
+                    base_model=base_model,
+                    license=license,
+                    language=language,
+                    datasets=datasets,
+                    tags=tags,
+                ).content
             else:
                 card_text = card.content if isinstance(card, ModelCard) else card
             _check_card(card_text, token=token, paths=[folder, Path(staging), Path.home(), Path.cwd()])
             return _push_folder(
-                api, folder, Path(staging), info, card_text, repo_id=repo_id, branch=branch,
+                api,
+                folder,
+                Path(staging),
+                info,
+                card_text,
+                repo_id=repo_id,
+                branch=branch,
                 commit_message=commit_message or _default_message(info, export_report),
-                commit_description=commit_description, create_pr=create_pr, base_model=base_model,
-                delete_stale_files=delete_stale_files, max_retries=max_retries, export_report=export_report,
-            )  # fmt: skip
+                commit_description=commit_description,
+                create_pr=create_pr,
+                base_model=base_model,
+                delete_stale_files=delete_stale_files,
+                policy=policy,
+                export_report=export_report,
+            )
     except BaseException as err:
         _undo_creation(api, repo_id, existed=existed, created_branch=created_branch)
         auth = _auth_error(err, repo_id, token_sent)
@@ -246,8 +273,7 @@ def push_to_hub(
 
 
 def _check_repo_id(repo_id: Any) -> str:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
+    """``repo_id`` when it is a valid Hub repo id; a clear error when it is a path or malformed."""
     if not isinstance(repo_id, str):
         raise TypeError(f"repo_id must be a string such as 'org/name'; got {type(repo_id).__name__}.")
     if repo_id.startswith(("/", ".", "~")) or os.path.exists(repo_id) or repo_id.count("/") > 1:
@@ -267,8 +293,6 @@ def _check_repo_id(repo_id: Any) -> str:
 
 def _check_card(text: str, *, token: Any, paths: list[Path]) -> None:
     """Refuse a card that holds the token or a local path (a user-given card or notes could)."""
-    from huggingface_hub import get_token
-
     secrets_ = [t for t in (token if isinstance(token, str) else None, get_token()) if t]
     if any(s in text for s in secrets_):
         raise ValueError("The model card contains your Hub token; remove it from the card/report text.")
@@ -282,6 +306,7 @@ def _check_card(text: str, *, token: Any, paths: list[Path]) -> None:
 
 
 def _default_message(info: CheckpointInfo, export_report: ExportReport | None) -> str:
+    """``"Upload bnb-4bit (nf4) checkpoint with hf-lite"``, ``"Upload LORA r=8 adapter with hf-lite"``..."""
     if info.kind == "adapter":
         return f"Upload {info.adapter or 'adapter'} with hf-lite"
     what = info.quantization or (export_report.dtype if export_report else None) or info.dtype or "model"
@@ -292,57 +317,11 @@ def _default_message(info: CheckpointInfo, export_report: ExportReport | None) -
 # upload
 
 
-def _status(err: BaseException) -> int | None:
-    response = getattr(err, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from huggingface_hub.utils._http import _DEFAULT_RETRY_ON_EXCEPTIONS
-
-        return (*_DEFAULT_RETRY_ON_EXCEPTIONS, ConnectionError, TimeoutError)
-    except ImportError:  # pragma: no cover - private name of huggingface_hub
-        return (ConnectionError, TimeoutError)
-
-
-def _is_transient(err: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(err, HfHubHTTPError):
-        return _status(err) in TRANSIENT_STATUSES
-    return isinstance(err, _network_errors())
-
-
-def _retry(fn: Callable[[], T], what: str, max_retries: int) -> T:
-    """Call ``fn``, retrying transient errors (only for idempotent calls)."""
-    for attempt in range(max_retries + 1):
-        try:
-            return fn()
-        except Exception as err:
-            if attempt == max_retries or not _is_transient(err):
-                raise
-            wait = RETRY_BASE_WAIT * 2**attempt
-            logger.warning(
-                "%s failed (%s); retry %d/%d in %.1fs", what, _describe(err), attempt + 1, max_retries, wait
-            )
-            time.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _describe(err: BaseException) -> str:
-    status = _status(err)
-    return f"HTTP {status}" if status is not None else type(err).__name__
-
-
 def _auth_error(err: BaseException, repo_id: str, token_sent: bool) -> ValueError | None:
     """A clear error for a missing/invalid token or missing rights, else None."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError
-
     if not isinstance(err, HfHubHTTPError):
         return None
-    status = _status(err)
+    status = status_code(err)
     if status == 401:
         if token_sent:
             why = "the server rejected the token (invalid or expired)"
@@ -360,42 +339,13 @@ def _auth_error(err: BaseException, repo_id: str, token_sent: bool) -> ValueErro
     return None
 
 
-def _file_ids(path: Path) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file, as the Hub reports LFS and regular files."""
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
-    sha1.update(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha256.update(chunk)
-            sha1.update(chunk)
-    return sha256.hexdigest(), sha1.hexdigest()
-
-
-def _remote_matches(api: HfApi, repo_id: str, revision: str, local: dict[str, tuple[str, str]]) -> bool:
-    """Whether ``revision`` holds exactly our files (the commit we sent was applied after all)."""
-    infos = api.get_paths_info(repo_id, list(local), revision=revision)
-    remote = {i.path: i for i in infos if hasattr(i, "blob_id")}
-    for path, (sha256, sha1) in local.items():
-        entry = remote.get(path)
-        if entry is None:
-            return False
-        lfs = getattr(entry, "lfs", None)
-        if not (lfs is not None and lfs.sha256 == sha256 or entry.blob_id == sha1):
-            return False
-    return True
-
-
 def _prepare_repo(
-    api: HfApi, repo_id: str, *, private: bool | None, token_sent: bool, max_retries: int
+    api: HfApi, repo_id: str, *, private: bool | None, token_sent: bool, policy: RetryPolicy
 ) -> tuple[bool, str]:
     """Create the repo if needed; (whether it existed, its full id). Auth problems become clear errors."""
-    from huggingface_hub.errors import HfHubHTTPError
-
     try:
-        existed = _retry(lambda: api.repo_exists(repo_id), "repo lookup", max_retries)
-        url = _retry(
-            lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create_repo", max_retries
-        )
+        existed = policy.call(lambda: api.repo_exists(repo_id), "repo lookup")
+        url = policy.call(lambda: api.create_repo(repo_id, private=private, exist_ok=True), "create_repo")
     except HfHubHTTPError as err:
         auth = _auth_error(err, repo_id, token_sent)
         if auth is not None:
@@ -404,14 +354,14 @@ def _prepare_repo(
     return existed, url.repo_id
 
 
-def _prepare_branch(api: HfApi, repo_id: str, branch: str, max_retries: int) -> str | None:
+def _prepare_branch(api: HfApi, repo_id: str, branch: str, policy: RetryPolicy) -> str | None:
     """Create ``branch`` from ``main`` when it does not exist; returns its name if it was created."""
     if branch == "main" or branch.startswith("refs/"):
         return None
-    refs = _retry(lambda: api.list_repo_refs(repo_id), "list refs", max_retries)
+    refs = policy.call(lambda: api.list_repo_refs(repo_id), "list refs")
     if branch in {b.name for b in refs.branches}:
         return None
-    _retry(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), "create_branch", max_retries)
+    policy.call(lambda: api.create_branch(repo_id, branch=branch, exist_ok=True), "create_branch")
     return branch
 
 
@@ -429,42 +379,56 @@ def _push_folder(
     create_pr: bool,
     base_model: str | None,
     delete_stale_files: bool,
-    max_retries: int,
+    policy: RetryPolicy,
     export_report: ExportReport | None,
 ) -> PushResult:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
+    """Upload ``folder`` plus the card as one commit on ``branch`` (stale checkpoint files deleted in it)."""
     card_path = staging / "README.md"
     card_path.write_text(card_text, encoding="utf-8")
     uploads = {f: folder / f for f in info.files if f != "README.md"}
     if info.kind == "adapter" and base_model is not None and info.base_model != base_model:
-        uploads["adapter_config.json"] = _adapter_config_with_base(folder, staging, base_model)
+        uploads["adapter_config.json"] = set_adapter_base(
+            folder / "adapter_config.json", base_model, dest=staging / "adapter_config.json"
+        )
     uploads["README.md"] = card_path
-    local_ids = {path: _file_ids(p) for path, p in uploads.items()}
+    local_ids = {path: file_ids(p) for path, p in uploads.items()}
 
-    parent = _retry(lambda: api.repo_info(repo_id, revision=branch).sha, "repo_info", max_retries)
+    parent = policy.call(lambda: api.repo_info(repo_id, revision=branch).sha, "repo_info")
     deletes: list[str] = []
     if delete_stale_files:
-        remote = _retry(lambda: api.list_repo_files(repo_id, revision=parent), "list files", max_retries)
+        remote = policy.call(lambda: api.list_repo_files(repo_id, revision=parent), "list files")
         deletes = sorted(
-            f for f in remote
+            f
+            for f in remote
             if f not in uploads and any(fnmatch.fnmatch(f.split("/")[-1], p) for p in CHECKPOINT_PATTERNS)
-        )  # fmt: skip
+        )
 
     def operations() -> list[Any]:
         adds = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(src)) for p, src in uploads.items()]
         return adds + [CommitOperationDelete(path_in_repo=p) for p in deletes]
 
-    commit = _commit_with_retries(
-        api, repo_id, operations, local_ids, branch=branch, parent=parent, message=commit_message,
-        description=commit_description, create_pr=create_pr, max_retries=max_retries,
-    )  # fmt: skip
+    commit = commit_with_retries(
+        api,
+        repo_id,
+        operations,
+        local_ids,
+        branch=branch,
+        parent=parent,
+        message=commit_message,
+        description=commit_description,
+        create_pr=create_pr,
+        policy=policy,
+    )
     committed = commit.oid != parent
     logger.info(
-        "%s %s@%s: %d files%s%s", "pushed to" if committed else "nothing changed in", repo_id, branch,
-        len(uploads), f", {len(deletes)} stale deleted" if deletes else "",
+        "%s %s@%s: %d files%s%s",
+        "pushed to" if committed else "nothing changed in",
+        repo_id,
+        branch,
+        len(uploads),
+        f", {len(deletes)} stale deleted" if deletes else "",
         f", pull request {commit.pr_url}" if commit.pr_url else "",
-    )  # fmt: skip
+    )
     return PushResult(
         repo_id=repo_id,
         revision=branch,
@@ -479,80 +443,6 @@ def _push_folder(
     )
 
 
-def _adapter_config_with_base(folder: Path, staging: Path, base_model: str) -> Path:
-    import json
-
-    config = json.loads((folder / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = base_model
-    path = staging / "adapter_config.json"
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def _commit_with_retries(
-    api: HfApi,
-    repo_id: str,
-    operations: Callable[[], list[Any]],
-    local_ids: dict[str, tuple[str, str]],
-    *,
-    branch: str,
-    parent: str,
-    message: str,
-    description: str | None,
-    create_pr: bool,
-    max_retries: int,
-) -> Any:
-    """One commit, based on ``parent``. The client does not retry the commit call; we do, on a transient error,
-    only once we know the server did not apply it (the branch head, or the repo's pull requests, unchanged)."""
-    from huggingface_hub import CommitInfo
-
-    prs_before = _pr_refs(api, repo_id, max_retries) if create_pr else set()
-    for attempt in range(max_retries + 1):
-        try:
-            return api.create_commit(
-                repo_id, operations(), commit_message=message, commit_description=description, revision=branch,
-                create_pr=create_pr, parent_commit=parent,
-            )  # fmt: skip
-        except Exception as err:
-            if not _is_transient(err):
-                raise
-            # Was it applied anyway (an error after the server committed, a lost response)?
-            if create_pr:
-                new = sorted(_pr_refs(api, repo_id, max_retries) - prs_before)
-                for ref, oid in new:
-                    if _remote_matches(api, repo_id, oid, local_ids):
-                        num = ref.rsplit("/", 1)[-1]
-                        return CommitInfo(
-                            commit_url=f"{api.endpoint}/{repo_id}/commit/{oid}", commit_message=message,
-                            commit_description=description or "", oid=oid,
-                            pr_url=f"{api.endpoint}/{repo_id}/discussions/{num}",
-                        )  # fmt: skip
-            else:
-                head = _retry(lambda: api.repo_info(repo_id, revision=branch).sha, "repo_info", max_retries)
-                if head != parent:
-                    if _remote_matches(api, repo_id, head, local_ids):
-                        return CommitInfo(
-                            commit_url=f"{api.endpoint}/{repo_id}/commit/{head}", commit_message=message,
-                            commit_description=description or "", oid=head,
-                        )  # fmt: skip
-                    raise RuntimeError(
-                        f"The push to {repo_id}@{branch} failed ({_describe(err)}) and the branch has moved since "
-                        "(another commit landed); not retrying. Push again to commit on top of it."
-                    ) from err
-            if attempt == max_retries:
-                raise
-            wait = RETRY_BASE_WAIT * 2**attempt
-            logger.warning("commit to %s failed (%s), not applied; retry %d/%d in %.1fs", repo_id, _describe(err),
-                           attempt + 1, max_retries, wait)  # fmt: skip
-            time.sleep(wait)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _pr_refs(api: HfApi, repo_id: str, max_retries: int) -> set[tuple[str, str]]:
-    refs = _retry(lambda: api.list_repo_refs(repo_id, include_pull_requests=True), "list refs", max_retries)
-    return {(r.ref, r.target_commit) for r in refs.pull_requests or []}
-
-
 def _undo_creation(api: HfApi, repo_id: str, *, existed: bool, created_branch: str | None) -> None:
     """After a failed push: delete the repo or branch this call created, so the Hub is left as it was."""
     try:
@@ -565,4 +455,4 @@ def _undo_creation(api: HfApi, repo_id: str, *, existed: bool, created_branch: s
             api.delete_branch(repo_id, branch=created_branch)
             logger.info("push failed: deleted the branch %s it had created in %s", created_branch, repo_id)
     except Exception as err:  # the original error matters more; say what is left behind
-        logger.warning("push failed and cleaning up %s failed too (%s)", repo_id, _describe(err))
+        logger.warning("push failed and cleaning up %s failed too (%s)", repo_id, describe_error(err))

@@ -18,7 +18,7 @@ import hf_lite.hub as hub_module
 import hf_lite.card.build as card_module
 from hf_lite import load_model, load_tokenizer
 from hf_lite._utils import is_hub_id
-from hf_lite.exporting.writer import (
+from hf_lite.exporting import (
     ExportReport,
     default_check_inputs,
     export,

@@ -17,9 +17,10 @@ from transformers import AutoModelForCausalLM
 
 import hf_lite.hub as hub_module
 from hf_lite import load_model, load_tokenizer
-from hf_lite.exporting.writer import export
+from hf_lite.card import CompressionSummary, ModelFigures, build_model_card
+from hf_lite.checkpoint import inspect_checkpoint
+from hf_lite.exporting import export
 from hf_lite.hub import PushResult, push_to_hub
-from hf_lite.card.build import CompressionSummary, ModelFigures, build_model_card, inspect_checkpoint
 from tests.hub_server import parse_card_metadata
 
 pytestmark = [
