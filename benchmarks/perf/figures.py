@@ -1,0 +1,427 @@
+"""The perf benchmark's figures from its raw timings: medians and ratios of the races, the goals they are
+judged by, and the ratio rows (nothing is measured here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Any
+
+from benchmarks.perf.chunked_loss import baseline_variant, split_variant
+from benchmarks.perf.prune import AA_CONTROL
+from benchmarks.perf.stepping import step_times, window_sums
+
+KD_GOAL, CACHE_GOAL, CACHE_BYTES_GOAL, CACHE_POINTS_GOAL = 1.05, 1.10, 128, 0.5
+CHUNK_MEMORY_GOAL, PRUNE_GOAL = 0.2, 1.10
+
+
+def ms(seconds: float) -> float:
+    return 1000.0 * seconds
+
+
+def fmt_ms(seconds: float) -> str:
+    value = ms(seconds)
+    return f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _status(ratio: float, goal: float | None) -> str:
+    return "comparison" if goal is None else ("met" if ratio <= goal else "missed")
+
+
+def _ratio_row(what: str, ratio: float, goal: float | None, raw: str) -> dict[str, Any]:
+    return {
+        "ratio": what,
+        "x": ratio,
+        "goal": "–" if goal is None else f"≤ {goal:g}×",
+        "status": _status(ratio, goal),
+        "raw": raw,
+    }
+
+
+@dataclasses.dataclass
+class Figures:
+    """Medians (seconds) and ratios of the races; ``*_c`` are the ``compile_loss=True`` ratios (None in
+    results written before it existed)."""
+
+    warm: Any
+    med: Any
+    kd_ratio: Any
+    cache_ratio: Any
+    compiled: Any
+    kd_ratio_c: Any
+    cache_ratio_c: Any
+    per_round: Any
+    q: Any
+    points: Any
+    bpt: Any
+    k: Any
+    mem: Any
+    lt: Any
+    chunked: Any
+    freq: Any
+    windows: Any
+    win_med: Any
+    prune_ratio: Any
+    torch_ratio: Any
+    aa_ratio: Any
+    trl_warm: Any
+    trl_med: Any
+    tmem: Any
+    tok_label: Any
+
+
+def derive(
+    s: dict[str, Any],
+    kd: dict[str, Any],
+    prune: dict[str, Any],
+    loss: dict[str, Any],
+    trl_cmp: dict[str, Any],
+) -> Figures:
+    """The figures of one run from the raw results of its races."""
+    warm = s["warmup_steps"]
+    med = {n: statistics.median(step_times(v, warm)) for n, v in kd["steps"].items()}
+    kd_ratio = med["kd-online"] / (med["student-ce"] + med["teacher-forward"])
+    cache_ratio = med["kd-cache"] / med["student-ce"]
+    compiled = "kd-online-compiled" in med  # results written before compile_loss existed lack them
+    kd_ratio_c = cache_ratio_c = None
+    if compiled:
+        kd_ratio_c = med["kd-online-compiled"] / (med["student-ce"] + med["teacher-forward"])
+        cache_ratio_c = med["kd-cache-compiled"] / med["student-ce"]
+    online, ce, tf = (kd["steps"][n] for n in ("kd-online", "student-ce", "teacher-forward"))
+    per_round = [o["step_s"] / (c["step_s"] + t["step_s"]) for o, c, t in zip(online, ce, tf, strict=True)][
+        warm:
+    ]
+    q = kd["quality"]
+    points = 100 * (q["kd-cache"]["accuracy"] - q["kd-online"]["accuracy"])
+    bpt, k = kd["cache"]["bytes_per_token"], kd["cache"]["k"]
+
+    mem, lt = loss["memory"], loss["timing"]
+    chunked = [v for v in loss["variants"] if "@" in v]
+
+    freq = s["prune_frequency"]
+    windows = {n: window_sums(v, freq) for n, v in prune["steps"].items()}
+    win_med = {n: statistics.median(w) for n, w in windows.items()}
+    prune_ratio = win_med["PruningCallback"] / win_med["no callback"]
+    torch_ratio = win_med["torch.nn.utils.prune"] / win_med["no callback"]
+    aa_ratio = win_med[AA_CONTROL] / win_med["no callback"]
+
+    trl_warm = 1
+    trl_med = {name: statistics.median(step_times(v, trl_warm)) for name, v in trl_cmp["steps"].items()}
+    tmem = trl_cmp["memory"]
+
+    tok_label = f"{s['loss_tokens']:,} tokens × {s['loss_vocab'] // 1000}k vocab"
+    return Figures(
+        warm=warm,
+        med=med,
+        kd_ratio=kd_ratio,
+        cache_ratio=cache_ratio,
+        compiled=compiled,
+        kd_ratio_c=kd_ratio_c,
+        cache_ratio_c=cache_ratio_c,
+        per_round=per_round,
+        q=q,
+        points=points,
+        bpt=bpt,
+        k=k,
+        mem=mem,
+        lt=lt,
+        chunked=chunked,
+        freq=freq,
+        windows=windows,
+        win_med=win_med,
+        prune_ratio=prune_ratio,
+        torch_ratio=torch_ratio,
+        aa_ratio=aa_ratio,
+        trl_warm=trl_warm,
+        trl_med=trl_med,
+        tmem=tmem,
+        tok_label=tok_label,
+    )
+
+
+def goals(f: Figures) -> list[dict[str, Any]]:
+    """Every goal with what was measured and whether it was met."""
+    (
+        med,
+        kd_ratio,
+        cache_ratio,
+        compiled,
+        kd_ratio_c,
+        cache_ratio_c,
+        q,
+        points,
+        bpt,
+        k,
+        mem,
+        chunked,
+        freq,
+        win_med,
+        prune_ratio,
+        torch_ratio,
+        tok_label,
+    ) = (
+        f.med,
+        f.kd_ratio,
+        f.cache_ratio,
+        f.compiled,
+        f.kd_ratio_c,
+        f.cache_ratio_c,
+        f.q,
+        f.points,
+        f.bpt,
+        f.k,
+        f.mem,
+        f.chunked,
+        f.freq,
+        f.win_med,
+        f.prune_ratio,
+        f.torch_ratio,
+        f.tok_label,
+    )
+    goals = [
+        {
+            "goal": f"DistillationTrainer step ≤ {KD_GOAL:.2f} × (plain Trainer step of the student + one no-grad "
+            "teacher forward), same batch, side by side",
+            "measured": f"{kd_ratio:.2f}× ({fmt_ms(med['kd-online'])} vs {fmt_ms(med['student-ce'])} + "
+            f"{fmt_ms(med['teacher-forward'])})",
+            "met": kd_ratio <= KD_GOAL,
+        },
+        {
+            "goal": f"training from a teacher cache: step ≤ {CACHE_GOAL:.2f} × plain student step",
+            "measured": f"{cache_ratio:.2f}× ({fmt_ms(med['kd-cache'])} vs {fmt_ms(med['student-ce'])})",
+            "met": cache_ratio <= CACHE_GOAL,
+        },
+    ]
+    if compiled:
+        goals += [
+            {
+                "goal": f"the same, DistillationConfig(compile_loss=True): step ≤ {KD_GOAL:.2f} × (student step + "
+                "teacher forward)",
+                "measured": f"{kd_ratio_c:.2f}× ({fmt_ms(med['kd-online-compiled'])} vs "
+                f"{fmt_ms(med['student-ce'])} + {fmt_ms(med['teacher-forward'])})",
+                "met": kd_ratio_c <= KD_GOAL,
+            },
+            {
+                "goal": f"the same from the cache, compile_loss=True: step ≤ {CACHE_GOAL:.2f} × plain student step",
+                "measured": f"{cache_ratio_c:.2f}× ({fmt_ms(med['kd-cache-compiled'])} vs "
+                f"{fmt_ms(med['student-ce'])})",
+                "met": cache_ratio_c <= CACHE_GOAL,
+            },
+        ]
+    goals += [
+        {
+            "goal": f"teacher cache ≤ {CACHE_BYTES_GOAL} bytes/token at k=16",
+            "measured": f"{bpt:.1f} bytes/token at k={k}",
+            "met": bpt <= CACHE_BYTES_GOAL if k == 16 else None,
+        },
+        {
+            "goal": f"KD from the cache (k=16) within {CACHE_POINTS_GOAL} point of online KD (validation "
+            "next-token accuracy)",
+            "measured": f"{points:+.2f} points ({100 * q['kd-cache']['accuracy']:.2f}% vs "
+            f"{100 * q['kd-online']['accuracy']:.2f}%)",
+            "met": abs(points) <= CACHE_POINTS_GOAL + 1e-9 if k == 16 else None,
+        },
+    ]
+    for v in chunked:
+        base = baseline_variant(v)
+        ratio = mem[v]["loss_bytes"] / mem[base]["loss_bytes"]
+        given = (
+            "from hidden states, vs logits + plain loss"
+            if base == "plain-hidden"
+            else "logits given, vs the plain loss in one block"
+        )
+        goals.append(
+            {
+                "goal": f"chunked loss peak memory ≤ {CHUNK_MEMORY_GOAL} × the plain loss ({tok_label}; {given}; "
+                f"chunks of {split_variant(v)[1]})",
+                "measured": f"{ratio:.3f}× ({mib(mem[v]['loss_bytes'])} vs {mib(mem[base]['loss_bytes'])})",
+                "met": ratio <= CHUNK_MEMORY_GOAL,
+            }
+        )
+    goals.append(
+        {
+            "goal": f"training step with PruningCallback ≤ {PRUNE_GOAL:.2f} × the step without it",
+            "measured": f"{prune_ratio:.3f}× (per {freq} steps: {fmt_ms(win_med['PruningCallback'])} vs "
+            f"{fmt_ms(win_med['no callback'])}; torch.nn.utils.prune {torch_ratio:.3f}×)",
+            "met": prune_ratio <= PRUNE_GOAL,
+        }
+    )
+    return goals
+
+
+def ratio_rows(f: Figures) -> list[dict[str, Any]]:
+    """The rows of the ratio table: each ratio, its goal (if any) and the medians it divides."""
+    (
+        med,
+        kd_ratio,
+        cache_ratio,
+        compiled,
+        kd_ratio_c,
+        cache_ratio_c,
+        mem,
+        lt,
+        chunked,
+        freq,
+        win_med,
+        prune_ratio,
+        torch_ratio,
+        aa_ratio,
+        trl_med,
+        tmem,
+    ) = (
+        f.med,
+        f.kd_ratio,
+        f.cache_ratio,
+        f.compiled,
+        f.kd_ratio_c,
+        f.cache_ratio_c,
+        f.mem,
+        f.lt,
+        f.chunked,
+        f.freq,
+        f.win_med,
+        f.prune_ratio,
+        f.torch_ratio,
+        f.aa_ratio,
+        f.trl_med,
+        f.tmem,
+    )
+    ratio_rows = [
+        _ratio_row(
+            "KD step / (student step + teacher forward)",
+            kd_ratio,
+            KD_GOAL,
+            f"{fmt_ms(med['kd-online'])} / ({fmt_ms(med['student-ce'])} + {fmt_ms(med['teacher-forward'])})",
+        ),
+        _ratio_row(
+            "KD-from-cache step / student step",
+            cache_ratio,
+            CACHE_GOAL,
+            f"{fmt_ms(med['kd-cache'])} / {fmt_ms(med['student-ce'])}",
+        ),
+    ]
+    if compiled:
+        ratio_rows += [
+            _ratio_row(
+                "KD step, compile_loss=True / (student step + teacher forward)",
+                kd_ratio_c,
+                KD_GOAL,
+                f"{fmt_ms(med['kd-online-compiled'])} / ({fmt_ms(med['student-ce'])} + "
+                f"{fmt_ms(med['teacher-forward'])})",
+            ),
+            _ratio_row(
+                "KD-from-cache step, compile_loss=True / student step",
+                cache_ratio_c,
+                CACHE_GOAL,
+                f"{fmt_ms(med['kd-cache-compiled'])} / {fmt_ms(med['student-ce'])}",
+            ),
+        ]
+    for v in chunked:
+        base = baseline_variant(v)
+        what = (
+            "chunked from hidden / logits + plain loss"
+            if base == "plain-hidden"
+            else "chunked / one-block plain loss"
+        )
+        ratio_rows.append(
+            _ratio_row(
+                f"{what}, peak memory (chunks of {split_variant(v)[1]})",
+                mem[v]["loss_bytes"] / mem[base]["loss_bytes"],
+                CHUNK_MEMORY_GOAL,
+                f"{mib(mem[v]['loss_bytes'])} / {mib(mem[base]['loss_bytes'])}",
+            )
+        )
+    for v in chunked:
+        base = baseline_variant(v)
+        what = (
+            "chunked from hidden / logits + plain loss"
+            if base == "plain-hidden"
+            else "chunked / one-block plain loss"
+        )
+        ratio_rows.append(
+            _ratio_row(
+                f"{what}, time (chunks of {split_variant(v)[1]})",
+                lt[v]["median_ms"] / lt[base]["median_ms"],
+                None,
+                f"{lt[v]['median_ms']:,.0f} ms / {lt[base]['median_ms']:,.0f} ms",
+            )
+        )
+    if "trl" in mem:
+        best = min(
+            (v for v in chunked if baseline_variant(v) == "plain-oneblock"),
+            key=lambda v: mem[v]["loss_bytes"],
+        )
+        ratio_rows += [
+            _ratio_row(
+                "TRL generalized_jsd_loss / hf-lite plain loss, peak memory",
+                mem["trl"]["loss_bytes"] / mem["plain"]["loss_bytes"],
+                None,
+                f"{mib(mem['trl']['loss_bytes'])} / {mib(mem['plain']['loss_bytes'])}",
+            ),
+            _ratio_row(
+                f"hf-lite chunked ({split_variant(best)[1]}) / TRL loss, peak memory",
+                mem[best]["loss_bytes"] / mem["trl"]["loss_bytes"],
+                None,
+                f"{mib(mem[best]['loss_bytes'])} / {mib(mem['trl']['loss_bytes'])}",
+            ),
+            _ratio_row(
+                "hf-lite plain / TRL loss, time",
+                lt["plain"]["median_ms"] / lt["trl"]["median_ms"],
+                None,
+                f"{lt['plain']['median_ms']:,.0f} ms / {lt['trl']['median_ms']:,.0f} ms",
+            ),
+            _ratio_row(
+                f"hf-lite chunked ({split_variant(best)[1]}) / TRL loss, time",
+                lt[best]["median_ms"] / lt["trl"]["median_ms"],
+                None,
+                f"{lt[best]['median_ms']:,.0f} ms / {lt['trl']['median_ms']:,.0f} ms",
+            ),
+        ]
+    if "trl-gkd" in trl_med:
+        for kind in ("hf-lite-jsd", "hf-lite-jsd-chunked"):
+            label = f"DistillationTrainer ({'chunked ' if 'chunked' in kind else ''}jsd) / GKDTrainer"
+            ratio_rows += [
+                _ratio_row(
+                    f"{label}, step time",
+                    trl_med[kind] / trl_med["trl-gkd"],
+                    None,
+                    f"{fmt_ms(trl_med[kind])} / {fmt_ms(trl_med['trl-gkd'])}",
+                ),
+                _ratio_row(
+                    f"{label}, train() peak memory",
+                    tmem[kind]["train_bytes"] / tmem["trl-gkd"]["train_bytes"],
+                    None,
+                    f"{mib(tmem[kind]['train_bytes'])} / {mib(tmem['trl-gkd']['train_bytes'])}",
+                ),
+            ]
+    ratio_rows += [
+        _ratio_row(
+            f"step with PruningCallback / without (per {freq} steps)",
+            prune_ratio,
+            PRUNE_GOAL,
+            f"{fmt_ms(win_med['PruningCallback'])} / {fmt_ms(win_med['no callback'])}",
+        ),
+        _ratio_row(
+            "step with torch.nn.utils.prune / without (same schedule)",
+            torch_ratio,
+            None,
+            f"{fmt_ms(win_med['torch.nn.utils.prune'])} / {fmt_ms(win_med['no callback'])}",
+        ),
+        _ratio_row(
+            "step with PruningCallback / with torch.nn.utils.prune",
+            prune_ratio / torch_ratio,
+            None,
+            f"{fmt_ms(win_med['PruningCallback'])} / {fmt_ms(win_med['torch.nn.utils.prune'])}",
+        ),
+        _ratio_row(
+            "A/A control: the same trainer twice (noise floor of this run)",
+            aa_ratio,
+            None,
+            f"{fmt_ms(win_med[AA_CONTROL])} / {fmt_ms(win_med['no callback'])}",
+        ),
+    ]
+    return ratio_rows
