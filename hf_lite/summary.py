@@ -137,7 +137,8 @@ def describe_adapter(model: torch.nn.Module) -> str | None:
 
 
 def torch_module_dict() -> tuple[type, ...]:
-    import torch
+    """The container types a PEFT tuner layer keeps its per-adapter modules in."""
+    import torch  # lazy: keeps `import hf_lite.summary` (format_bytes, used by report and plan) free of torch
 
     return (torch.nn.ModuleDict, torch.nn.ParameterDict)
 

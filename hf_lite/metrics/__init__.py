@@ -54,8 +54,9 @@ def _check_name(name: Any) -> str:
         )
     if name not in METRICS:
         raise ValueError(
-            f"name={name!r} is not a bundled metric{did_you_mean(name, METRICS)}; choose one of {sorted(METRICS)}, or call "
-            "evaluate.load() yourself for other metrics (needs the Hub or a cached script)."
+            f"name={name!r} is not a bundled metric{did_you_mean(name, METRICS)}; choose one of "
+            f"{sorted(METRICS)}, or call evaluate.load() yourself for other metrics (needs the Hub or a cached "
+            "script)."
         )
     return name
 
