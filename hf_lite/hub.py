@@ -5,7 +5,8 @@ builds the model card (:func:`hf_lite.card.build_model_card`) and uploads the fo
 one commit. Transient server errors are retried where the client does not retry them itself (repo creation,
 lookups, and the commit call, which is retried only after checking that the server did not apply it). A push
 that fails leaves the repo as it was: commits are atomic on the Hub, and a repo or branch this call created
-is deleted again.
+is deleted again. The retry and commit machinery lives in :mod:`hf_lite._hub_commit`; :data:`RETRY_BASE_WAIT`
+here sets its first wait.
 
 Tokens are passed to ``huggingface_hub`` and nowhere else: never logged, never written into the card or the
 uploaded files. Logs name the repo, never local paths.
