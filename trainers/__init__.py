@@ -12,14 +12,14 @@ from typing import Any
 
 # public name -> module that defines it (filled in as trainers land)
 _LAZY: dict[str, str] = {
-    "DistillationConfig": "trainers.distillation_trainer",
+    "DistillationConfig": "trainers.distillation_config",
     "DistillationTrainer": "trainers.distillation_trainer",
-    "resolve_layer_map": "trainers.distillation_trainer",
+    "resolve_layer_map": "trainers.distillation_config",
     "PruningCallback": "trainers.pruning_callback",
     "PruningConfig": "trainers.pruning_config",
     "StructuralPruningCallback": "trainers.structural_callback",
-    "StructuralPruningConfig": "trainers.structural_callback",
-    "shrink_like_checkpoint": "trainers.structural_callback",
+    "StructuralPruningConfig": "trainers.structural_config",
+    "shrink_like_checkpoint": "trainers._structural_shrink",
 }
 
 __all__ = list(_LAZY)

@@ -4,7 +4,10 @@ The student is any model the Trainer can train (full fine-tune, PEFT adapter, 4/
 the teacher is a model object or a Hub id/folder loaded with :func:`hf_lite.load_teacher`. Losses are
 the pure functions of :mod:`hf_lite.losses`; this module only arranges the steps:
 
-    student forward -> teacher forward (eval, no_grad) -> losses -> weighted sum
+    teachers forward (eval, no_grad) -> student forward -> one call into hf_lite.losses for the logits
+    -> hidden-state and attention terms -> logs
+
+(the configuration, :class:`~trainers.distillation_config.DistillationConfig`, lives beside it)
 
 and keeps the bookkeeping right: exact under gradient accumulation (losses divided by the number of
 label tokens of the whole accumulated batch), the teacher placed through the accelerator in evaluation
@@ -23,208 +26,36 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+import datasets
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer
 
 from hf_lite import losses
+from hf_lite._utils import is_hub_id, unwrap_model
+from hf_lite.card import CompressionSummary, build_model_card
 from hf_lite.loading import freeze, load_teacher
-from hf_lite.tasks import TASKS
+from hf_lite.summary import describe_adapter, describe_quantization
+from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
+from trainers.distillation_config import DistillationConfig, resolve_layer_map
+from trainers.distillation_models import (
+    common_vocabulary,
+    hidden_states,
+    model_task,
+    text_config,
+    use_eager_attention,
+)
+from trainers.distillation_projections import (
+    ProjectionSync,
+    build_projections,
+    load_projections,
+    save_projections,
+)
 
 logger = logging.getLogger(__name__)
-
-PROJECTIONS_FILE = "distillation_projections.safetensors"
-
-
-@dataclass
-class DistillationConfig(TrainingArguments):
-    """``TrainingArguments`` plus the distillation settings; every field is a command-line flag and a YAML key.
-
-    The training loss is ``alpha * loss_kd + (1 - alpha) * loss_ce + hidden_weight * loss_hidden
-    + attention_weight * loss_attention``.
-
-    >>> args = DistillationConfig("out", temperature=4.0, alpha=0.9, loss_type="jsd", beta=0.5)
-    >>> args.temperature, args.loss_type
-    (4.0, 'jsd')
-    """
-
-    temperature: float = field(
-        default=2.0,
-        metadata={"help": "Softmax temperature T > 0 of both models; the KD loss is scaled by T**2."},
-    )
-    alpha: float = field(
-        default=0.5,
-        metadata={
-            "help": "Weight of the distillation loss in [0, 1]; 1 - alpha weighs cross-entropy on the labels."
-        },
-    )
-    loss_type: Literal["forward_kl", "reverse_kl", "jsd", "tv", "mse"] = field(
-        default="forward_kl",
-        metadata={"help": "Divergence between the token distributions (see hf_lite.losses)."},
-    )
-    beta: float = field(
-        default=0.5, metadata={"help": "Interpolation of the generalized JSD in [0, 1] (loss_type='jsd')."}
-    )
-    chunk_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Compute the logit loss over this many tokens at a time (large vocabularies; same value and "
-            "gradient; e.g. 128: benchmarks/RESULTS.md has the memory it saves)."
-        },
-    )
-    compile_loss: bool = field(
-        default=False,
-        metadata={
-            "help": "Run the logit loss through torch.compile. The first steps pay a few seconds of compilation; "
-            "without a working compiler it warns once and runs eagerly. On the CPU the default (eager, blocked) "
-            "loss measured as fast (benchmarks/RESULTS.md)."
-        },
-    )
-    hidden_weight: float = field(
-        default=0.0, metadata={"help": "Weight of hidden-state matching (0 turns it off)."}
-    )
-    hidden_loss: Literal["mse", "cosine"] = field(default="mse", metadata={"help": "Hidden-state distance."})
-    layer_map: str = field(
-        default="uniform",
-        metadata={"help": "Student->teacher layer pairs for hidden/attention matching: 'uniform', 'last', or "
-                          "explicit pairs 's:t,s:t' (hidden_states indices: 0 is the embeddings, i the output of layer i)."},
-    )  # fmt: skip
-    hidden_projection: bool = field(
-        default=True,
-        metadata={
-            "help": "Learn a linear map from student to teacher width when they differ (saved beside the student)."
-        },
-    )
-    attention_weight: float = field(
-        default=0.0, metadata={"help": "Weight of attention-map matching (0 turns it off)."}
-    )
-    attention_loss: Literal["kl", "mse"] = field(default="kl", metadata={"help": "Attention-map distance."})
-    teacher_weights: list[float] | None = field(
-        default=None,
-        metadata={"help": "Weights of several teachers' distributions (default: equal); sum to 1."},
-    )
-    teacher_quantization: str | None = field(
-        default=None,
-        metadata={"help": "Load a teacher given by id/path in '4bit' or '8bit' (None: full precision)."},
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature} must be > 0 (typical: 1 to 4).")
-        if not isinstance(self.compile_loss, bool):
-            raise ValueError(
-                f"compile_loss={self.compile_loss!r} must be True or False (from YAML or the command line: true/false)."
-            )
-        for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value} must be in [0, 1].")
-        for name in ("hidden_weight", "attention_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 turns the loss off).")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size={self.chunk_size} must be a positive number of tokens, or None.")
-        if self.teacher_weights is not None:
-            weights = list(self.teacher_weights)
-            if any(not 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
-                raise ValueError(
-                    f"teacher_weights={weights} must each be in [0, 1] and sum to 1 (one weight per teacher)."
-                )
-        parse_layer_map(self.layer_map)  # syntax only; ranges are checked against the models
-        if self.loss_type != "jsd" and self.beta != 0.5:
-            logger.warning("beta=%s is ignored: it only applies to loss_type='jsd'.", self.beta)
-        if self.loss_type == "mse" and self.temperature != 2.0:
-            logger.warning("temperature=%s is ignored by loss_type='mse' (it cancels out).", self.temperature)
-
-
-def parse_layer_map(spec: str | Sequence[Sequence[int]]) -> str | list[tuple[int, int]]:
-    """Parse ``"uniform"``, ``"last"`` or pairs (``"1:2,2:4"`` or ``[[1, 2], [2, 4]]``).
-
-    >>> parse_layer_map("1:2, 3:6")
-    [(1, 2), (3, 6)]
-    """
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text in ("uniform", "last"):
-            return text
-        if not re.fullmatch(r"\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*", text):
-            raise ValueError(
-                f"layer_map={spec!r} is not understood. Use 'uniform', 'last', or student:teacher pairs "
-                "such as '2:4,4:8' (hidden_states indices; 0 is the embedding output)."
-            )
-        return [(int(a), int(b)) for a, b in (pair.split(":") for pair in text.split(","))]
-    pairs = [tuple(int(x) for x in pair) for pair in spec]
-    if any(len(p) != 2 for p in pairs):
-        raise ValueError(f"layer_map={spec!r}: each pair must be (student_layer, teacher_layer).")
-    return pairs  # type: ignore[return-value]
-
-
-def resolve_layer_map(
-    spec: str | Sequence[Sequence[int]], n_student: int, n_teacher: int
-) -> list[tuple[int, int]]:
-    """Student/teacher ``hidden_states`` index pairs for ``n_student`` and ``n_teacher`` layers.
-
-    ``"uniform"`` pairs student layer ``i`` with teacher layer ``round(i * n_teacher / n_student)``
-    (DistilBERT/TinyBERT); ``"last"`` pairs the last layers. Index 0 is the embedding output.
-
-    >>> resolve_layer_map("uniform", 3, 6)
-    [(1, 2), (2, 4), (3, 6)]
-    >>> resolve_layer_map("last", 3, 6)
-    [(3, 6)]
-    """
-    parsed = parse_layer_map(spec)
-    if parsed == "uniform":
-        return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
-    if parsed == "last":
-        return [(n_student, n_teacher)]
-    for s, t in parsed:
-        if not (0 <= s <= n_student and 0 <= t <= n_teacher):
-            raise ValueError(
-                f"layer_map pair {s}:{t} is out of range: the student has layers 0..{n_student} and the teacher "
-                f"0..{n_teacher} (0 is the embedding output)."
-            )
-    return list(parsed)
-
-
-def model_task(model: nn.Module) -> str | None:
-    """The hf-lite task of a transformers model (``causal-lm``, ``sequence-classification``, ...), or None."""
-    import transformers
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for task, auto_name in TASKS.items():
-        mapping = getattr(transformers, auto_name)._model_mapping
-        config_cls = type(getattr(base, "config", None))
-        if config_cls in mapping and mapping[config_cls] is type(base):
-            return task
-    return None
-
-
-class _ProjectionSync(TrainerCallback):
-    """The projections live outside the (DDP-wrapped) student, so the Trainer neither averages their
-    gradients over processes nor zeroes them (it calls ``model.zero_grad()``): do both here."""
-
-    def __init__(self, trainer: DistillationTrainer) -> None:
-        self.trainer = trainer
-
-    def on_pre_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        projections = self.trainer.projections
-        if projections is None or args.world_size <= 1 or not torch.distributed.is_initialized():
-            return
-        for param in projections.parameters():
-            if param.grad is not None:
-                torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
-                param.grad /= args.world_size
-
-    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.trainer.projections is not None:
-            self.trainer.projections.zero_grad(set_to_none=True)
 
 
 class DistillationTrainer(Trainer):
@@ -285,10 +116,10 @@ class DistillationTrainer(Trainer):
         self._vocab_size = self._preflight_vocabulary()
         if args.attention_weight > 0:
             for m in (self.model, *self.teachers):
-                _eager_attention(m)
+                use_eager_attention(m)
         self.projections = self._build_projections()
         if self.projections is not None:
-            self.add_callback(_ProjectionSync(self))
+            self.add_callback(ProjectionSync(self))
         # Count label tokens of the accumulated batch for every model, so losses are exact under accumulation.
         self.model_accepts_loss_kwargs = True
         self._component_sums: dict[str, torch.Tensor] = {}
@@ -300,10 +131,12 @@ class DistillationTrainer(Trainer):
     def _init_from_cache(self, args: DistillationConfig) -> None:
         meta = self.cache_meta
         unsupported = {
-            "hidden_weight": args.hidden_weight > 0, "attention_weight": args.attention_weight > 0,
-            "loss_type": args.loss_type != "forward_kl", "teacher_weights": args.teacher_weights is not None,
+            "hidden_weight": args.hidden_weight > 0,
+            "attention_weight": args.attention_weight > 0,
+            "loss_type": args.loss_type not in losses.TOPK_LOSS_TYPES,
+            "teacher_weights": args.teacher_weights is not None,
             "chunk_size": args.chunk_size is not None,
-        }  # fmt: skip
+        }
         bad = [k for k, v in unsupported.items() if v]
         if bad:
             raise ValueError(
@@ -329,10 +162,12 @@ class DistillationTrainer(Trainer):
         values into a Python object first, which costs about as much as a small student's step."""
         dataset = self.train_dataset
         strategy = getattr(self.args, "train_sampling_strategy", "random")
-        if self.cache_meta is None or strategy not in ("random", "sequential") or not _is_arrow_dataset(dataset):
+        if (
+            self.cache_meta is None
+            or strategy not in ("random", "sequential")
+            or not isinstance(dataset, datasets.Dataset)
+        ):
             return super().get_train_dataloader()  # length-grouped samplers read the dataset's columns
-        from hf_lite.teacher_cache import TeacherCacheRows
-
         self.train_dataset = TeacherCacheRows(dataset)
         try:
             return super().get_train_dataloader()
@@ -342,8 +177,6 @@ class DistillationTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         if self.cache_meta is not None:
-            from hf_lite.teacher_cache import TEACHER_COLUMNS
-
             # Keep the cached teacher columns through remove_unused_columns: the collator needs them.
             self._signature_columns = list(dict.fromkeys([*self._signature_columns, *TEACHER_COLUMNS]))
 
@@ -374,48 +207,14 @@ class DistillationTrainer(Trainer):
         return self.accelerator.prepare_model(teacher, evaluation_mode=True)
 
     def _preflight_vocabulary(self) -> int | None:
-        student_n = _output_size(self.model)
         tokenizer_len = len(self.processing_class) if hasattr(self.processing_class, "__len__") else None
-        common = student_n
-        for teacher in self.teachers:
-            teacher_n = _output_size(teacher)
-            if student_n is None or teacher_n is None or teacher_n == student_n:
-                continue
-            if self.task in ("causal-lm", "seq2seq-lm"):
-                real = tokenizer_len if tokenizer_len is not None else min(student_n, teacher_n)
-                if min(student_n, teacher_n) >= real:
-                    common = min(common, teacher_n)
-                    continue
-                raise ValueError(
-                    f"Vocabulary mismatch: the student's head has {student_n} outputs and the teacher's {teacher_n}, "
-                    f"and the tokenizer has {real} tokens, so they are not the same vocabulary padded differently. "
-                    "Distil between models that share a tokenizer (e.g. the same family), or pass the tokenizer as "
-                    "processing_class if the extra rows are only padding."
-                )
-            raise ValueError(
-                f"The teacher has {teacher_n} outputs and the student {student_n}: the heads are incompatible. "
-                "Give the student the teacher's number of labels (num_labels) and label order."
-            )
-        return common
+        return common_vocabulary(self.model, self.teachers, self.task, tokenizer_len)
 
     def _build_projections(self) -> nn.ModuleDict | None:
         if self.args.hidden_weight <= 0:
             return None
-        s_cfg, t_cfg = _text_config(self.model), _text_config(self.teachers[0])
-        pairs = resolve_layer_map(self.args.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
-        self.layer_pairs = pairs
-        if s_cfg.hidden_size == t_cfg.hidden_size:
-            return None
-        if not self.args.hidden_projection:
-            raise ValueError(
-                f"Hidden widths differ (student {s_cfg.hidden_size}, teacher {t_cfg.hidden_size}) and "
-                "hidden_projection=False: set hidden_projection=True to learn a linear map, or hidden_weight=0."
-            )
-        torch.manual_seed(self.args.seed)  # the projections' initialisation is part of the run's seed
-        projections = nn.ModuleDict(
-            {f"{s}_{t}": nn.Linear(s_cfg.hidden_size, t_cfg.hidden_size) for s, t in pairs}
-        )
-        return projections.to(self.args.device)
+        self.layer_pairs, projections = build_projections(self.model, self.teachers[0], self.args)
+        return projections
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
@@ -434,6 +233,7 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """One micro-batch: teachers forward -> student forward -> logit loss -> hidden/attention terms -> logs."""
         args = self.args
         labels = inputs.get("labels")
         if args.alpha < 1.0 and labels is None:
@@ -441,39 +241,13 @@ class DistillationTrainer(Trainer):
                 f"alpha={args.alpha} mixes in cross-entropy on the labels, but the batch has no 'labels' column. "
                 "Add labels to the dataset, or set alpha=1.0 for pure distillation (e.g. on an unlabeled transfer set)."
             )
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        if self.task == "seq2seq-lm" and labels is not None and "decoder_input_ids" not in model_inputs:
-            unwrapped = self.accelerator.unwrap_model(model)
-            model_inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
-        want_hidden, want_attn = args.hidden_weight > 0, args.attention_weight > 0
-        extra = {"output_hidden_states": True} if want_hidden else {}
-        if want_attn:
-            extra["output_attentions"] = True
-
-        cached = {k: model_inputs.pop(k) for k in ("teacher_topk_logprobs", "teacher_topk_indices",
-                                                   "teacher_tail_mass") if k in model_inputs}  # fmt: skip
-        if not cached:
-            # The teachers first: their activations are freed before the student's (kept for backward) exist,
-            # so the step's peak memory is the student's plus the teachers' outputs, not plus their activations.
-            with torch.no_grad():
-                teacher_outputs = [t(**model_inputs, **extra) for t in self.teachers]
+        model_inputs, cached, extra = self._split_inputs(model, inputs, labels)
+        # The teachers first: their activations are freed before the student's (kept for backward) exist,
+        # so the step's peak memory is the student's plus the teachers' outputs, not plus their activations.
+        with torch.no_grad():
+            teacher_outputs = [t(**model_inputs, **extra) for t in self.teachers]  # none with a teacher cache
         outputs = model(**model_inputs, **extra)
-        if cached:
-            s_logits = outputs.logits[..., : self._vocab_size]
-            t_logprobs, t_indices = cached["teacher_topk_logprobs"], cached["teacher_topk_indices"]
-            t_logits = None
-        else:
-            s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
-        kd_labels, kd_mask = labels, None
-        if self.task == "causal-lm":
-            # Shift the targets, not the logits: position i predicts token i + 1 and the last position nothing.
-            # Slicing logits[:, :-1] would make backward allocate and zero a full-size gradient every step.
-            if labels is not None:
-                kd_labels = losses.shift_labels(labels)
-            else:
-                kd_mask = F.pad(_attention_mask(model_inputs)[:, 1:], (0, 1), value=0)
-        elif self.task == "token-classification" and labels is None:
-            kd_mask = _attention_mask(model_inputs)
+
         # During training every loss is divided by its item count over the whole accumulated batch and all
         # processes (counted in _get_num_items_in_batch): micro-batches and ranks add up to the full batch.
         training = model.training and self._step_counts is not None
@@ -482,39 +256,34 @@ class DistillationTrainer(Trainer):
         )
         token_items = self._step_counts["tokens"] if training else None
         self.loss_is_scaled_for_ga = training
-        kd_kwargs = dict(temperature=args.temperature, labels=kd_labels, mask=kd_mask, num_items_in_batch=kd_items,
-                         compiled=args.compile_loss)  # fmt: skip
-        if args.alpha < 1.0 and not args.chunk_size:
-            # Both terms from one pass over the logits (they share the student's softmax and one gradient buffer).
-            fused = dict(alpha=args.alpha, temperature=args.temperature, num_items_in_batch=kd_items,
-                         compiled=args.compile_loss)  # fmt: skip
-            if cached:
-                mixed = losses.topk_distillation_and_ce_loss(s_logits, t_logprobs, t_indices, kd_labels, **fused)
-            else:
-                mixed = losses.distillation_and_ce_loss(s_logits, t_logits, kd_labels, loss_type=args.loss_type,
-                                                        beta=args.beta, **fused)  # fmt: skip
-            loss, components = mixed.loss, {"loss_kd": mixed.kd, "loss_ce": mixed.ce}
-        else:
-            if cached:
-                loss_kd = losses.topk_distillation_loss(s_logits, t_logprobs, t_indices, **kd_kwargs)
-            elif args.chunk_size:
-                loss_kd = losses.chunked_distillation_loss(s_logits, t_logits, chunk_size=args.chunk_size,
-                                                           loss_type=args.loss_type, beta=args.beta, **kd_kwargs)  # fmt: skip
-            else:
-                loss_kd = losses.distillation_loss(s_logits, t_logits, loss_type=args.loss_type, beta=args.beta,
-                                                   **kd_kwargs)  # fmt: skip
-            components = {"loss_kd": loss_kd}
-            if args.alpha < 1.0:
-                components["loss_ce"] = losses.cross_entropy_loss(s_logits, kd_labels, num_items_in_batch=kd_items)
-            loss = losses.combine_losses(loss_kd, components.get("loss_ce", 0.0), args.alpha)
+        s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
+        kd_labels, kd_mask = self._kd_targets(labels, model_inputs)
+        logit = losses.logit_distillation_loss(
+            s_logits,
+            t_logits,
+            teacher_topk_logprobs=cached.get("teacher_topk_logprobs"),
+            teacher_topk_indices=cached.get("teacher_topk_indices"),
+            labels=kd_labels,
+            mask=kd_mask,
+            alpha=args.alpha,
+            loss_type=args.loss_type,
+            temperature=args.temperature,
+            beta=args.beta,
+            chunk_size=args.chunk_size,
+            num_items_in_batch=kd_items,
+            compiled=args.compile_loss,
+        )
+        loss, components = logit.loss, {"loss_kd": logit.kd}
+        if logit.ce is not None:
+            components["loss_ce"] = logit.ce
 
         attention_mask = model_inputs.get("attention_mask")
-        if want_hidden:
+        if args.hidden_weight > 0:
             components["loss_hidden"] = self._hidden_loss(
                 outputs, teacher_outputs[0], attention_mask, token_items
             )
             loss = loss + args.hidden_weight * components["loss_hidden"]
-        if want_attn:
+        if args.attention_weight > 0:
             components["loss_attention"] = self._attention_loss(
                 outputs, teacher_outputs[0], attention_mask, token_items
             )
@@ -527,30 +296,54 @@ class DistillationTrainer(Trainer):
             self._record(components)
         return (loss, outputs) if return_outputs else loss
 
+    def _split_inputs(
+        self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, bool]]:
+        """``(model inputs, cached teacher columns, output flags)``: labels and cached teacher outputs are
+        taken out of the models' inputs; the flags ask for the hidden states / attentions the losses need."""
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        if self.task == "seq2seq-lm" and labels is not None and "decoder_input_ids" not in model_inputs:
+            unwrapped = self.accelerator.unwrap_model(model)
+            model_inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
+        cached = {k: model_inputs.pop(k) for k in TEACHER_COLUMNS if k in model_inputs}
+        extra = {"output_hidden_states": True} if self.args.hidden_weight > 0 else {}
+        if self.args.attention_weight > 0:
+            extra["output_attentions"] = True
+        return model_inputs, cached, extra
+
+    def _kd_targets(
+        self, labels: torch.Tensor | None, model_inputs: dict[str, Any]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(labels, mask)`` of the positions the logit loss covers."""
+        if self.task == "causal-lm":
+            # Shift the targets, not the logits: position i predicts token i + 1 and the last position nothing.
+            # Slicing logits[:, :-1] would make backward allocate and zero a full-size gradient every step.
+            if labels is not None:
+                return losses.shift_labels(labels), None
+            return None, F.pad(_attention_mask(model_inputs)[:, 1:], (0, 1), value=0)
+        if self.task == "token-classification" and labels is None:
+            return None, _attention_mask(model_inputs)
+        return labels, None
+
     def _aligned_logits(
         self, student_logits: torch.Tensor, teacher_outputs: list[Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both models' logits cut to the common vocabulary, the teachers mixed into one (``None`` without
+        teachers: training from a cache)."""
         n = self._vocab_size or student_logits.shape[-1]
         student_logits = student_logits[..., :n]
+        if not teacher_outputs:
+            return student_logits, None
         logits = [o.logits[..., :n].to(student_logits.device) for o in teacher_outputs]
-        if len(logits) == 1:
-            return student_logits, logits[0]
-        weights = self.teacher_weights
-        if self.args.loss_type == "mse":  # a weighted average of logits for a loss on logits
-            return student_logits, sum(w * z.float() for w, z in zip(weights, logits, strict=True))
-        # Mix the tempered distributions, then express the mixture as logits at the same temperature:
-        # softmax(T * log p / T) = p.
-        temp = self.args.temperature
-        log_mix = torch.logsumexp(
-            torch.stack([torch.log_softmax(z.float() / temp, -1) + torch.log(torch.tensor(w)) for w, z in zip(weights, logits, strict=True)]),
-            dim=0,
-        )  # fmt: skip
-        return student_logits, temp * log_mix
+        teacher = losses.mix_teacher_logits(
+            logits, self.teacher_weights, loss_type=self.args.loss_type, temperature=self.args.temperature
+        )
+        return student_logits, teacher
 
     def _hidden_loss(
         self, outputs: Any, teacher_out: Any, attention_mask: torch.Tensor | None, items: Any = None
     ) -> torch.Tensor:
-        s_hidden, t_hidden = _hidden_states(outputs), _hidden_states(teacher_out)
+        s_hidden, t_hidden = hidden_states(outputs), hidden_states(teacher_out)
         total = 0.0
         for s, t in self.layer_pairs:
             h = s_hidden[s]
@@ -572,7 +365,7 @@ class DistillationTrainer(Trainer):
             raise ValueError(
                 "attention_weight > 0 but the models returned no attentions; load them with attn_implementation='eager'."
             )
-        s_cfg, t_cfg = _text_config(self.model), _text_config(self.teachers[0])
+        s_cfg, t_cfg = text_config(self.model), text_config(self.teachers[0])
         pairs = [
             (s, t)
             for s, t in resolve_layer_map(
@@ -583,9 +376,12 @@ class DistillationTrainer(Trainer):
         total = 0.0
         for s, t in pairs:
             total = total + losses.attention_loss(
-                outputs.attentions[s - 1], teacher_out.attentions[t - 1].to(outputs.attentions[s - 1].device),
-                kind=self.args.attention_loss, mask=attention_mask, num_items_in_batch=items,
-            )  # fmt: skip
+                outputs.attentions[s - 1],
+                teacher_out.attentions[t - 1].to(outputs.attentions[s - 1].device),
+                kind=self.args.attention_loss,
+                mask=attention_mask,
+                num_items_in_batch=items,
+            )
         return total / max(1, len(pairs))
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
@@ -628,10 +424,6 @@ class DistillationTrainer(Trainer):
 
     def compression_summary(self) -> Any:
         """What this run did, for the model card: teacher, distillation settings, pruning, adapter."""
-        from hf_lite._utils import is_hub_id
-        from hf_lite.card.build import CompressionSummary
-        from hf_lite.summary import describe_adapter, describe_quantization
-
         args = self.args
         teacher = None
         if self.teachers:
@@ -656,53 +448,52 @@ class DistillationTrainer(Trainer):
                 sparsity = float(callback.current_sparsity)
         model = self.accelerator.unwrap_model(self.model)
         return CompressionSummary(
-            teacher=teacher, distillation="; ".join(parts), pruning=pruning, sparsity=sparsity,
-            quantization=describe_quantization(model.get_base_model() if hasattr(model, "get_base_model") else model),
+            teacher=teacher,
+            distillation="; ".join(parts),
+            pruning=pruning,
+            sparsity=sparsity,
+            quantization=describe_quantization(unwrap_model(model, peft_base=True)),
             adapter=describe_adapter(model),
-        )  # fmt: skip
+        )
 
-    def create_model_card(self, language: str | None = None, license: str | None = None, tags: Any = None,
-                          model_name: str | None = None, finetuned_from: str | None = None, tasks: Any = None,
-                          dataset_tags: Any = None, dataset: Any = None, dataset_args: Any = None) -> None:  # fmt: skip
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: Any = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: Any = None,
+        dataset_tags: Any = None,
+        dataset: Any = None,
+        dataset_args: Any = None,
+    ) -> None:
         """The hf-lite model card (the one :func:`hf_lite.push_to_hub` writes) instead of the Trainer's draft."""
         if not self.is_world_process_zero():
             return
-        from hf_lite.card.build import build_model_card
-
         card = build_model_card(
-            self.compression_summary(), repo_id=self.hub_model_id, checkpoint=self.args.output_dir,
-            license=license, language=language, datasets=dataset,
+            self.compression_summary(),
+            repo_id=self.hub_model_id,
+            checkpoint=self.args.output_dir,
+            license=license,
+            language=language,
+            datasets=dataset,
             tags=[tags] if isinstance(tags, str) else tags,
-        )  # fmt: skip
+        )
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         if self.projections is not None:
-            from safetensors.torch import save_file
-
-            out = output_dir or self.args.output_dir
-            state = {k: v.detach().cpu().contiguous() for k, v in self.projections.state_dict().items()}
-            save_file(
-                state, os.path.join(out, PROJECTIONS_FILE), metadata={"layer_pairs": repr(self.layer_pairs)}
-            )
+            save_projections(self.projections, self.layer_pairs, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, PROJECTIONS_FILE)
-        if self.projections is not None and os.path.isfile(path):
-            from safetensors.torch import load_file
-
-            self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
+        if self.projections is not None:
+            load_projections(self.projections, resume_from_checkpoint, self.args.device)
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-
-def _is_arrow_dataset(dataset: Any) -> bool:
-    import datasets
-
-    return isinstance(dataset, datasets.Dataset)
 
 
 def _cache_metadata(dataset: Any) -> dict[str, Any] | None:
@@ -710,47 +501,9 @@ def _cache_metadata(dataset: Any) -> dict[str, Any] | None:
     columns = getattr(dataset, "column_names", None) or []
     if "teacher_topk_logprobs" not in columns:
         return None
-    from hf_lite.teacher_cache import teacher_cache_metadata
-
     return teacher_cache_metadata(dataset)
-
-
-def _text_config(model: nn.Module) -> Any:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def _output_size(model: nn.Module) -> int | None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if head is not None and hasattr(head, "out_features"):
-        return head.out_features
-    if head is not None and hasattr(head, "weight"):
-        return head.weight.shape[0]
-    num_labels = getattr(base.config, "num_labels", None)
-    return num_labels if model_task(base) in ("sequence-classification", "token-classification") else None
 
 
 def _attention_mask(batch: dict[str, Any]) -> torch.Tensor:
     mask = batch.get("attention_mask")
     return mask if mask is not None else torch.ones_like(batch["input_ids"])
-
-
-def _hidden_states(outputs: Any) -> tuple[torch.Tensor, ...]:
-    hidden = getattr(outputs, "hidden_states", None)
-    if hidden is None:
-        hidden = getattr(outputs, "decoder_hidden_states", None)
-    if hidden is None:
-        raise ValueError(
-            "hidden_weight > 0 but the model returned no hidden states (output_hidden_states=True)."
-        )
-    return hidden
-
-
-def _eager_attention(model: nn.Module) -> None:
-    """Attention maps are only returned by the eager implementation (SDPA/flash never build them)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", "eager") != "eager":
-        logger.info("switching %s to eager attention to return attention maps", type(base).__name__)
-        base.set_attn_implementation("eager")

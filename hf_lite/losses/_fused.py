@@ -92,8 +92,13 @@ def kl_rows(
     non-finite). With ``labels`` (``(...)`` int, ``-100`` allowed on rows left out), the hard-label
     cross-entropy of each row is computed too and mixed into ``total`` with weight ``ce_share``.
     """
-    block = functools.partial(_kl_block, loss_type=_canonical(loss_type, beta), temperature=temperature,
-                              beta=beta, ce_share=ce_share)  # fmt: skip
+    block = functools.partial(
+        _kl_block,
+        loss_type=_canonical(loss_type, beta),
+        temperature=temperature,
+        beta=beta,
+        ce_share=ce_share,
+    )
     return _fused(block, compiled, student, [teacher], valid, labels, ce_share)
 
 
@@ -172,8 +177,15 @@ def _run_blocks(
         args = [r[block] for r in rows]
         y = None if labels is None else labels[block].clamp(min=0)  # -100 only on rows left out
         out = None if grad is None else grad[block]
-        kd_b, ce_b, grad_b = _call(block_fn, compiled, flat[block], *args, labels=y, want_grad=out is not None,
-                                   out=None if compiled else out)  # fmt: skip
+        kd_b, ce_b, grad_b = _call(
+            block_fn,
+            compiled,
+            flat[block],
+            *args,
+            labels=y,
+            want_grad=out is not None,
+            out=None if compiled else out,
+        )
         if out is not None and grad_b is not out:
             out.copy_(grad_b)
         if ok is not None and (not on_cpu or not bool(ok.all())):

@@ -177,9 +177,11 @@ def chunked_distillation_loss_from_hidden(
     check_beta(beta)
     check_chunk_size(chunk_size)
     for name, tensor in (
-        ("student_hidden", student_hidden), ("student_lm_head_weight", student_lm_head_weight),
-        ("teacher_hidden", teacher_hidden), ("teacher_lm_head_weight", teacher_lm_head_weight),
-    ):  # fmt: skip
+        ("student_hidden", student_hidden),
+        ("student_lm_head_weight", student_lm_head_weight),
+        ("teacher_hidden", teacher_hidden),
+        ("teacher_lm_head_weight", teacher_lm_head_weight),
+    ):
         check_tensor(name, tensor)
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
         raise ValueError(
@@ -218,9 +220,14 @@ def chunked_distillation_loss_from_hidden(
     scale = _scale(count, num_items_in_batch, temperature_factor(loss_type, temperature), student_hidden)
 
     def chunk_sum(
-        hidden_s: torch.Tensor, hidden_t: torch.Tensor, valid: torch.Tensor | None,
-        weight_s: torch.Tensor, weight_t: torch.Tensor, bias_s: torch.Tensor | None, bias_t: torch.Tensor | None,
-    ) -> torch.Tensor:  # fmt: skip
+        hidden_s: torch.Tensor,
+        hidden_t: torch.Tensor,
+        valid: torch.Tensor | None,
+        weight_s: torch.Tensor,
+        weight_t: torch.Tensor,
+        bias_s: torch.Tensor | None,
+        bias_t: torch.Tensor | None,
+    ) -> torch.Tensor:
         hidden_s = hidden_s.reshape(-1, hidden_s.shape[-1])  # (n, H_s)
         hidden_t = hidden_t.reshape(-1, hidden_t.shape[-1])  # (n, H_t)
         if valid is not None:

@@ -149,9 +149,15 @@ def logit_distillation_loss(
         )
     elif chunk_size is not None:
         kd = chunked_distillation_loss(
-            student_logits, teacher_logits, chunk_size=chunk_size, loss_type=loss_type, beta=beta,
-            labels=labels, mask=mask, **common,
-        )  # fmt: skip
+            student_logits,
+            teacher_logits,
+            chunk_size=chunk_size,
+            loss_type=loss_type,
+            beta=beta,
+            labels=labels,
+            mask=mask,
+            **common,
+        )
     else:
         kd = distillation_loss(
             student_logits, teacher_logits, loss_type=loss_type, beta=beta, labels=labels, mask=mask, **common

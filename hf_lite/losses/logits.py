@@ -149,9 +149,14 @@ def forward_kl_loss(
     0.0
     """
     return distillation_loss(
-        student_logits, teacher_logits, loss_type="forward_kl", temperature=temperature, mask=mask,
-        labels=labels, num_items_in_batch=num_items_in_batch,
-    )  # fmt: skip
+        student_logits,
+        teacher_logits,
+        loss_type="forward_kl",
+        temperature=temperature,
+        mask=mask,
+        labels=labels,
+        num_items_in_batch=num_items_in_batch,
+    )
 
 
 def reverse_kl_loss(
@@ -187,9 +192,14 @@ def reverse_kl_loss(
     2.7154
     """
     return distillation_loss(
-        student_logits, teacher_logits, loss_type="reverse_kl", temperature=temperature, mask=mask,
-        labels=labels, num_items_in_batch=num_items_in_batch,
-    )  # fmt: skip
+        student_logits,
+        teacher_logits,
+        loss_type="reverse_kl",
+        temperature=temperature,
+        mask=mask,
+        labels=labels,
+        num_items_in_batch=num_items_in_batch,
+    )
 
 
 def generalized_jsd_loss(
@@ -237,9 +247,15 @@ def generalized_jsd_loss(
     0.6931
     """
     return distillation_loss(
-        student_logits, teacher_logits, loss_type="jsd", beta=beta, temperature=temperature, mask=mask,
-        labels=labels, num_items_in_batch=num_items_in_batch,
-    )  # fmt: skip
+        student_logits,
+        teacher_logits,
+        loss_type="jsd",
+        beta=beta,
+        temperature=temperature,
+        mask=mask,
+        labels=labels,
+        num_items_in_batch=num_items_in_batch,
+    )
 
 
 def total_variation_loss(
@@ -275,9 +291,14 @@ def total_variation_loss(
     0.5
     """
     return distillation_loss(
-        student_logits, teacher_logits, loss_type="tv", temperature=temperature, mask=mask,
-        labels=labels, num_items_in_batch=num_items_in_batch,
-    )  # fmt: skip
+        student_logits,
+        teacher_logits,
+        loss_type="tv",
+        temperature=temperature,
+        mask=mask,
+        labels=labels,
+        num_items_in_batch=num_items_in_batch,
+    )
 
 
 def mse_logits_loss(
@@ -310,9 +331,13 @@ def mse_logits_loss(
     5.0
     """
     return distillation_loss(
-        student_logits, teacher_logits, loss_type="mse", mask=mask, labels=labels,
+        student_logits,
+        teacher_logits,
+        loss_type="mse",
+        mask=mask,
+        labels=labels,
         num_items_in_batch=num_items_in_batch,
-    )  # fmt: skip
+    )
 
 
 def combine_losses(

@@ -95,14 +95,31 @@ def distillation_and_ce_loss(
     check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
     valid = check_labels_in_range(student_logits, labels)
     if loss_type not in _fused.FUSED_LOSS_TYPES or teacher_logits.requires_grad:
-        kd = distillation_loss(student_logits, teacher_logits, loss_type=loss_type, temperature=temperature,
-                               beta=beta, labels=labels, num_items_in_batch=num_items_in_batch, compiled=compiled)  # fmt: skip
+        kd = distillation_loss(
+            student_logits,
+            teacher_logits,
+            loss_type=loss_type,
+            temperature=temperature,
+            beta=beta,
+            labels=labels,
+            num_items_in_batch=num_items_in_batch,
+            compiled=compiled,
+        )
         ce = cross_entropy_loss(student_logits, labels, num_items_in_batch=num_items_in_batch)
         return DistillationLosses(combine_losses(kd, ce, alpha), kd.detach(), ce.detach())
     dtype = compute_dtype(student_logits.dtype)
     weight, share = _mix(alpha, temperature)
-    rows = _fused.kl_rows(student_logits.to(dtype), teacher_logits.to(dtype), loss_type, temperature, beta,
-                               valid, compiled, labels=labels.to(valid.device), ce_share=share)  # fmt: skip
+    rows = _fused.kl_rows(
+        student_logits.to(dtype),
+        teacher_logits.to(dtype),
+        loss_type,
+        temperature,
+        beta,
+        valid,
+        compiled,
+        labels=labels.to(valid.device),
+        ce_share=share,
+    )
     return _mixed(rows, valid.sum(), num_items_in_batch, weight, temperature)
 
 
@@ -141,8 +158,17 @@ def topk_distillation_and_ce_loss(
         student_logits, teacher_topk_logprobs, teacher_topk_indices, None, labels
     )
     weight, share = _mix(alpha, temperature)
-    rows = _fused.topk_kl_rows(student_logits.to(logprobs_t.dtype), logprobs_t, indices, tail_t, temperature,
-                                    valid, compiled, labels=labels.to(valid.device), ce_share=share)  # fmt: skip
+    rows = _fused.topk_kl_rows(
+        student_logits.to(logprobs_t.dtype),
+        logprobs_t,
+        indices,
+        tail_t,
+        temperature,
+        valid,
+        compiled,
+        labels=labels.to(valid.device),
+        ce_share=share,
+    )
     return _mixed(rows, valid.sum(), num_items_in_batch, weight, temperature)
 
 

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, 
 
 from hf_lite.testing import build_tiny_model, build_tokenizer
 from trainers import DistillationConfig, DistillationTrainer, resolve_layer_map
-from trainers.distillation_trainer import PROJECTIONS_FILE, parse_layer_map
+from trainers.distillation_config import parse_layer_map
+from trainers.distillation_projections import PROJECTIONS_FILE
 
 
 @pytest.fixture(scope="module")

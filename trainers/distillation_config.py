@@ -1,0 +1,180 @@
+"""``DistillationConfig``: the ``TrainingArguments`` of a distillation run, and the student-teacher layer map.
+
+Every field is a command-line flag and a YAML key (``HfArgumentParser``); the loss-type vocabulary comes
+from :mod:`hf_lite.losses`, so the choices here are the losses' own.
+
+>>> from transformers import HfArgumentParser
+>>> (args,) = HfArgumentParser(DistillationConfig).parse_args_into_dataclasses(
+...     ["--output_dir", "out", "--loss_type", "jsd", "--report_to", "none"]
+... )
+>>> args.loss_type, resolve_layer_map(args.layer_map, 2, 4)
+('jsd', [(1, 2), (2, 4)])
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from hf_lite.losses import AttentionLossKind, HiddenLossKind, LossType
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistillationConfig", "parse_layer_map", "resolve_layer_map"]
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """``TrainingArguments`` plus the distillation settings; every field is a command-line flag and a YAML key.
+
+    The training loss is ``alpha * loss_kd + (1 - alpha) * loss_ce + hidden_weight * loss_hidden
+    + attention_weight * loss_attention``.
+
+    >>> args = DistillationConfig("out", temperature=4.0, alpha=0.9, loss_type="jsd", beta=0.5)
+    >>> args.temperature, args.loss_type
+    (4.0, 'jsd')
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softmax temperature T > 0 of both models; the KD loss is scaled by T**2."},
+    )
+    alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight of the distillation loss in [0, 1]; 1 - alpha weighs cross-entropy on the labels."
+        },
+    )
+    loss_type: LossType = field(
+        default="forward_kl",
+        metadata={"help": "Divergence between the token distributions (see hf_lite.losses)."},
+    )
+    beta: float = field(
+        default=0.5, metadata={"help": "Interpolation of the generalized JSD in [0, 1] (loss_type='jsd')."}
+    )
+    chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Compute the logit loss over this many tokens at a time (large vocabularies; same value and "
+            "gradient; e.g. 128: benchmarks/RESULTS.md has the memory it saves)."
+        },
+    )
+    compile_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the logit loss through torch.compile. The first steps pay a few seconds of compilation; "
+            "without a working compiler it warns once and runs eagerly. On the CPU the default (eager, blocked) "
+            "loss measured as fast (benchmarks/RESULTS.md)."
+        },
+    )
+    hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of hidden-state matching (0 turns it off)."}
+    )
+    hidden_loss: HiddenLossKind = field(default="mse", metadata={"help": "Hidden-state distance."})
+    layer_map: str = field(
+        default="uniform",
+        metadata={
+            "help": "Student->teacher layer pairs for hidden/attention matching: 'uniform', 'last', or explicit "
+            "pairs 's:t,s:t' (hidden_states indices: 0 is the embeddings, i the output of layer i)."
+        },
+    )
+    hidden_projection: bool = field(
+        default=True,
+        metadata={
+            "help": "Learn a linear map from student to teacher width when they differ (saved beside the student)."
+        },
+    )
+    attention_weight: float = field(
+        default=0.0, metadata={"help": "Weight of attention-map matching (0 turns it off)."}
+    )
+    attention_loss: AttentionLossKind = field(default="kl", metadata={"help": "Attention-map distance."})
+    teacher_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of several teachers' distributions (default: equal); sum to 1."},
+    )
+    teacher_quantization: str | None = field(
+        default=None,
+        metadata={"help": "Load a teacher given by id/path in '4bit' or '8bit' (None: full precision)."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (typical: 1 to 4).")
+        if not isinstance(self.compile_loss, bool):
+            raise ValueError(
+                f"compile_loss={self.compile_loss!r} must be True or False (from YAML or the command line: true/false)."
+            )
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} must be in [0, 1].")
+        for name in ("hidden_weight", "attention_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 turns the loss off).")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size={self.chunk_size} must be a positive number of tokens, or None.")
+        if self.teacher_weights is not None:
+            weights = list(self.teacher_weights)
+            if any(not 0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
+                raise ValueError(
+                    f"teacher_weights={weights} must each be in [0, 1] and sum to 1 (one weight per teacher)."
+                )
+        parse_layer_map(self.layer_map)  # syntax only; ranges are checked against the models
+        if self.loss_type != "jsd" and self.beta != 0.5:
+            logger.warning("beta=%s is ignored: it only applies to loss_type='jsd'.", self.beta)
+        if self.loss_type == "mse" and self.temperature != 2.0:
+            logger.warning("temperature=%s is ignored by loss_type='mse' (it cancels out).", self.temperature)
+
+
+def parse_layer_map(spec: str | Sequence[Sequence[int]]) -> str | list[tuple[int, int]]:
+    """Parse ``"uniform"``, ``"last"`` or pairs (``"1:2,2:4"`` or ``[[1, 2], [2, 4]]``).
+
+    >>> parse_layer_map("1:2, 3:6")
+    [(1, 2), (3, 6)]
+    """
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text in ("uniform", "last"):
+            return text
+        if not re.fullmatch(r"\s*\d+\s*:\s*\d+\s*(,\s*\d+\s*:\s*\d+\s*)*", text):
+            raise ValueError(
+                f"layer_map={spec!r} is not understood. Use 'uniform', 'last', or student:teacher pairs "
+                "such as '2:4,4:8' (hidden_states indices; 0 is the embedding output)."
+            )
+        return [(int(a), int(b)) for a, b in (pair.split(":") for pair in text.split(","))]
+    pairs = [tuple(int(x) for x in pair) for pair in spec]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(f"layer_map={spec!r}: each pair must be (student_layer, teacher_layer).")
+    return pairs  # type: ignore[return-value]
+
+
+def resolve_layer_map(
+    spec: str | Sequence[Sequence[int]], n_student: int, n_teacher: int
+) -> list[tuple[int, int]]:
+    """Student/teacher ``hidden_states`` index pairs for ``n_student`` and ``n_teacher`` layers.
+
+    ``"uniform"`` pairs student layer ``i`` with teacher layer ``round(i * n_teacher / n_student)``
+    (DistilBERT/TinyBERT); ``"last"`` pairs the last layers. Index 0 is the embedding output.
+
+    >>> resolve_layer_map("uniform", 3, 6)
+    [(1, 2), (2, 4), (3, 6)]
+    >>> resolve_layer_map("last", 3, 6)
+    [(3, 6)]
+    """
+    parsed = parse_layer_map(spec)
+    if parsed == "uniform":
+        return [(i, round(i * n_teacher / n_student)) for i in range(1, n_student + 1)]
+    if parsed == "last":
+        return [(n_student, n_teacher)]
+    for s, t in parsed:
+        if not (0 <= s <= n_student and 0 <= t <= n_teacher):
+            raise ValueError(
+                f"layer_map pair {s}:{t} is out of range: the student has layers 0..{n_student} and the teacher "
+                f"0..{n_teacher} (0 is the embedding output)."
+            )
+    return list(parsed)
