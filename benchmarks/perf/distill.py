@@ -66,12 +66,11 @@ def distillation_race(
     )
 
     def kd_trainer(name: str, teacher_model: Any, dataset: Any, collator: Any, **extra: Any) -> Any:
-        args = training_args(DistillationConfig, out / name, **common, **kd, **extra)
         return DistillationTrainer(
             model=student(),
             teacher_model=teacher_model,
             train_dataset=dataset,
-            args=args,
+            args=training_args(DistillationConfig, out / name, **common, **kd, **extra),
             data_collator=collator,
             processing_class=tokenizer,
         )
