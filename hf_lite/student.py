@@ -19,16 +19,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_lite.pruning import prune_layers_
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def _num_layers(config: Any) -> int:
+def _num_hidden_layers(config: Any) -> int:
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, key, None)
         if isinstance(value, int):
             return value
-    raise ValueError(f"{type(config).__name__} has no num_hidden_layers/n_layer: cannot select layers of this model.")
+    raise ValueError(
+        f"{type(config).__name__} has no num_hidden_layers/n_layer: cannot select layers of this model."
+    )
 
 
 def select_layers(spec: str | int | Sequence[int], num_layers: int) -> list[int]:
@@ -36,11 +40,13 @@ def select_layers(spec: str | int | Sequence[int], num_layers: int) -> list[int]
     and last included), or explicit indices.
 
     >>> select_layers("every_other", 6), select_layers(3, 12), select_layers([0, 5], 6)
-    ([0, 2, 4], [0, 5, 11], [0, 5])
+    ([0, 2, 4], [0, 6, 11], [0, 5])
     """
     if isinstance(spec, str):
         if spec != "every_other":
-            raise ValueError(f"layers={spec!r} is not understood: use 'every_other', a number of layers, or indices.")
+            raise ValueError(
+                f"layers={spec!r} is not understood: use 'every_other', a number of layers, or indices."
+            )
         return list(range(0, num_layers, 2))
     if isinstance(spec, bool) or not isinstance(spec, (int, Sequence)):
         raise TypeError(f"layers must be 'every_other', an int or a list of ints; got {type(spec).__name__}.")
@@ -85,14 +91,12 @@ def init_student_from_teacher(
     >>> student.config.num_hidden_layers, teacher.config.num_hidden_layers
     (2, 4)
     """
-    from hf_lite.pruning import prune_layers_
-
     if hasattr(teacher, "peft_config"):
         raise ValueError(
             "init_student_from_teacher got a PEFT model: merge the adapter first (model.merge_and_unload()) so the "
             "student copies the adapted weights."
         )
-    n = _num_layers(teacher.config)
+    n = _num_hidden_layers(teacher.config)
     keep = select_layers(layers, n)
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)

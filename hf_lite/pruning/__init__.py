@@ -1,8 +1,13 @@
-"""Pruning maths: importance scores, masks, structural shrinking, sparsity schedules, layer selection, one-shot methods, reports.
+"""Pruning maths: importance scores, masks, structural shrinking, sparsity schedules, layer selection, reports.
 
 Pure functions on tensors and modules, no ``Trainer`` inside: a pruning ``TrainerCallback`` builds on
 them (scores -> masks on the schedule -> ``apply_mask_`` after each optimizer step). This subpackage
 imports torch and transformers when imported; ``import hf_lite`` alone does not.
+
+Modules, bottom up: ``sites`` (where blocks, FFNs, attention projections and the config are),
+``calibration`` (calibration batches and the hooks that read them), ``masks``, ``schedule``, ``targets``
+(layers chosen by name), ``importance`` (scores of neurons, heads, blocks), ``oneshot``, ``structural/``
+(one slicing plan applied to the weights and to the optimizer state), ``report``, ``peft_merge``.
 
 >>> import torch
 >>> from hf_lite.pruning import magnitude_scores, nm_mask, unstructured_mask, CubicSchedule
@@ -37,14 +42,20 @@ from hf_lite.pruning.oneshot import magnitude_prune_, parse_pattern, wanda_prune
 from hf_lite.pruning.peft_merge import SparseMergeReport, merge_adapter_keep_sparsity
 from hf_lite.pruning.report import SPEED_NOTE, LayerSparsity, SparsityReport, sparsity_report
 from hf_lite.pruning.schedule import CubicSchedule
-from hf_lite.pruning.structural import KeptHeads, prune_attention_heads_, prune_ffn_, prune_layers_
-from hf_lite.pruning.targets import (
-    DEFAULT_EXCLUDE,
-    HEAD_PATTERNS,
-    find_prunable_modules,
-    in_features_dim,
-    is_prunable,
+from hf_lite.pruning.sites import in_features_dim, is_prunable
+from hf_lite.pruning.structural import (
+    KeptHeads,
+    StructuralPlan,
+    apply_plan_,
+    plan_attention_heads,
+    plan_ffn,
+    plan_layers,
+    prune_attention_heads_,
+    prune_ffn_,
+    prune_layers_,
+    slice_optimizer_state_,
 )
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, HEAD_PATTERNS, find_prunable_modules
 
 __all__ = [
     "magnitude_scores",
@@ -73,6 +84,12 @@ __all__ = [
     "prune_attention_heads_",
     "prune_layers_",
     "KeptHeads",
+    "plan_ffn",
+    "plan_attention_heads",
+    "plan_layers",
+    "StructuralPlan",
+    "apply_plan_",
+    "slice_optimizer_state_",
     "ffn_neuron_scores",
     "attention_head_scores",
     "block_influence",

@@ -33,20 +33,31 @@ torch.Size([2])
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from hf_lite.pruning.oneshot import _check_calibration
-
-if TYPE_CHECKING:
-    from transformers import PretrainedConfig
+from hf_lite.pruning.calibration import (
+    check_calibration,
+    forward_kwargs,
+    mean_abs_inputs,
+    real_tokens,
+    to_device,
+    token_mask,
+)
+from hf_lite.pruning.sites import (
+    AttentionSite,
+    FfnSite,
+    base_layer,
+    find_attention_sites,
+    find_ffn_sites,
+    find_layer_list,
+    head_layout,
+)
 
 __all__ = [
     "IMPORTANCE_METHODS",
@@ -54,271 +65,14 @@ __all__ = [
     "ffn_neuron_scores",
     "attention_head_scores",
     "block_influence",
+    "check_count",
+    "check_importance",
+    "ffn_reduce",
+    "heads_reduce",
 ]
 
 #: Accepted values of ``importance=``.
 IMPORTANCE_METHODS = ("magnitude", "activation", "taylor")
-
-# FFN layouts: (layers whose output features are the neurons, layer whose input features are the neurons,
-# config keys that may hold the width, first present wins). Names are relative to one module of a block.
-_FFN_LAYOUTS: tuple[tuple[tuple[str, ...], str, tuple[str, ...]], ...] = (
-    (("gate_proj", "up_proj"), "down_proj", ("intermediate_size",)),  # Llama, Mistral, Qwen2, Gemma ...
-    (("up_proj",), "down_proj", ("intermediate_size",)),  # non-gated variants (e.g. Nemotron)
-    (("c_fc",), "c_proj", ("n_inner",)),  # GPT-2 (Conv1D, weight (in, out))
-    (("intermediate.dense",), "output.dense", ("intermediate_size",)),  # BERT, RoBERTa, ...
-    (("fc1",), "fc2", ("intermediate_size", "ffn_dim")),  # Phi, OPT
-)
-_ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# where things are in a model
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside ``model`` (a ``peft.PeftModel`` is unwrapped; anything else is returned).
-
-    >>> import torch
-    >>> m = torch.nn.Linear(2, 2)
-    >>> unwrap_model(m) is m
-    True
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"model must be a torch.nn.Module (a transformers model); got {type(model).__name__}."
-        )
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base) and type(model).__module__.startswith("peft"):
-        return get_base()
-    return model
-
-
-def model_config(model: nn.Module) -> PretrainedConfig:
-    """The ``config`` of a transformers model (or of the model inside a PEFT wrapper); ``TypeError`` if none.
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> model_config(build_tiny_model("gpt2")[0]).n_layer
-    2
-    """
-    config = getattr(unwrap_model(model), "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        raise TypeError(
-            f"model ({type(model).__name__}) has no transformers config; structural pruning edits the config "
-            "so that from_pretrained can rebuild the smaller model. Pass a transformers PreTrainedModel."
-        )
-    return config
-
-
-def base_layer(module: nn.Module) -> nn.Module:
-    """The layer holding the weight: ``module`` itself, or the ``base_layer`` a PEFT adapter wraps.
-
-    >>> import torch
-    >>> layer = torch.nn.Linear(2, 2)
-    >>> base_layer(layer) is layer
-    True
-    """
-    get_base = getattr(module, "get_base_layer", None)
-    return get_base() if callable(get_base) else module
-
-
-def _is_weight_layer(module: nn.Module | None) -> bool:
-    if module is None:
-        return False
-    base = base_layer(module)
-    if isinstance(base, (nn.Linear, Conv1D)):
-        return True
-    return type(base).__module__.startswith("bitsandbytes")  # refused later with a clear message
-
-
-def _get(module: nn.Module, dotted: str) -> nn.Module | None:
-    try:
-        return module.get_submodule(dotted)
-    except AttributeError:
-        return None
-
-
-def find_layer_list(model: nn.Module) -> nn.ModuleList:
-    """The ``nn.ModuleList`` of transformer blocks (``config.num_hidden_layers`` of them).
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> type(find_layer_list(build_tiny_model("bert")[0])[0]).__name__
-    'BertLayer'
-    """
-    config = model_config(model)
-    if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
-            f"model is an encoder-decoder ({type(unwrap_model(model)).__name__}); structural pruning supports "
-            "decoder-only (Llama, GPT-2, ...) and encoder-only (BERT, ...) models, whose config has one "
-            "num_hidden_layers and one FFN width. Use unstructured pruning (magnitude_prune_, wanda_prune_) "
-            "for encoder-decoder models."
-        )
-    num_layers = getattr(config, "num_hidden_layers", None)
-    if not isinstance(num_layers, int):
-        raise ValueError(
-            f"config of {type(config).__name__} has no integer num_hidden_layers (got {num_layers!r}), so "
-            "hf-lite cannot tell which modules are the transformer blocks. Structural pruning supports "
-            "text models whose config has num_hidden_layers (for a multimodal model, prune its text model)."
-        )
-    lists = [
-        m
-        for m in unwrap_model(model).modules()
-        if isinstance(m, nn.ModuleList) and len(m) == num_layers and len({type(b) for b in m}) == 1
-    ]
-    if len(lists) != 1:
-        raise ValueError(
-            f"found {len(lists)} lists of {num_layers} identical blocks in {type(unwrap_model(model)).__name__} "
-            "(config.num_hidden_layers), expected exactly one; structural pruning supports models with one "
-            "stack of transformer blocks."
-        )
-    return lists[0]
-
-
-@dataclass(frozen=True)
-class FfnSite:
-    """The FFN of one block: ``expand`` layers produce the neurons, ``project`` consumes them.
-
-    Args:
-        layer: block index.
-        parent: the module holding the FFN layers (``mlp`` for Llama/GPT-2, the block itself for BERT).
-        expand: layers whose *output* features are the neurons (gate/up, ``c_fc``, ``intermediate.dense``).
-        project: layer whose *input* features are the neurons (``down_proj``, ``c_proj``, ``output.dense``).
-        config_key: the config attribute holding the width (``intermediate_size``, ``n_inner``, ...).
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> site = find_ffn_sites(build_tiny_model("bert")[0])[0]
-    >>> site.width, site.config_key, type(site.parent).__name__
-    (128, 'intermediate_size', 'BertLayer')
-    """
-
-    layer: int
-    parent: nn.Module
-    expand: tuple[nn.Module, ...]
-    project: nn.Module
-    config_key: str
-
-    @property
-    def width(self) -> int:
-        """Current number of neurons."""
-        return in_out_features(self.project)[0]
-
-
-@dataclass(frozen=True)
-class AttentionSite:
-    """The self-attention of one block with separate ``q_proj``/``k_proj``/``v_proj``/``o_proj`` layers.
-
-    Args:
-        layer: block index.
-        module: the attention module.
-        q, k, v, o: its projections (possibly wrapped by a PEFT adapter).
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> site = find_attention_sites(build_tiny_model("llama")[0])[1]
-    >>> site.layer, type(site.module).__name__, tuple(site.o.weight.shape)
-    (1, 'LlamaAttention', (64, 64))
-    """
-
-    layer: int
-    module: nn.Module
-    q: nn.Module
-    k: nn.Module
-    v: nn.Module
-    o: nn.Module
-
-
-def in_out_features(module: nn.Module) -> tuple[int, int]:
-    """``(in_features, out_features)`` of a Linear or Conv1D layer (or of the layer a PEFT adapter wraps).
-
-    >>> import torch
-    >>> in_out_features(torch.nn.Linear(3, 5))
-    (3, 5)
-    """
-    base = base_layer(module)
-    if isinstance(base, Conv1D):
-        return base.weight.shape[0], base.weight.shape[1]
-    return base.weight.shape[1], base.weight.shape[0]
-
-
-def find_ffn_sites(model: nn.Module) -> list[FfnSite]:
-    """The FFN of every block, in block order; ``ValueError`` when a block has none or several.
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> [site.config_key for site in find_ffn_sites(build_tiny_model("gpt2")[0])]
-    ['n_inner', 'n_inner']
-    """
-    config = model_config(model)
-    sites = []
-    for i, block in enumerate(find_layer_list(model)):
-        found = []
-        for _, parent in block.named_modules():
-            for expand_names, project_name, keys in _FFN_LAYOUTS:
-                expand = [_get(parent, n) for n in expand_names]
-                project = _get(parent, project_name)
-                if all(_is_weight_layer(m) for m in [*expand, project]):
-                    key = next((k for k in keys if hasattr(config, k)), None)
-                    if key is not None:
-                        found.append(FfnSite(i, parent, tuple(expand), project, key))  # type: ignore[arg-type]
-                    break  # the first matching layout of a module wins (gate+up before up alone)
-        if len(found) != 1:
-            what = "no FFN it recognizes" if not found else f"{len(found)} FFNs (a mixture of experts?)"
-            raise ValueError(
-                f"block {i} ({type(block).__name__}) has {what}. FFN pruning supports one dense FFN per block "
-                "laid out as gate_proj/up_proj/down_proj (Llama family), c_fc/c_proj (GPT-2), "
-                "intermediate.dense/output.dense (BERT family) or fc1/fc2, with its width in the config."
-            )
-        sites.append(found[0])
-    return sites
-
-
-def find_attention_sites(model: nn.Module) -> list[AttentionSite]:
-    """The self-attention of every block, for architectures with separate q/k/v/o projections.
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> site = find_attention_sites(build_tiny_model("llama")[0])[0]
-    >>> tuple(site.k.weight.shape)   # 2 key/value heads of 16
-    (32, 64)
-    """
-    sites = []
-    for i, block in enumerate(find_layer_list(model)):
-        found = []
-        for _, module in block.named_modules():
-            projections = [_get(module, n) for n in _ATTN_PROJECTIONS]
-            if all(_is_weight_layer(p) for p in projections):
-                found.append(AttentionSite(i, module, *projections))  # type: ignore[arg-type]
-        if len(found) != 1:
-            raise ValueError(
-                f"block {i} ({type(block).__name__}) has {len(found)} attention modules with separate "
-                "q_proj/k_proj/v_proj/o_proj layers; head pruning supports exactly one (self-attention of a "
-                "decoder of the Llama family)."
-            )
-        sites.append(found[0])
-    return sites
-
-
-def head_layout(model: nn.Module) -> tuple[int, int, int]:
-    """``(num_attention_heads, num_key_value_heads, head_dim)`` from the config; ``ValueError`` when the
-    config cannot express head pruning.
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> head_layout(build_tiny_model("llama")[0])
-    (4, 2, 16)
-    """
-    config = model_config(model)
-    heads = getattr(config, "num_attention_heads", None)
-    head_dim = getattr(config, "head_dim", None)
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    if not isinstance(head_dim, int) or not isinstance(heads, int):
-        raise ValueError(
-            f"head pruning is not possible for model_type={getattr(config, 'model_type', None)!r}: its config "
-            "has no head_dim, so the head size is implied as hidden_size / num_attention_heads and a model with "
-            "fewer heads cannot be described by the config (from_pretrained would rebuild the original "
-            "shapes). Prune FFN neurons (prune_ffn_) or whole layers (prune_layers_) instead."
-        )
-    if heads % kv_heads:
-        raise ValueError(
-            f"config has num_attention_heads={heads} not divisible by num_key_value_heads={kv_heads}; "
-            "this is not a valid grouped-query attention layout."
-        )
-    return heads, kv_heads, head_dim
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -340,125 +94,8 @@ def check_importance(importance: str) -> str:
     return importance
 
 
-def check_calibration(
-    calibration_batches: Iterable[Mapping[str, Any]] | None, why: str, *, labels: bool = False
-) -> list[Mapping[str, Any]]:
-    """Materialize and check calibration batches (dicts of tensors with ``input_ids``).
-
-    Args:
-        calibration_batches: iterable of dicts passed as ``model(**batch)``.
-        why: what needs the data, for the error message (e.g. ``"importance='activation'"``).
-        labels: whether every batch must carry ``labels`` (for a loss).
-
-    Returns:
-        The batches as a list.
-
-    >>> import torch
-    >>> len(check_calibration([{"input_ids": torch.ones(1, 3, dtype=torch.long)}], "block influence"))
-    1
-    """
-    if isinstance(calibration_batches, Iterable) and not isinstance(
-        calibration_batches, (Mapping, str, bytes)
-    ):
-        calibration_batches = list(calibration_batches)  # also materializes generators, once
-    if calibration_batches is None or (isinstance(calibration_batches, list) and not calibration_batches):
-        raise ValueError(
-            f"calibration_batches={calibration_batches!r}: {why} needs calibration data. Pass a list of "
-            "tokenized batches, e.g. [tokenizer(texts, return_tensors='pt', padding=True)]"
-            + (" with 'labels'" if labels else "")
-            + ", or use importance='magnitude', which needs no data."
-        )
-    batches = _check_calibration(calibration_batches)
-    if labels:
-        missing = [i for i, b in enumerate(batches) if "labels" not in b]
-        if missing:
-            raise ValueError(
-                f"calibration batches {missing[:5]} have no 'labels': {why} takes the gradient of the loss, "
-                "which needs labels. Add them (for a causal LM: batch['labels'] = input_ids with padding set "
-                "to -100; for classification: the class ids), or use importance='activation'."
-            )
-    return batches
-
-
 # ----------------------------------------------------------------------------------------------------------
-# calibration passes
-
-
-def _token_mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-    mask = batch.get("attention_mask")
-    return None if mask is None else mask.bool()
-
-
-def _real_tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``x`` of shape ``(batch, seq, ...)`` -> ``(tokens, ...)``, padded positions dropped when the mask fits."""
-    if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-        return x[mask.to(x.device)]
-    return x.reshape(-1, *x.shape[2:]) if x.dim() >= 3 else x
-
-
-def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
-    return {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
-
-
-def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-class _InputAbsMean:
-    """Forward pre-hooks accumulating the mean ``|input|`` per input feature of each layer, real tokens only."""
-
-    def __init__(self, layers: Mapping[Any, nn.Module]):
-        self.layers = layers
-        self.sums: dict[Any, torch.Tensor] = {}
-        self.counts = dict.fromkeys(layers, 0)
-        self.mask: torch.Tensor | None = None
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> _InputAbsMean:
-        for key, layer in self.layers.items():
-            self._handles.append(layer.register_forward_pre_hook(self._hook(key), with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def _hook(self, key: Any):
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            x = (args[0] if args else next(iter(kwargs.values()))).detach()  # (batch, seq, in)
-            x = _real_tokens(x, self.mask).reshape(-1, x.shape[-1]).float().abs()  # (tokens, in)
-            total = x.sum(dim=0)
-            self.sums[key] = self.sums[key] + total if key in self.sums else total
-            self.counts[key] += x.shape[0]
-
-        return hook
-
-    def means(self) -> dict[Any, torch.Tensor]:
-        silent = [k for k, c in self.counts.items() if c == 0]
-        if silent:
-            raise ValueError(
-                f"layers of blocks {silent[:5]} saw no real token during the calibration passes; check that "
-                "calibration_batches hold input_ids and an attention_mask with some ones."
-            )
-        return {k: self.sums[k] / self.counts[k] for k in self.layers}
-
-
-@torch.no_grad()
-def _mean_abs_inputs(
-    model: nn.Module, layers: Mapping[Any, nn.Module], batches: list[Mapping[str, torch.Tensor]]
-) -> dict[Any, torch.Tensor]:
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with _InputAbsMean(layers) as collector:
-            for batch in batches:
-                inputs = _to_device(batch, device)
-                collector.mask = _token_mask(inputs)
-                model(**inputs, **_forward_kwargs(model))
-    finally:
-        model.train(was_training)
-    return collector.means()
+# Taylor sums
 
 
 def _taylor_sums(
@@ -485,7 +122,7 @@ def _taylor_sums(
         for p in params:
             p.requires_grad_(True)
         for i, batch in enumerate(batches):
-            out = model(**_to_device(batch, device), **_forward_kwargs(model))
+            out = model(**to_device(batch, device), **forward_kwargs(model))
             loss = getattr(out, "loss", None)
             if loss is None:
                 raise ValueError(
@@ -540,7 +177,7 @@ def _per_input(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return _out_in(module, tensor).float().sum(dim=0)
 
 
-def _ffn_reduce(site: FfnSite, values: Mapping[nn.Module, torch.Tensor]) -> torch.Tensor:
+def ffn_reduce(site: FfnSite, values: Mapping[nn.Module, torch.Tensor]) -> torch.Tensor:
     """Sum a weight-shaped quantity over each neuron's weights (expand rows + project columns): ``(width,)``."""
     total = _per_input(site.project, values[site.project])
     for layer in site.expand:
@@ -548,7 +185,7 @@ def _ffn_reduce(site: FfnSite, values: Mapping[nn.Module, torch.Tensor]) -> torc
     return total
 
 
-def _heads_reduce(
+def heads_reduce(
     site: AttentionSite, values: Mapping[nn.Module, torch.Tensor], heads: int, kv_heads: int, head_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum a weight-shaped quantity over each query head (q rows, o columns) and each group (its query
@@ -593,17 +230,17 @@ def ffn_neuron_scores(
     sites = find_ffn_sites(model)
     if importance == "magnitude":
         return {
-            s.layer: _ffn_reduce(
+            s.layer: ffn_reduce(
                 s, {m: _weight(m).detach().float() ** 2 for m in (*s.expand, s.project)}
             ).sqrt()
             for s in sites
         }
     if importance == "activation":
         batches = check_calibration(calibration_batches, "importance='activation'")
-        return _mean_abs_inputs(model, {s.layer: s.project for s in sites}, batches)
+        return mean_abs_inputs(model, {s.layer: s.project for s in sites}, batches)
     batches = check_calibration(calibration_batches, "importance='taylor'", labels=True)
     sums = _taylor_sums(
-        model, sites, lambda s: (*s.expand, s.project), lambda s, prod: (_ffn_reduce(s, prod),), batches
+        model, sites, lambda s: (*s.expand, s.project), lambda s, prod: (ffn_reduce(s, prod),), batches
     )
     return {layer: total[0].abs() for layer, total in sums.items()}
 
@@ -657,7 +294,7 @@ def attention_head_scores(
     if importance == "magnitude":
         out = {}
         for s in sites:
-            query, group = _heads_reduce(
+            query, group = heads_reduce(
                 s,
                 {p: _weight(p).detach().float() ** 2 for p in (s.q, s.k, s.v, s.o)},
                 heads,
@@ -668,7 +305,7 @@ def attention_head_scores(
         return out
     if importance == "activation":
         batches = check_calibration(calibration_batches, "importance='activation'")
-        means = _mean_abs_inputs(model, {s.layer: s.o for s in sites}, batches)
+        means = mean_abs_inputs(model, {s.layer: s.o for s in sites}, batches)
         out = {}
         for layer, mean in means.items():
             query = mean.view(heads, head_dim).mean(1)
@@ -679,7 +316,7 @@ def attention_head_scores(
         model,
         sites,
         lambda s: (s.q, s.k, s.v, s.o),
-        lambda s, prod: _heads_reduce(s, prod, heads, kv_heads, head_dim),
+        lambda s, prod: heads_reduce(s, prod, heads, kv_heads, head_dim),
         batches,
     )
     return {layer: HeadScores(query.abs(), group.abs()) for layer, (query, group) in sums.items()}
@@ -719,7 +356,7 @@ def block_influence(
             x = args[0] if args else kwargs["hidden_states"]  # (batch, seq, hidden)
             y = output[0] if isinstance(output, (tuple, list)) else output  # (batch, seq, hidden)
             cos = nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)  # (batch, seq)
-            cos = _real_tokens(cos.unsqueeze(-1), state["mask"]).reshape(-1)  # (tokens,)
+            cos = real_tokens(cos.unsqueeze(-1), state["mask"]).reshape(-1)  # (tokens,)
             sums[i] += cos.double().sum().cpu()
             counts[i] += cos.numel()
 
@@ -731,9 +368,9 @@ def block_influence(
     model.eval()
     try:
         for batch in batches:
-            inputs = _to_device(batch, device)
-            state["mask"] = _token_mask(inputs)
-            model(**inputs, **_forward_kwargs(model))
+            inputs = to_device(batch, device)
+            state["mask"] = token_mask(inputs)
+            model(**inputs, **forward_kwargs(model))
     finally:
         for handle in handles:
             handle.remove()

@@ -21,7 +21,6 @@ counts pruned weights instead, which agrees for 2:4 and 4:8 only.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hf_lite.pruning.calibration import check_calibration_batches, forward_kwargs
 from hf_lite.pruning.masks import (
     apply_mask_,
     check_nm,
@@ -40,7 +40,8 @@ from hf_lite.pruning.masks import (
     unstructured_mask,
     wanda_scores,
 )
-from hf_lite.pruning.targets import DEFAULT_EXCLUDE, find_prunable_modules, in_features_dim
+from hf_lite.pruning.sites import in_features_dim
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, find_prunable_modules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -188,47 +189,6 @@ def magnitude_prune_(
 # Wanda
 
 
-def _check_calibration(calibration_batches: Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
-    if calibration_batches is None:
-        raise ValueError(
-            "calibration_batches=None: Wanda scores weights by the norms of their inputs, so it needs "
-            "calibration data. Pass a few batches of tokenized text (dicts with input_ids and "
-            "attention_mask), e.g. 128 sequences; or use magnitude_prune_ for data-free pruning."
-        )
-    if isinstance(calibration_batches, Mapping):
-        raise TypeError(
-            "calibration_batches must be an iterable of batches (dicts of tensors), not a single dict; "
-            "wrap one batch in a list: [batch]."
-        )
-    if not isinstance(calibration_batches, Iterable):
-        raise TypeError(
-            "calibration_batches must be an iterable of dicts of tensors; "
-            f"got {type(calibration_batches).__name__}."
-        )
-    # Materialized: sequential calibration goes over the batches once per block (they are small: token ids).
-    batches = list(calibration_batches)
-    if not batches:
-        raise ValueError(
-            "calibration_batches is empty: Wanda needs calibration data. Pass at least one batch of "
-            "tokenized text (a dict with input_ids and attention_mask)."
-        )
-    for i, batch in enumerate(batches):
-        if not isinstance(batch, Mapping):
-            raise TypeError(f"calibration batch {i} must be a dict of tensors; got {type(batch).__name__}.")
-        if "input_ids" not in batch and "inputs_embeds" not in batch:
-            raise ValueError(
-                f"calibration batch {i} has keys {sorted(batch)} but no 'input_ids' (or 'inputs_embeds'); "
-                "pass the tokenizer's output, e.g. tokenizer(texts, return_tensors='pt', padding=True)."
-            )
-        for key, value in batch.items():
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"calibration batch {i}[{key!r}] must be a torch.Tensor; got {type(value).__name__} "
-                    "(tokenize with return_tensors='pt')."
-                )
-    return batches
-
-
 def _block_of(name: str) -> str:
     """The transformer block a layer belongs to: its name up to the first numeric component
     (``model.layers.3.mlp.up_proj`` -> ``model.layers.3``); a layer outside numbered blocks is its own."""
@@ -290,9 +250,7 @@ def _forward_calibration(
     model: nn.Module, batches: list[Mapping[str, Any]], collector: _InputNormCollector
 ) -> None:
     device = next(model.parameters()).device
-    extra: dict[str, Any] = {}
-    if "use_cache" in inspect.signature(model.forward).parameters:
-        extra["use_cache"] = False  # a KV cache would only cost memory here
+    extra = forward_kwargs(model)  # no KV cache: it would only cost memory here
     for batch in batches:
         inputs = {k: v.to(device) for k, v in batch.items()}
         collector.token_masks = [
@@ -359,7 +317,7 @@ def wanda_prune_(
     sparsity = _resolve_sparsity(sparsity, nm)
     if not isinstance(sequential, bool):
         raise TypeError(f"sequential must be True or False; got {sequential!r}.")
-    batches = _check_calibration(calibration_batches)
+    batches = check_calibration_batches(calibration_batches)
     modules = find_prunable_modules(model, include=include, exclude=exclude)
     _check_nm_shapes(modules, nm)
 

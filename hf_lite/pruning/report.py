@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hf_lite.pruning.targets import DEFAULT_EXCLUDE, HEAD_PATTERNS, _output_embeddings, find_prunable_modules
+from hf_lite.pruning.sites import output_embeddings
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, HEAD_PATTERNS, find_prunable_modules
 
 if TYPE_CHECKING:
     from torch import nn
@@ -172,7 +173,7 @@ def _embedding_or_head_params(model: nn.Module) -> set[int]:
             found = None
         if found is not None:
             modules.append(found)
-    head = _output_embeddings(model)
+    head = output_embeddings(model)
     if head is not None:
         modules.append(head)
     return {id(p) for module in modules for p in module.parameters()}

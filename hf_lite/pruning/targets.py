@@ -1,4 +1,4 @@
-"""Which layers of a transformers model to prune.
+"""Which layers of a transformers model to prune, chosen by name (regexes) among its Linear/Conv1D layers.
 
 Prunable layers are ``torch.nn.Linear`` and transformers' ``Conv1D`` (GPT-2 family). Embeddings, norms
 and output heads are left dense by default: they hold few of the parameters but much of the accuracy,
@@ -20,12 +20,21 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
-from transformers.pytorch_utils import Conv1D
+
+from hf_lite.pruning.sites import in_features_dim, is_prunable, output_embeddings
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["DEFAULT_EXCLUDE", "HEAD_PATTERNS", "find_prunable_modules", "in_features_dim", "is_prunable"]
+# in_features_dim and is_prunable live in hf_lite.pruning.sites; importable from here as before.
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "HEAD_PATTERNS",
+    "abbreviate_names",
+    "find_prunable_modules",
+    "in_features_dim",
+    "is_prunable",
+]
 
 #: Regexes (``re.search`` on module names) of output heads: language-model heads, classifiers, poolers.
 HEAD_PATTERNS: tuple[str, ...] = (
@@ -49,40 +58,6 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 )
 
 _MAX_LISTED = 30
-
-
-def is_prunable(module: nn.Module) -> bool:
-    """Whether ``module`` is a layer this package prunes (``nn.Linear`` or transformers ``Conv1D``).
-
-    >>> import torch
-    >>> is_prunable(torch.nn.Linear(2, 2)), is_prunable(torch.nn.LayerNorm(2))
-    (True, False)
-    """
-    return isinstance(module, (torch.nn.Linear, Conv1D))
-
-
-def in_features_dim(module: nn.Module) -> int:
-    """The dimension of ``module.weight`` that indexes input features: ``1`` for ``nn.Linear``
-    (weight ``(out, in)``), ``0`` for transformers ``Conv1D`` (weight ``(in, out)``).
-
-    Args:
-        module: an ``nn.Linear`` or ``Conv1D``.
-
-    Returns:
-        ``0`` or ``1``.
-
-    >>> import torch
-    >>> from transformers.pytorch_utils import Conv1D
-    >>> in_features_dim(torch.nn.Linear(3, 5)), in_features_dim(Conv1D(5, 3))
-    (1, 0)
-    """
-    if isinstance(module, Conv1D):
-        return 0
-    if isinstance(module, torch.nn.Linear):
-        return 1
-    raise TypeError(
-        f"module must be a torch.nn.Linear or a transformers Conv1D; got {type(module).__name__}."
-    )
 
 
 def _patterns(value: str | Iterable[str] | None, name: str) -> list[str]:
@@ -114,16 +89,6 @@ def abbreviate_names(names: Iterable[str], limit: int = _MAX_LISTED) -> str:
     folded = list(dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".*", n) for n in names))
     shown = ", ".join(folded[:limit])
     return shown + (f", ... ({len(folded) - limit} more)" if len(folded) > limit else "")
-
-
-def _output_embeddings(model: nn.Module) -> nn.Module | None:
-    getter = getattr(model, "get_output_embeddings", None)
-    if getter is None:
-        return None
-    try:
-        return getter()
-    except (AttributeError, NotImplementedError):
-        return None
 
 
 def find_prunable_modules(
@@ -177,7 +142,7 @@ def find_prunable_modules(
                     f"Layers it has: {abbreviate_names(candidates)}. "
                     "Patterns are regexes searched in these names."
                 )
-    head = _output_embeddings(model)
+    head = output_embeddings(model)
     chosen: dict[str, nn.Module] = {}
     for name, module in candidates.items():
         if includes and not any(re.search(p, name) for p in includes):

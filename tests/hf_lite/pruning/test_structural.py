@@ -21,13 +21,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_lite.pruning import importance as importance_mod
-from hf_lite.pruning.importance import (
-    attention_head_scores,
-    block_influence,
-    ffn_neuron_scores,
-    find_ffn_sites,
-)
+from hf_lite.pruning import sites as importance_mod
+from hf_lite.pruning.importance import attention_head_scores, block_influence, ffn_neuron_scores
+from hf_lite.pruning.sites import find_ffn_sites
 from hf_lite.pruning.structural import prune_attention_heads_, prune_ffn_, prune_layers_
 from hf_lite.testing import build_tiny_model
 

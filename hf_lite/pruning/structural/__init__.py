@@ -1,0 +1,92 @@
+"""Structural pruning: physically remove FFN neurons, attention head groups or whole blocks, and edit the
+config so that stock ``AutoModel*.from_pretrained`` rebuilds the smaller model (no hf-lite, no remote code).
+
+What the config can express decides what is supported:
+
+- **FFN neurons** (:func:`prune_ffn_`): every block keeps the same number of neurons, so one
+  ``intermediate_size`` (``n_inner`` for GPT-2) describes them. Llama-style gate/up/down, GPT-2's Conv1D
+  ``c_fc``/``c_proj`` and BERT's ``intermediate.dense``/``output.dense`` are sliced with their biases.
+- **Attention heads** (:func:`prune_attention_heads_`): only for decoders whose config carries ``head_dim``
+  (Llama family), so the head size survives a change of ``num_attention_heads``. Whole grouped-query
+  groups are removed (a key/value head and the query heads that read it), the same number in every block;
+  optionally each kept group also keeps fewer query heads (the same number in every group). BERT and GPT-2
+  derive the head size from ``hidden_size / num_attention_heads``: removing heads there cannot be saved
+  as a config, so it is refused.
+- **Blocks** (:func:`prune_layers_`): explicit indices, or the blocks with the lowest block influence
+  (ShortGPT). ``num_hidden_layers`` and per-layer config lists (``layer_types``, ...) are updated and the
+  kept blocks' ``layer_idx`` attributes renumbered, so generation with a KV cache keeps working.
+
+Every function checks, before touching a weight, that the edited config round-trips through
+``from_dict`` (the validation ``from_pretrained`` runs) and that a block built from it has exactly the
+pruned shapes. A LoRA adapter (PEFT) is sliced with its base layer: ``lora_B`` rows of removed output
+features, ``lora_A`` columns of removed input features. Other adapter types, DoRA, and bitsandbytes-quantized
+layers are refused (merge or prune first). After pruning an adapter-wrapped model, save a checkpoint that
+stock transformers loads with ``model.merge_and_unload().save_pretrained(folder)``: the adapter saved alone
+fits only the pruned base, not the original that its ``adapter_config.json`` names. These functions leave
+optimizers alone: prune before creating one, or, to prune while training, use
+:class:`trainers.StructuralPruningCallback`, which slices the Trainer's optimizer state with the weights.
+
+Each function first computes a :class:`~hf_lite.pruning.structural.plan.StructuralPlan` (``plan_ffn``,
+``plan_attention_heads``, ``plan_layers``: the parameters to slice with their kept indices, the config
+entries to set) and then applies it (``apply_plan_``); ``slice_optimizer_state_`` applies the same plan to
+an optimizer. Modules: ``plan`` (the slicing rule), ``checks`` (argument and config checks), ``ffn``,
+``heads``, ``layers``.
+
+>>> from hf_lite.testing import build_tiny_model
+>>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
+>>> _ = prune_ffn_(model, 0.5, multiple_of=8)
+>>> _ = prune_attention_heads_(model, 0.5)
+>>> prune_layers_(model, drop=[1])
+[0, 2]
+>>> c = model.config
+>>> c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.num_hidden_layers
+(64, 2, 1, 2)
+"""
+
+from __future__ import annotations
+
+from hf_lite.pruning.structural.checks import config_error, keep_count, round_up, top_indices
+from hf_lite.pruning.structural.ffn import plan_ffn, prune_ffn_
+from hf_lite.pruning.structural.heads import (
+    KeptHeads,
+    loadable_group_counts,
+    plan_attention_heads,
+    prune_attention_heads_,
+)
+from hf_lite.pruning.structural.layers import (
+    LAYER_INDEX_CONFIG_KEYS,
+    PER_LAYER_CONFIG_KEYS,
+    plan_layers,
+    prune_layers_,
+)
+from hf_lite.pruning.structural.plan import (
+    ParamSlice,
+    StructuralPlan,
+    apply_plan_,
+    input_slices,
+    output_slices,
+    slice_optimizer_state_,
+)
+
+__all__ = [
+    "KeptHeads",
+    "prune_ffn_",
+    "prune_attention_heads_",
+    "prune_layers_",
+    "plan_ffn",
+    "plan_attention_heads",
+    "plan_layers",
+    "StructuralPlan",
+    "ParamSlice",
+    "apply_plan_",
+    "slice_optimizer_state_",
+    "output_slices",
+    "input_slices",
+    "config_error",
+    "keep_count",
+    "round_up",
+    "top_indices",
+    "loadable_group_counts",
+    "PER_LAYER_CONFIG_KEYS",
+    "LAYER_INDEX_CONFIG_KEYS",
+]

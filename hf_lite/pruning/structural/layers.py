@@ -1,0 +1,223 @@
+"""Whole blocks: drop transformer blocks, renumber the kept ones and edit the config's per-layer entries.
+
+>>> from hf_lite.testing import build_tiny_model
+>>> model, _ = build_tiny_model("gpt2")
+>>> prune_layers_(model, drop=[1]), model.config.n_layer
+([0], 1)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from hf_lite.pruning.calibration import check_calibration
+from hf_lite.pruning.importance import block_influence, check_count
+from hf_lite.pruning.sites import find_layer_list, model_config
+from hf_lite.pruning.structural.checks import checked_keep_count, config_error, exactly_one
+from hf_lite.pruning.structural.plan import StructuralPlan, apply_plan_
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+__all__ = [
+    "LAYER_INDEX_CONFIG_KEYS",
+    "PER_LAYER_CONFIG_KEYS",
+    "layer_config_edits",
+    "plan_layers",
+    "prune_layers_",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Config entries with one value per block: sliced when blocks are dropped.
+PER_LAYER_CONFIG_KEYS = (
+    "layer_types",
+    "mlp_layer_types",
+    "layers_block_type",
+    "layer_rope_theta",
+    "no_rope_layers",
+    "num_key_value_heads_per_layer",
+    "num_attention_heads_per_layer",
+)
+#: Config entries listing block indices: renumbered when blocks are dropped.
+LAYER_INDEX_CONFIG_KEYS = ("mlp_only_layers", "moe_layers", "cross_attention_layers")
+
+
+def _params(model: nn.Module) -> dict[int, nn.Parameter]:
+    return {id(p): p for p in model.parameters()}
+
+
+def layer_config_edits(config: PretrainedConfig, kept: list[int], total: int) -> dict[str, Any]:
+    """The config entries to set when only blocks ``kept`` of ``total`` remain: ``num_hidden_layers``, the
+    per-layer lists sliced, the block-index lists renumbered; ``ValueError`` for an unknown per-layer entry.
+
+    >>> from hf_lite.testing import build_tiny_model
+    >>> layer_config_edits(build_tiny_model("llama", num_hidden_layers=3)[0].config, [0, 2], 3)
+    {'num_hidden_layers': 2}
+    """
+    edits: dict[str, Any] = {"num_hidden_layers": len(kept)}
+    new_index = {old: new for new, old in enumerate(kept)}
+    for key, value in config.to_dict().items():
+        if "layer" not in key or not isinstance(value, (list, tuple)):
+            continue
+        if key in PER_LAYER_CONFIG_KEYS and len(value) == total:
+            edits[key] = type(value)(value[i] for i in kept)
+        elif key in LAYER_INDEX_CONFIG_KEYS and all(isinstance(v, int) for v in value):
+            edits[key] = type(value)(new_index[v] for v in value if v in new_index)
+        elif len(value) == total or key in PER_LAYER_CONFIG_KEYS:
+            raise ValueError(
+                f"config.{key}={value!r} looks like a per-layer setting that hf-lite does not know how to update "
+                f"when blocks are dropped (it knows {', '.join(PER_LAYER_CONFIG_KEYS + LAYER_INDEX_CONFIG_KEYS)}). "
+                "Prune FFN neurons or attention heads instead, or edit that config entry yourself."
+            )
+    return edits
+
+
+def _check_peft_layers(model: nn.Module) -> None:
+    for name, cfg in (getattr(model, "peft_config", None) or {}).items():
+        if (
+            getattr(cfg, "layers_to_transform", None) is not None
+            or getattr(cfg, "rank_pattern", None)
+            or getattr(cfg, "alpha_pattern", None)
+        ):
+            raise ValueError(
+                f"adapter {name!r} refers to blocks by index (layers_to_transform, rank_pattern or alpha_pattern), "
+                "which dropping blocks would renumber. Merge the adapter first (model.merge_and_unload()) or "
+                "drop layers before attaching it."
+            )
+
+
+def plan_layers(
+    model: nn.Module,
+    drop: Sequence[int] | None = None,
+    *,
+    keep_ratio: float | None = None,
+    num_hidden_layers: int | None = None,
+    calibration_batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+) -> StructuralPlan:
+    """The :class:`~hf_lite.pruning.structural.plan.StructuralPlan` of :func:`prune_layers_` (same arguments and
+    checks), without changing the model: apply it with ``apply_plan_``.
+
+    >>> from hf_lite.testing import build_tiny_model
+    >>> model, _ = build_tiny_model("llama", num_hidden_layers=3)
+    >>> plan = plan_layers(model, drop=[0])
+    >>> plan.kept, plan.config, len(model.model.layers)
+    ([1, 2], {'num_hidden_layers': 2}, 3)
+    """
+    which = exactly_one(drop=drop, keep_ratio=keep_ratio, num_hidden_layers=num_hidden_layers)
+    blocks = find_layer_list(model)
+    total = len(blocks)
+    if which == "drop":
+        if isinstance(drop, (str, bytes)) or not isinstance(drop, (Sequence, torch.Tensor)):
+            raise TypeError(f"drop must be a list of block indices; got {type(drop).__name__} {drop!r}.")
+        items = drop.tolist() if isinstance(drop, torch.Tensor) else list(drop)
+        for v in items:
+            check_count(v, "drop")
+        bad = [v for v in items if not 0 <= v < total]
+        if bad:
+            raise ValueError(
+                f"drop={items!r} has indices {bad} outside range(0, {total}); the model has blocks 0..{total - 1}."
+            )
+        if len(set(items)) != len(items):
+            raise ValueError(f"drop={items!r} repeats indices; give each block to drop once.")
+        if len(set(items)) >= total:
+            raise ValueError(f"drop={items!r} drops all {total} blocks; at least 1 block must remain.")
+        dropped = set(items)
+    else:
+        if which == "keep_ratio":
+            n_keep = checked_keep_count(keep_ratio, total, "blocks")
+        else:
+            n_keep = check_count(num_hidden_layers, "num_hidden_layers")
+            if not 1 <= n_keep <= total:
+                raise ValueError(
+                    f"num_hidden_layers={num_hidden_layers!r} is outside 1..{total} (the current depth): at least "
+                    "1 block must remain and dropping blocks cannot add any."
+                )
+        check_calibration(
+            calibration_batches, "choosing blocks by block influence (pass drop=[...] to choose them)"
+        )
+        dropped = set()
+        if n_keep < total:
+            influence = block_influence(model, calibration_batches)
+            order = torch.sort(influence, stable=True).indices  # lowest influence first
+            dropped = set(order[: total - n_keep].tolist())
+            logger.info(
+                "block influence %s: dropping %s", [round(v, 4) for v in influence.tolist()], sorted(dropped)
+            )
+    kept = [i for i in range(total) if i not in dropped]
+
+    config = model_config(model)
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False) and kept != list(range(len(kept))):
+        raise ValueError(
+            f"config.scale_attn_by_inverse_layer_idx=True scales block i's attention by 1/(i+1), so dropping "
+            f"blocks {sorted(dropped)} would renumber and change blocks {[i for n, i in enumerate(kept) if n != i]}. "
+            "Drop only the last blocks (drop=[...] of the highest indices), or prune FFN neurons instead."
+        )
+    _check_peft_layers(model)
+    edits = layer_config_edits(config, kept, total)
+    error = config_error(config, edits)
+    if error is not None:
+        raise ValueError(f"dropping blocks {sorted(dropped)}: the edited config would not load: {error}")
+
+    dropped_params = {id(p): p for i in dropped for p in blocks[i].parameters()}
+    plan = StructuralPlan(
+        config=edits, drop=sorted(dropped), dropped=dropped_params, params=_params(model), kept=kept
+    )
+    for new, old in enumerate(kept):
+        for module in blocks[old].modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                plan.attributes.append((module, "layer_idx", new))
+    plan.message = f"dropped blocks {sorted(dropped)} of {total}; kept {kept}"
+    return plan
+
+
+def prune_layers_(
+    model: nn.Module,
+    drop: Sequence[int] | None = None,
+    *,
+    keep_ratio: float | None = None,
+    num_hidden_layers: int | None = None,
+    calibration_batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+) -> list[int]:
+    """Drop whole transformer blocks, in place, and update the config.
+
+    Blocks are given explicitly (``drop``) or chosen by block influence (ShortGPT, Men et al. 2024; see
+    :func:`hf_lite.pruning.importance.block_influence`): the blocks whose output is most similar to their
+    input are dropped. ``num_hidden_layers`` (``n_layer``) and per-layer config lists such as
+    ``layer_types`` are updated, block-index lists (``mlp_only_layers``, ...) renumbered, and the
+    ``layer_idx`` of every module in the kept blocks renumbered so a KV cache indexes the right layer.
+
+    GPT-2 with ``scale_attn_by_inverse_layer_idx=True`` scales attention by ``1 / (layer_idx + 1)``: dropping
+    a block before another would change the later block's computation, so that is refused.
+
+    Args:
+        model: a decoder or encoder transformers model, or a PEFT model with LoRA around one.
+        drop: indices of the blocks to drop (``0 .. num_hidden_layers - 1``).
+        keep_ratio: fraction of blocks to keep, in ``(0, 1]``, chosen by block influence.
+        num_hidden_layers: number of blocks to keep, chosen by block influence.
+        calibration_batches: tokenized batches for block influence (not needed with ``drop``).
+
+    Returns:
+        The original indices of the kept blocks, ascending.
+
+    >>> from hf_lite.testing import build_tiny_model
+    >>> model, tok = build_tiny_model("bert", "sequence-classification", num_hidden_layers=3)
+    >>> prune_layers_(model, drop=[1])
+    [0, 2]
+    >>> model.config.num_hidden_layers, [b.attention.self.layer_idx for b in model.bert.encoder.layer]
+    (2, [0, 1])
+    """
+    plan = plan_layers(
+        model,
+        drop,
+        keep_ratio=keep_ratio,
+        num_hidden_layers=num_hidden_layers,
+        calibration_batches=calibration_batches,
+    )
+    apply_plan_(model, plan)
+    return plan.kept
