@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from benchmarks import common, harness
+from benchmarks import common, harness, rendering
 
 FIXTURE_RECORD = {
     "schema": 1,
@@ -69,7 +69,7 @@ FIXTURE_RECORD = {
 
 
 def test_module_doctests():
-    for module in (common, harness):
+    for module in (common, harness, rendering):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, module.__name__
 
@@ -118,6 +118,20 @@ def test_discover_registers_modules_with_run_only(tmp_path, monkeypatch):
     assert list(registry) == ["beta", "alpha"]  # by ORDER
     assert registry["alpha"].title == "Alpha measures a"  # the docstring's first line
     assert registry["beta"].title == "Beta title"
+
+
+def test_discover_registers_a_package_with_run_and_skips_its_helper_modules(tmp_path, monkeypatch):
+    name = _fake_package(tmp_path, monkeypatch, "fakebench3")
+    sub = tmp_path / name / "gamma"
+    sub.mkdir()
+    (sub / "__init__.py").write_text(
+        '"""Gamma, a benchmark package."""\nfrom fakebench3.gamma.parts import run\n'
+    )
+    (sub / "parts.py").write_text("def run(ctx):\n    return {}\n")
+    registry = harness.discover(name)
+    assert list(registry) == ["beta", "alpha", "gamma"]  # gamma: ORDER 100 by default
+    assert registry["gamma"].title == "Gamma, a benchmark package"
+    assert "parts" not in registry
 
 
 def test_discover_reports_a_module_that_does_not_import(tmp_path, monkeypatch):
@@ -280,10 +294,12 @@ def test_run_isolated_measures_the_peak_memory_of_a_child_process():
 
 
 def test_run_isolated_reports_a_failing_child(tmp_path, monkeypatch):
-    (tmp_path / "failing_target.py").write_text(textwrap.dedent("""
+    (tmp_path / "failing_target.py").write_text(
+        textwrap.dedent("""
         def boom():
             raise RuntimeError("child says no")
-    """))  # fmt: skip
+    """)
+    )
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="child says no"):
         common.run_isolated("failing_target:boom", capture_output=True)
