@@ -17,6 +17,11 @@ import sys
 from typing import Any
 
 from hf_lite import __version__
+from hf_lite.app.recipe import Recipe, parse_cli_overrides
+
+# The commands' modules (demo, plan, runner, hub) import the toolkit, which imports torch and transformers
+# (seconds): they are imported in `_main` when a command needs them, so `--help`, `--version` and recipe
+# errors answer at once.
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -105,8 +110,11 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe a one-stage subcommand stands for (followed by an evaluate stage where it makes sense)."""
     data = None
     if getattr(args, "data", None):
-        data = {"train": args.data, "eval": args.eval_data,
-                "columns": {"text": args.text_column, "label": args.label_column}}  # fmt: skip
+        data = {
+            "train": args.data,
+            "eval": args.eval_data,
+            "columns": {"text": args.text_column, "label": args.label_column},
+        }
     teacher = args.teacher if args.command == "distill" else args.model
     stages: list[dict[str, Any]]
     if args.command == "distill":
@@ -117,11 +125,20 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
                 {"name": "student", "type": "init_student", "model": "teacher", "layers": args.student_layers}
             )
             student = "student"
-        stages += [{"name": "distill", "type": "distill", "model": student, "teacher": "teacher"},
-                   {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill"]}]  # fmt: skip
+        stages += [
+            {"name": "distill", "type": "distill", "model": student, "teacher": "teacher"},
+            {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill"]},
+        ]
     elif args.command == "finetune":
-        stages = [{"name": "finetune", "type": "finetune", "model": "teacher", "peft": args.peft,
-                   "quantization": args.quantization}]  # fmt: skip
+        stages = [
+            {
+                "name": "finetune",
+                "type": "finetune",
+                "model": "teacher",
+                "peft": args.peft,
+                "quantization": args.quantization,
+            }
+        ]
     elif args.command == "prune":
         stage = {
             "name": "prune",
@@ -138,10 +155,23 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
     elif args.command == "evaluate":
         stages = [{"name": "evaluate", "type": "evaluate", "models": ["teacher"]}]
     else:  # export
-        stages = [{"name": "export", "type": "export", "model": "teacher", "merge_adapter": args.merge_adapter,
-                   "dtype": args.dtype}]  # fmt: skip
-    return {"name": args.command, "task": args.task, "teacher": teacher, "output_dir": args.output_dir,
-            "data": data, "stages": stages}  # fmt: skip
+        stages = [
+            {
+                "name": "export",
+                "type": "export",
+                "model": "teacher",
+                "merge_adapter": args.merge_adapter,
+                "dtype": args.dtype,
+            }
+        ]
+    return {
+        "name": args.command,
+        "task": args.task,
+        "teacher": teacher,
+        "output_dir": args.output_dir,
+        "data": data,
+        "stages": stages,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
-    from hf_lite.app.recipe import Recipe, parse_cli_overrides
-
     try:
         overrides = parse_cli_overrides(extra)
     except ValueError as err:
@@ -175,8 +203,14 @@ def _main(argv: list[str] | None) -> int:
     if args.command == "push":
         from hf_lite.hub import push_to_hub
 
-        result = push_to_hub(args.folder, args.repo_id, private=args.private or None, revision=args.revision,
-                             create_pr=args.create_pr, commit_message=args.commit_message)  # fmt: skip
+        result = push_to_hub(
+            args.folder,
+            args.repo_id,
+            private=args.private or None,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            commit_message=args.commit_message,
+        )
         print(result)
         return 0
     if args.command in ("run", "plan"):

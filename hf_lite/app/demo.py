@@ -25,9 +25,19 @@ fine-tuned on the data first).
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
+
+import torch
+from accelerate import PartialState
+
+from hf_lite._utils import atomic_dir, atomic_write_text
+from hf_lite.app.recipe import Recipe
+from hf_lite.app.runner import RUN_MARKER, run_recipe
+from hf_lite.report import CompressionReport
+from hf_lite.testing import build_tiny_model, build_tokenizer
 
 _NOUNS = {"cat": "sg", "dog": "sg", "bird": "sg", "child": "sg", "teacher": "sg", "river": "sg",
           "cats": "pl", "dogs": "pl", "birds": "pl", "children": "pl", "teachers": "pl", "trees": "pl"}  # fmt: skip
@@ -88,7 +98,10 @@ def markov_table(*, seed: int = 7, branch: int = 3) -> dict[tuple[int, int], tup
     table = {}
     for a in range(n):
         for b in range(n):
-            table[a, b] = (rng.sample(range(n), branch), sorted((rng.random() for _ in range(branch)), reverse=True))
+            table[a, b] = (
+                rng.sample(range(n), branch),
+                sorted((rng.random() for _ in range(branch)), reverse=True),
+            )
     return table
 
 
@@ -111,13 +124,27 @@ def make_markov_corpus(n: int, *, seed: int, table_seed: int = 7) -> list[str]:
     return out
 
 
-def demo_recipe(output_dir: str | Path, *, teacher: str, train: str, eval_file: str | None, seed: int,
-                quick: bool, pretrain_teacher: bool) -> dict[str, Any]:  # fmt: skip
+def demo_recipe(
+    output_dir: str | Path,
+    *,
+    teacher: str,
+    train: str,
+    eval_file: str | None,
+    seed: int,
+    quick: bool,
+    pretrain_teacher: bool,
+) -> dict[str, Any]:
     """The demo's recipe as a dict (what a YAML recipe would hold)."""
     steps = 24 if quick else 600
-    common = {"per_device_train_batch_size": 32, "learning_rate": 3e-3, "lr_scheduler_type": "cosine",
-              "warmup_steps": max(1, steps // 20), "logging_steps": max(1, steps // 8), "save_steps": max(10, steps // 4),
-              "disable_tqdm": False}  # fmt: skip
+    common = {
+        "per_device_train_batch_size": 32,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": max(1, steps // 20),
+        "logging_steps": max(1, steps // 8),
+        "save_steps": max(10, steps // 4),
+        "disable_tqdm": False,
+    }
     teacher_args = {**common, "max_steps": steps if pretrain_teacher else max(10, steps // 4)}
     if not pretrain_teacher:
         teacher_args["learning_rate"] = 5e-5
@@ -128,22 +155,39 @@ def demo_recipe(output_dir: str | Path, *, teacher: str, train: str, eval_file: 
         "teacher": teacher,
         "output_dir": str(output_dir),
         "seed": seed,
-        "data": {"train": train, "eval": eval_file, "max_length": 32 if pretrain_teacher else 128,
-                 "max_train_rows": 400 if quick else None},  # fmt: skip
+        "data": {
+            "train": train,
+            "eval": eval_file,
+            "max_length": 32 if pretrain_teacher else 128,
+            "max_train_rows": 400 if quick else None,
+        },
         "stages": [
             {"name": "teacher-trained", "type": "finetune", "model": "teacher", "args": teacher_args},
             {"name": "student", "type": "init_student", "model": "teacher-trained", "layers": "every_other"},
             {"name": "student-alone", "type": "finetune", "model": "student", "args": student_args},
-            {"name": "distill", "type": "distill", "model": "student", "teacher": "teacher-trained",
-             "pruning": {"target_sparsity": 0.5, "start_step": student_args["max_steps"] // 5,
-                         "end_step": student_args["max_steps"] * 4 // 5, "frequency": max(1, student_args["max_steps"] // 20)},
-             "args": {**student_args, "temperature": 1.0, "alpha": 0.5}},
+            {
+                "name": "distill",
+                "type": "distill",
+                "model": "student",
+                "teacher": "teacher-trained",
+                "pruning": {
+                    "target_sparsity": 0.5,
+                    "start_step": student_args["max_steps"] // 5,
+                    "end_step": student_args["max_steps"] * 4 // 5,
+                    "frequency": max(1, student_args["max_steps"] // 20),
+                },
+                "args": {**student_args, "temperature": 1.0, "alpha": 0.5},
+            },
             {"name": "int8", "type": "quantize", "model": "distill", "bits": 8},
-            {"name": "evaluate", "type": "evaluate", "latency_repeats": 3 if quick else 10,
-             "models": ["teacher-trained", "student", "student-alone", "distill", "int8"]},
+            {
+                "name": "evaluate",
+                "type": "evaluate",
+                "latency_repeats": 3 if quick else 10,
+                "models": ["teacher-trained", "student", "student-alone", "distill", "int8"],
+            },
             {"name": "export", "type": "export", "model": "distill"},
         ],
-    }  # fmt: skip
+    }
 
 
 def run_demo(
@@ -164,12 +208,6 @@ def run_demo(
         seed: seed of the data, the initialisations and the data order.
         quick: a few steps per stage (smoke tests).
     """
-    import torch
-    from accelerate import PartialState
-
-    from hf_lite.app.recipe import Recipe
-    from hf_lite.app.runner import run_recipe
-
     if (teacher is None) != (dataset is None):
         raise ValueError("demo: give both --teacher and --dataset (a real model and its data), or neither.")
     out = Path(output_dir)
@@ -179,41 +217,56 @@ def run_demo(
         if state.is_main_process and not (init_dir / "config.json").is_file():
             _make_embedded_default(out, data_dir, init_dir, seed)
         state.wait_for_everyone()
-        raw = demo_recipe(out, teacher=str(init_dir), train=str(data_dir / "train.txt"),
-                          eval_file=str(data_dir / "eval.txt"), seed=seed, quick=quick, pretrain_teacher=True)  # fmt: skip
+        raw = demo_recipe(
+            out,
+            teacher=str(init_dir),
+            train=str(data_dir / "train.txt"),
+            eval_file=str(data_dir / "eval.txt"),
+            seed=seed,
+            quick=quick,
+            pretrain_teacher=True,
+        )
     else:
-        raw = demo_recipe(out, teacher=teacher, train=dataset, eval_file=None, seed=seed, quick=quick,
-                          pretrain_teacher=False)  # fmt: skip
+        raw = demo_recipe(
+            out,
+            teacher=teacher,
+            train=dataset,
+            eval_file=None,
+            seed=seed,
+            quick=quick,
+            pretrain_teacher=False,
+        )
     ctx = run_recipe(Recipe.from_dict(raw))
-    from hf_lite.report import CompressionReport
-
     report = CompressionReport.from_json((out / "evaluate" / "report.json").read_text())
     if ctx.is_main:
-        print(f"\nreport: {out / 'evaluate' / 'report.json'}, {out / 'evaluate' / 'report.md'}; "
-              f"plot: {out / 'evaluate' / 'report.png'}; student checkpoint: {out / 'export' / 'model'}")  # fmt: skip
+        print(
+            f"\nreport: {out / 'evaluate' / 'report.json'}, {out / 'evaluate' / 'report.md'}; "
+            f"plot: {out / 'evaluate' / 'report.png'}; student checkpoint: {out / 'export' / 'model'}"
+        )
     return report
 
 
 def _make_embedded_default(out: Path, data_dir: Path, init_dir: Path, seed: int) -> None:
     """Generated data files and a randomly initialised teacher with its tokenizer, written before the recipe
     runs (the recipe folder is claimed by the run, so the marker file is written here first)."""
-    import json
-
-    from hf_lite.app.runner import RUN_MARKER
-    from hf_lite.testing import build_tiny_model, build_tokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
     if not (out / RUN_MARKER).exists():
-        (out / RUN_MARKER).write_text(json.dumps({"recipe": "hf-lite-demo"}))
-    data_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / RUN_MARKER, json.dumps({"recipe": "hf-lite-demo"}))
     train, evaluation = make_markov_corpus(6000, seed=seed), make_markov_corpus(400, seed=seed + 1)
-    (data_dir / "train.txt").write_text("\n".join(train) + "\n")
-    (data_dir / "eval.txt").write_text("\n".join(evaluation) + "\n")
+    atomic_write_text(data_dir / "train.txt", "\n".join(train) + "\n")
+    atomic_write_text(data_dir / "eval.txt", "\n".join(evaluation) + "\n")
     tokenizer = build_tokenizer(train, style="gpt")
     tokenizer.pad_token = tokenizer.eos_token
-    model, _ = build_tiny_model("llama", tokenizer=tokenizer, seed=seed, hidden_size=128, intermediate_size=256,
-                                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32)  # fmt: skip
-    tmp = init_dir.with_name(".teacher-init.tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(init_dir)
+    model, _ = build_tiny_model(
+        "llama",
+        tokenizer=tokenizer,
+        seed=seed,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+    )
+    with atomic_dir(init_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

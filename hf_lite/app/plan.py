@@ -14,16 +14,29 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
+import transformers
+from accelerate import PartialState
+from peft import get_peft_model
+
+from hf_lite.adapters import check_target_modules, resolve_peft_config
 from hf_lite.app.recipe import Recipe, StageConfig
+from hf_lite.app.runner import RunContext
+from hf_lite.app.stages import (
+    DistillStage,
+    EvaluateStage,
+    InitStudentStage,
+    PruneStage,
+    QuantizeStage,
+    TrainingStage,
+)
+from hf_lite.loading import load_checked_config
+from hf_lite.student import select_layers
 from hf_lite.summary import format_bytes
+from hf_lite.tasks import TASKS
 
 
 def _meta_model(config: Any, task: str, num_labels: int | None) -> Any:
-    import torch
-    import transformers
-
-    from hf_lite.tasks import TASKS
-
     config = copy.deepcopy(config)
     if num_labels is not None:
         config.num_labels = num_labels
@@ -33,11 +46,7 @@ def _meta_model(config: Any, task: str, num_labels: int | None) -> Any:
 
 def _adapter(model: Any, stage: StageConfig, task: str) -> tuple[int, list[str]]:
     """Trainable parameters and targeted module names with the stage's adapter (on the meta model)."""
-    from peft import get_peft_model
-
-    from hf_lite.loading import check_target_modules, resolve_peft_config
-
-    peft_config = resolve_peft_config(stage.get("peft"), task)
+    peft_config = resolve_peft_config(stage.spec.peft, task)
     check_target_modules(model, peft_config)
     peft_model = get_peft_model(model, peft_config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -53,68 +62,61 @@ def _training_memory(total: int, trainable: int, quantization: str | None) -> in
 def plan_recipe(recipe: Recipe) -> str:
     """A readable plan of ``recipe``: data sizes, models, parameters, trainable parameters, adapter targets,
     a training-memory estimate per stage and the world size. Raises what the run would raise on bad input."""
-    from accelerate import PartialState
-
-    from hf_lite.loading import load_checked_config
-    from hf_lite.app.runner import RunContext
-
     ctx = RunContext(recipe)
-    lines = [f"recipe {recipe.name!r}: task {recipe.task}, output_dir {recipe.output_dir}, seed {recipe.seed}",
-             f"world size: {PartialState().num_processes} process(es)"]  # fmt: skip
+    lines = [
+        f"recipe {recipe.name!r}: task {recipe.task}, output_dir {recipe.output_dir}, seed {recipe.seed}",
+        f"world size: {PartialState().num_processes} process(es)",
+    ]
     if recipe.data is not None:
         data = ctx.raw_data()
-        lines.append(f"data: {len(data['train']):,} train rows, {len(data['eval']):,} eval rows, "
-                     f"columns {sorted(data['train'].column_names)}")  # fmt: skip
+        lines.append(
+            f"data: {len(data['train']):,} train rows, {len(data['eval']):,} eval rows, "
+            f"columns {sorted(data['train'].column_names)}"
+        )
     num_labels = ctx.num_labels() if recipe.data is not None else recipe.num_labels
     teacher_config = load_checked_config(recipe.teacher, recipe.task, False, None, {})
     configs: dict[str, Any] = {"teacher": teacher_config}
     lines.append(f"teacher: {recipe.teacher} ({teacher_config.model_type})")
     for stage in recipe.stages:
-        ref = stage.model
-        if stage.type == "evaluate":
-            lines.append(f"- {stage.name} (evaluate): {', '.join(stage.get('models') or ['all models'])}")
+        ref, spec = stage.model, stage.spec
+        if isinstance(spec, EvaluateStage):
+            lines.append(f"- {stage.name} (evaluate): {', '.join(spec.models or ['all models'])}")
             continue
         if ref in configs:
             config = configs[ref]
         else:
             config = load_checked_config(ctx.model_path(ref), recipe.task, False, None, {})
         config = copy.deepcopy(config)
-        if stage.type == "init_student":
-            from hf_lite.student import select_layers
-
-            layers = select_layers(stage.get("layers", "every_other"), config.num_hidden_layers)
-            config.num_hidden_layers = len(layers)
-        elif stage.type == "prune" and stage.get("method") == "ffn" and hasattr(config, "intermediate_size"):
-            config.intermediate_size = round(config.intermediate_size * float(stage.get("keep_ratio")))
+        if isinstance(spec, InitStudentStage):
+            config.num_hidden_layers = len(select_layers(spec.layers, config.num_hidden_layers))
+        elif isinstance(spec, PruneStage) and spec.method == "ffn" and hasattr(config, "intermediate_size"):
+            config.intermediate_size = round(config.intermediate_size * float(spec.keep_ratio))
         configs[stage.name] = config
         model = _meta_model(config, recipe.task, num_labels)
         total = sum(p.numel() for p in model.parameters())
         line = f"- {stage.name} ({stage.type}) reads {ref}: {total:,} parameters"
-        if stage.type in ("finetune", "distill"):
+        if isinstance(spec, TrainingStage):
             trainable, targets = total, []
-            if stage.get("peft"):
+            if spec.peft:
                 trainable, targets = _adapter(model, stage, recipe.task)
-            memory = _training_memory(total, trainable, stage.get("quantization"))
+            memory = _training_memory(total, trainable, spec.quantization)
             line += f", {trainable:,} trainable"
             if targets:
                 line += f" (adapter on {', '.join(targets)})"
             line += f", ~{format_bytes(memory)} for weights, gradients and optimizer"
-            if stage.type == "distill":
-                teacher_ref = stage.get("teacher", "teacher")
-                t_total = sum(
-                    p.numel()
-                    for p in _meta_model(
-                        configs.get(teacher_ref, teacher_config), recipe.task, num_labels
-                    ).parameters()
+            if isinstance(spec, DistillStage):
+                teacher_model = _meta_model(
+                    configs.get(spec.teacher, teacher_config), recipe.task, num_labels
                 )
-                line += f" + teacher {teacher_ref} ~{format_bytes(t_total * 4)}"
-        if stage.get("pruning"):
-            p = stage.get("pruning")
-            line += f", gradual pruning to {p.get('target_sparsity', p.get('pattern'))} sparsity"
-        if stage.type == "prune":
-            line += f", method {stage.get('method')}"
-        if stage.type == "quantize":
-            line += f", to {stage.get('bits')}-bit"
+                t_total = sum(p.numel() for p in teacher_model.parameters())
+                line += f" + teacher {spec.teacher} ~{format_bytes(t_total * 4)}"
+            if spec.pruning:
+                p = spec.pruning
+                line += f", gradual pruning to {p.get('target_sparsity', p.get('pattern'))} sparsity"
+        if isinstance(spec, PruneStage):
+            line += f", method {spec.method}"
+        if isinstance(spec, QuantizeStage):
+            line += f", to {spec.bits}-bit"
         lines.append(line)
     lines.append("plan OK: nothing was trained.")
     return "\n".join(lines)

@@ -30,7 +30,8 @@ output folder is the next one's input and an interrupted run resumes from the la
 
 A model reference is ``teacher``, the name of an earlier stage, or a Hub id / folder. Stage ``args`` are the
 fields of ``TrainingArguments`` (``DistillationConfig`` for ``distill``), checked by ``HfArgumentParser``.
-Unknown keys anywhere are errors with a "did you mean".
+Unknown keys anywhere are errors with a "did you mean". The options of each stage type, their defaults and
+their checks are the dataclasses of :mod:`hf_lite.app.stages`.
 
 >>> recipe = Recipe.from_dict({"name": "r", "task": "causal-lm", "teacher": "gpt2", "data": {"train": "a.txt"},
 ...                            "stages": [{"name": "ft", "type": "finetune", "model": "teacher"}]})
@@ -42,37 +43,28 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from hf_lite._utils import did_you_mean
+from hf_lite.app.stages import (  # noqa: F401 (STAGE_KEYS, MODEL_STAGES, PRUNE_METHODS: importable from here too)
+    COMMON_KEYS,
+    MODEL_STAGES,
+    PRUNE_METHODS,
+    STAGE_KEYS,
+    StageSpec,
+    check_keys,
+    stage_class,
+)
 from hf_lite.tasks import TASKS, normalize_task
 
-#: What each stage type does (see hf_lite.app.runner) and the keys it accepts beyond name/type/model.
-STAGE_KEYS: dict[str, set[str]] = {
-    "finetune": {"args", "peft", "quantization", "pruning", "gradient_checkpointing"},
-    "init_student": {"layers"},
-    "distill": {"teacher", "args", "peft", "quantization", "pruning", "gradient_checkpointing", "augment"},
-    "prune": {
-        "method",
-        "sparsity",
-        "pattern",
-        "keep_ratio",
-        "num_layers",
-        "heads_keep_ratio",
-        "calibration_samples",
-    },
-    "quantize": {"bits"},
-    "evaluate": {"models", "latency_batch_sizes", "latency_repeats"},
-    "export": {"merge_adapter", "dtype", "push"},
-}
-#: Stages that produce a model folder (the others produce reports or uploads).
-MODEL_STAGES = {"finetune", "init_student", "distill", "prune", "quantize", "export"}
-PRUNE_METHODS = ("magnitude", "wanda", "ffn", "heads", "layers")
 _TOP_KEYS = {"name", "task", "teacher", "output_dir", "seed", "data", "stages", "num_labels"}
 _DATA_KEYS = {
     "train",
@@ -84,19 +76,6 @@ _DATA_KEYS = {
     "max_eval_rows",
     "augment",
 }
-
-
-def _did_you_mean(value: str, choices: set[str] | list[str]) -> str:
-    close = difflib.get_close_matches(value, sorted(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_keys(where: str, given: Mapping[str, Any], allowed: set[str]) -> None:
-    for key in given:
-        if key not in allowed:
-            raise ValueError(
-                f"{where}: unknown key {key!r}{_did_you_mean(str(key), allowed)}. Allowed keys: {', '.join(sorted(allowed))}."
-            )
 
 
 @dataclass
@@ -115,14 +94,27 @@ class DataConfig:
 
 @dataclass
 class StageConfig:
-    """One stage: ``name`` (its folder), ``type``, the ``model`` it reads and its options."""
+    """One stage: ``name`` (its folder), ``type``, the ``model`` it reads, its ``options`` as the recipe wrote
+    them, and ``spec``: the options typed, with their defaults (:mod:`hf_lite.app.stages`; built and checked
+    from ``options`` when not given).
+
+    >>> StageConfig("int8", "quantize", "distill", {"bits": 8}).spec
+    QuantizeStage(bits=8)
+    """
 
     name: str
     type: str
     model: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    spec: StageSpec = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.spec is None:
+            where = f"stage {self.name!r}"
+            self.spec = stage_class(where, self.type).from_options(where, self.options)
 
     def get(self, key: str, default: Any = None) -> Any:
+        """The option ``key`` as the recipe wrote it (``default`` when absent); ``spec`` has the defaults."""
         return self.options.get(key, default)
 
 
@@ -143,8 +135,6 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
         """Read a recipe file; ``overrides`` are dotted keys (``distill.learning_rate``) or top-level keys."""
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -163,7 +153,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Recipe:
         raw = apply_overrides(copy.deepcopy(dict(raw)), overrides or {})
-        _check_keys("recipe", raw, _TOP_KEYS)
+        check_keys("recipe", raw, _TOP_KEYS)
         for key in ("name", "task", "teacher", "stages"):
             if key not in raw:
                 raise ValueError(f"recipe: missing required key {key!r}.")
@@ -181,10 +171,16 @@ class Recipe:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"recipe: seed={seed!r} must be an integer.")
         return cls(
-            name=str(raw["name"]), task=task, teacher=str(raw["teacher"]), data=data, stages=stages,
-            output_dir=str(raw.get("output_dir", f"hf-lite-runs/{raw['name']}")), seed=seed,
-            num_labels=raw.get("num_labels"), source=dict(raw),
-        )  # fmt: skip
+            name=str(raw["name"]),
+            task=task,
+            teacher=str(raw["teacher"]),
+            data=data,
+            stages=stages,
+            output_dir=str(raw.get("output_dir", f"hf-lite-runs/{raw['name']}")),
+            seed=seed,
+            num_labels=raw.get("num_labels"),
+            source=dict(raw),
+        )
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -197,10 +193,17 @@ class Recipe:
         all stages before it (a changed earlier stage invalidates later ones)."""
         index = [s.name for s in self.stages].index(name)
         payload = {
-            "task": self.task, "teacher": self.teacher, "seed": self.seed, "num_labels": self.num_labels,
+            "task": self.task,
+            "teacher": self.teacher,
+            "seed": self.seed,
+            "num_labels": self.num_labels,
             "data": dataclasses.asdict(self.data) if self.data is not None else None,
-            "stages": [dataclasses.asdict(s) for s in self.stages[: index + 1]],
-        }  # fmt: skip
+            # the stages as written (spec is derived from options, defaults included: not hashed)
+            "stages": [
+                {"name": s.name, "type": s.type, "model": s.model, "options": s.options}
+                for s in self.stages[: index + 1]
+            ],
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -213,7 +216,7 @@ def _parse_data(data_raw: Any) -> DataConfig | None:
         raise ValueError(
             "recipe: data must be a mapping with at least 'train' (a file, folder or Hub dataset id)."
         )
-    _check_keys("recipe.data", data_raw, _DATA_KEYS)
+    check_keys("recipe.data", data_raw, _DATA_KEYS)
     data = DataConfig(**dict(data_raw))
     if not 0.0 < data.eval_fraction < 1.0:
         raise ValueError(f"recipe.data.eval_fraction={data.eval_fraction} must be in (0, 1).")
@@ -223,13 +226,8 @@ def _parse_data(data_raw: Any) -> DataConfig | None:
 def _parse_stage(index: int, raw: Any, earlier: set[str]) -> StageConfig:
     if not isinstance(raw, Mapping):
         raise ValueError(f"recipe.stages[{index}] must be a mapping with name and type.")
-    where = f"recipe.stages[{index}]"
     stage_type = raw.get("type")
-    if stage_type not in STAGE_KEYS:
-        raise ValueError(
-            f"{where}: unknown stage type {stage_type!r}{_did_you_mean(str(stage_type), set(STAGE_KEYS))}. "
-            f"Stage types: {', '.join(STAGE_KEYS)}."
-        )
+    spec_class = stage_class(f"recipe.stages[{index}]", stage_type)
     name = raw.get("name") or stage_type
     where = f"recipe.stages[{index}] ({name})"
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
@@ -238,48 +236,32 @@ def _parse_stage(index: int, raw: Any, earlier: set[str]) -> StageConfig:
         )
     if name in earlier:
         raise ValueError(f"{where}: the name {name!r} is already used by an earlier stage (or is 'teacher').")
-    _check_keys(where, raw, {"name", "type", "model"} | STAGE_KEYS[stage_type])
-    options = {k: v for k, v in raw.items() if k not in ("name", "type", "model")}
+    check_keys(where, raw, set(COMMON_KEYS) | spec_class.keys())
+    options = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
+    spec = spec_class(**options)
     model = raw.get("model")
-    if stage_type == "evaluate":
-        models = options.get("models")
-        if models is not None and not isinstance(models, list):
-            raise ValueError(f"{where}: models must be a list of model references.")
-    elif model is None:
-        model = "teacher" if index == 0 else None
-        if model is None:
+    if spec.reads_model and model is None:
+        if index > 0:
             raise ValueError(
                 f"{where}: say which model this stage reads (model: teacher, or an earlier stage's name)."
             )
-    refs = [model] if stage_type != "evaluate" else list(options.get("models") or [])
-    if stage_type == "distill" and options.get("teacher"):
-        refs.append(options["teacher"])
-    for ref in refs:
+        model = "teacher"
+    refs = [model] if spec.reads_model else []
+    for ref in refs + spec.references():
         _check_reference(where, str(ref), earlier)
-    if stage_type == "prune":
-        method = options.get("method")
-        if method not in PRUNE_METHODS:
-            raise ValueError(
-                f"{where}: method={method!r} is not a pruning method{_did_you_mean(str(method), set(PRUNE_METHODS))}. "
-                f"Use one of: {', '.join(PRUNE_METHODS)}."
-            )
-    if stage_type == "quantize" and options.get("bits") not in (4, 8):
-        raise ValueError(f"{where}: bits={options.get('bits')!r} must be 4 or 8.")
-    if "args" in options and not isinstance(options["args"], Mapping):
-        raise ValueError(f"{where}: args must be a mapping of TrainingArguments fields.")
-    return StageConfig(name=name, type=stage_type, model=model, options=options)
+    spec.validate(where)
+    return StageConfig(name=name, type=stage_type, model=model, options=options, spec=spec)
 
 
 def _check_reference(where: str, ref: str, earlier: set[str]) -> None:
     """A reference is 'teacher', an earlier stage, or a Hub id / path; a near-miss of a stage name is a typo."""
-    import os
-
     if ref in earlier or os.path.exists(os.path.expanduser(ref)) or "/" in ref:
         return
-    close = difflib.get_close_matches(ref, sorted(earlier), n=1, cutoff=0.7)
-    if close:
+    # a stricter cutoff than the suggestions': here a close name turns a Hub id into an error
+    hint = did_you_mean(ref, earlier, cutoff=0.7)
+    if hint:
         raise ValueError(
-            f"{where}: model reference {ref!r} is not an earlier stage (did you mean {close[0]!r}?). Stages can only "
+            f"{where}: model reference {ref!r} is not an earlier stage{hint}. Stages can only "
             "read 'teacher' or stages listed before them."
         )
 
@@ -319,7 +301,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
                 stage.setdefault("args", {})[rest] = value
         else:
             raise ValueError(
-                f"override --{key}: {head!r} is neither 'data' nor a stage of this recipe{_did_you_mean(head, set(stages))}."
+                f"override --{key}: {head!r} is neither 'data' nor a stage of this recipe{did_you_mean(head, stages)}."
             )
     return raw
 
@@ -331,8 +313,6 @@ def parse_cli_overrides(tokens: list[str]) -> dict[str, Any]:
     >>> parse_cli_overrides(["--seed", "3", "--data.max_length=32", "--bf16", "true"])
     {'seed': 3, 'data.max_length': 32, 'bf16': True}
     """
-    import yaml
-
     out: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
@@ -367,7 +347,7 @@ def check_training_args(stage: StageConfig, args_cls: type, base: Mapping[str, A
     unknown keys with a did-you-mean."""
     from transformers import HfArgumentParser
 
-    given = dict(stage.get("args") or {})
+    given = dict(stage.spec.args or {})
     fields = {f.name: f for f in dataclasses.fields(args_cls) if f.init}
     names = set(fields)
     for key, value in given.items():
@@ -377,7 +357,7 @@ def check_training_args(stage: StageConfig, args_cls: type, base: Mapping[str, A
     for key in given:
         if key not in names:
             raise ValueError(
-                f"stage {stage.name!r}: args.{key} is not a {args_cls.__name__} field{_did_you_mean(key, names)}."
+                f"stage {stage.name!r}: args.{key} is not a {args_cls.__name__} field{did_you_mean(key, names)}."
             )
     (args,) = HfArgumentParser(args_cls).parse_dict({**base, **given}, allow_extra_keys=False)
     return args

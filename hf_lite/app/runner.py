@@ -14,17 +14,36 @@ reports and pushes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
-import os
-import shutil
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from hf_lite.app.recipe import MODEL_STAGES, Recipe, StageConfig, check_training_args
+import torch
+from accelerate import PartialState
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
 
-logger = logging.getLogger(__name__)
+from hf_lite._utils import atomic_dir, atomic_write_text, has_bnb_layers
+from hf_lite.app.recipe import Recipe, StageConfig, check_training_args
+from hf_lite.app.stages import MODEL_STAGES
+from hf_lite.data import augment_data, load_data, tokenize_data
+from hf_lite.evaluation import evaluate_model, machine_info, measure_latency_side_by_side
+from hf_lite.exporting import dequantize_bnb_, export, strip_quantization_, unpack_bnb_cpu_weights_
+from hf_lite.hub import push_to_hub
+from hf_lite.loading import load_model, load_teacher, load_tokenizer
+from hf_lite.pruning import sparsity_report
+from hf_lite.report import CompressionReport
+from hf_lite.student import init_student_from_teacher
+from trainers import DistillationConfig, DistillationTrainer, PruningCallback
 
 RUN_MARKER = "hf_lite_run.json"
 STAGE_MARKER = "stage.json"
@@ -34,9 +53,6 @@ class RunContext:
     """What stages share: the recipe, the run folder, the process state, data and tokenizer."""
 
     def __init__(self, recipe: Recipe) -> None:
-        import torch
-        from accelerate import PartialState
-
         self.recipe = recipe
         self.root = Path(recipe.output_dir)
         # Without GPUs, processes started by `accelerate launch` only join one process group (gloo) when the
@@ -69,15 +85,11 @@ class RunContext:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from hf_lite.loading import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.recipe.teacher)
         return self._tokenizer
 
     def raw_data(self) -> Any:
         if self._data is None:
-            from hf_lite.data import load_data
-
             d = self.recipe.data
             if d is None:
                 raise ValueError(
@@ -93,14 +105,16 @@ class RunContext:
                     f"recipe {self.recipe.name!r}: the data has no evaluation split; set data.eval or data.eval_fraction."
                 )
             limits = {"train": d.max_train_rows, "eval": d.max_eval_rows}
-            self._data = {split: data[split].select(range(min(limits[split], len(data[split]))))
-                          if limits[split] else data[split] for split in ("train", "eval")}  # fmt: skip
+            self._data = {
+                split: data[split].select(range(min(limits[split], len(data[split]))))
+                if limits[split]
+                else data[split]
+                for split in ("train", "eval")
+            }
         return self._data
 
     def tokenized(self, augment: dict[str, Any] | None = None) -> Any:
         """Tokenized train/eval splits; ``augment`` (EDA options) enlarges the train split first."""
-        from hf_lite.data import augment_data, tokenize_data
-
         if augment:
             raw = self.raw_data()
             train = augment_data(raw["train"], seed=self.recipe.seed, **augment)
@@ -120,6 +134,11 @@ class RunContext:
             }
         return self._tokenized
 
+    def num_labels_kwargs(self) -> dict[str, int]:
+        """``{"num_labels": n}`` for classification tasks, ``{}`` otherwise (keyword arguments of load_model)."""
+        n = self.num_labels()
+        return {"num_labels": n} if n is not None else {}
+
     def num_labels(self) -> int | None:
         if self.recipe.task not in ("sequence-classification", "token-classification"):
             return None
@@ -132,10 +151,8 @@ class RunContext:
 # ------------------------------------------------------------------------------------------ run folders
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def claim_run_folder(recipe: Recipe) -> None:
@@ -156,7 +173,7 @@ def claim_run_folder(recipe: Recipe) -> None:
             )
         return
     root.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(marker, {"recipe": recipe.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    _write_json(marker, {"recipe": recipe.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def stage_done(ctx: RunContext, stage: StageConfig) -> bool:
@@ -168,22 +185,17 @@ def stage_done(ctx: RunContext, stage: StageConfig) -> bool:
 
 def _finish_stage(ctx: RunContext, stage: StageConfig, info: dict[str, Any]) -> None:
     if ctx.is_main:
-        folder = ctx.root / stage.name
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(folder / STAGE_MARKER, {"fingerprint": ctx.recipe.stage_fingerprint(stage.name),
-                                                   "type": stage.type, **info})  # fmt: skip
+        marker = {"fingerprint": ctx.recipe.stage_fingerprint(stage.name), "type": stage.type, **info}
+        _write_json(ctx.root / stage.name / STAGE_MARKER, marker)
     ctx.state.wait_for_everyone()
 
 
 def _save_model(ctx: RunContext, stage: StageConfig, model: Any) -> Path:
     """Main process: write ``<stage>/model`` through a temp folder and a rename (complete or absent)."""
     out = ctx.root / stage.name / "model"
-    tmp = out.with_name(".model.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    ctx.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        ctx.tokenizer.save_pretrained(tmp)
     return out
 
 
@@ -191,8 +203,6 @@ def _save_model(ctx: RunContext, stage: StageConfig, model: Any) -> Path:
 
 
 def _training_base(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    import torch
-
     return {
         "output_dir": str(ctx.root / stage.name / "trainer"),
         "seed": ctx.recipe.seed,
@@ -203,23 +213,22 @@ def _training_base(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
 
 
 def _load_for_training(ctx: RunContext, stage: StageConfig, ref: str) -> Any:
-    from hf_lite.loading import load_model
-
-    kwargs: dict[str, Any] = {}
-    if ctx.num_labels() is not None:
-        kwargs["num_labels"] = ctx.num_labels()
+    spec = stage.spec
     return load_model(
-        ctx.model_path(ref), ctx.recipe.task, quantization=stage.get("quantization"), peft=stage.get("peft"),
-        gradient_checkpointing=bool(stage.get("gradient_checkpointing", False)), dtype="float32", **kwargs,
-    )  # fmt: skip
+        ctx.model_path(ref),
+        ctx.recipe.task,
+        quantization=spec.quantization,
+        peft=spec.peft,
+        gradient_checkpointing=bool(spec.gradient_checkpointing),
+        dtype="float32",
+        **ctx.num_labels_kwargs(),
+    )
 
 
 def _callbacks(stage: StageConfig) -> list[Any]:
-    pruning = stage.get("pruning")
+    pruning = stage.spec.pruning
     if not pruning:
         return []
-    from trainers.pruning_callback import PruningCallback
-
     return [PruningCallback(**pruning)]
 
 
@@ -248,58 +257,62 @@ def _train_and_save(ctx: RunContext, stage: StageConfig, trainer: Any) -> dict[s
         model = _merged(model)
     if ctx.is_main:
         _save_model(ctx, stage, model)
-    return {"train_loss": result.training_loss, "steps": result.global_step,
-            **{k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))}}  # fmt: skip
+    return {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        **{k: v for k, v in eval_metrics.items() if isinstance(v, (int, float))},
+    }
 
 
 def _merged(model: Any) -> Any:
     """A PEFT model as a plain model for the next stage: the adapter merged (onto a dequantized base)."""
-    from hf_lite.exporting import dequantize_bnb_, strip_quantization_, unpack_bnb_cpu_weights_
-
-    if _has_bnb(model):
+    if has_bnb_layers(model):
         unpack_bnb_cpu_weights_(model)  # bnb's CPU kernel repacks 4-bit weights after a forward (evaluation)
         dequantize_bnb_(model)
         strip_quantization_(model)
     return model.merge_and_unload()
 
 
-def _has_bnb(model: Any) -> bool:
-    return any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
-
-
 def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    from transformers import Trainer, TrainingArguments
-
     args = check_training_args(stage, TrainingArguments, _training_base(ctx, stage))
     data = ctx.tokenized()
     model = _load_for_training(ctx, stage, stage.model)
-    trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
-                      processing_class=ctx.tokenizer, data_collator=_collator(ctx), callbacks=_callbacks(stage))  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["eval"],
+        processing_class=ctx.tokenizer,
+        data_collator=_collator(ctx),
+        callbacks=_callbacks(stage),
+    )
     return _train_and_save(ctx, stage, trainer)
 
 
 def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    from hf_lite.loading import load_teacher
-    from trainers.distillation_trainer import DistillationConfig, DistillationTrainer
-
     args = check_training_args(stage, DistillationConfig, _training_base(ctx, stage))
-    data = ctx.tokenized(stage.get("augment"))
+    data = ctx.tokenized(stage.spec.augment)
     student = _load_for_training(ctx, stage, stage.model)
-    teacher = load_teacher(ctx.model_path(stage.get("teacher", "teacher")), ctx.recipe.task,
-                           quantization=args.teacher_quantization, dtype="float32")  # fmt: skip
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data["train"],
-                                  eval_dataset=data["eval"], processing_class=ctx.tokenizer,
-                                  data_collator=_collator(ctx), callbacks=_callbacks(stage))  # fmt: skip
+    teacher = load_teacher(
+        ctx.model_path(stage.spec.teacher),
+        ctx.recipe.task,
+        quantization=args.teacher_quantization,
+        dtype="float32",
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["eval"],
+        processing_class=ctx.tokenizer,
+        data_collator=_collator(ctx),
+        callbacks=_callbacks(stage),
+    )
     return _train_and_save(ctx, stage, trainer)
 
 
 def _collator(ctx: RunContext) -> Any:
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        DataCollatorForTokenClassification,
-        DataCollatorWithPadding,
-    )
-
     if ctx.recipe.task == "causal-lm":
         return DataCollatorForLanguageModeling(ctx.tokenizer, mlm=False)
     if ctx.recipe.task == "token-classification":
@@ -308,26 +321,20 @@ def _collator(ctx: RunContext) -> Any:
 
 
 def _load_plain(ctx: RunContext, ref: str) -> Any:
-    from hf_lite.loading import load_model
-
-    kwargs = {"num_labels": ctx.num_labels()} if ctx.num_labels() is not None else {}
-    return load_model(ctx.model_path(ref), ctx.recipe.task, dtype="float32", **kwargs)
+    return load_model(ctx.model_path(ref), ctx.recipe.task, dtype="float32", **ctx.num_labels_kwargs())
 
 
 def stage_init_student(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    from hf_lite.student import init_student_from_teacher
-
+    layers = stage.spec.layers
     if ctx.is_main:
         teacher = _load_plain(ctx, stage.model)
-        student = init_student_from_teacher(teacher, stage.get("layers", "every_other"))
+        student = init_student_from_teacher(teacher, layers)
         _save_model(ctx, stage, student)
     ctx.state.wait_for_everyone()
-    return {"layers": stage.get("layers", "every_other")}
+    return {"layers": layers}
 
 
 def _calibration(ctx: RunContext, n: int) -> list[dict[str, Any]]:
-    import torch
-
     data = ctx.tokenized()["train"].select(range(min(n, len(ctx.tokenized()["train"]))))
     collate = _collator(ctx)
     rows = [dict(r) for r in data]
@@ -339,44 +346,22 @@ def _calibration(ctx: RunContext, n: int) -> list[dict[str, Any]]:
 
 
 def stage_prune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    from hf_lite import pruning
-
-    info: dict[str, Any] = {"method": stage.get("method")}
+    spec = stage.spec
+    info: dict[str, Any] = {"method": spec.method}
     if ctx.is_main:
         model = _load_plain(ctx, stage.model).eval()
-        method = stage.get("method")
-        calib = _calibration(ctx, int(stage.get("calibration_samples", 64)))
-        if method == "magnitude":
-            pruning.magnitude_prune_(
-                model, stage.get("sparsity"), pattern=stage.get("pattern", "unstructured")
-            )
-        elif method == "wanda":
-            pruning.wanda_prune_(
-                model, calib, stage.get("sparsity"), pattern=stage.get("pattern", "unstructured")
-            )
-        elif method == "ffn":
-            pruning.prune_ffn_(
-                model, stage.get("keep_ratio"), importance="activation", calibration_batches=calib
-            )
-        elif method == "heads":
-            pruning.prune_attention_heads_(model, stage.get("heads_keep_ratio", stage.get("keep_ratio")))
-        elif method == "layers":
-            pruning.prune_layers_(model, keep_ratio=stage.get("keep_ratio"), num_hidden_layers=stage.get("num_layers"),
-                                  calibration_batches=calib)  # fmt: skip
-        report = pruning.sparsity_report(model)
-        info["sparsity"] = report.to_dict().get("body_sparsity")
+        spec.prune_(model, _calibration(ctx, int(spec.calibration_samples)))
+        info["sparsity"] = sparsity_report(model).to_dict().get("body_sparsity")
         _save_model(ctx, stage, model)
     ctx.state.wait_for_everyone()
     return info
 
 
 def stage_quantize(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    from hf_lite.loading import load_model
-
-    bits = int(stage.get("bits"))
+    bits = int(stage.spec.bits)
     if ctx.is_main:
-        kwargs = {"num_labels": ctx.num_labels()} if ctx.num_labels() is not None else {}
-        model = load_model(ctx.model_path(stage.model), ctx.recipe.task, quantization=f"{bits}bit", **kwargs)
+        path = ctx.model_path(stage.model)
+        model = load_model(path, ctx.recipe.task, quantization=f"{bits}bit", **ctx.num_labels_kwargs())
         _save_model(ctx, stage, model)
     ctx.state.wait_for_everyone()
     return {"bits": bits}
@@ -385,16 +370,16 @@ def stage_quantize(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
 def stage_evaluate(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     """Task metric, parameters (nonzero too), bytes on disk and in memory, latency of each model, side by side
     in one process; the compression report as JSON, Markdown and PNG in the stage folder."""
-    refs = stage.get("models") or ["teacher", *[s.name for s in ctx.recipe.stages if s.type in MODEL_STAGES]]
+    spec = stage.spec
+    refs = spec.models or ["teacher", *[s.name for s in ctx.recipe.stages if s.type in MODEL_STAGES]]
     info: dict[str, Any] = {"models": refs}
     if ctx.is_main:
-        report = evaluate_models(ctx, refs, batch_sizes=tuple(stage.get("latency_batch_sizes", (1, 32))),
-                                 repeats=int(stage.get("latency_repeats", 10)))  # fmt: skip
+        batch_sizes = tuple(spec.latency_batch_sizes)
+        report = evaluate_models(ctx, refs, batch_sizes=batch_sizes, repeats=int(spec.latency_repeats))
         folder = ctx.root / stage.name
         folder.mkdir(parents=True, exist_ok=True)
         report.to_json(folder / "report.json")
-        (folder / ".report.md.tmp").write_text(report.to_markdown() + "\n")
-        os.replace(folder / ".report.md.tmp", folder / "report.md")
+        atomic_write_text(folder / "report.md", report.to_markdown() + "\n")
         report.plot(folder / "report.png")
         info["report"] = "report.json"
         print(report.to_markdown(), flush=True)
@@ -402,21 +387,15 @@ def stage_evaluate(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     return info
 
 
-def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int, ...] = (1, 32),
-                    repeats: int = 10) -> Any:  # fmt: skip
+def evaluate_models(
+    ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 10
+) -> CompressionReport:
     """Evaluate ``refs`` on the recipe's evaluation split into a :class:`~hf_lite.report.CompressionReport`.
 
     Metrics, sizes and parameters model by model; then latency of all models *side by side*
     (:func:`hf_lite.evaluation.measure_latency_side_by_side`: interleaved rounds, so background load on a
     shared machine skews no model's speedup). All evaluated models are held in memory together for that.
     """
-    import dataclasses
-    import tempfile
-    import warnings
-
-    from hf_lite.evaluation import evaluate_model, machine_info, measure_latency_side_by_side
-    from hf_lite.report import CompressionReport
-
     # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: once is enough.
     warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
     data = ctx.tokenized()["eval"]
@@ -435,8 +414,9 @@ def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int,
         ctx.log(f"evaluated {ref}: {results[ref].metrics}")
     ctx.log(f"timing {len(models)} models side by side: batch sizes {list(batch_sizes)}, {repeats} rounds")
     # one tokenized row; the timing keeps only the model inputs (input_ids, attention_mask, token_type_ids)
-    latencies = measure_latency_side_by_side(models, data[0], batch_sizes=batch_sizes, repeats=repeats,
-                                             seq_len=ctx.recipe.data.max_length)  # fmt: skip
+    latencies = measure_latency_side_by_side(
+        models, data[0], batch_sizes=batch_sizes, repeats=repeats, seq_len=ctx.recipe.data.max_length
+    )
     for ref in refs:
         result = dataclasses.replace(results[ref], latency=latencies[ref])
         report.add_evaluation(result, name=ref, stage=stage_types.get(ref, "teacher"))
@@ -445,10 +425,7 @@ def evaluate_models(ctx: RunContext, refs: list[str], *, batch_sizes: tuple[int,
 
 def _load_plain_or_quantized(ctx: RunContext, ref: str) -> Any:
     """Load a model as saved (a bitsandbytes folder comes back quantized through its config)."""
-    from hf_lite.loading import load_model
-
-    kwargs = {"num_labels": ctx.num_labels()} if ctx.num_labels() is not None else {}
-    return load_model(ctx.model_path(ref), ctx.recipe.task, dtype="auto", **kwargs).eval()
+    return load_model(ctx.model_path(ref), ctx.recipe.task, dtype="auto", **ctx.num_labels_kwargs()).eval()
 
 
 def _saved_copy(model: Any, folder: str) -> str:
@@ -457,21 +434,23 @@ def _saved_copy(model: Any, folder: str) -> str:
 
 
 def stage_export(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    from hf_lite.exporting import export
-
+    spec = stage.spec
     info: dict[str, Any] = {}
     if ctx.is_main:
         model = _load_plain(ctx, stage.model)
         out = ctx.root / stage.name / "model"
-        report = export(model, out, tokenizer=ctx.tokenizer, merge_adapter=bool(stage.get("merge_adapter", False)),
-                        dtype=stage.get("dtype"), overwrite=True)  # fmt: skip
+        report = export(
+            model,
+            out,
+            tokenizer=ctx.tokenizer,
+            merge_adapter=bool(spec.merge_adapter),
+            dtype=spec.dtype,
+            overwrite=True,
+        )
         if report is not None:
             info["max_abs_logit_diff"] = getattr(report, "max_abs_diff", None)
-        push = stage.get("push")
-        if push:
-            from hf_lite.hub import push_to_hub
-
-            result = push_to_hub(str(out), **push)
+        if spec.push:
+            result = push_to_hub(str(out), **spec.push)
             info["pushed"] = getattr(result, "commit_url", None)
     ctx.state.wait_for_everyone()
     return info
