@@ -1,5 +1,7 @@
-"""Shrinking a model during gradual structural pruning: its sizes, one stage (weights and optimizer), and
-replaying a checkpoint's stages (:func:`shrink_like_checkpoint`).
+"""Shrinking a model during gradual structural pruning: its sizes, one stage, a checkpoint's stages replayed.
+
+:func:`shrink_ffn`, :func:`shrink_groups` and :func:`shrink_layers` run one stage on the weights and the
+optimizer; :func:`shrink_like_checkpoint` replays the stages recorded in a checkpoint.
 
 Every stage goes through one :class:`hf_lite.pruning.structural.StructuralPlan`, applied to the model
 (``apply_plan_``) and then to the Trainer's optimizer (``slice_optimizer_state_``), so the optimizer state is
@@ -204,6 +206,9 @@ def shrink_like_checkpoint(model: nn.Module, checkpoint_dir: str | os.PathLike) 
     if done < len(meta["stages"]):
         logger.info(
             "shrank the model like %s: %s -> %s (%d stages replayed)",
-            os.fspath(checkpoint_dir), sizes, meta["stages"][-1]["sizes"], len(meta["stages"]) - done,
-        )  # fmt: skip
+            os.fspath(checkpoint_dir),
+            sizes,
+            meta["stages"][-1]["sizes"],
+            len(meta["stages"]) - done,
+        )
     return model

@@ -54,9 +54,10 @@ from hf_lite.pruning.importance import (
     ffn_neuron_scores,
     ffn_reduce,
     heads_reduce,
+    taylor_products,
 )
 from hf_lite.pruning.optimizer_state import base_optimizer
-from hf_lite.pruning.sites import base_layer, find_attention_sites, find_ffn_sites, head_layout
+from hf_lite.pruning.sites import find_attention_sites, find_ffn_sites, head_layout
 from hf_lite.pruning.structural import ParamSlice, StructuralPlan, slice_optimizer_state_, top_indices
 from trainers._callback_state import resume_candidates
 from trainers._structural_checks import check_model_fits, check_training_args
@@ -259,12 +260,7 @@ class StructuralPruningCallback(TrainerCallback):
         root = self._root
 
         def products(modules: Iterable[nn.Module]) -> dict[nn.Module, torch.Tensor]:
-            out = {}
-            for m in modules:
-                w = base_layer(m).weight
-                g = w.grad if w.grad is not None else torch.zeros_like(w)
-                out[m] = w.detach().float() * g.float()  # (weight shape)
-            return out
+            return taylor_products(modules, lambda w: w.grad)  # this step's gradient, accumulated and clipped
 
         if stage.ffn is not None:
             acc = self._taylor.setdefault("ffn", {})
@@ -324,8 +320,13 @@ class StructuralPruningCallback(TrainerCallback):
         self._taylor, self._taylor_count = {}, 0
         logger.info(
             "[rank %d] step %d: structural pruning stage %d/%d -> %s, %d parameters",
-            world()[0], stage.step, len(self.stages), len(self._plan), record["sizes"], record["num_parameters"],
-        )  # fmt: skip
+            world()[0],
+            stage.step,
+            len(self.stages),
+            len(self._plan),
+            record["sizes"],
+            record["num_parameters"],
+        )
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -378,8 +379,9 @@ class StructuralPruningCallback(TrainerCallback):
         if changed:
             logger.warning(
                 "resuming structural pruning with a changed config %s (saved, now): the stages still to come "
-                "follow the new one, so the result will differ from an uninterrupted run.", changed,
-            )  # fmt: skip
+                "follow the new one, so the result will differ from an uninterrupted run.",
+                changed,
+            )
         expected = meta["stages"][-1]["sizes"] if meta["stages"] else meta["original"]
         sizes = model_sizes(root, list(expected))
         if sizes != expected:
@@ -426,8 +428,12 @@ class StructuralPruningCallback(TrainerCallback):
         if state.global_step > 0:
             folder = self._resume_folder(args, state)
             self._load_state(folder, self._root)
-            logger.info("structural pruning state restored from %s (step %d, %d stages done)",
-                        folder, state.global_step, len(self.stages))  # fmt: skip
+            logger.info(
+                "structural pruning state restored from %s (step %d, %d stages done)",
+                folder,
+                state.global_step,
+                len(self.stages),
+            )
         else:
             self.original_sizes = model_sizes(self._root, self.config.kinds)
             self.stages = []
@@ -435,13 +441,17 @@ class StructuralPruningCallback(TrainerCallback):
         self._plan = self.config.plan(self.original_sizes)
         done_steps = [s["step"] for s in self.stages]
         if done_steps != [t.step for t in self._plan[: len(done_steps)]]:
-            logger.warning("the stages done %s differ from this config's plan %s; continuing with the plan",
-                           done_steps, [t.step for t in self._plan])  # fmt: skip
+            logger.warning(
+                "the stages done %s differ from this config's plan %s; continuing with the plan",
+                done_steps,
+                [t.step for t in self._plan],
+            )
         if state.max_steps and state.max_steps < self.config.end_step:
             logger.warning(
                 "end_step=%d is beyond max_steps=%d: training ends before the last stages, short of the targets.",
-                self.config.end_step, state.max_steps,
-            )  # fmt: skip
+                self.config.end_step,
+                state.max_steps,
+            )
 
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
@@ -473,6 +483,8 @@ class StructuralPruningCallback(TrainerCallback):
         if left > 0:
             logger.warning(
                 "training ended with %d structural pruning stage(s) not run (next at step %d); the model has "
-                "sizes %s, not the targets.", left, self._plan[len(self.stages)].step,
+                "sizes %s, not the targets.",
+                left,
+                self._plan[len(self.stages)].step,
                 model_sizes(self._root, self.config.kinds) if self._root is not None else {},
-            )  # fmt: skip
+            )

@@ -36,7 +36,8 @@ def check_calibration_batches(
     calibration_batches: Iterable[Mapping[str, Any]] | None,
 ) -> list[Mapping[str, Any]]:
     """Materialize ``calibration_batches`` and check each is a dict of tensors with ``input_ids`` (or
-    ``inputs_embeds``); the messages speak of Wanda, the first user, and fit every one.
+    ``inputs_embeds``). The messages name Wanda (``wanda_prune_`` passes its argument straight here);
+    :func:`check_calibration` first checks for missing data with a message naming its own caller.
 
     >>> import torch
     >>> len(check_calibration_batches([{"input_ids": torch.ones(1, 3, dtype=torch.long)}]))

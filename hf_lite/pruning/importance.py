@@ -69,6 +69,7 @@ __all__ = [
     "check_importance",
     "ffn_reduce",
     "heads_reduce",
+    "taylor_products",
 ]
 
 #: Accepted values of ``importance=``.
@@ -134,13 +135,7 @@ def _taylor_sums(
             grad_of = {id(p): g for p, g in zip(params, grads, strict=True)}
             del grads, out, loss
             for site in sites:
-                products = {}
-                for m in modules_of(site):
-                    w = _weight(m)
-                    g = grad_of[id(w)]
-                    products[m] = w.detach().float() * (
-                        g.float() if g is not None else torch.zeros_like(w).float()
-                    )
+                products = taylor_products(modules_of(site), lambda w, grads=grad_of: grads[id(w)])
                 partial = reduce(site, products)
                 old = totals.get(site.layer)
                 totals[site.layer] = (
@@ -175,6 +170,30 @@ def _per_output(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
 def _per_input(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     """Sum of ``tensor`` (weight-shaped) over each input feature's outputs: ``(in,)``."""
     return _out_in(module, tensor).float().sum(dim=0)
+
+
+def taylor_products(
+    modules: Iterable[nn.Module], grad_of: Callable[[torch.Tensor], torch.Tensor | None]
+) -> dict[nn.Module, torch.Tensor]:
+    """The first-order Taylor terms ``w * dL/dw`` of each module's weight, float32, weight-shaped (a missing
+    gradient counts as zero); :func:`ffn_reduce` and :func:`heads_reduce` sum them per structure.
+
+    Args:
+        modules: Linear/Conv1D layers (or PEFT layers around them).
+        grad_of: the gradient of a weight (e.g. ``lambda w: w.grad``), or ``None``.
+
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 1, bias=False)
+    >>> layer.weight.grad = torch.ones(1, 2)
+    >>> torch.equal(taylor_products([layer], lambda w: w.grad)[layer], layer.weight.detach())
+    True
+    """
+    out = {}
+    for m in modules:
+        w = _weight(m)
+        g = grad_of(w)
+        out[m] = w.detach().float() * (g.float() if g is not None else torch.zeros_like(w).float())
+    return out
 
 
 def ffn_reduce(site: FfnSite, values: Mapping[nn.Module, torch.Tensor]) -> torch.Tensor:

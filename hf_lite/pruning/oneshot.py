@@ -180,8 +180,13 @@ def magnitude_prune_(
                 )
     for name, module in modules.items():
         apply_mask_(module.weight, masks[name])
-    logger.info("magnitude-pruned %d layers (%s, scope=%s): sparsity %.4f", len(masks), pattern, scope,
-                mask_sparsity(masks))  # fmt: skip
+    logger.info(
+        "magnitude-pruned %d layers (%s, scope=%s): sparsity %.4f",
+        len(masks),
+        pattern,
+        scope,
+        mask_sparsity(masks),
+    )
     return masks
 
 
@@ -201,8 +206,10 @@ class _InputNormCollector:
 
     def __init__(self, modules: Mapping[str, nn.Module]):
         self.modules = modules
-        self.sq_sums = {name: torch.zeros(m.weight.shape[in_features_dim(m)], dtype=torch.float32,
-                                          device=m.weight.device) for name, m in modules.items()}  # fmt: skip
+        self.sq_sums = {
+            name: torch.zeros(m.weight.shape[in_features_dim(m)], dtype=torch.float32, device=m.weight.device)
+            for name, m in modules.items()
+        }
         self.calls = dict.fromkeys(modules, 0)
         self.token_masks: list[torch.Tensor] = []  # candidate (batch, seq) masks of the current batch
         self._handles: list[Any] = []

@@ -242,6 +242,8 @@ def merge_adapter_keep_sparsity(
     report = SparseMergeReport(redensified=sum(layers.values()), kept_zeros=kept_zeros, layers=layers)
     logger.info(
         "masked merge: %d weights at pruned positions of %d layers would have become non-zero; kept %d zeros",
-        report.redensified, len(layers), kept_zeros,
-    )  # fmt: skip
+        report.redensified,
+        len(layers),
+        kept_zeros,
+    )
     return (merged, report) if return_report else merged

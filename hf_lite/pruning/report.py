@@ -120,8 +120,11 @@ class SparsityReport:
         out["layers"] = {
             n: {**asdict(s), "shape": list(s.shape), "sparsity": s.sparsity} for n, s in self.layers.items()
         }
-        out.update(targeted_sparsity=self.targeted_sparsity, model_sparsity=self.model_sparsity,
-                   body_sparsity=self.body_sparsity)  # fmt: skip
+        out.update(
+            targeted_sparsity=self.targeted_sparsity,
+            model_sparsity=self.model_sparsity,
+            body_sparsity=self.body_sparsity,
+        )
         return out
 
     def to_markdown(self) -> str:

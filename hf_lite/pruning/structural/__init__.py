@@ -1,5 +1,7 @@
-"""Structural pruning: physically remove FFN neurons, attention head groups or whole blocks, and edit the
-config so that stock ``AutoModel*.from_pretrained`` rebuilds the smaller model (no hf-lite, no remote code).
+"""Structural pruning: remove FFN neurons, attention head groups or whole blocks, and edit the config.
+
+The config is edited so that stock ``AutoModel*.from_pretrained`` rebuilds the smaller model (no hf-lite, no
+remote code).
 
 What the config can express decides what is supported:
 

@@ -26,13 +26,15 @@ from hf_lite.pruning.structural.checks import (
     round_up,
     top_indices,
 )
-from hf_lite.pruning.structural.plan import StructuralPlan, apply_plan_, input_slices, output_slices
+from hf_lite.pruning.structural.plan import (
+    StructuralPlan,
+    apply_plan_,
+    input_slices,
+    output_slices,
+    parameters_by_id,
+)
 
 __all__ = ["plan_ffn", "prune_ffn_"]
-
-
-def _params(model: nn.Module) -> dict[int, nn.Parameter]:
-    return {id(p): p for p in model.parameters()}
 
 
 def _ffn_slices(sites: list[FfnSite], index: torch.Tensor) -> StructuralPlan:
@@ -121,7 +123,7 @@ def plan_ffn(
         scores = ffn_neuron_scores(model, importance, calibration_batches)
         explicit = {s.layer: top_indices(scores[s.layer], kept) for s in sites}
 
-    plan = StructuralPlan(config={config_key: kept}, params=_params(model), kept=explicit)
+    plan = StructuralPlan(config={config_key: kept}, params=parameters_by_id(model), kept=explicit)
     for site in sites:
         plan.extend(_ffn_slices([site], explicit[site.layer]))
     plan.message = (

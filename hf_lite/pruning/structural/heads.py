@@ -27,7 +27,13 @@ from hf_lite.pruning.structural.checks import (
     explicit_indices,
     top_indices,
 )
-from hf_lite.pruning.structural.plan import StructuralPlan, apply_plan_, input_slices, output_slices
+from hf_lite.pruning.structural.plan import (
+    StructuralPlan,
+    apply_plan_,
+    input_slices,
+    output_slices,
+    parameters_by_id,
+)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -55,10 +61,6 @@ class KeptHeads(NamedTuple):
 
     key_value: torch.Tensor
     query: torch.Tensor
-
-
-def _params(model: nn.Module) -> dict[int, nn.Parameter]:
-    return {id(p): p for p in model.parameters()}
 
 
 def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -199,7 +201,7 @@ def plan_attention_heads(
     if explicit is None or queries < per_group:
         scores = attention_head_scores(model, importance, calibration_batches)
 
-    plan = StructuralPlan(config=edits, params=_params(model), kept={})
+    plan = StructuralPlan(config=edits, params=parameters_by_id(model), kept={})
     for site in sites:
         kv_kept = (
             explicit[site.layer] if explicit is not None else top_indices(scores[site.layer].group, groups)

@@ -19,7 +19,7 @@ from hf_lite.pruning.calibration import check_calibration
 from hf_lite.pruning.importance import block_influence, check_count
 from hf_lite.pruning.sites import find_layer_list, model_config
 from hf_lite.pruning.structural.checks import checked_keep_count, config_error, exactly_one
-from hf_lite.pruning.structural.plan import StructuralPlan, apply_plan_
+from hf_lite.pruning.structural.plan import StructuralPlan, apply_plan_, parameters_by_id
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -46,10 +46,6 @@ PER_LAYER_CONFIG_KEYS = (
 )
 #: Config entries listing block indices: renumbered when blocks are dropped.
 LAYER_INDEX_CONFIG_KEYS = ("mlp_only_layers", "moe_layers", "cross_attention_layers")
-
-
-def _params(model: nn.Module) -> dict[int, nn.Parameter]:
-    return {id(p): p for p in model.parameters()}
 
 
 def layer_config_edits(config: PretrainedConfig, kept: list[int], total: int) -> dict[str, Any]:
@@ -166,7 +162,7 @@ def plan_layers(
 
     dropped_params = {id(p): p for i in dropped for p in blocks[i].parameters()}
     plan = StructuralPlan(
-        config=edits, drop=sorted(dropped), dropped=dropped_params, params=_params(model), kept=kept
+        config=edits, drop=sorted(dropped), dropped=dropped_params, params=parameters_by_id(model), kept=kept
     )
     for new, old in enumerate(kept):
         for module in blocks[old].modules():

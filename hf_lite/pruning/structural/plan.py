@@ -35,6 +35,7 @@ __all__ = [
     "apply_plan_",
     "input_slices",
     "output_slices",
+    "parameters_by_id",
     "slice_optimizer_state_",
 ]
 
@@ -100,6 +101,16 @@ class StructuralPlan:
     def new_shapes(self) -> dict[int, tuple[int, ...]]:
         """``{id(parameter): shape after slicing}`` of the sliced parameters."""
         return {key: edit.shape(param.shape) for key, (param, edit) in self.slices.items()}
+
+
+def parameters_by_id(model: nn.Module) -> dict[int, nn.Parameter]:
+    """``{id(parameter): parameter}`` of every parameter of ``model`` (a plan's ``params``).
+
+    >>> import torch
+    >>> len(parameters_by_id(torch.nn.Linear(2, 2)))
+    2
+    """
+    return {id(p): p for p in model.parameters()}
 
 
 def _slice(param: nn.Parameter, owner: nn.Module, attr: str, dim: int, index: torch.Tensor):
