@@ -119,7 +119,14 @@ class RetryPolicy:
 
 
 def file_ids(path: Path) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file, as the Hub reports LFS and regular files."""
+    """(sha256, git blob sha1) of a file, as the Hub reports LFS and regular files.
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "empty"
+    >>> _ = path.write_bytes(b"")
+    >>> file_ids(path)[1]  # git's id of the empty blob
+    'e69de29bb2d1d6434b8b29ae775ad8c2e48c5391'
+    """
     sha256, sha1 = hashlib.sha256(), hashlib.sha1()
     sha1.update(b"blob %d\0" % path.stat().st_size)
     with path.open("rb") as f:
@@ -130,7 +137,18 @@ def file_ids(path: Path) -> tuple[str, str]:
 
 
 def remote_matches(api: HfApi, repo_id: str, revision: str, local: dict[str, tuple[str, str]]) -> bool:
-    """Whether ``revision`` holds exactly our files (the commit we sent was applied after all)."""
+    """Whether ``revision`` holds exactly our files (the commit we sent was applied after all).
+
+    Args:
+        api: the client.
+        repo_id: the repo.
+        revision: a branch or commit.
+        local: ``{repo path: file_ids(local file)}``.
+
+    >>> from huggingface_hub import HfApi
+    >>> remote_matches(HfApi(), "me/tiny", "main", {"README.md": ("...", "...")})  # doctest: +SKIP
+    True
+    """
     infos = api.get_paths_info(repo_id, list(local), revision=revision)
     remote = {i.path: i for i in infos if hasattr(i, "blob_id")}
     for path, (sha256, sha1) in local.items():
@@ -175,6 +193,14 @@ def commit_with_retries(
 
     Raises:
         RuntimeError: the commit failed and the branch moved since (another commit landed).
+
+    >>> from huggingface_hub import CommitOperationAdd, HfApi
+    >>> api = HfApi()
+    >>> ops = lambda: [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=b"# tiny")]
+    >>> parent = api.repo_info("me/tiny").sha  # doctest: +SKIP
+    >>> commit_with_retries(api, "me/tiny", ops, {}, branch="main", parent=parent, message="Card",
+    ...                     description=None, create_pr=False, policy=RetryPolicy(3))  # doctest: +SKIP
+    CommitInfo(...)
     """
     prs_before = _pr_refs(api, repo_id, policy) if create_pr else set()
     for attempt in range(policy.max_retries + 1):

@@ -100,6 +100,15 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], in
 
     Raises:
         ValueError: the file's header length is not plausible (not a safetensors file).
+
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> from safetensors.numpy import save_file
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "w.safetensors"
+    >>> save_file({"w": np.zeros((2, 3), dtype=np.float16)}, str(path))
+    >>> header, start = read_safetensors_header(path)
+    >>> header["w"]["dtype"], header["w"]["shape"], start == path.stat().st_size - 12
+    ('F16', [2, 3], True)
     """
     path = Path(path)
     with path.open("rb") as f:
@@ -157,9 +166,14 @@ def inspect_checkpoint(folder: str | os.PathLike, *, refuse_pickles: bool = True
     Raises:
         ValueError: the folder does not exist, lacks the config or the weights, or holds pickle files.
 
-    >>> info = inspect_checkpoint("out/model")  # doctest: +SKIP
-    >>> info.kind, info.parameters  # doctest: +SKIP
-    ('model', 1234567)
+    >>> import tempfile
+    >>> from hf_lite.testing import build_tiny_model
+    >>> model, tokenizer = build_tiny_model("llama")
+    >>> folder = tempfile.mkdtemp()
+    >>> model.save_pretrained(folder)
+    >>> info = inspect_checkpoint(folder)
+    >>> info.kind, info.architecture, info.parameters == model.num_parameters(), info.has_tokenizer
+    ('model', 'LlamaForCausalLM', True, False)
     """
     if not isinstance(folder, (str, os.PathLike)):
         raise TypeError(f"folder must be a path (str or os.PathLike); got {type(folder).__name__}.")

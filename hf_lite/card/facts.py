@@ -60,6 +60,10 @@ class CardFacts:
         adapter, merged: the adapter and whether it was merged into the weights.
         sparsity: counted sparsity; ``pruned``, ``distilled``: whether these steps were done.
         name: the model's name (the repo name); ``shown_id``: the repo id used in the loading example.
+
+    >>> facts = resolve_facts(CompressionSummary(adapter="LORA r=8"))
+    >>> facts.adapter, facts.merged, facts.shown_id
+    ('LORA r=8', None, 'your-org/your-model')
     """
 
     summary: CompressionSummary
@@ -103,6 +107,9 @@ def resolve_facts(
 
     Returns:
         A :class:`CardFacts`.
+
+    >>> resolve_facts(CompressionSummary(task="text-classification"), pipeline_tag="fill-mask").eval_task
+    'text-classification'
     """
     if base_model is None:
         base_model = (export_report.base_model if export_report is not None else None) or (

@@ -39,7 +39,13 @@ def card_metadata(
     datasets: str | list[str] | None = None,
     tags: str | list[str] | None = None,
 ) -> ModelCardData:
-    """The card's YAML metadata: base model, library, pipeline, tags, datasets and ``model-index`` results."""
+    """The card's YAML metadata: base model, library, pipeline, tags, datasets and ``model-index`` results.
+
+    >>> from hf_lite.card.facts import resolve_facts
+    >>> from hf_lite.card.records import CompressionSummary
+    >>> card_metadata(resolve_facts(CompressionSummary(pruning="magnitude")), license="mit").tags
+    ['hf-lite', 'pruning']
+    """
     summary = facts.summary
     all_tags = ["hf-lite"]
     if facts.distilled:
@@ -97,7 +103,13 @@ def card_metadata(
 
 
 def title_section(facts: CardFacts) -> list[str]:
-    """The title and the sentence that says what the checkpoint is and what loads it."""
+    """The title and the sentence that says what the checkpoint is and what loads it.
+
+    >>> from hf_lite.card.facts import resolve_facts
+    >>> from hf_lite.card.records import CompressionSummary
+    >>> title_section(resolve_facts(CompressionSummary(pruning="magnitude"), repo_id="me/tiny"))[:2]
+    ['# tiny', '']
+    """
     made = []
     if facts.distilled:
         made.append("distilled")
@@ -125,7 +137,13 @@ def title_section(facts: CardFacts) -> list[str]:
 
 
 def what_was_done_section(facts: CardFacts) -> list[str]:
-    """One bullet per compression step: distillation, pruning, quantization, adapter."""
+    """One bullet per compression step: distillation, pruning, quantization, adapter.
+
+    >>> from hf_lite.card.facts import resolve_facts
+    >>> from hf_lite.card.records import CompressionSummary
+    >>> what_was_done_section(resolve_facts(CompressionSummary()))
+    ['## What was done', '', '- No compression step was recorded for this checkpoint.', '']
+    """
     summary, export_report = facts.summary, facts.export_report
     lines = ["## What was done", ""]
     if facts.distilled:
@@ -177,7 +195,14 @@ def what_was_done_section(facts: CardFacts) -> list[str]:
 
 
 def compression_report_section(facts: CardFacts) -> list[str]:
-    """The measured figures: student alone, or teacher vs student with ratios and metric differences."""
+    """The measured figures: student alone, or teacher vs student with ratios and metric differences.
+
+    >>> from hf_lite.card.facts import resolve_facts
+    >>> from hf_lite.card.records import CompressionSummary
+    >>> summary = CompressionSummary(student={"parameters": 1000}, teacher_figures={"parameters": 4000})
+    >>> compression_report_section(resolve_facts(summary))[4]
+    '| parameters | 4,000 | 1,000 | 0.25× |'
+    """
     summary = facts.summary
     student, teacher = summary.student, summary.teacher_figures
     has_figures = (
@@ -237,7 +262,13 @@ def compression_report_section(facts: CardFacts) -> list[str]:
 
 
 def checkpoint_section(facts: CardFacts) -> list[str]:
-    """The uploaded files' own counted figures and the export check's largest difference."""
+    """The uploaded files' own counted figures and the export check's largest difference.
+
+    >>> from hf_lite.card.facts import resolve_facts
+    >>> from hf_lite.card.records import CompressionSummary
+    >>> checkpoint_section(resolve_facts(CompressionSummary()))  # neither a checkpoint nor an export report
+    []
+    """
     checkpoint, export_report = facts.checkpoint, facts.export_report
     if checkpoint is None and export_report is None:
         return []
@@ -265,7 +296,13 @@ def checkpoint_section(facts: CardFacts) -> list[str]:
 
 
 def how_to_load_section(facts: CardFacts) -> list[str]:
-    """A runnable loading example (stock transformers or PEFT), with what loading needs."""
+    """A runnable loading example (stock transformers or PEFT), with what loading needs.
+
+    >>> from hf_lite.card.facts import resolve_facts
+    >>> from hf_lite.card.records import CompressionSummary
+    >>> print(how_to_load_section(resolve_facts(CompressionSummary(), repo_id="me/tiny"))[5])
+    model = AutoModel.from_pretrained("me/tiny")
+    """
     loader, shown_id = facts.loader, facts.shown_id
     tok = facts.checkpoint is None or facts.checkpoint.has_tokenizer
     tok_import = ["from transformers import AutoTokenizer"] if tok else []
@@ -307,7 +344,13 @@ def how_to_load_section(facts: CardFacts) -> list[str]:
 
 
 def notes_section(facts: CardFacts) -> list[str]:
-    """The summary's free-text notes, when there are any."""
+    """The summary's free-text notes, when there are any.
+
+    >>> from hf_lite.card.facts import resolve_facts
+    >>> from hf_lite.card.records import CompressionSummary
+    >>> notes_section(resolve_facts(CompressionSummary(notes="Trained for 1k steps.  ")))
+    ['## Notes', '', 'Trained for 1k steps.', '']
+    """
     notes = facts.summary.notes
     return ["## Notes", "", notes.strip(), ""] if notes else []
 

@@ -126,6 +126,14 @@ def reload_and_compare(model: Any, folder: Path, kind: str, inputs: Mapping[str,
 
     Raises:
         RuntimeError: the reloaded model's output has another shape.
+
+    >>> import tempfile
+    >>> from hf_lite.testing import build_tiny_model
+    >>> model, _ = build_tiny_model("llama")
+    >>> folder = tempfile.mkdtemp()
+    >>> model.save_pretrained(folder)
+    >>> reload_and_compare(model, folder, "model", default_check_inputs(model.config))
+    (0.0, 'logits')
     """
     reference, key = model_outputs(model, inputs)
     device = next(model.parameters()).device

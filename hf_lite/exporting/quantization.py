@@ -109,6 +109,11 @@ def dequantize_bnb_(model: Any) -> int:
 
     Returns:
         The number of layers replaced.
+
+    >>> import bitsandbytes as bnb
+    >>> model = torch.nn.Sequential(bnb.nn.Linear4bit(64, 8)).to("cpu")  # quantized when moved to a device
+    >>> dequantize_bnb_(model), type(model[0]).__name__, model[0].weight.dtype
+    (1, 'Linear', torch.float32)
     """
     import bitsandbytes as bnb
 

@@ -84,6 +84,13 @@ def make_pruning_permanent_(model: Any) -> list[str]:
 
     Returns:
         The ``"module.tensor"`` names whose re-parametrization was removed.
+
+    >>> from torch.nn.utils import prune
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> _ = prune.random_unstructured(model[0], "weight", amount=0.5)
+    >>> copy = deepcopy_model(model)
+    >>> make_pruning_permanent_(copy), has_reparametrization(copy), int((copy[0].weight == 0).sum())
+    (['0.weight'], False, 8)
     """
     done = []
     for name, module in list(model.named_modules()):
