@@ -94,6 +94,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private (0700); give it the usual mode
     try:
         yield tmp
         replace_dir(tmp, out)

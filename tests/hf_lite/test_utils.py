@@ -51,6 +51,9 @@ def test_atomic_dir_swaps_in_a_complete_folder_and_keeps_the_old_one_on_failure(
     with atomic_dir(out) as tmp:
         (tmp / "b.txt").write_text("2")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced, not merged
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask  # an ordinary folder, not mkdtemp's 0700
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing aside left behind
 
 
