@@ -382,6 +382,38 @@ def column(key: str, label: str, fmt: str | None = None) -> dict[str, str]:
     return {"key": key, "label": label, **({"format": fmt} if fmt else {})}
 
 
+#: The columns every table of models shares: its name, its parameters (total and nonzero), its weight files.
+MODEL, PARAMS, NONZERO, SAFETENSORS, HOW = (
+    column("row", "model"),
+    column("params", "params", "params"),
+    column("nonzero_params", "nonzero", "params"),
+    column("bytes", "safetensors", "bytes"),
+    column("how", "how"),
+)
+
+
+def cpu_training_args(
+    cls: Any, out: str | os.PathLike, *, batch_size: int, steps: int, lr: float, seed: int, **schedule: Any
+) -> Any:
+    """``cls`` (``TrainingArguments`` or a subclass) as every benchmark run sets it: on the CPU, in this process
+    (no data-loader workers), the run's seed for the model and the data order, no checkpoints, no reporting,
+    no progress bar; ``schedule`` holds the rest (warm-up, decay, logging, the config's own fields)."""
+    return cls(
+        output_dir=str(out),
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=lr,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **schedule,
+    )
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, numpy and torch (``transformers.set_seed``)."""
     from transformers import set_seed as hf_set_seed

@@ -12,6 +12,7 @@ from typing import Any
 from benchmarks.causal_lm.data import Windows
 from benchmarks.causal_lm.training import build_llama, seed_for
 from benchmarks.common import (
+    IsolatedRun,
     bytes_on_disk,
     peak_rss_bytes,
     proc_status_bytes,
@@ -29,6 +30,12 @@ PRELOAD = (
     "hf_lite.loading",
     "benchmarks.common",
 )
+
+
+def _isolated(target: str, kwargs: dict[str, Any], preload: tuple[str, ...] = PRELOAD) -> IsolatedRun:
+    """Run ``target`` (a function of this module) in a fresh process: imports preloaded before the baseline,
+    glibc returning freed blocks (:data:`MALLOC_ENV`), output shown only if it fails."""
+    return run_isolated(f"{__name__}:{target}", kwargs, preload=preload, env=MALLOC_ENV, capture_output=True)
 
 
 def _threads(threads: int) -> None:
@@ -183,8 +190,8 @@ def measure_training_memory(
     for ckpt in (False, True):
         for mode in ("full", "qlora"):
             ctx.log(f"training memory: {mode}, gradient checkpointing {ckpt}")
-            out = run_isolated(
-                "benchmarks.causal_lm.memory:training_peak",
+            out = _isolated(
+                "training_peak",
                 {
                     "folder": str(folder),
                     "mode": mode,
@@ -196,8 +203,6 @@ def measure_training_memory(
                     "seed": ctx.seed,
                 },
                 preload=(*PRELOAD, "peft", "bitsandbytes"),
-                env=MALLOC_ENV,
-                capture_output=True,
             )
             r = out.result
             runs[(mode, ckpt)] = {
@@ -249,23 +254,11 @@ def measure_inference_memory(
 ) -> dict[str, int]:
     """Inference peak of every row (its folder) on ``input_ids``: one fresh process for all rows, the peak
     mark reset between them; one process per row where the mark cannot be reset."""
-    out = run_isolated(
-        "benchmarks.causal_lm.memory:inference_peaks",
-        {"folders": folders, "input_ids": input_ids, "threads": threads},
-        preload=PRELOAD,
-        env=MALLOC_ENV,
-        capture_output=True,
-    )
+    out = _isolated("inference_peaks", {"folders": folders, "input_ids": input_ids, "threads": threads})
     peaks = out.result["peaks"]
     if peaks is None:  # no resettable peak mark: one fresh process per row
         peaks = {}
         for name, folder in folders.items():
-            one = run_isolated(
-                "benchmarks.causal_lm.memory:inference_peak",
-                {"folder": folder, "input_ids": input_ids, "threads": threads},
-                preload=PRELOAD,
-                env=MALLOC_ENV,
-                capture_output=True,
-            )
+            one = _isolated("inference_peak", {"folder": folder, "input_ids": input_ids, "threads": threads})
             peaks[name] = one.added_rss_bytes
     return peaks

@@ -5,41 +5,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.common import column
+from benchmarks.common import HOW, MODEL, NONZERO, PARAMS, SAFETENSORS, column
 
 COLUMNS = [
-    column("row", "model"),
+    MODEL,
     column("perplexity", "val. perplexity", "{:.3f}"),
     column("ppl_vs_teacher", "÷ teacher", "{:.3f}"),
-    column("params", "params", "params"),
-    column("nonzero_params", "nonzero", "params"),
-    column("bytes", "safetensors", "bytes"),
+    PARAMS,
+    NONZERO,
+    SAFETENSORS,
     column("tokens_per_s", "tokens/s", "int"),
     column("speedup", "speedup", "x"),
     column("peak_bytes", "inference peak", "bytes"),
     column("train_s", "train/prune (min)", "min"),
-    column("how", "how"),
+    HOW,
 ]
 
 PRETRAINED_COLUMNS = [
-    column("row", "model"),
+    MODEL,
     column("perplexity", "val. perplexity", "{:.2f}"),
     column("ppl_increase", "increase", "{:+.2f}"),
-    column("params", "params", "params"),
-    column("nonzero_params", "nonzero", "params"),
+    PARAMS,
+    NONZERO,
     column("train_s", "train/prune (min)", "min"),
-    column("how", "how"),
+    HOW,
 ]
 
 MEMORY_COLUMNS = [
     column("row", "training"),
-    column("params", "params", "params"),
+    PARAMS,
     column("trainable_params", "trainable", "params"),
     column("train_peak_bytes", "training peak", "bytes"),
     column("ratio_to_full", "÷ full fine-tune", "{:.2f}"),
     column("load_peak_bytes", "load peak", "bytes"),
     column("train_tokens_per_s", "train tokens/s", "int"),
-    column("how", "how"),
+    HOW,
 ]
 
 

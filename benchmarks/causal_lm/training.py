@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.causal_lm.data import Windows
-from benchmarks.common import cached_teacher, save_teacher
+from benchmarks.common import cached_teacher, cpu_training_args, save_teacher
 
 #: Cache layout version: bump when the teacher recipe changes so old caches are not reused.
 TEACHER_RECIPE = 1
@@ -23,24 +23,19 @@ def seed_for(seed: int, name: str) -> int:
 def training_args(
     cls: Any, out: Path, s: dict[str, Any], steps: int, lr: float, seed: int, **extra: Any
 ) -> Any:
-    return cls(
-        output_dir=str(out),
-        per_device_train_batch_size=s["batch_size"],
-        max_steps=steps,
-        learning_rate=lr,
+    return cpu_training_args(
+        cls,
+        out,
+        batch_size=s["batch_size"],
+        steps=steps,
+        lr=lr,
+        seed=seed,
         warmup_steps=s["warmup_ratio"],  # a float < 1 is a fraction of the steps
         lr_scheduler_type="cosine",
         weight_decay=s["weight_decay"],
         adam_beta2=0.99,
         max_grad_norm=1.0,
         logging_steps=max(1, steps // 10),
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=True,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         **extra,
     )
 

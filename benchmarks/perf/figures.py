@@ -320,36 +320,27 @@ def ratio_rows(f: Figures) -> list[dict[str, Any]]:
                 f"{fmt_ms(med['kd-cache-compiled'])} / {fmt_ms(med['student-ce'])}",
             ),
         ]
-    for v in chunked:
-        base = baseline_variant(v)
-        what = (
-            "chunked from hidden / logits + plain loss"
-            if base == "plain-hidden"
-            else "chunked / one-block plain loss"
-        )
-        ratio_rows.append(
-            _ratio_row(
-                f"{what}, peak memory (chunks of {split_variant(v)[1]})",
-                mem[v]["loss_bytes"] / mem[base]["loss_bytes"],
-                CHUNK_MEMORY_GOAL,
-                f"{mib(mem[v]['loss_bytes'])} / {mib(mem[base]['loss_bytes'])}",
+
+    def chunked_rows(measure: str, figure: Any, goal: float | None, raw: Any) -> list[dict[str, Any]]:
+        """One row per chunked variant: ``figure(v) / figure(its baseline)``, ``raw`` shows both."""
+        rows = []
+        for v in chunked:
+            base = baseline_variant(v)
+            what = (
+                "chunked from hidden / logits + plain loss"
+                if base == "plain-hidden"
+                else "chunked / one-block plain loss"
             )
-        )
-    for v in chunked:
-        base = baseline_variant(v)
-        what = (
-            "chunked from hidden / logits + plain loss"
-            if base == "plain-hidden"
-            else "chunked / one-block plain loss"
-        )
-        ratio_rows.append(
-            _ratio_row(
-                f"{what}, time (chunks of {split_variant(v)[1]})",
-                lt[v]["median_ms"] / lt[base]["median_ms"],
-                None,
-                f"{lt[v]['median_ms']:,.0f} ms / {lt[base]['median_ms']:,.0f} ms",
-            )
-        )
+            label = f"{what}, {measure} (chunks of {split_variant(v)[1]})"
+            rows.append(_ratio_row(label, figure(v) / figure(base), goal, f"{raw(v)} / {raw(base)}"))
+        return rows
+
+    ratio_rows += chunked_rows(
+        "peak memory", lambda v: mem[v]["loss_bytes"], CHUNK_MEMORY_GOAL, lambda v: mib(mem[v]["loss_bytes"])
+    )
+    ratio_rows += chunked_rows(
+        "time", lambda v: lt[v]["median_ms"], None, lambda v: f"{lt[v]['median_ms']:,.0f} ms"
+    )
     if "trl" in mem:
         best = min(
             (v for v in chunked if baseline_variant(v) == "plain-oneblock"),

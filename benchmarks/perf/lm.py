@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cached_teacher, read_tinyshakespeare, save_teacher
+from benchmarks.common import cached_teacher, cpu_training_args, read_tinyshakespeare, save_teacher
 
 #: Bump when the teacher recipe changes so that old cached teachers are not reused.
 TEACHER_RECIPE = 1
@@ -75,23 +75,18 @@ def evaluate_lm(model: Any, blocks: Any, batch_size: int = 32) -> dict[str, floa
 def training_args(
     cls: Any, out: Path, *, steps: int, lr: float, batch_size: int, seed: int, **extra: Any
 ) -> Any:
-    return cls(
-        output_dir=str(out),
-        per_device_train_batch_size=batch_size,
-        max_steps=steps,
-        learning_rate=lr,
+    return cpu_training_args(
+        cls,
+        out,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        seed=seed,
         warmup_steps=0.05,
         lr_scheduler_type="linear",
         weight_decay=0.01,
         logging_strategy="no",
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=True,
         train_sampling_strategy="sequential",  # every trainer of a race reads the same batches in the same order
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         **extra,
     )
 

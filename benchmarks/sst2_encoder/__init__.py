@@ -118,6 +118,7 @@ QUICK: dict[str, Any] = {
 
 
 def run(ctx: Any) -> dict[str, Any]:
+    """Fine-tune (or load) the teacher, build every student row, measure them, and return the table."""
     import torch
 
     from hf_lite import load_model, load_tokenizer

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.common import column
+from benchmarks.common import HOW, MODEL, NONZERO, PARAMS, SAFETENSORS, column
 from benchmarks.sst2_encoder.training import MODEL_NAME
 
 COLUMNS = [
-    column("row", "model"),
+    MODEL,
     column("accuracy", "dev accuracy", "pct"),
     column("pct_of_teacher", "% of teacher", "pct"),
-    column("params", "params", "params"),
-    column("nonzero_params", "nonzero", "params"),
-    column("bytes", "safetensors", "bytes"),
+    PARAMS,
+    NONZERO,
+    SAFETENSORS,
     column("latency_b1_ms", "latency b1 (ms)", "ms"),
     column("latency_b32_ms", "latency b32 (ms)", "ms"),
     column("speedup_b1", "speedup b1", "x"),
     column("speedup_b32", "speedup b32", "x"),
     column("train_s", "train (min)", "min"),
-    column("how", "how"),
+    HOW,
 ]
 
 

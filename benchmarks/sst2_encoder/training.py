@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cached_teacher, minilm_path, save_teacher
+from benchmarks.common import cached_teacher, cpu_training_args, minilm_path, save_teacher
 
 #: Cache layout version: bump when the teacher recipe changes so old caches are not reused.
 TEACHER_RECIPE = 1
@@ -20,23 +20,18 @@ TASK = "sequence-classification"
 def _training_args(
     cls: Any, out: Path, s: dict[str, Any], steps: int, lr: float, seed: int, **extra: Any
 ) -> Any:
-    return cls(
-        output_dir=str(out),
-        per_device_train_batch_size=s["batch_size"],
-        max_steps=steps,
-        learning_rate=lr,
+    return cpu_training_args(
+        cls,
+        out,
+        batch_size=s["batch_size"],
+        steps=steps,
+        lr=lr,
+        seed=seed,
         warmup_steps=s["warmup_ratio"],
         weight_decay=0.01,
         lr_scheduler_type="linear",
         logging_steps=max(1, steps // 8),
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        data_seed=seed,
-        use_cpu=True,
         train_sampling_strategy="group_by_length",  # batches of similar length: little padding
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         **extra,
     )
 
