@@ -162,9 +162,10 @@ class StructuralPruningCallback(TrainerCallback):
     - ``on_pre_optimizer_step`` (``importance="taylor"``, during the ``taylor_steps`` steps before a stage):
       adds ``w * dL/dw`` of the step's gradient (accumulated, clipped), summed per neuron and per group.
     - ``on_optimizer_step``, at a stage's step (after that optimizer step, before the LR scheduler step and
-      ``zero_grad``): ranks neurons/groups, removes them with :func:`hf_lite.pruning.prune_ffn_`,
-      :func:`~hf_lite.pruning.prune_attention_heads_` and :func:`~hf_lite.pruning.prune_layers_` (block
-      influence picks the blocks), in that order, and edits the optimizer in place after each: every sliced
+      ``zero_grad``): ranks neurons/groups, removes them as :func:`hf_lite.pruning.prune_ffn_`,
+      :func:`~hf_lite.pruning.prune_attention_heads_` and :func:`~hf_lite.pruning.prune_layers_` do (block
+      influence picks the blocks), in that order, and edits the optimizer in place after each with the same
+      :class:`~hf_lite.pruning.StructuralPlan` (``apply_plan_``, then ``slice_optimizer_state_``): every sliced
       parameter is replaced by its successor at the same position of the same param group, and its state
       (Adam's ``exp_avg``/``exp_avg_sq``, momentum) sliced with the same kept indices, the step count kept;
       parameters of dropped blocks leave the optimizer with their state. The accelerate wrapper, the param
