@@ -2,7 +2,7 @@
 and hidden states; and switching it to eager attention so that it returns attention maps.
 
 >>> import torch
->>> model_task(torch.nn.Linear(2, 2)) is None
+>>> model_task(torch.nn.Linear(2, 2)) is None  # not a transformers model
 True
 """
 
@@ -31,7 +31,14 @@ __all__ = [
 
 
 def model_task(model: nn.Module) -> str | None:
-    """The hf-lite task of a transformers model (``causal-lm``, ``sequence-classification``, ...), or None."""
+    """The hf-lite task of a transformers model (``causal-lm``, ``sequence-classification``, ...), or None.
+
+    >>> import transformers
+    >>> from hf_lite.testing import tiny_config
+    >>> model = transformers.LlamaForCausalLM(tiny_config("llama", 100))
+    >>> model_task(model), model_task(transformers.LlamaModel(model.config))
+    ('causal-lm', 'base')
+    """
     base = unwrap_model(model, peft_base=True)
     for task, auto_name in TASKS.items():
         mapping = getattr(transformers, auto_name)._model_mapping
@@ -42,14 +49,28 @@ def model_task(model: nn.Module) -> str | None:
 
 
 def text_config(model: nn.Module) -> Any:
-    """The config holding the text model's sizes (``num_hidden_layers``, ``hidden_size``), also of multimodal models."""
+    """The config with the text model's sizes (``num_hidden_layers``, ``hidden_size``), multimodal ones too.
+
+    >>> import transformers
+    >>> from hf_lite.testing import tiny_config
+    >>> model = transformers.LlamaForCausalLM(tiny_config("llama", 100))
+    >>> text_config(model).num_hidden_layers
+    2
+    """
     base = unwrap_model(model, peft_base=True)
     config = base.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def output_size(model: nn.Module) -> int | None:
-    """The number of logits of the model's head (vocabulary rows, or labels of a classifier), None if unknown."""
+    """The number of logits of the model's head (vocabulary rows, or labels of a classifier), None if unknown.
+
+    >>> import transformers
+    >>> from hf_lite.testing import tiny_config
+    >>> model = transformers.LlamaForCausalLM(tiny_config("llama", 100))
+    >>> output_size(model)
+    100
+    """
     base = unwrap_model(model, peft_base=True)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if head is not None and hasattr(head, "out_features"):
@@ -61,7 +82,16 @@ def output_size(model: nn.Module) -> int | None:
 
 
 def hidden_states(outputs: Any) -> tuple[torch.Tensor, ...]:
-    """``outputs.hidden_states`` (the decoder's for encoder-decoder models); raises when absent."""
+    """``outputs.hidden_states`` (the decoder's for encoder-decoder models); raises when absent.
+
+    >>> import transformers
+    >>> from hf_lite.testing import tiny_config
+    >>> model = transformers.LlamaForCausalLM(tiny_config("llama", 100))
+    >>> import torch
+    >>> outputs = model(input_ids=torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    >>> len(hidden_states(outputs)), tuple(hidden_states(outputs)[0].shape)
+    (3, (1, 3, 64))
+    """
     hidden = getattr(outputs, "hidden_states", None)
     if hidden is None:
         hidden = getattr(outputs, "decoder_hidden_states", None)
@@ -73,7 +103,15 @@ def hidden_states(outputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def use_eager_attention(model: nn.Module) -> None:
-    """Attention maps are only returned by the eager implementation (SDPA/flash never build them)."""
+    """Attention maps are only returned by the eager implementation (SDPA/flash never build them).
+
+    >>> import transformers
+    >>> from hf_lite.testing import tiny_config
+    >>> model = transformers.LlamaForCausalLM(tiny_config("llama", 100))
+    >>> use_eager_attention(model)
+    >>> model.config._attn_implementation
+    'eager'
+    """
     base = unwrap_model(model, peft_base=True)
     if getattr(base.config, "_attn_implementation", "eager") != "eager":
         logger.info("switching %s to eager attention to return attention maps", type(base).__name__)
@@ -84,7 +122,15 @@ def common_vocabulary(
     student: nn.Module, teachers: list[nn.Module], task: str | None, tokenizer_len: int | None
 ) -> int | None:
     """The number of logits both models are compared on: the student's, or fewer where a teacher's head is
-    only padded beyond the tokenizer's ``tokenizer_len`` tokens; any other mismatch raises ``ValueError``."""
+    only padded beyond the tokenizer's ``tokenizer_len`` tokens; any other mismatch raises ``ValueError``.
+
+    >>> import transformers
+    >>> from hf_lite.testing import tiny_config
+    >>> model = transformers.LlamaForCausalLM(tiny_config("llama", 100))
+    >>> padded = transformers.LlamaForCausalLM(tiny_config("llama", 128))  # embedding rows padded to 128
+    >>> common_vocabulary(model, [padded], "causal-lm", tokenizer_len=100)
+    100
+    """
     student_n = output_size(student)
     common = student_n
     for teacher in teachers:

@@ -34,7 +34,17 @@ def build_projections(
     student: nn.Module, teacher: nn.Module, args: DistillationConfig
 ) -> tuple[list[tuple[int, int]], nn.ModuleDict | None]:
     """``(layer pairs, projections)`` for ``args.layer_map``; the projections are ``None`` when the widths
-    match, one ``nn.Linear`` per pair (seeded with ``args.seed``, on ``args.device``) when they differ."""
+    match, one ``nn.Linear`` per pair (seeded with ``args.seed``, on ``args.device``) when they differ.
+
+    >>> import transformers
+    >>> from hf_lite.testing import tiny_config
+    >>> student = transformers.LlamaForCausalLM(tiny_config("llama", 100))
+    >>> teacher = transformers.LlamaForCausalLM(tiny_config("llama", 100, hidden_size=96, num_hidden_layers=4))
+    >>> args = DistillationConfig("out", hidden_weight=1.0, report_to="none", use_cpu=True)
+    >>> pairs, projections = build_projections(student, teacher, args)
+    >>> pairs, projections["1_2"]
+    ([(1, 2), (2, 4)], Linear(in_features=64, out_features=96, bias=True))
+    """
     s_cfg, t_cfg = text_config(student), text_config(teacher)
     pairs = resolve_layer_map(args.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers)
     if s_cfg.hidden_size == t_cfg.hidden_size:
@@ -52,13 +62,26 @@ def build_projections(
 
 
 def save_projections(projections: nn.ModuleDict, layer_pairs: list[tuple[int, int]], folder: str) -> None:
-    """Write ``projections`` to ``folder/distillation_projections.safetensors`` (the pairs in its metadata)."""
+    """Write ``projections`` to ``folder/distillation_projections.safetensors`` (the pairs in its metadata).
+
+    >>> import os, tempfile, torch
+    >>> folder = tempfile.mkdtemp()
+    >>> save_projections(torch.nn.ModuleDict({"1_2": torch.nn.Linear(4, 8)}), [(1, 2)], folder)
+    >>> os.listdir(folder)
+    ['distillation_projections.safetensors']
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in projections.state_dict().items()}
     save_file(state, os.path.join(folder, PROJECTIONS_FILE), metadata={"layer_pairs": repr(layer_pairs)})
 
 
 def load_projections(projections: nn.ModuleDict, folder: str, device: Any) -> bool:
-    """Load the projections saved in ``folder`` into ``projections``; ``False`` when the folder has none."""
+    """Load the projections saved in ``folder`` into ``projections``; ``False`` when the folder has none.
+
+    >>> import tempfile, torch
+    >>> projections = torch.nn.ModuleDict({"1_2": torch.nn.Linear(4, 8)})
+    >>> load_projections(projections, tempfile.mkdtemp(), "cpu")
+    False
+    """
     path = os.path.join(folder, PROJECTIONS_FILE)
     if not os.path.isfile(path):
         return False
@@ -68,7 +91,15 @@ def load_projections(projections: nn.ModuleDict, folder: str, device: Any) -> bo
 
 class ProjectionSync(TrainerCallback):
     """The projections live outside the (DDP-wrapped) student, so the Trainer neither averages their
-    gradients over processes nor zeroes them (it calls ``model.zero_grad()``): do both here."""
+    gradients over processes nor zeroes them (it calls ``model.zero_grad()``): do both here.
+
+    >>> import types, torch
+    >>> holder = types.SimpleNamespace(projections=torch.nn.ModuleDict({"1_2": torch.nn.Linear(2, 3)}))
+    >>> holder.projections["1_2"](torch.ones(1, 2)).sum().backward()
+    >>> ProjectionSync(holder).on_optimizer_step(None, None, None)
+    >>> holder.projections["1_2"].weight.grad is None
+    True
+    """
 
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer

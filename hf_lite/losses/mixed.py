@@ -1,4 +1,4 @@
-r"""Distillation and hard-label cross-entropy in one pass over the logits, with a full or a cached top-k teacher.
+r"""Distillation and hard-label cross-entropy in one pass over the logits, full or cached top-k teacher.
 
 :math:`\alpha\,\mathcal{L}_{KD} + (1-\alpha)\,\mathcal{L}_{CE}` with one softmax of the student shared by
 both terms and one gradient buffer; the same value and gradient as combining the separate losses.
@@ -35,12 +35,21 @@ __all__ = ["DistillationLosses", "distillation_and_ce_loss", "topk_distillation_
 
 
 class DistillationLosses(NamedTuple):
-    """What :func:`distillation_and_ce_loss` returns: ``loss`` (differentiable) and its two parts (detached,
-    for logging)."""
+    """What :func:`distillation_and_ce_loss` and :func:`hf_lite.losses.logit_distillation_loss` return:
+    ``loss`` (differentiable) and its two parts (detached, for logging; ``ce`` is ``None`` when the entry point
+    computes no cross-entropy, ``alpha == 1``).
+
+    >>> import torch
+    >>> from hf_lite.losses import logit_distillation_loss
+    >>> out = logit_distillation_loss(torch.randn(4, 7), torch.randn(4, 7), labels=torch.arange(4), alpha=0.5)
+    >>> loss, kd, ce = out
+    >>> torch.allclose(loss, 0.5 * kd + 0.5 * ce)
+    True
+    """
 
     loss: torch.Tensor
     kd: torch.Tensor
-    ce: torch.Tensor
+    ce: torch.Tensor | None
 
 
 def distillation_and_ce_loss(

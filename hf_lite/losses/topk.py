@@ -1,4 +1,4 @@
-"""A cached teacher stored as its top-k log-probabilities: building the cache entries and the loss against them.
+"""A teacher cached as its top-k log-probabilities: building the cache entries and the loss against them.
 
 :func:`teacher_topk` keeps the teacher's ``k`` most likely tokens per position; :func:`topk_distillation_loss`
 is the forward KL between the two distributions collapsed to those ``k`` tokens plus one tail bucket.

@@ -1,4 +1,4 @@
-"""logit_distillation_loss, the one entry point: on each path (full or cached teacher x alpha < 1 x chunk_size)
+"""The one loss entry point: on each path (full or cached teacher x alpha < 1 x chunk_size)
 it equals the specialised function it picks, in value and gradient; and mix_teacher_logits."""
 
 from __future__ import annotations
