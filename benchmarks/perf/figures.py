@@ -145,90 +145,53 @@ def derive(
 
 def goals(f: Figures) -> list[dict[str, Any]]:
     """Every goal with what was measured and whether it was met."""
-    (
-        med,
-        kd_ratio,
-        cache_ratio,
-        compiled,
-        kd_ratio_c,
-        cache_ratio_c,
-        q,
-        points,
-        bpt,
-        k,
-        mem,
-        chunked,
-        freq,
-        win_med,
-        prune_ratio,
-        torch_ratio,
-        tok_label,
-    ) = (
-        f.med,
-        f.kd_ratio,
-        f.cache_ratio,
-        f.compiled,
-        f.kd_ratio_c,
-        f.cache_ratio_c,
-        f.q,
-        f.points,
-        f.bpt,
-        f.k,
-        f.mem,
-        f.chunked,
-        f.freq,
-        f.win_med,
-        f.prune_ratio,
-        f.torch_ratio,
-        f.tok_label,
-    )
     goals = [
         {
             "goal": f"DistillationTrainer step ≤ {KD_GOAL:.2f} × (plain Trainer step of the student + one no-grad "
             "teacher forward), same batch, side by side",
-            "measured": f"{kd_ratio:.2f}× ({fmt_ms(med['kd-online'])} vs {fmt_ms(med['student-ce'])} + "
-            f"{fmt_ms(med['teacher-forward'])})",
-            "met": kd_ratio <= KD_GOAL,
+            "measured": f"{f.kd_ratio:.2f}× ({fmt_ms(f.med['kd-online'])} vs {fmt_ms(f.med['student-ce'])} + "
+            f"{fmt_ms(f.med['teacher-forward'])})",
+            "met": f.kd_ratio <= KD_GOAL,
         },
         {
             "goal": f"training from a teacher cache: step ≤ {CACHE_GOAL:.2f} × plain student step",
-            "measured": f"{cache_ratio:.2f}× ({fmt_ms(med['kd-cache'])} vs {fmt_ms(med['student-ce'])})",
-            "met": cache_ratio <= CACHE_GOAL,
+            "measured": f"{f.cache_ratio:.2f}× ({fmt_ms(f.med['kd-cache'])} vs {fmt_ms(f.med['student-ce'])})",
+            "met": f.cache_ratio <= CACHE_GOAL,
         },
     ]
-    if compiled:
+    if f.compiled:
         goals += [
             {
                 "goal": f"the same, DistillationConfig(compile_loss=True): step ≤ {KD_GOAL:.2f} × (student step + "
                 "teacher forward)",
-                "measured": f"{kd_ratio_c:.2f}× ({fmt_ms(med['kd-online-compiled'])} vs "
-                f"{fmt_ms(med['student-ce'])} + {fmt_ms(med['teacher-forward'])})",
-                "met": kd_ratio_c <= KD_GOAL,
+                "measured": f"{f.kd_ratio_c:.2f}× ({fmt_ms(f.med['kd-online-compiled'])} vs "
+                f"{fmt_ms(f.med['student-ce'])} + {fmt_ms(f.med['teacher-forward'])})",
+                "met": f.kd_ratio_c <= KD_GOAL,
             },
             {
                 "goal": f"the same from the cache, compile_loss=True: step ≤ {CACHE_GOAL:.2f} × plain student step",
-                "measured": f"{cache_ratio_c:.2f}× ({fmt_ms(med['kd-cache-compiled'])} vs "
-                f"{fmt_ms(med['student-ce'])})",
-                "met": cache_ratio_c <= CACHE_GOAL,
+                "measured": f"{f.cache_ratio_c:.2f}× ({fmt_ms(f.med['kd-cache-compiled'])} vs "
+                f"{fmt_ms(f.med['student-ce'])})",
+                "met": f.cache_ratio_c <= CACHE_GOAL,
             },
         ]
     goals += [
         {
             "goal": f"teacher cache ≤ {CACHE_BYTES_GOAL} bytes/token at k=16",
-            "measured": f"{bpt:.1f} bytes/token at k={k}",
-            "met": bpt <= CACHE_BYTES_GOAL if k == 16 else None,
+            "measured": f"{f.bpt:.1f} bytes/token at k={f.k}",
+            "met": f.bpt <= CACHE_BYTES_GOAL if f.k == 16 else None,
         },
         {
             "goal": f"KD from the cache (k=16) within {CACHE_POINTS_GOAL} point of online KD (validation "
             "next-token accuracy)",
-            "measured": f"{points:+.2f} points ({100 * q['kd-cache']['accuracy']:.2f}% vs "
-            f"{100 * q['kd-online']['accuracy']:.2f}%)",
-            "met": abs(points) <= CACHE_POINTS_GOAL + 1e-9 if k == 16 else None,
+            "measured": f"{f.points:+.2f} points ({100 * f.q['kd-cache']['accuracy']:.2f}% vs "
+            f"{100 * f.q['kd-online']['accuracy']:.2f}%)",
+            "met": abs(f.points) <= CACHE_POINTS_GOAL + 1e-9 if f.k == 16 else None,
         },
     ]
-    for v in chunked:
+    for v in f.chunked:
         base = baseline_variant(v)
-        ratio = mem[v]["loss_bytes"] / mem[base]["loss_bytes"]
+        ratio = f.mem[v]["loss_bytes"] / f.mem[base]["loss_bytes"]
         given = (
             "from hidden states, vs logits + plain loss"
             if base == "plain-hidden"
@@ -236,18 +199,18 @@ def goals(f: Figures) -> list[dict[str, Any]]:
         )
         goals.append(
             {
-                "goal": f"chunked loss peak memory ≤ {CHUNK_MEMORY_GOAL} × the plain loss ({tok_label}; {given}; "
+                "goal": f"chunked loss peak memory ≤ {CHUNK_MEMORY_GOAL} × the plain loss ({f.tok_label}; {given}; "
                 f"chunks of {split_variant(v)[1]})",
-                "measured": f"{ratio:.3f}× ({mib(mem[v]['loss_bytes'])} vs {mib(mem[base]['loss_bytes'])})",
+                "measured": f"{ratio:.3f}× ({mib(f.mem[v]['loss_bytes'])} vs {mib(f.mem[base]['loss_bytes'])})",
                 "met": ratio <= CHUNK_MEMORY_GOAL,
             }
         )
     goals.append(
         {
             "goal": f"training step with PruningCallback ≤ {PRUNE_GOAL:.2f} × the step without it",
-            "measured": f"{prune_ratio:.3f}× (per {freq} steps: {fmt_ms(win_med['PruningCallback'])} vs "
-            f"{fmt_ms(win_med['no callback'])}; torch.nn.utils.prune {torch_ratio:.3f}×)",
-            "met": prune_ratio <= PRUNE_GOAL,
+            "measured": f"{f.prune_ratio:.3f}× (per {f.freq} steps: {fmt_ms(f.win_med['PruningCallback'])} vs "
+            f"{fmt_ms(f.win_med['no callback'])}; torch.nn.utils.prune {f.torch_ratio:.3f}×)",
+            "met": f.prune_ratio <= PRUNE_GOAL,
         }
     )
     return goals
@@ -255,76 +218,41 @@ def goals(f: Figures) -> list[dict[str, Any]]:
 
 def ratio_rows(f: Figures) -> list[dict[str, Any]]:
     """The rows of the ratio table: each ratio, its goal (if any) and the medians it divides."""
-    (
-        med,
-        kd_ratio,
-        cache_ratio,
-        compiled,
-        kd_ratio_c,
-        cache_ratio_c,
-        mem,
-        lt,
-        chunked,
-        freq,
-        win_med,
-        prune_ratio,
-        torch_ratio,
-        aa_ratio,
-        trl_med,
-        tmem,
-    ) = (
-        f.med,
-        f.kd_ratio,
-        f.cache_ratio,
-        f.compiled,
-        f.kd_ratio_c,
-        f.cache_ratio_c,
-        f.mem,
-        f.lt,
-        f.chunked,
-        f.freq,
-        f.win_med,
-        f.prune_ratio,
-        f.torch_ratio,
-        f.aa_ratio,
-        f.trl_med,
-        f.tmem,
-    )
     ratio_rows = [
         _ratio_row(
             "KD step / (student step + teacher forward)",
-            kd_ratio,
+            f.kd_ratio,
             KD_GOAL,
-            f"{fmt_ms(med['kd-online'])} / ({fmt_ms(med['student-ce'])} + {fmt_ms(med['teacher-forward'])})",
+            f"{fmt_ms(f.med['kd-online'])} / ({fmt_ms(f.med['student-ce'])} + {fmt_ms(f.med['teacher-forward'])})",
         ),
         _ratio_row(
             "KD-from-cache step / student step",
-            cache_ratio,
+            f.cache_ratio,
             CACHE_GOAL,
-            f"{fmt_ms(med['kd-cache'])} / {fmt_ms(med['student-ce'])}",
+            f"{fmt_ms(f.med['kd-cache'])} / {fmt_ms(f.med['student-ce'])}",
         ),
     ]
-    if compiled:
+    if f.compiled:
         ratio_rows += [
             _ratio_row(
                 "KD step, compile_loss=True / (student step + teacher forward)",
-                kd_ratio_c,
+                f.kd_ratio_c,
                 KD_GOAL,
-                f"{fmt_ms(med['kd-online-compiled'])} / ({fmt_ms(med['student-ce'])} + "
-                f"{fmt_ms(med['teacher-forward'])})",
+                f"{fmt_ms(f.med['kd-online-compiled'])} / ({fmt_ms(f.med['student-ce'])} + "
+                f"{fmt_ms(f.med['teacher-forward'])})",
             ),
             _ratio_row(
                 "KD-from-cache step, compile_loss=True / student step",
-                cache_ratio_c,
+                f.cache_ratio_c,
                 CACHE_GOAL,
-                f"{fmt_ms(med['kd-cache-compiled'])} / {fmt_ms(med['student-ce'])}",
+                f"{fmt_ms(f.med['kd-cache-compiled'])} / {fmt_ms(f.med['student-ce'])}",
             ),
         ]
 
     def chunked_rows(measure: str, figure: Any, goal: float | None, raw: Any) -> list[dict[str, Any]]:
         """One row per chunked variant: ``figure(v) / figure(its baseline)``, ``raw`` shows both."""
         rows = []
-        for v in chunked:
+        for v in f.chunked:
             base = baseline_variant(v)
             what = (
                 "chunked from hidden / logits + plain loss"
@@ -336,83 +264,86 @@ def ratio_rows(f: Figures) -> list[dict[str, Any]]:
         return rows
 
     ratio_rows += chunked_rows(
-        "peak memory", lambda v: mem[v]["loss_bytes"], CHUNK_MEMORY_GOAL, lambda v: mib(mem[v]["loss_bytes"])
+        "peak memory",
+        lambda v: f.mem[v]["loss_bytes"],
+        CHUNK_MEMORY_GOAL,
+        lambda v: mib(f.mem[v]["loss_bytes"]),
     )
     ratio_rows += chunked_rows(
-        "time", lambda v: lt[v]["median_ms"], None, lambda v: f"{lt[v]['median_ms']:,.0f} ms"
+        "time", lambda v: f.lt[v]["median_ms"], None, lambda v: f"{f.lt[v]['median_ms']:,.0f} ms"
     )
-    if "trl" in mem:
+    if "trl" in f.mem:
         best = min(
-            (v for v in chunked if baseline_variant(v) == "plain-oneblock"),
-            key=lambda v: mem[v]["loss_bytes"],
+            (v for v in f.chunked if baseline_variant(v) == "plain-oneblock"),
+            key=lambda v: f.mem[v]["loss_bytes"],
         )
         ratio_rows += [
             _ratio_row(
                 "TRL generalized_jsd_loss / hf-lite plain loss, peak memory",
-                mem["trl"]["loss_bytes"] / mem["plain"]["loss_bytes"],
+                f.mem["trl"]["loss_bytes"] / f.mem["plain"]["loss_bytes"],
                 None,
-                f"{mib(mem['trl']['loss_bytes'])} / {mib(mem['plain']['loss_bytes'])}",
+                f"{mib(f.mem['trl']['loss_bytes'])} / {mib(f.mem['plain']['loss_bytes'])}",
             ),
             _ratio_row(
                 f"hf-lite chunked ({split_variant(best)[1]}) / TRL loss, peak memory",
-                mem[best]["loss_bytes"] / mem["trl"]["loss_bytes"],
+                f.mem[best]["loss_bytes"] / f.mem["trl"]["loss_bytes"],
                 None,
-                f"{mib(mem[best]['loss_bytes'])} / {mib(mem['trl']['loss_bytes'])}",
+                f"{mib(f.mem[best]['loss_bytes'])} / {mib(f.mem['trl']['loss_bytes'])}",
             ),
             _ratio_row(
                 "hf-lite plain / TRL loss, time",
-                lt["plain"]["median_ms"] / lt["trl"]["median_ms"],
+                f.lt["plain"]["median_ms"] / f.lt["trl"]["median_ms"],
                 None,
-                f"{lt['plain']['median_ms']:,.0f} ms / {lt['trl']['median_ms']:,.0f} ms",
+                f"{f.lt['plain']['median_ms']:,.0f} ms / {f.lt['trl']['median_ms']:,.0f} ms",
             ),
             _ratio_row(
                 f"hf-lite chunked ({split_variant(best)[1]}) / TRL loss, time",
-                lt[best]["median_ms"] / lt["trl"]["median_ms"],
+                f.lt[best]["median_ms"] / f.lt["trl"]["median_ms"],
                 None,
-                f"{lt[best]['median_ms']:,.0f} ms / {lt['trl']['median_ms']:,.0f} ms",
+                f"{f.lt[best]['median_ms']:,.0f} ms / {f.lt['trl']['median_ms']:,.0f} ms",
             ),
         ]
-    if "trl-gkd" in trl_med:
+    if "trl-gkd" in f.trl_med:
         for kind in ("hf-lite-jsd", "hf-lite-jsd-chunked"):
             label = f"DistillationTrainer ({'chunked ' if 'chunked' in kind else ''}jsd) / GKDTrainer"
             ratio_rows += [
                 _ratio_row(
                     f"{label}, step time",
-                    trl_med[kind] / trl_med["trl-gkd"],
+                    f.trl_med[kind] / f.trl_med["trl-gkd"],
                     None,
-                    f"{fmt_ms(trl_med[kind])} / {fmt_ms(trl_med['trl-gkd'])}",
+                    f"{fmt_ms(f.trl_med[kind])} / {fmt_ms(f.trl_med['trl-gkd'])}",
                 ),
                 _ratio_row(
                     f"{label}, train() peak memory",
-                    tmem[kind]["train_bytes"] / tmem["trl-gkd"]["train_bytes"],
+                    f.tmem[kind]["train_bytes"] / f.tmem["trl-gkd"]["train_bytes"],
                     None,
-                    f"{mib(tmem[kind]['train_bytes'])} / {mib(tmem['trl-gkd']['train_bytes'])}",
+                    f"{mib(f.tmem[kind]['train_bytes'])} / {mib(f.tmem['trl-gkd']['train_bytes'])}",
                 ),
             ]
     ratio_rows += [
         _ratio_row(
-            f"step with PruningCallback / without (per {freq} steps)",
-            prune_ratio,
+            f"step with PruningCallback / without (per {f.freq} steps)",
+            f.prune_ratio,
             PRUNE_GOAL,
-            f"{fmt_ms(win_med['PruningCallback'])} / {fmt_ms(win_med['no callback'])}",
+            f"{fmt_ms(f.win_med['PruningCallback'])} / {fmt_ms(f.win_med['no callback'])}",
         ),
         _ratio_row(
             "step with torch.nn.utils.prune / without (same schedule)",
-            torch_ratio,
+            f.torch_ratio,
             None,
-            f"{fmt_ms(win_med['torch.nn.utils.prune'])} / {fmt_ms(win_med['no callback'])}",
+            f"{fmt_ms(f.win_med['torch.nn.utils.prune'])} / {fmt_ms(f.win_med['no callback'])}",
         ),
         _ratio_row(
             "step with PruningCallback / with torch.nn.utils.prune",
-            prune_ratio / torch_ratio,
+            f.prune_ratio / f.torch_ratio,
             None,
-            f"{fmt_ms(win_med['PruningCallback'])} / {fmt_ms(win_med['torch.nn.utils.prune'])}",
+            f"{fmt_ms(f.win_med['PruningCallback'])} / {fmt_ms(f.win_med['torch.nn.utils.prune'])}",
         ),
         _ratio_row(
             "A/A control: the same trainer twice (noise floor of this run)",
-            aa_ratio,
+            f.aa_ratio,
             None,
-            f"{fmt_ms(win_med[AA_CONTROL])} / {fmt_ms(win_med['no callback'])}",
+            f"{fmt_ms(f.win_med[AA_CONTROL])} / {fmt_ms(f.win_med['no callback'])}",
         ),
     ]
     return ratio_rows

@@ -23,24 +23,8 @@ def assemble(
     trl_missing: str | None,
 ) -> dict[str, Any]:
     """The benchmark's result: goals, tables and the raw timings (see the package docstring for the method)."""
-    f = derive(s, kd, prune, loss, trl_cmp)
-    warm, med, per_round, q, bpt, k, mem, lt, freq, windows, aa_ratio, trl_warm, trl_med, tmem, tok_label = (
-        f.warm,
-        f.med,
-        f.per_round,
-        f.q,
-        f.bpt,
-        f.k,
-        f.mem,
-        f.lt,
-        f.freq,
-        f.windows,
-        f.aa_ratio,
-        f.trl_warm,
-        f.trl_med,
-        f.tmem,
-        f.tok_label,
-    )
+    fig = derive(s, kd, prune, loss, trl_cmp)
+    k = fig.k  # the teacher cache's top-k
 
     def step_rows(race_name: str, steps: dict[str, list], skip: int) -> list[dict[str, Any]]:
         out = []
@@ -61,12 +45,12 @@ def assemble(
             )
         return out
 
-    timing_rows = step_rows("distillation", kd["steps"], warm)
-    for name, w in windows.items():
+    timing_rows = step_rows("distillation", kd["steps"], fig.warm)
+    for name, w in fig.windows.items():
         summary = summarize_times(w)
         timing_rows.append(
             {
-                "race": f"pruning (sum of {freq} steps)",
+                "race": f"pruning (sum of {fig.freq} steps)",
                 "participant": name,
                 "median_ms": summary["median_ms"],
                 "iqr_ms": summary["iqr_ms"],
@@ -74,7 +58,7 @@ def assemble(
                 "n": summary["n"],
             }
         )
-    timing_rows += step_rows("TRL vs hf-lite", trl_cmp["steps"], trl_warm)
+    timing_rows += step_rows("TRL vs hf-lite", trl_cmp["steps"], fig.trl_warm)
 
     loss_rows = []
     for v in loss["variants"]:
@@ -82,10 +66,10 @@ def assemble(
         loss_rows.append(
             {
                 "variant": describe_variant(v),
-                "loss_bytes": mem[v]["loss_bytes"],
-                "x_mem": mem[v]["loss_bytes"] / mem[base]["loss_bytes"],
-                "time_ms": lt[v]["median_ms"],
-                "x_time": lt[v]["median_ms"] / lt[base]["median_ms"],
+                "loss_bytes": fig.mem[v]["loss_bytes"],
+                "x_mem": fig.mem[v]["loss_bytes"] / fig.mem[base]["loss_bytes"],
+                "time_ms": fig.lt[v]["median_ms"],
+                "x_time": fig.lt[v]["median_ms"] / fig.lt[base]["median_ms"],
                 "value": loss["values"][v],
             }
         )
@@ -98,7 +82,7 @@ def assemble(
             "hf-lite-jsd-chunked": f"DistillationTrainer jsd, chunk_size={s['loss_chunk_size_small']}",
         }[kind]
         trainer_rows.append(
-            {"trainer": label, "step_ms": ms(trl_med[kind]), "train_bytes": tmem[kind]["train_bytes"]}
+            {"trainer": label, "step_ms": ms(fig.trl_med[kind]), "train_bytes": fig.tmem[kind]["train_bytes"]}
         )
 
     student_how = f"Llama {s['student_layers']}×{s['student_hidden']}"
@@ -107,26 +91,26 @@ def assemble(
             "model": "teacher",
             "how": f"Llama {s['teacher_layers']}×{s['teacher_hidden']}, CE, {s['teacher_steps']} steps",
             "params": kd["params"]["teacher"],
-            **q["teacher"],
+            **fig.q["teacher"],
         },
         {
             "model": "student-ce",
             "how": f"{student_how}, plain CE (Trainer)",
             "params": kd["params"]["student"],
-            **q["student-ce"],
+            **fig.q["student-ce"],
         },
         {
             "model": "kd-online",
             "how": f"DistillationTrainer, live teacher, forward KL, α={s['kd_alpha']}, "
             f"T={s['kd_temperature']}",
             "params": kd["params"]["student"],
-            **q["kd-online"],
+            **fig.q["kd-online"],
         },
         {
             "model": "kd-cache",
-            "how": f"DistillationTrainer from the top-{k} cache ({bpt:.1f} bytes/token)",
+            "how": f"DistillationTrainer from the top-{k} cache ({fig.bpt:.1f} bytes/token)",
             "params": kd["params"]["student"],
-            **q["kd-cache"],
+            **fig.q["kd-cache"],
         },
     ]
     for name, m in prune["models"].items():
@@ -141,26 +125,26 @@ def assemble(
             }
         )
 
-    share = {name.split(" (")[0]: v for name, v in med.items() if name.startswith("loss: ")}
+    share = {name.split(" (")[0]: v for name, v in fig.med.items() if name.startswith("loss: ")}
     summary = (
         f"Ratios of medians of interleaved timings, all taken in one run on this machine. Distillation: a student "
         f"({kd['params']['student'] / 1e6:.2f}M parameters) and a teacher ({kd['params']['teacher'] / 1e6:.2f}M) "
         f"of hf-lite's tiny Llama on tinyshakespeare ({s['vocab_size']:,}-word vocabulary, batches of "
-        f"{s['batch_size']}×{s['seq_len']} tokens), {s['student_steps']} steps each, the first {warm} left out. "
-        f"Teacher cache: k={k}, {kd['cache']['tokens']:,} tokens, {bpt:.1f} bytes/token, computed in "
-        f"{kd['cache']['precompute_s']:.0f} s. Chunked loss: generalized JSD on {tok_label}. Pruning: the "
+        f"{s['batch_size']}×{s['seq_len']} tokens), {s['student_steps']} steps each, the first {fig.warm} left out. "
+        f"Teacher cache: k={k}, {kd['cache']['tokens']:,} tokens, {fig.bpt:.1f} bytes/token, computed in "
+        f"{kd['cache']['precompute_s']:.0f} s. Chunked loss: generalized JSD on {fig.tok_label}. Pruning: the "
         f"CE-trained student fine-tuned {s['prune_steps']} more steps to {s['prune_sparsity']:.0%} sparsity, masks "
-        f"recomputed every {freq} steps."
+        f"recomputed every {fig.freq} steps."
     )
     notes = [
         f"Noise floor: the pruning race also runs the no-callback trainer twice (A/A control); its two medians "
-        f"differ by {abs(aa_ratio - 1):.1%} in this run. A ratio that meets or misses its goal by less than that "
+        f"differ by {abs(fig.aa_ratio - 1):.1%} in this run. A ratio that meets or misses its goal by less than that "
         "is within the noise of the machine at the time.",
         "A step is timed from the moment its trainer is let go (batch fetching and collation included) to "
         "on_step_end; 'compute' starts at on_step_begin. The teacher forward is `torch.no_grad()` in eval mode on "
         "a batch of the same shape, as DistillationTrainer calls it. The distillation ratios come from the same "
         "rounds; the per-round KD ratio has median "
-        f"{statistics.median(per_round):.2f}×.",
+        f"{statistics.median(fig.per_round):.2f}×.",
         "The KD overhead is mostly the loss's share of a step. Timed alone in the race's first "
         f"{s['loss_share_rounds']} rounds (forward + backward on the logits of the first batch), the plain student's "
         f"CE takes {fmt_ms(share['loss: CE'])}, DistillationTrainer's forward KL + CE "
@@ -181,7 +165,7 @@ def assemble(
         f"train() adds in a fresh process over {s['trl_memory_steps']} step(s), models and data excluded.",
     ]
     faults = {
-        name: statistics.median([r.get("page_faults", 0) for r in rows[warm:]])
+        name: statistics.median([r.get("page_faults", 0) for r in rows[fig.warm :]])
         for name, rows in kd["steps"].items()
         if not name.startswith("loss: ")
     }
@@ -204,7 +188,7 @@ def assemble(
 
     return {
         "summary": summary,
-        "goals": goals(f),
+        "goals": goals(fig),
         "tables": [
             {
                 "title": "Ratios",
@@ -215,7 +199,7 @@ def assemble(
                     column("status", "status"),
                     column("raw", "medians"),
                 ],
-                "rows": ratio_rows(f),
+                "rows": ratio_rows(fig),
             },
             {
                 "title": "Step times (medians of interleaved rounds)",
@@ -230,7 +214,7 @@ def assemble(
                 "rows": timing_rows,
             },
             {
-                "title": f"Distillation losses, forward + backward, {tok_label}",
+                "title": f"Distillation losses, forward + backward, {fig.tok_label}",
                 "columns": [
                     column("variant", "variant"),
                     column("loss_bytes", "peak memory", "bytes"),
@@ -275,11 +259,11 @@ def assemble(
         "teacher": {key: v for key, v in teacher_meta.items() if key != "settings"},
         "raw": {
             "distillation_steps": kd["steps"],
-            "kd_ratio_per_round_median": statistics.median(per_round),
+            "kd_ratio_per_round_median": statistics.median(fig.per_round),
             "cache": kd["cache"],
             "quality": kd["quality"],
-            "loss": {"memory": mem, "timing": lt, "values": loss["values"]},
+            "loss": {"memory": fig.mem, "timing": fig.lt, "values": loss["values"]},
             "trainers": trl_cmp,
-            "pruning": {"windows_s": windows, "steps": prune["steps"], "models": prune["models"]},
+            "pruning": {"windows_s": fig.windows, "steps": prune["steps"], "models": prune["models"]},
         },
     }
