@@ -24,15 +24,15 @@ README metadata validation.
 Tests can inject faults (:meth:`HubServer.fail_next`), read the request log (:attr:`HubServer.requests`,
 :meth:`HubServer.count`) and inspect repos directly (:meth:`HubServer.files`, :meth:`HubServer.head`).
 
->>> with HubServer() as hub, hub.client_env(tmp_dir):  # doctest: +SKIP
-...     HfApi().create_repo("test-user/tiny")
-
 Layout: :mod:`.server` (``HubServer``: sockets and routing) over one mixin per group of routes --
 :mod:`.repos` (account, repos, settings, info), :mod:`.revisions` (trees, refs, commits, branches, tags),
 :mod:`.uploads` (preupload, commits), :mod:`.lfs` (LFS batch/verify, downloads, the storage host) -- all on
 :mod:`.core` (state, revisions, auth, request log, faults); :mod:`.state` holds the records,
 :mod:`.gitfiles` the git/LFS rules, :mod:`.card` the README metadata rules, :mod:`.handler` the HTTP layer
 and :mod:`.client` the client patching behind :meth:`HubServer.client_env`.
+
+>>> with HubServer() as hub, hub.client_env(tmp_dir):  # doctest: +SKIP
+...     HfApi().create_repo("test-user/tiny")
 """
 
 from tests.hub_server.card import parse_card_metadata

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 @contextmanager
 def patched_client(hub: HubServer, home: str, set_token: bool) -> Iterator[None]:
+    """The environment and the import-time constants of the client libraries pointed at ``hub`` (see
+    :meth:`HubServer.client_env`), restored on exit."""
     from huggingface_hub import constants  # imported late: it reads the environment once, at import
 
     saved_env = dict(os.environ)

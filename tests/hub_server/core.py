@@ -86,6 +86,7 @@ class HubCore:
             self.faults.clear()
 
     def take_fault(self, method: str, path: str) -> FaultRule | None:
+        """The fault rule this request triggers (counted as served), None when no rule matches."""
         with self._lock:
             for rule in self.faults:
                 if rule.remaining > 0 and rule.method in (None, method) and rule.pattern.search(path):
@@ -114,6 +115,7 @@ class HubCore:
             )
 
     def log_request(self, record: RequestRecord) -> None:
+        """Append to :attr:`requests` (the handler logs every answer before sending it)."""
         with self._lock:
             self.requests.append(record)
 

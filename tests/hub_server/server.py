@@ -86,6 +86,7 @@ class HubServer(RepoRoutes, RevisionRoutes, UploadRoutes, LfsRoutes):
     # -- routing ---------------------------------------------------------------------------------------------
 
     def route_hub(self, req: Handler) -> None:
+        """Answer a request to the Hub host: the JSON API, LFS batch/verify, ``resolve`` downloads."""
         path, method = req.raw_path, req.method
         segs = path.strip("/").split("/")
         if path == "/api/whoami-v2" and method == "GET":
