@@ -1,5 +1,7 @@
-"""Measuring helpers shared by the benchmark modules: machine description, per-process peak memory,
-side-by-side latency, model size on disk, parameter counts, seeds and cache keys.
+"""Measuring helpers shared by the benchmark modules.
+
+Machine description, per-process peak memory, side-by-side latency, model size on disk, parameter counts,
+seeds, cache keys, the cached-teacher entries, the CPU Trainer arguments and the model-table columns.
 
 Nothing here estimates: memory is the operating system's high-water mark of a real process, latency
 is wall-clock time of real forward passes, bytes are the sizes of the files ``save_pretrained`` wrote.

@@ -1,5 +1,8 @@
-"""Markdown of the benchmark results: table cells by column format, goal tables, one section per record,
-and the whole RESULTS.md (see :mod:`benchmarks.harness` for the record and table formats)."""
+"""Markdown of the benchmark results: RESULTS.md from the JSON records.
+
+Table cells by column format, goal tables, one section per record and the whole file (see
+:mod:`benchmarks.harness` for the record and table formats).
+"""
 
 from __future__ import annotations
 

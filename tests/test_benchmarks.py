@@ -1,5 +1,6 @@
-"""The benchmark harness's machinery: registry, settings and overrides, JSON -> RESULTS.md, the CLI, the
-per-process peak-memory helper. No real benchmark is run here (those take minutes to an hour)."""
+"""The benchmark harness's machinery, without running a real benchmark (those take minutes to an hour).
+
+Registry, settings and overrides, JSON -> RESULTS.md, the CLI, the per-process peak-memory helper."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The local Hub server (package tests/hub_server/) driven by the unmodified ``huggingface_hub`` client and by
-``transformers``' ``from_pretrained``: every test goes through the real client code paths."""
+"""The local Hub server (package ``tests/hub_server/``) driven by the real client libraries.
+
+The unmodified ``huggingface_hub`` client and ``transformers``' ``from_pretrained``: every test goes through
+the real client code paths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Causal LM tables on tinyshakespeare: a small Llama-style teacher trained here; a half-depth student
+"""Causal LM tables on tinyshakespeare: students, width and one-shot pruning, QLoRA memory.
+
+A small Llama-style teacher trained here; a half-depth student
 trained alone vs. distilled; the teacher width-pruned (50% FFN neurons, 50% key/value groups) then
 distilled; one-shot magnitude vs. Wanda at 50% and 2:4, on that teacher and on a pretrained model
 fine-tuned here as a causal LM; QLoRA vs. full fine-tuning training memory. Columns: validation

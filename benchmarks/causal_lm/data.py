@@ -1,5 +1,7 @@
-"""Tinyshakespeare for the causal LM benchmark: the split, a character tokenizer, training windows and
-validation sets."""
+"""Tinyshakespeare for the causal LM benchmark.
+
+The split, a character tokenizer, training windows and validation sets.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Memory of the causal LM benchmark's rows, each measured in a fresh process: inference peaks of the saved
-rows, and training peaks of full fine-tuning vs. QLoRA on one larger model."""
+"""Memory of the causal LM benchmark's rows, each measured in a fresh process.
+
+Inference peaks of the saved rows, and training peaks of full fine-tuning vs. QLoRA on one larger model.
+"""
 
 from __future__ import annotations
 

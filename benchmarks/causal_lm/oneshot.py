@@ -1,5 +1,8 @@
-"""One-shot pruning for the causal LM benchmark: the rows (magnitude vs. Wanda, 50% and 2:4), the
-input-feature scales that explain Wanda's gain, and the same rows on a pretrained model fine-tuned here."""
+"""One-shot pruning rows of the causal LM benchmark (magnitude vs. Wanda, 50% and 2:4).
+
+Also the input-feature scales that explain Wanda's gain, and the same rows on a pretrained model fine-tuned
+here as a causal LM.
+"""
 
 from __future__ import annotations
 

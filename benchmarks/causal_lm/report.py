@@ -1,5 +1,7 @@
-"""Rendering of the causal LM benchmark's result: table columns, goals, notes and the summary (nothing is
-measured here)."""
+"""Rendering of the causal LM benchmark's result (nothing is measured here).
+
+Table columns, goals, notes and the summary.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Training for the causal LM benchmark: Trainer arguments, plain CE and distillation runs, the Llama
-teacher (built here, cached between runs)."""
+"""Training for the causal LM benchmark.
+
+Trainer arguments, plain CE and distillation runs, the Llama teacher (built here, cached between runs).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Performance ratios: what distillation, a teacher cache, the chunked loss and the pruning callback cost,
-each as a ratio of two things measured side by side in one run.
+"""Performance ratios: what distillation, a teacher cache, the chunked loss and the pruning callback cost.
+
+Each is a ratio of two things measured side by side in one run.
 
 The machine this runs on is shared and noisy, so nothing here divides numbers taken at different times:
 every time ratio divides two medians of timings taken *interleaved*, round after round, in one process

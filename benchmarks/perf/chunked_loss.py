@@ -1,5 +1,8 @@
-"""Row 3 of the perf benchmark: the chunked distillation loss against the plain one and TRL's
-generalized JSD (peak memory in fresh processes, time side by side), and the TRL/hf-lite trainer race."""
+"""Row 3 of the perf benchmark: the chunked distillation loss, and TRL beside hf-lite.
+
+The plain, chunked and from-hidden losses against TRL's generalized JSD (peak memory in fresh processes,
+time side by side), and the TRL/hf-lite trainer race.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Rows 1 and 2 of the perf benchmark: the distillation race (plain CE student, online KD, KD from a
-teacher cache, both again with ``compile_loss``, the teacher's forward) and the losses alone."""
+"""Rows 1 and 2 of the perf benchmark: the distillation race.
+
+Plain CE student, online KD, KD from a teacher cache, both again with ``compile_loss``, the teacher's
+forward, and the three losses alone.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The perf benchmark's figures from its raw timings: medians and ratios of the races, the goals they are
-judged by, and the ratio rows (nothing is measured here)."""
+"""The perf benchmark's figures: medians and ratios of the races, goals, ratio rows.
+
+Derived from the raw timings only; nothing is measured here.
+"""
 
 from __future__ import annotations
 

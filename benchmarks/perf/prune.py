@@ -1,5 +1,8 @@
-"""Row 4 of the perf benchmark: the pruning race (no callback twice, ``PruningCallback``, the same schedule
-with ``torch.nn.utils.prune``)."""
+"""Row 4 of the perf benchmark: the pruning race.
+
+No callback (twice: the A/A control), ``PruningCallback``, and the same schedule with
+``torch.nn.utils.prune``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The perf benchmark's result: its tables, summary and notes around the figures of :mod:`.figures`
-(rendering only, nothing is measured here)."""
+"""The perf benchmark's result: tables, summary and notes around its figures.
+
+Rendering only (see :mod:`benchmarks.perf.figures`); nothing is measured here.
+"""
 
 from __future__ import annotations
 

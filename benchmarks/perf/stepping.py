@@ -1,6 +1,7 @@
-"""Racing trainers in lock step: each takes one optimizer step in turn, timed from its release to ``on_step_end``.
+"""Racing trainers in lock step, one optimizer step each in turn.
 
-See the ``benchmarks.perf`` docstring for how a training step is timed and why the rounds interleave.
+A step is timed from its release to ``on_step_end``; see the ``benchmarks.perf`` docstring for why the
+rounds interleave.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""SST-2 encoder table: all-MiniLM-L6-v2 fine-tuned as the teacher, 3-layer students cut from it, trained
+"""SST-2 encoder table: an all-MiniLM-L6-v2 teacher and its 3-layer students.
+
+All-MiniLM-L6-v2 fine-tuned as the teacher, 3-layer students cut from it, trained
 with plain cross-entropy or distilled, then pruned and quantized; dev accuracy, size and CPU latency.
 
 What it measures, and how:

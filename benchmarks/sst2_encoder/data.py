@@ -1,5 +1,8 @@
-"""SST-2 for the encoder benchmark: the rows, their tokenization, the transfer set for distillation, and
-the batches used to score, time and calibrate the models."""
+"""SST-2 for the encoder benchmark.
+
+The rows, their tokenization, the transfer set for distillation, and the batches used to score, time
+and calibrate the models.
+"""
 
 from __future__ import annotations
 

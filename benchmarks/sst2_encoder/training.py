@@ -1,5 +1,8 @@
-"""Training for the SST-2 encoder benchmark: Trainer arguments, plain CE and distillation runs, the
-fine-tuned all-MiniLM-L6-v2 teacher (cached between runs), and dev accuracy."""
+"""Training for the SST-2 encoder benchmark.
+
+Trainer arguments, plain CE and distillation runs, the fine-tuned all-MiniLM-L6-v2 teacher (cached
+between runs), and dev accuracy.
+"""
 
 from __future__ import annotations
 

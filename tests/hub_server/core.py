@@ -1,5 +1,7 @@
-"""The test Hub's state and the rules every route shares: repos and commits, revisions, authentication,
-the request log and fault injection."""
+"""The test Hub's state and the rules every route shares.
+
+Repos and commits, revisions, authentication, the request log and fault injection.
+"""
 
 from __future__ import annotations
 

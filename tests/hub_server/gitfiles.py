@@ -1,5 +1,7 @@
-"""Git and Git LFS rules of the test Hub: blob ids, LFS pointers, binary detection, .gitattributes and
-.gitignore matching."""
+"""Git and Git LFS rules of the test Hub.
+
+Blob ids, LFS pointers, binary detection, .gitattributes and .gitignore matching.
+"""
 
 from __future__ import annotations
 

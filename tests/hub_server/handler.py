@@ -1,5 +1,8 @@
-"""The HTTP layer of the test Hub: one handler per request (parse, dispatch to the server, answer) and the
-two listening sockets (the Hub and its storage/CDN host)."""
+"""The HTTP layer of the test Hub.
+
+One handler per request (parse, dispatch to the server, answer) and the two listening sockets (the Hub
+and its storage/CDN host).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""What the test Hub stores and logs: repos, commits, file entries, request records, fault rules, the Hub's
-error type and naming rules."""
+"""What the test Hub stores and logs.
+
+Repos, commits, file entries, request records, fault rules, the Hub's error type and naming rules.
+"""
 
 from __future__ import annotations
 
