@@ -352,3 +352,16 @@ def test_save_teacher_writes_a_complete_cache_entry(tmp_path):
     assert json.loads((folder / "teacher.json").read_text()) == {"steps": 3}
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert not (tmp_path / "teacher-abc.tmp").exists()
+
+
+def test_cached_teacher_finds_what_save_teacher_stored(tmp_path):
+    from benchmarks.common import cached_teacher, save_teacher
+    from hf_lite.testing import build_tiny_model
+
+    ctx = harness.Context("toy", cache_dir=str(tmp_path))
+    folder, meta = cached_teacher(ctx, "teacher", {"steps": 3})
+    assert meta is None and folder.parent == tmp_path / "toy" and folder.name.startswith("teacher-")
+    model, tokenizer = build_tiny_model("llama")
+    save_teacher(folder, model, tokenizer, {"steps": 3})
+    assert cached_teacher(ctx, "teacher", {"steps": 3}) == (folder, {"steps": 3, "from_cache": True})
+    assert cached_teacher(ctx, "teacher", {"steps": 4})[1] is None  # other settings, another entry
