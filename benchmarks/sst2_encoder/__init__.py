@@ -38,11 +38,8 @@ Fixed seeds (``--seed``), so accuracies repeat run to run on the same machine an
 
 from __future__ import annotations
 
-import csv
-import math
 import random
 import shutil
-import statistics
 import time
 from pathlib import Path
 from typing import Any
