@@ -32,6 +32,7 @@ from hf_lite.pruning.calibration import check_calibration_batches, forward_kwarg
 from hf_lite.pruning.masks import (
     apply_mask_,
     check_nm,
+    check_nm_widths,
     check_sparsity,
     global_unstructured_masks,
     magnitude_scores,
@@ -97,23 +98,6 @@ def _resolve_sparsity(sparsity: float | None, nm: tuple[int, int] | None) -> flo
     return implied
 
 
-def _check_nm_shapes(modules: Mapping[str, nn.Module], nm: tuple[int, int] | None) -> None:
-    """Refuse an N:M pattern before touching any weight if one layer's input width does not fit it."""
-    if nm is None:
-        return
-    bad = [
-        f"{name} ({module.weight.shape[in_features_dim(module)]} inputs)"
-        for name, module in modules.items()
-        if module.weight.shape[in_features_dim(module)] % nm[1]
-    ]
-    if bad:
-        raise ValueError(
-            f"pattern '{nm[0]}:{nm[1]}' needs a number of input features divisible by {nm[1]}, which these "
-            f"layers lack: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Exclude them "
-            "(exclude=[*DEFAULT_EXCLUDE, 'name']) or use pattern='unstructured'."
-        )
-
-
 def _mask_from_scores(
     scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None, dim: int
 ) -> torch.Tensor:
@@ -163,7 +147,7 @@ def magnitude_prune_(
             "of weights, so it has no global threshold. Use scope='layer' (the default) with N:M patterns."
         )
     modules = find_prunable_modules(model, include=include, exclude=exclude)
-    _check_nm_shapes(modules, nm)
+    check_nm_widths({n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}, nm)
     if scope == "global":
         masks = global_unstructured_masks(
             {n: magnitude_scores(m.weight) for n, m in modules.items()}, sparsity
@@ -326,7 +310,7 @@ def wanda_prune_(
         raise TypeError(f"sequential must be True or False; got {sequential!r}.")
     batches = check_calibration_batches(calibration_batches)
     modules = find_prunable_modules(model, include=include, exclude=exclude)
-    _check_nm_shapes(modules, nm)
+    check_nm_widths({n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}, nm)
 
     groups: dict[str, dict[str, nn.Module]] = {}
     for name, module in modules.items():

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hf_lite.pruning.masks import check_patterns
 from hf_lite.pruning.sites import in_features_dim, is_prunable, output_embeddings
 
 if TYPE_CHECKING:
@@ -58,26 +59,6 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
 )
 
 _MAX_LISTED = 30
-
-
-def _patterns(value: str | Iterable[str] | None, name: str) -> list[str]:
-    if value is None:
-        return []
-    items = [value] if isinstance(value, str) else value
-    if isinstance(items, (bytes, dict)) or not isinstance(items, Iterable):
-        raise TypeError(
-            f"{name} must be a regex string, a list of them, or None; got {type(value).__name__}."
-        )
-    out = []
-    for item in items:
-        if not isinstance(item, str):
-            raise TypeError(f"{name} must contain regex strings; got {type(item).__name__} {item!r}.")
-        try:
-            re.compile(item)
-        except re.error as err:
-            raise ValueError(f"{name} pattern {item!r} is not a valid regular expression: {err}.") from err
-        out.append(item)
-    return out
 
 
 def abbreviate_names(names: Iterable[str], limit: int = _MAX_LISTED) -> str:
@@ -126,8 +107,8 @@ def find_prunable_modules(
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
-    includes = _patterns(include, "include")
-    excludes = _patterns(exclude, "exclude")
+    includes = check_patterns(include, "include") or []
+    excludes = check_patterns(exclude, "exclude") or []
     candidates = {name: module for name, module in model.named_modules() if name and is_prunable(module)}
     if not candidates:
         raise ValueError(f"{type(model).__name__} has no nn.Linear or Conv1D layer to prune.")
