@@ -4,7 +4,6 @@ Registry, settings and overrides, JSON -> RESULTS.md, the CLI, the per-process p
 
 from __future__ import annotations
 
-import doctest
 import json
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import types
 
 import pytest
 
-from benchmarks import common, harness, rendering
+from benchmarks import common, harness
 
 FIXTURE_RECORD = {
     "schema": 1,
@@ -67,12 +66,6 @@ FIXTURE_RECORD = {
         "timings_s": {"train": 60.0},
     },
 }
-
-
-def test_module_doctests():
-    for module in (common, harness, rendering):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-        assert result.failed == 0, module.__name__
 
 
 # --------------------------------------------------------------------------------------------- registry

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 # Packages whose every public callable (in ``__all__``) must carry a ``>>>`` example.
-DOCUMENTED_PACKAGES = ("hf_lite.pruning", "hf_lite.evaluation", "hf_lite.report")
+DOCUMENTED_PACKAGES = ("hf_lite.pruning", "hf_lite.evaluation", "hf_lite.report", "hf_lite.data")
 
 
 def module_names() -> list[str]:

@@ -3,7 +3,6 @@ and EDA augmentation (pure word operations checked against their properties; see
 
 from __future__ import annotations
 
-import doctest
 import json
 import random
 from collections import Counter
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict
 
-import hf_lite.data as data_module
 from hf_lite.data import (
     STOPWORDS,
     SYNONYMS,
@@ -41,19 +39,6 @@ def cache(tmp_path) -> str:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def test_docstring_examples():
-    result = doctest.testmod(data_module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
-
-
-def test_public_functions_have_examples():
-    missing = [
-        n for n in data_module.__all__
-        if callable(getattr(data_module, n)) and ">>>" not in (getattr(data_module, n).__doc__ or "")
-    ]  # fmt: skip
-    assert missing == []
 
 
 # ------------------------------------------------------------------------------------------- word operations

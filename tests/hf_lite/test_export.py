@@ -3,7 +3,6 @@ checked by reloading with stock transformers / PEFT. Tiny checkpoints, everythin
 
 from __future__ import annotations
 
-import doctest
 import json
 
 import bitsandbytes as bnb
@@ -13,9 +12,6 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-import hf_lite.exporting.writer as export_module
-import hf_lite.hub as hub_module
-import hf_lite.card.build as card_module
 from hf_lite import load_model, load_tokenizer
 from hf_lite._utils import is_hub_id
 from hf_lite.exporting import (
@@ -324,9 +320,3 @@ def test_is_hub_id(tmp_path):
     assert (
         not is_hub_id("a/b/c") and not is_hub_id("bad..name") and not is_hub_id(None) and not is_hub_id("C:x")
     )
-
-
-def test_docstring_examples():
-    for module in (export_module, card_module, hub_module):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0, module.__name__

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_lite.losses import _fused
 from hf_lite.losses import (
+    _fused,
     combine_losses,
     cross_entropy_loss,
     distillation_and_ce_loss,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 import struct
 
 import pytest
 
-import hf_lite.report as report_module
 from hf_lite._utils import atomic_write
 from hf_lite.evaluation import EvaluationResult
 from hf_lite.report import CompressionReport, ReportRow
@@ -45,18 +43,6 @@ def _png_size(path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
-
-
-def test_docstring_examples():
-    result = doctest.testmod(report_module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
-
-
-def test_public_names_have_examples():
-    missing = [
-        n for n in ("CompressionReport", "ReportRow") if ">>>" not in getattr(report_module, n).__doc__
-    ]
-    assert missing == []
 
 
 # ------------------------------------------------------------------------------------------- rows

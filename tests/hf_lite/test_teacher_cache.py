@@ -6,7 +6,6 @@ every error."""
 from __future__ import annotations
 
 import copy
-import doctest
 import json
 import math
 import os
@@ -19,7 +18,6 @@ import pytest
 import torch
 
 from hf_lite import losses
-from hf_lite.teacher_cache import precompute as teacher_cache
 from hf_lite.teacher_cache import (
     INDICES_COLUMN,
     LOGPROBS_COLUMN,
@@ -33,6 +31,7 @@ from hf_lite.teacher_cache import (
     teacher_cache_metadata,
     teacher_fingerprint,
 )
+from hf_lite.teacher_cache import precompute as teacher_cache
 from hf_lite.testing import build_tiny_model, build_tokenizer
 
 pytestmark = pytest.mark.integration
@@ -553,8 +552,3 @@ def test_precompute_argument_errors(llama, data, tmp_path):
     with pytest.raises(ValueError, match="dataset row 1 has empty input_ids"):
         precompute(teacher, with_empty, out, tok)
     assert not out.exists()
-
-
-def test_docstring_examples():
-    result = doctest.testmod(teacher_cache, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 import os
 import subprocess
@@ -637,11 +636,3 @@ def test_internal_consistency_checks():
     with pytest.raises(RuntimeError, match="no Taylor sums were gathered for ffn"):
         callback._scores("ffn", None)
     assert StageTarget(1, None, None, 2).layers == 2
-
-
-def test_docstring_examples():
-    result = doctest.testmod(
-        structural_module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS, verbose=False
-    )
-    assert result.attempted > 0
-    assert result.failed == 0

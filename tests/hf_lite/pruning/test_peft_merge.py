@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import doctest
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-import hf_lite.pruning.peft_merge as peft_merge_module
 from hf_lite.pruning import find_prunable_modules, magnitude_prune_
 from hf_lite.pruning.peft_merge import SparseMergeReport, merge_adapter_keep_sparsity
 from hf_lite.testing import build_tiny_model
@@ -213,11 +211,3 @@ def test_rejects_dora_merged_and_quantized_bases():
 def test_report_to_dict():
     report = SparseMergeReport(redensified=2, kept_zeros=5, layers={"a": 2})
     assert report.to_dict() == {"redensified": 2, "kept_zeros": 5, "layers": {"a": 2}}
-
-
-def test_docstring_examples():
-    result = doctest.testmod(
-        peft_merge_module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS, verbose=False
-    )
-    assert result.attempted > 0
-    assert result.failed == 0
