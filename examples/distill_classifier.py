@@ -29,11 +29,15 @@ from trainers import DistillationConfig, DistillationTrainer
 @dataclass
 class ScriptArguments:
     teacher: str = field(metadata={"help": "Fine-tuned teacher classifier: Hub repo id or local folder."})
-    train_file: str = field(metadata={"help": "Training data (csv/tsv/json/jsonl/parquet) or a Hub dataset id."})
+    train_file: str = field(
+        metadata={"help": "Training data (csv/tsv/json/jsonl/parquet) or a Hub dataset id."}
+    )
     eval_file: str | None = field(default=None, metadata={"help": "Evaluation data (default: 10% of train)."})
     text_column: str = field(default="sentence", metadata={"help": "Column holding the text."})
     label_column: str = field(default="label", metadata={"help": "Column holding the class id."})
-    student_layers: str = field(default="every_other", metadata={"help": "'every_other' or indices like '0,2,4'."})
+    student_layers: str = field(
+        default="every_other", metadata={"help": "'every_other' or indices like '0,2,4'."}
+    )
     max_length: int = field(default=64, metadata={"help": "Tokens per example."})
 
 
@@ -45,18 +49,29 @@ def main() -> None:
     student = init_student_from_teacher(
         teacher, layers if layers == "every_other" else [int(i) for i in layers.split(",")]
     )
-    source = script.train_file if script.eval_file is None else {"train": script.train_file, "eval": script.eval_file}
+    source = (
+        script.train_file
+        if script.eval_file is None
+        else {"train": script.train_file, "eval": script.eval_file}
+    )
     columns = {"text": script.text_column, "label": script.label_column}
     with args.main_process_first(desc="loading and tokenizing"):
         data = tokenize_data(
-            load_data(source, columns=columns, seed=args.seed), tokenizer, task="sequence-classification",
+            load_data(source, columns=columns, seed=args.seed),
+            tokenizer,
+            task="sequence-classification",
             max_length=script.max_length,
-        )  # fmt: skip
+        )
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["eval"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=make_compute_metrics(),
-    )  # fmt: skip
+    )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()
     trainer.log_metrics("eval", metrics)

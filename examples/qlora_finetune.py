@@ -31,7 +31,9 @@ class ScriptArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     block_size: int = field(default=128, metadata={"help": "Tokens per training sequence."})
-    validation_fraction: float = field(default=0.05, metadata={"help": "Share of lines held out for evaluation."})
+    validation_fraction: float = field(
+        default=0.05, metadata={"help": "Share of lines held out for evaluation."}
+    )
 
 
 def main() -> None:

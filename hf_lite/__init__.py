@@ -72,6 +72,10 @@ _MOVED: dict[str, str] = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:
+    from hf_lite.adapters import linear_module_names, resolve_peft_config
+    from hf_lite.app.recipe import Recipe
+    from hf_lite.app.runner import run_recipe
+    from hf_lite.card import CompressionSummary, build_model_card
     from hf_lite.data import augment_data, load_data, tokenize_data
     from hf_lite.evaluation import (
         EvaluationResult,
@@ -85,13 +89,9 @@ if TYPE_CHECKING:
     )
     from hf_lite.exporting import ExportReport, export, unpack_bnb_cpu_weights_
     from hf_lite.hub import PushResult, push_to_hub
-    from hf_lite.adapters import linear_module_names, resolve_peft_config
     from hf_lite.loading import freeze, load_model, load_teacher, load_tokenizer
     from hf_lite.quantization import resolve_quantization
-    from hf_lite.card import CompressionSummary, build_model_card
-    from hf_lite.app.recipe import Recipe
     from hf_lite.report import CompressionReport, ReportRow
-    from hf_lite.app.runner import run_recipe
     from hf_lite.student import init_student_from_teacher
     from hf_lite.summary import ModelSummary, model_summary
     from hf_lite.tasks import TASKS
@@ -105,7 +105,9 @@ def __getattr__(name: str) -> Any:
         import warnings
 
         warnings.warn(
-            f"hf_lite.{name} moved to {_MOVED[name]}.{name}; import it from there.", FutureWarning, stacklevel=2
+            f"hf_lite.{name} moved to {_MOVED[name]}.{name}; import it from there.",
+            FutureWarning,
+            stacklevel=2,
         )
         return getattr(importlib.import_module(_MOVED[name]), name)
     module = _LAZY.get(name)

@@ -149,8 +149,12 @@ def load_model(
     if bnb_config is not None:
         check_quantized(model, bnb_config)
     if peft_config is not None:
-        model = attach_adapter(model, peft_config, quantized=bnb_config is not None,
-                                gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+        model = attach_adapter(
+            model,
+            peft_config,
+            quantized=bnb_config is not None,
+            gradient_checkpointing=gradient_checkpointing,
+        )
     elif gradient_checkpointing:
         enable_checkpointing(model)
     from hf_lite.summary import model_summary
@@ -241,9 +245,15 @@ def load_teacher(
         model = model_or_name
     else:
         model = load_model(
-            model_or_name, task, quantization=quantization, dtype=dtype, device_map=device_map,
-            trust_remote_code=trust_remote_code, revision=revision, **from_pretrained_kwargs,
-        )  # fmt: skip
+            model_or_name,
+            task,
+            quantization=quantization,
+            dtype=dtype,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            **from_pretrained_kwargs,
+        )
     return freeze(model)
 
 
@@ -266,8 +276,17 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     if config is not None:
         # Attention dropout in transformers reads the config (`self.attention_dropout` copied at init, or the
         # config at call time in some models): zero the config fields too.
-        for key in ("attention_dropout", "attention_probs_dropout_prob", "hidden_dropout_prob", "dropout",
-                    "hidden_dropout", "resid_pdrop", "attn_pdrop", "embd_pdrop", "classifier_dropout"):  # fmt: skip
+        for key in (
+            "attention_dropout",
+            "attention_probs_dropout_prob",
+            "hidden_dropout_prob",
+            "dropout",
+            "hidden_dropout",
+            "resid_pdrop",
+            "attn_pdrop",
+            "embd_pdrop",
+            "classifier_dropout",
+        ):
             if isinstance(getattr(config, key, None), float):
                 setattr(config, key, 0.0)
         for module in model.modules():

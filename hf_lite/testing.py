@@ -57,7 +57,9 @@ def build_tokenizer(
     counts: Counter[str] = Counter()
     for text in texts if texts is not None else [" ".join(_DEFAULT_WORDS)]:
         counts.update(w.lower() for w in _WORD_RE.findall(text))
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if style == "bert" else ["<unk>", "<|endoftext|>"]
+    specials = (
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if style == "bert" else ["<unk>", "<|endoftext|>"]
+    )
     words = [w for w, _ in counts.most_common(max_vocab - len(specials)) if w not in specials]
     vocab = {tok: i for i, tok in enumerate([*specials, *sorted(words)])}
     unk = specials[1] if style == "bert" else specials[0]
@@ -66,24 +68,31 @@ def build_tokenizer(
     from tokenizers import normalizers
 
     backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
     if style == "bert":
         backend.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B [SEP]",
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
         )
-        special_kwargs = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                              mask_token="[MASK]")  # fmt: skip
+        special_kwargs = dict(
+            pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+        )
     else:
         special_kwargs = dict(unk_token="<unk>", bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     from tokenizers import decoders
 
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=model_max_length, **special_kwargs)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=model_max_length, **special_kwargs
+    )
 
 
-def tiny_config(family: str, vocab_size: int, *, special_ids: dict[str, int] | None = None, **overrides: Any) -> PreTrainedConfig:
+def tiny_config(
+    family: str, vocab_size: int, *, special_ids: dict[str, int] | None = None, **overrides: Any
+) -> PreTrainedConfig:
     """A small config of ``family`` (hidden 64, 2 layers, 4 heads; Llama with grouped-query attention).
 
     >>> cfg = tiny_config("llama", 100)
@@ -96,19 +105,39 @@ def tiny_config(family: str, vocab_size: int, *, special_ids: dict[str, int] | N
     common = {k: v for k, v in ids.items() if v is not None}
     if family == "llama":
         cls = transformers.LlamaConfig
-        kwargs = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, max_position_embeddings=512, tie_word_embeddings=False)  # fmt: skip
+        kwargs = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        )
     elif family == "gpt2":
         cls = transformers.GPT2Config
         kwargs = dict(n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=512)
     elif family == "bert":
         cls = transformers.BertConfig
-        kwargs = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      max_position_embeddings=512)  # fmt: skip
+        kwargs = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+        )
     elif family == "t5":
         cls = transformers.T5Config
-        kwargs = dict(d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
-                      decoder_start_token_id=common.get("pad_token_id", 0))  # fmt: skip
+        kwargs = dict(
+            d_model=64,
+            d_ff=128,
+            d_kv=16,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            decoder_start_token_id=common.get("pad_token_id", 0),
+        )
     else:
         raise ValueError(f"family={family!r} has no tiny config; choose one of {', '.join(FAMILIES)}.")
     return cls(vocab_size=vocab_size, **{**kwargs, **common, **overrides})
@@ -136,8 +165,11 @@ def build_tiny_model(
         tokenizer = build_tokenizer(style="bert" if family in _BERT_STYLE else "gpt")
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
-    special_ids = {"pad_token_id": pad if pad is not None else eos, "bos_token_id": tokenizer.bos_token_id,
-                   "eos_token_id": eos}  # fmt: skip
+    special_ids = {
+        "pad_token_id": pad if pad is not None else eos,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": eos,
+    }
     if family == "bert":
         special_ids = {"pad_token_id": pad}
     config = tiny_config(family, len(tokenizer), special_ids=special_ids, **config_overrides)

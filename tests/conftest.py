@@ -32,4 +32,6 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     from hf_lite.testing import save_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")
-    return {name: str(save_tiny_checkpoint(root / name, family, task)) for name, (family, task) in TINY.items()}
+    return {
+        name: str(save_tiny_checkpoint(root / name, family, task)) for name, (family, task) in TINY.items()
+    }

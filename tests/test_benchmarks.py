@@ -160,9 +160,12 @@ def test_settings_merge_defaults_quick_and_overrides():
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [({"nope": "1"}, "has no setting 'nope'"), ({"rows": "many"}, "does not parse as int"),
-     ({"flag": "maybe"}, "does not parse as bool")],
-)  # fmt: skip
+    [
+        ({"nope": "1"}, "has no setting 'nope'"),
+        ({"rows": "many"}, "does not parse as int"),
+        ({"flag": "maybe"}, "does not parse as bool"),
+    ],
+)
 def test_settings_refuse_unknown_or_unparsable_overrides(overrides, match):
     with pytest.raises(ValueError, match=match):
         harness.Context("b", overrides=overrides).settings({"rows": 1, "flag": True})

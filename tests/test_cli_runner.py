@@ -38,17 +38,37 @@ def tiny_run(tmp_path_factory):
 
 def _recipe(root: Path, teacher: Path, out: Path, *, steps: int = 12, save_steps: int = 4) -> Path:
     raw = {
-        "name": "tiny", "task": "causal-lm", "teacher": str(teacher), "output_dir": str(out), "seed": 0,
+        "name": "tiny",
+        "task": "causal-lm",
+        "teacher": str(teacher),
+        "output_dir": str(out),
+        "seed": 0,
         "data": {"train": str(root / "train.txt"), "eval": str(root / "eval.txt"), "max_length": 16},
         "stages": [
             {"name": "student", "type": "init_student", "model": "teacher", "layers": [0, 3]},
-            {"name": "distill", "type": "distill", "model": "student", "teacher": "teacher",
-             "args": {"max_steps": steps, "save_steps": save_steps, "per_device_train_batch_size": 8,
-                      "learning_rate": 3e-3, "logging_steps": 2, "disable_tqdm": True}},
+            {
+                "name": "distill",
+                "type": "distill",
+                "model": "student",
+                "teacher": "teacher",
+                "args": {
+                    "max_steps": steps,
+                    "save_steps": save_steps,
+                    "per_device_train_batch_size": 8,
+                    "learning_rate": 3e-3,
+                    "logging_steps": 2,
+                    "disable_tqdm": True,
+                },
+            },
             {"name": "int8", "type": "quantize", "model": "distill", "bits": 8},
-            {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill", "int8"], "latency_repeats": 2},
+            {
+                "name": "evaluate",
+                "type": "evaluate",
+                "models": ["teacher", "distill", "int8"],
+                "latency_repeats": 2,
+            },
         ],
-    }  # fmt: skip
+    }
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -122,13 +142,26 @@ def test_two_processes_write_one_report_that_matches_one_process(tiny_run, tmp_p
     one, two = tmp_path / "one", tmp_path / "two"
     recipe_one = _recipe(root, teacher, one)
     recipe_two = _recipe(root, teacher, two)
-    single = subprocess.run([sys.executable, "-m", "hf_lite", "run", str(recipe_one)], env=ENV, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    single = subprocess.run(
+        [sys.executable, "-m", "hf_lite", "run", str(recipe_one)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     launched = launch_two(
-        ["-m", "hf_lite", "run", str(recipe_two), "--distill.per_device_train_batch_size", "4"],  # global batch 8
-        env=ENV, timeout=600,
-    )  # fmt: skip
+        [
+            "-m",
+            "hf_lite",
+            "run",
+            str(recipe_two),
+            "--distill.per_device_train_batch_size",
+            "4",
+        ],  # global batch 8
+        env=ENV,
+        timeout=600,
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert launched.stdout.count("| distill |") == 1  # only the main process prints and writes the report
     assert len(list((two / "evaluate").glob("report*.json"))) == 1
@@ -155,8 +188,19 @@ def test_plan_each_example_recipe(recipe, family, task, tmp_path, capsys, monkey
         pytest.skip("the example recipes read ../shared/data")
     monkeypatch.chdir(ROOT)  # the recipes' data paths are relative to the repository root
     teacher = save_tiny_checkpoint(tmp_path / "teacher", family, task)
-    assert main(["plan", f"examples/recipes/{recipe}.yaml", "--teacher", str(teacher),
-                 "--output_dir", str(tmp_path / "out")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan",
+                f"examples/recipes/{recipe}.yaml",
+                "--teacher",
+                str(teacher),
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "plan OK: nothing was trained." in printed and "world size: 1 process(es)" in printed
     assert "train rows" in printed and "parameters" in printed
@@ -170,8 +214,16 @@ def test_plan_with_a_model_that_cannot_be_resolved_is_a_clear_error(tmp_path, ca
         pytest.skip("the example recipes read ../shared/data")
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main(["plan", "examples/recipes/oneshot_prune.yaml", "--teacher", "no-such-org/no-such-model",
-                 "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    code = main(
+        [
+            "plan",
+            "examples/recipes/oneshot_prune.yaml",
+            "--teacher",
+            "no-such-org/no-such-model",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("hf-lite: error: ") and "no-such-org/no-such-model" in err
     assert "Traceback" not in err

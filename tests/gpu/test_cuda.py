@@ -42,14 +42,17 @@ def test_fused_losses_on_cuda_equal_the_cpu(loss_type, temperature):
         teacher = teacher.nan_to_num(neginf=-30.0)
 
     def mixed(s, t, y):
-        return losses.distillation_and_ce_loss(s, t, y, alpha=0.3, loss_type=loss_type, temperature=temperature)
+        return losses.distillation_and_ce_loss(
+            s, t, y, alpha=0.3, loss_type=loss_type, temperature=temperature
+        )
 
     def plain(s, t, y):
         return losses.distillation_loss(s, t, labels=y, loss_type=loss_type, temperature=temperature)
 
     def chunked(s, t, y):
-        return losses.chunked_distillation_loss(s, t, labels=y, loss_type=loss_type, temperature=temperature,
-                                                chunk_size=5)  # fmt: skip
+        return losses.chunked_distillation_loss(
+            s, t, labels=y, loss_type=loss_type, temperature=temperature, chunk_size=5
+        )
 
     for fn in (mixed, plain, chunked):
         cpu_value, cpu_grad = _value_and_grad(fn, student, teacher, labels, device="cpu")
@@ -87,19 +90,40 @@ def _train_distillation(tmp_path, use_cpu: bool, from_cache: bool = False):
     student = build_tiny_model("llama", tokenizer=tok, seed=2)[0]
     g = torch.Generator().manual_seed(0)
     data = Dataset.from_dict({"input_ids": torch.randint(3, len(tok), (16, 12), generator=g).tolist()})
-    args = DistillationConfig(output_dir=str(tmp_path / f"out-{use_cpu}-{from_cache}"), max_steps=4,
-                              per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, report_to=[],
-                              use_cpu=use_cpu, save_strategy="no", seed=0, alpha=0.5, temperature=2.0,
-                              disable_tqdm=True)  # fmt: skip
+    args = DistillationConfig(
+        output_dir=str(tmp_path / f"out-{use_cpu}-{from_cache}"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=use_cpu,
+        save_strategy="no",
+        seed=0,
+        alpha=0.5,
+        temperature=2.0,
+        disable_tqdm=True,
+    )
     if from_cache:
         device = "cpu" if use_cpu else "cuda"
-        cache = precompute_teacher_cache(teacher.to(device), data, tmp_path / f"cache-{device}", tokenizer=tok,
-                                         k=len(tok), temperature=2.0)  # fmt: skip
-        trainer = DistillationTrainer(model=student, teacher_model=None, args=args, train_dataset=cache,
-                                      data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True))  # fmt: skip
+        cache = precompute_teacher_cache(
+            teacher.to(device), data, tmp_path / f"cache-{device}", tokenizer=tok, k=len(tok), temperature=2.0
+        )
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=None,
+            args=args,
+            train_dataset=cache,
+            data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True),
+        )
     else:
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))  # fmt: skip
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data,
+            data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        )
     before = None if from_cache else {n: p.detach().cpu().clone() for n, p in teacher.named_parameters()}
     trainer.train()
     return trainer, before
@@ -136,8 +160,14 @@ def test_qlora_forward_backward_on_cuda(tiny_checkpoints, bits):
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
-    assert math.isfinite(out.loss.item()) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert (
+        math.isfinite(out.loss.item())
+        and grads
+        and all(g is not None and torch.isfinite(g).all() for g in grads)
+    )
     full = load_model(tiny_checkpoints["llama"], dtype="float32").cuda()
     with torch.no_grad():
         reference = full(input_ids=ids, labels=ids).loss.item()
-    assert out.loss.item() == pytest.approx(reference, rel=0.05)  # LoRA starts as the identity; quantization error
+    assert out.loss.item() == pytest.approx(
+        reference, rel=0.05
+    )  # LoRA starts as the identity; quantization error

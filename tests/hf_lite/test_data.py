@@ -116,8 +116,12 @@ def test_vocabulary_replacement():
 
 
 def test_word_operations_are_deterministic_given_the_rng():
-    for fn in (lambda r: random_swap(SENTENCE, 3, r), lambda r: random_deletion(SENTENCE, 0.4, r),
-               lambda r: random_insertion(SENTENCE, 2, r), lambda r: synonym_replacement(SENTENCE, 3, r)):  # fmt: skip
+    for fn in (
+        lambda r: random_swap(SENTENCE, 3, r),
+        lambda r: random_deletion(SENTENCE, 0.4, r),
+        lambda r: random_insertion(SENTENCE, 2, r),
+        lambda r: synonym_replacement(SENTENCE, 3, r),
+    ):
         assert fn(random.Random(5)) == fn(random.Random(5))
 
 
@@ -190,20 +194,43 @@ def test_augment_data_does_not_depend_on_num_proc():
 def test_augment_data_single_operations_and_pairs():
     ds = Dataset.from_dict({"text": ["the cat sat"], "text_pair": ["a cat ran"], "label": [1]})
     synonyms = {"cat": ["feline"], "sat": ["rested"], "ran": ["sprinted"]}
-    out = augment_data(ds, seed=0, n_aug=2, p_insert=0, p_delete=0, p_swap=0, p_synonym=0.9, synonyms=synonyms,
-                       columns=("text", "text_pair"))  # fmt: skip
+    out = augment_data(
+        ds,
+        seed=0,
+        n_aug=2,
+        p_insert=0,
+        p_delete=0,
+        p_swap=0,
+        p_synonym=0.9,
+        synonyms=synonyms,
+        columns=("text", "text_pair"),
+    )
     for row in out.select(range(1, 3)):
         assert len(row["text"].split()) == 3 and ("feline" in row["text"] or "rested" in row["text"])
         assert "feline" in row["text_pair"] or "sprinted" in row["text_pair"]
-    vocab = augment_data(ds, seed=0, n_aug=1, p_insert=0, p_delete=0, p_swap=0, p_synonym=0, p_vocab=1.0,
-                         vocabulary=["zebra"], keep_original=False)  # fmt: skip
+    vocab = augment_data(
+        ds,
+        seed=0,
+        n_aug=1,
+        p_insert=0,
+        p_delete=0,
+        p_swap=0,
+        p_synonym=0,
+        p_vocab=1.0,
+        vocabulary=["zebra"],
+        keep_original=False,
+    )
     assert vocab[0]["text"] == "zebra zebra zebra" and vocab[0]["text_pair"] == "a cat ran"
 
 
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"dataset": DatasetDict({"train": Dataset.from_dict({"text": ["a"]})})}, TypeError, r"augment_data\(ds\['train'\]"),
+        (
+            {"dataset": DatasetDict({"train": Dataset.from_dict({"text": ["a"]})})},
+            TypeError,
+            r"augment_data\(ds\['train'\]",
+        ),
         ({"dataset": ["a b"]}, TypeError, "dataset must be a datasets.Dataset"),
         ({"seed": "0"}, TypeError, "seed must be an integer"),
         ({"n_aug": 0}, ValueError, "n_aug=0 must be an integer >= 1"),
@@ -213,7 +240,7 @@ def test_augment_data_single_operations_and_pairs():
         ({"synonyms": {"a": "b"}}, TypeError, "synonyms must be a mapping"),
         ({"columns": ("sentence",)}, ValueError, r"columns \['sentence'\] are not in the dataset"),
     ],
-)  # fmt: skip
+)
 def test_augment_data_errors(kwargs, error, match):
     args = {"dataset": Dataset.from_dict({"text": ["a b c"]}), "seed": 0, **kwargs}
     with pytest.raises(error, match=match):
@@ -235,8 +262,11 @@ def test_tsv_keeps_quotes_and_na_words_and_drops_blank_rows(tmp_path, cache):
 
 
 def test_csv_json_jsonl_parquet_and_auto_columns(tmp_path, cache):
-    rows = [{"review": "good one", "label": "pos"}, {"review": "bad, sadly", "label": "neg"},
-            {"review": "fine", "label": "pos"}]  # fmt: skip
+    rows = [
+        {"review": "good one", "label": "pos"},
+        {"review": "bad, sadly", "label": "neg"},
+        {"review": "fine", "label": "pos"},
+    ]
     _write(tmp_path / "a.csv", 'review,label\ngood one,pos\n"bad, sadly",neg\nfine,pos\n')
     _write(tmp_path / "a.json", json.dumps(rows))
     _write(tmp_path / "a.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
@@ -254,8 +284,11 @@ def test_folder_of_splits_and_mapping_sources(tmp_path, cache):
     _write(tmp_path / "dev.tsv", "sentence\tlabel\nd0\t0\nd1\t1\n")
     ds = load_data(tmp_path, cache_dir=cache)
     assert ds["train"].num_rows == 10 and ds["eval"]["text"] == ["d0", "d1"]  # 'dev' is the eval split
-    mapped = load_data({"train": tmp_path / "train.tsv", "holdout": tmp_path / "dev.tsv"}, eval_split="holdout",
-                       cache_dir=cache)  # fmt: skip
+    mapped = load_data(
+        {"train": tmp_path / "train.tsv", "holdout": tmp_path / "dev.tsv"},
+        eval_split="holdout",
+        cache_dir=cache,
+    )
     assert mapped["eval"]["text"] == ["d0", "d1"]
     capped = load_data(tmp_path, max_rows=4, cache_dir=cache)
     assert capped["train"]["text"] == ["s0", "s1", "s2", "s3"] and capped["eval"].num_rows == 2
@@ -313,16 +346,35 @@ def test_real_sst2_dev_split(cache):
 @pytest.mark.parametrize(
     ("files", "kwargs", "error", "match"),
     [
-        ({}, {"columns": {"text": "sentense", "label": "label"}}, ValueError,
-         r"columns\['text'\]='sentense' is not a column of split 'train' of 'd.tsv' \(did you mean 'sentence'\?\); "
-         r"its columns are \['sentence', 'label'\]"),
-        ({}, {"columns": {"txt": "sentence"}}, ValueError, r"columns has key 'txt' \(did you mean 'text'\?\)"),
+        (
+            {},
+            {"columns": {"text": "sentense", "label": "label"}},
+            ValueError,
+            r"columns\['text'\]='sentense' is not a column of split 'train' of 'd.tsv' \(did you mean 'sentence'\?\); "
+            r"its columns are \['sentence', 'label'\]",
+        ),
+        (
+            {},
+            {"columns": {"txt": "sentence"}},
+            ValueError,
+            r"columns has key 'txt' \(did you mean 'text'\?\)",
+        ),
         ({}, {"columns": {"label": "label"}}, ValueError, "has no 'text' entry"),
         ({}, {"columns": ["sentence"]}, TypeError, "columns must be a mapping"),
         ({}, {"columns": {"text": 1}}, TypeError, r"columns\['text'\] must be a column name"),
-        ({"d.tsv": "sentence\tlabel\n \t1\n\t0\n"}, {}, ValueError, r"has no usable rows: all 2 rows have an empty text"),
+        (
+            {"d.tsv": "sentence\tlabel\n \t1\n\t0\n"},
+            {},
+            ValueError,
+            r"has no usable rows: all 2 rows have an empty text",
+        ),
         ({}, {"eval_fraction": 1.0}, ValueError, r"eval_fraction=1.0 must be a number in \[0, 1\)"),
-        ({}, {"eval_split": "valid"}, ValueError, r"eval_split='valid' is not a split .* its splits are \['train'\]"),
+        (
+            {},
+            {"eval_split": "valid"},
+            ValueError,
+            r"eval_split='valid' is not a split .* its splits are \['train'\]",
+        ),
         ({}, {"max_rows": 0}, ValueError, "max_rows=0 must be a positive integer"),
         ({}, {"sep": "::"}, ValueError, "sep='::' must be a single character"),
         ({}, {"holdout": "first"}, ValueError, "holdout='first' must be"),
@@ -330,7 +382,7 @@ def test_real_sst2_dev_split(cache):
         ({}, {"seed": 1.5}, TypeError, "seed must be an integer"),
         ({"d.tsv": "sentence\tlabel\nonly\t1\n"}, {"eval_fraction": 0.5}, ValueError, "too few to hold out"),
     ],
-)  # fmt: skip
+)
 def test_load_data_errors(tmp_path, cache, files, kwargs, error, match):
     _write(tmp_path / "d.tsv", files.get("d.tsv", "sentence\tlabel\ngood\t1\nbad\t0\nok\t1\n"))
     with pytest.raises(error, match=match):
@@ -360,8 +412,11 @@ def test_load_data_source_errors(tmp_path, cache):
 
 
 def test_hub_id_offline_and_not_cached_gives_a_clear_error(cache):
-    with pytest.raises(OSError, match=r"source='someone/not-cached' is not in the local datasets cache and the Hub is "
-                                      r"offline"):  # fmt: skip
+    with pytest.raises(
+        OSError,
+        match=r"source='someone/not-cached' is not in the local datasets cache and the Hub is "
+        r"offline",
+    ):
         load_data("someone/not-cached", cache_dir=cache)
 
 
@@ -374,11 +429,18 @@ def bert_tok():
 
 
 def test_tokenize_classification_with_pairs_truncation_and_padding(bert_tok):
-    ds = DatasetDict({
-        "train": Dataset.from_dict({"text": ["the cat sat on the mat", "the dog"], "text_pair": ["ran", "far away"],
-                                    "label": [1, 0]}),
-        "eval": Dataset.from_dict({"text": ["the cat"], "text_pair": ["sat"], "label": [1]}),
-    })  # fmt: skip
+    ds = DatasetDict(
+        {
+            "train": Dataset.from_dict(
+                {
+                    "text": ["the cat sat on the mat", "the dog"],
+                    "text_pair": ["ran", "far away"],
+                    "label": [1, 0],
+                }
+            ),
+            "eval": Dataset.from_dict({"text": ["the cat"], "text_pair": ["sat"], "label": [1]}),
+        }
+    )
     out = tokenize_data(ds, bert_tok, task="sequence-classification", max_length=6)
     assert out["train"].column_names == ["input_ids", "attention_mask", "labels"]
     first = bert_tok.convert_ids_to_tokens(out["train"][0]["input_ids"])
@@ -397,10 +459,12 @@ def test_tokenize_classification_with_pairs_truncation_and_padding(bert_tok):
 
 
 def test_tokenize_splits_with_different_columns(bert_tok):
-    ds = DatasetDict({
-        "train": Dataset.from_dict({"text": ["the cat"], "label": [1], "source": ["web"]}),
-        "eval": Dataset.from_dict({"text": ["the dog"]}),  # unlabelled, e.g. for the teacher to label
-    })  # fmt: skip
+    ds = DatasetDict(
+        {
+            "train": Dataset.from_dict({"text": ["the cat"], "label": [1], "source": ["web"]}),
+            "eval": Dataset.from_dict({"text": ["the dog"]}),  # unlabelled, e.g. for the teacher to label
+        }
+    )
     out = tokenize_data(ds, bert_tok, task="classification", max_length=8)
     assert out["train"].column_names == ["input_ids", "attention_mask", "labels"]
     assert out["eval"].column_names == ["input_ids", "attention_mask"]
@@ -430,12 +494,21 @@ def test_tokenize_causal_lm_blocks(bert_tok):
         ({"tokenizer": str.split}, TypeError, "tokenizer must be a transformers tokenizer"),
         ({"task": "causal-lm", "max_length": 64}, ValueError, "gives no block of max_length=64 tokens"),
         ({"task": "causal-lm", "padding": True}, ValueError, "padding=True applies to classification"),
-        ({"task": "causal-lm", "add_eos": True}, ValueError, "add_eos=True but the tokenizer has no eos token"),
+        (
+            {"task": "causal-lm", "add_eos": True},
+            ValueError,
+            "add_eos=True but the tokenizer has no eos token",
+        ),
     ],
-)  # fmt: skip
+)
 def test_tokenize_data_errors(bert_tok, kwargs, error, match):
-    args = {"dataset": Dataset.from_dict({"text": ["the cat sat"], "label": [1]}), "tokenizer": bert_tok,
-            "task": "sequence-classification", "max_length": 8, **kwargs}  # fmt: skip
+    args = {
+        "dataset": Dataset.from_dict({"text": ["the cat sat"], "label": [1]}),
+        "tokenizer": bert_tok,
+        "task": "sequence-classification",
+        "max_length": 8,
+        **kwargs,
+    }
     with pytest.raises(error, match=match):
         tokenize_data(args.pop("dataset"), args.pop("tokenizer"), **args)
 

@@ -49,15 +49,27 @@ def _pair(seed: int, n: int = 6, vocab: int = 11, spread: float = 3.0):
     return student, teacher
 
 
-@pytest.mark.parametrize("loss_type,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5),
-                                            ("jsd", 0.1), ("jsd", 0.9), ("jsd", 0.0), ("jsd", 1.0)])
+@pytest.mark.parametrize(
+    "loss_type,beta",
+    [
+        ("forward_kl", 0.5),
+        ("reverse_kl", 0.5),
+        ("jsd", 0.5),
+        ("jsd", 0.1),
+        ("jsd", 0.9),
+        ("jsd", 0.0),
+        ("jsd", 1.0),
+    ],
+)
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_value_and_gradient_equal_autograd_of_the_formula(loss_type, beta, temperature):
     student, teacher = _pair(0)
     weights = torch.rand(student.shape[0], dtype=torch.float64)  # a non-uniform incoming gradient
     rows = divergences.kl_rows(student, teacher, loss_type, temperature, beta).total
     (grad,) = torch.autograd.grad((rows * weights).sum(), student)
-    ref_type = {0.0: "forward_kl", 1.0: "reverse_kl"}.get(beta, loss_type) if loss_type == "jsd" else loss_type
+    ref_type = (
+        {0.0: "forward_kl", 1.0: "reverse_kl"}.get(beta, loss_type) if loss_type == "jsd" else loss_type
+    )
     ref_rows = reference_rows(student, teacher, ref_type, temperature, beta)
     (ref_grad,) = torch.autograd.grad((ref_rows * weights).sum(), student)
     torch.testing.assert_close(rows, ref_rows, rtol=1e-10, atol=1e-12)
@@ -71,7 +83,9 @@ def test_zero_probability_tokens_give_finite_exact_values(loss_type):
     with torch.no_grad():
         student[:2, :3] = float("-inf")  # and the student too, in two rows
     rows = divergences.kl_rows(student, teacher, loss_type, 1.0, 0.5).total
-    if loss_type == "reverse_kl":  # KL(p_s || p_t) is infinite where p_s > 0 = p_t; finite where both rule out
+    if (
+        loss_type == "reverse_kl"
+    ):  # KL(p_s || p_t) is infinite where p_s > 0 = p_t; finite where both rule out
         assert torch.isfinite(rows[:2]).all() and torch.isinf(rows[2:]).all()
         return
     (grad,) = torch.autograd.grad(rows.sum(), student)
@@ -84,7 +98,9 @@ def test_zero_probability_tokens_give_finite_exact_values(loss_type):
 def test_equal_distributions_give_zero_value_and_gradient():
     student, _ = _pair(2)
     for loss_type in divergences.FUSED_LOSS_TYPES:
-        rows = divergences.kl_rows(student, student.detach() + 5.0, loss_type, 1.5, 0.3).total  # shift: same softmax
+        rows = divergences.kl_rows(
+            student, student.detach() + 5.0, loss_type, 1.5, 0.3
+        ).total  # shift: same softmax
         (grad,) = torch.autograd.grad(rows.sum(), student)
         torch.testing.assert_close(rows, torch.zeros_like(rows), atol=1e-12, rtol=0)
         torch.testing.assert_close(grad, torch.zeros_like(grad), atol=1e-12, rtol=0)
@@ -131,7 +147,9 @@ def test_topk_gradient_is_finite_when_the_student_tail_is_tiny():
     assert torch.isfinite(rows).all() and torch.isfinite(grad).all()
     # exact tail term: tail_t * (log tail_t - log tail_s) with log tail_s = logsumexp(-40 x 6) - logsumexp(all)
     log_tail_s = (-40.0 + math.log(6)) - torch.logsumexp(student.detach(), -1)
-    cached = (logprobs_t.exp() * (logprobs_t - F.log_softmax(student.detach(), -1).gather(-1, indices))).sum(-1)
+    cached = (logprobs_t.exp() * (logprobs_t - F.log_softmax(student.detach(), -1).gather(-1, indices))).sum(
+        -1
+    )
     torch.testing.assert_close(rows, cached + tail_t * (tail_t.log() - log_tail_s))
 
 

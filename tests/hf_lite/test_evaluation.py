@@ -99,8 +99,11 @@ def test_binary_pos_label_and_single_class(sklearn_metrics):
     assert got == pytest.approx(sklearn_metrics.f1_score(refs, preds, pos_label=0))
     # Only class 0 present and pos_label=1: no positives anywhere, every score is the zero_division value.
     assert classification_metrics([0, 0], [0, 0], average="binary") == {
-        "accuracy": 1.0, "f1": 0.0, "precision": 0.0, "recall": 0.0,
-    }  # fmt: skip
+        "accuracy": 1.0,
+        "f1": 0.0,
+        "precision": 0.0,
+        "recall": 0.0,
+    }
 
 
 def test_classification_metrics_accepts_logits_tensors_and_auto_average(sklearn_metrics):
@@ -151,23 +154,46 @@ def test_token_perplexity_aggregates_exactly_across_batches():
     ("call", "error", "match"),
     [
         (lambda: classification_metrics([0, 1], [0]), ValueError, r"predictions \(2\) and references \(1\)"),
-        (lambda: classification_metrics([0, 1], [0, 1], average="samples"), ValueError, "average='samples' must be"),
+        (
+            lambda: classification_metrics([0, 1], [0, 1], average="samples"),
+            ValueError,
+            "average='samples' must be",
+        ),
         (lambda: classification_metrics([0.5, 1], [0, 1]), TypeError, "must hold integer class ids"),
         (lambda: classification_metrics([], []), ValueError, "references is empty"),
         (lambda: classification_metrics(np.zeros((2, 2, 2)), [0, 1]), ValueError, r"got shape \(2, 2, 2\)"),
-        (lambda: classification_metrics([0, 1, 2], [0, 1, 2], average="binary"), ValueError, "at most two classes"),
-        (lambda: load_metric("f1").compute(predictions=[0, 1], references=[0, 1], pos_label=5), ValueError,
-         "pos_label=5 is not a valid label"),
-        (lambda: load_metric("f1").compute(predictions=[0, 1], references=[0, 1], zero_division=2), ValueError,
-         "zero_division=2 must be"),
-        (lambda: load_metric("accuracy").compute(predictions=[0, 1], references=[0, 1], sample_weight=[1.0]),
-         ValueError, "sample_weight has shape"),
-        (lambda: load_metric("token_perplexity").compute(nll=[0.0], num_tokens=[0]), ValueError, "num_tokens sums to 0"),
+        (
+            lambda: classification_metrics([0, 1, 2], [0, 1, 2], average="binary"),
+            ValueError,
+            "at most two classes",
+        ),
+        (
+            lambda: load_metric("f1").compute(predictions=[0, 1], references=[0, 1], pos_label=5),
+            ValueError,
+            "pos_label=5 is not a valid label",
+        ),
+        (
+            lambda: load_metric("f1").compute(predictions=[0, 1], references=[0, 1], zero_division=2),
+            ValueError,
+            "zero_division=2 must be",
+        ),
+        (
+            lambda: load_metric("accuracy").compute(
+                predictions=[0, 1], references=[0, 1], sample_weight=[1.0]
+            ),
+            ValueError,
+            "sample_weight has shape",
+        ),
+        (
+            lambda: load_metric("token_perplexity").compute(nll=[0.0], num_tokens=[0]),
+            ValueError,
+            "num_tokens sums to 0",
+        ),
         (lambda: load_metric("acuracy"), ValueError, "did you mean 'accuracy'"),
         (lambda: load_metric(3), TypeError, "name must be a string"),
         (lambda: metric_path("bleu"), ValueError, "'bleu' is not a bundled metric"),
     ],
-)  # fmt: skip
+)
 def test_metric_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
@@ -200,15 +226,20 @@ class _NextTokenModel(torch.nn.Module):
 
 def test_perplexity_is_token_weighted_over_the_whole_set():
     model = _NextTokenModel()
-    ds = Dataset.from_dict({
-        "input_ids": [[5, 6, 7, 8, 9, 10], [3, 9, 1], [20, 21, 22, 23]],
-        "labels": [[5, 6, 7, 8, 9, 10], [3, 9, 1], [20, -100, 22, -100]],
-    })  # fmt: skip
+    ds = Dataset.from_dict(
+        {
+            "input_ids": [[5, 6, 7, 8, 9, 10], [3, 9, 1], [20, 21, 22, 23]],
+            "labels": [[5, 6, 7, 8, 9, 10], [3, 9, 1], [20, -100, 22, -100]],
+        }
+    )
     nll, counts = [], []
     for row in ds:  # by hand: -log softmax of the next label, labels != -100
         logits = model(torch.tensor([row["input_ids"]])).logits[0]
-        terms = [-torch.log_softmax(logits[t], -1)[row["labels"][t + 1]].item()
-                 for t in range(len(row["labels"]) - 1) if row["labels"][t + 1] != -100]  # fmt: skip
+        terms = [
+            -torch.log_softmax(logits[t], -1)[row["labels"][t + 1]].item()
+            for t in range(len(row["labels"]) - 1)
+            if row["labels"][t + 1] != -100
+        ]
         nll.append(sum(terms))
         counts.append(len(terms))
     expected = math.exp(sum(nll) / sum(counts))
@@ -271,8 +302,17 @@ def test_evaluate_model_classification(bert, tmp_path):
     )
     model.save_pretrained(tmp_path / "bert")
     model.train()  # evaluate_model switches to eval mode and back
-    result = evaluate_model(model, ds, "text-classification", batch_size=4, folder=tmp_path / "bert",
-                            batch_sizes=(1, 32), warmup=0, repeats=1, seq_len=8)  # fmt: skip
+    result = evaluate_model(
+        model,
+        ds,
+        "text-classification",
+        batch_size=4,
+        folder=tmp_path / "bert",
+        batch_sizes=(1, 32),
+        warmup=0,
+        repeats=1,
+        seq_len=8,
+    )
     assert model.training
     with torch.no_grad():
         model.eval()
@@ -383,8 +423,14 @@ def test_bytes_on_disk_of_a_saved_model(bert, tmp_path):
 def test_measure_latency_reports_sane_numbers(gpt2):
     model, tok = gpt2
     model.train()
-    out = measure_latency(model, {"input_ids": torch.tensor([[5, 6, 7]]), "labels": [1]}, batch_sizes=(1, 32),
-                          warmup=1, repeats=3, seq_len=10)  # fmt: skip
+    out = measure_latency(
+        model,
+        {"input_ids": torch.tensor([[5, 6, 7]]), "labels": [1]},
+        batch_sizes=(1, 32),
+        warmup=1,
+        repeats=3,
+        seq_len=10,
+    )
     assert model.training  # mode restored
     assert out["threads"] == torch.get_num_threads() and out["seq_len"] == 10 and out["device"] == "cpu"
     by_size = {r["batch_size"]: r for r in out["results"]}
@@ -454,8 +500,9 @@ def test_side_by_side_interleaves_models_and_rotates_their_order():
 
 def test_side_by_side_matches_single_model_interface(gpt2):
     single = measure_latency(gpt2[0], {"input_ids": [5, 6]}, batch_sizes=(2,), repeats=2, seq_len=4)
-    both = measure_latency_side_by_side({"m": gpt2[0]}, {"input_ids": [5, 6]}, batch_sizes=(2,), repeats=2,
-                                        seq_len=4)  # fmt: skip
+    both = measure_latency_side_by_side(
+        {"m": gpt2[0]}, {"input_ids": [5, 6]}, batch_sizes=(2,), repeats=2, seq_len=4
+    )
     assert set(single) == set(both["m"]) and both["m"]["results"][0].keys() == single["results"][0].keys()
     with pytest.raises(ValueError, match="models must be a non-empty mapping"):
         measure_latency_side_by_side({}, {"input_ids": [5]})

@@ -80,9 +80,14 @@ def test_plain_export_is_a_stock_checkpoint_with_tokenizer(tiny_checkpoints, tmp
     assert json.dumps(report.to_dict())  # JSON-serializable
 
 
-@pytest.mark.parametrize(("name", "task", "output"), [("gpt2", "causal-lm", "logits"),
-                                                      ("bert", "sequence-classification", "logits"),
-                                                      ("t5", "seq2seq-lm", "logits")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "task", "output"),
+    [
+        ("gpt2", "causal-lm", "logits"),
+        ("bert", "sequence-classification", "logits"),
+        ("t5", "seq2seq-lm", "logits"),
+    ],
+)
 def test_other_families_reload_identically(tiny_checkpoints, tmp_path, name, task, output):
     model = load_model(tiny_checkpoints[name], task, dtype="float32")
     report = export(model, tmp_path / name)  # T5: the default check inputs include decoder_input_ids
@@ -238,8 +243,12 @@ def test_bnb_checkpoint_saved_as_is_reloads_exactly(tiny_checkpoints, tmp_path, 
 def test_4bit_without_double_quant_survives_a_forward_before_saving(tiny_checkpoints, tmp_path):
     """bitsandbytes' own save of CPU-repacked weights writes the absmax transposed when it is not double
     quantized (down_proj, 128 inputs = 2 blocks, would be scrambled); export restores the layout first."""
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=False,
-                               bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=False,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
     model = load_model(tiny_checkpoints["llama"], quantization=quant)
     before = _logits(model)
     report = export(model, tmp_path / "nf4")

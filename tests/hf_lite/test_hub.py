@@ -96,8 +96,11 @@ def test_roundtrip_distilled_student_with_report(hub_server, tiny_checkpoints):
     assert meta["license"] == "apache-2.0" and "base_model" not in meta  # loaded from a local folder
     (result_entry,) = meta["model-index"][0]["results"]
     assert result_entry["task"]["type"] == "text-generation"
-    assert result_entry["dataset"] == {"name": "test-org/tiny-corpus", "type": "test-org/tiny-corpus",
-                                       "split": "validation"}  # fmt: skip
+    assert result_entry["dataset"] == {
+        "name": "test-org/tiny-corpus",
+        "type": "test-org/tiny-corpus",
+        "split": "validation",
+    }
     assert result_entry["metrics"] == [{"type": "perplexity", "value": 40.5}]
     assert (
         "[`test-org/tiny-teacher`](https://huggingface.co/test-org/tiny-teacher) (logit KL, T=2, alpha=0.5)"
@@ -195,8 +198,12 @@ def test_stale_checkpoint_files_are_deleted_in_the_same_commit(hub_server, tiny_
     push_to_hub(model, "test-user/switch", merge_adapter=True)
     result = push_to_hub(model, "test-user/switch", base_model="test-org/base")  # now as a separate adapter
     assert {"config.json", "model.safetensors", "generation_config.json"} <= set(result.deleted)
-    assert set(hub_server.files("test-user/switch")) == {".gitattributes", "README.md", "adapter_config.json",
-                                                         "adapter_model.safetensors"}  # fmt: skip
+    assert set(hub_server.files("test-user/switch")) == {
+        ".gitattributes",
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
 
 
 def test_failed_push_leaves_the_repo_as_it_was(hub_server, tiny_checkpoints):
@@ -259,8 +266,14 @@ def test_transient_commit_error_is_retried_once_applied_once(hub_server, tiny_ch
 def test_private_branch_message_and_pull_request(hub_server, tiny_checkpoints):
     api = HfApi()
     repo = "test-user/options"
-    result = push_to_hub(tiny_checkpoints["llama"], "options", private=True, revision="dev", commit_message="First",
-                         commit_description="Tiny Llama, nothing compressed yet.")  # fmt: skip
+    result = push_to_hub(
+        tiny_checkpoints["llama"],
+        "options",
+        private=True,
+        revision="dev",
+        commit_message="First",
+        commit_description="Tiny Llama, nothing compressed yet.",
+    )
     assert result.repo_id == repo and f'from_pretrained("{repo}")' in result.card  # the token's namespace
     assert api.model_info(repo).private and result.revision == "dev"
     assert api.file_exists(repo, "model.safetensors", revision="dev") and not api.file_exists(
@@ -280,8 +293,13 @@ def test_token_and_local_paths_never_leak(hub_server, tiny_checkpoints, tmp_path
     model = load_model(tiny_checkpoints["llama"], dtype="float32", peft=_lora())
     teacher = str(tmp_path / "teacher")  # a local teacher and dataset: described, never printed
     report = {**REPORT, "teacher": teacher, "dataset": str(tmp_path / "data.csv")}
-    result = push_to_hub(model, "test-user/private-bits", report=report, base_model="test-user/tiny-base",
-                         token=hub_server.token)  # fmt: skip
+    result = push_to_hub(
+        model,
+        "test-user/private-bits",
+        report=report,
+        base_model="test-user/tiny-base",
+        token=hub_server.token,
+    )
     out, err = capfd.readouterr()
     uploaded = b"".join(hub_server.files("test-user/private-bits").values())
     for text in (result.card, caplog.text, out, err, uploaded.decode("utf-8", "replace")):
@@ -346,8 +364,16 @@ def test_push_errors(hub_server, tiny_checkpoints, tmp_path):
 
 
 def test_card_metadata_passes_the_hub_validation(tmp_path, tiny_checkpoints):
-    card = build_model_card(REPORT, repo_id="me/tiny", base_model="test-org/base", checkpoint=tiny_checkpoints["llama"],
-                            license="mit", language="en", datasets=["test-org/other"], tags=["tiny"])  # fmt: skip
+    card = build_model_card(
+        REPORT,
+        repo_id="me/tiny",
+        base_model="test-org/base",
+        checkpoint=tiny_checkpoints["llama"],
+        license="mit",
+        language="en",
+        datasets=["test-org/other"],
+        tags=["tiny"],
+    )
     meta = parse_card_metadata(card.content)
     assert meta["base_model"] == "test-org/base" and meta["base_model_relation"] == "finetune"
     assert meta["datasets"] == ["test-org/other", "test-org/tiny-corpus"] and meta["metrics"] == [

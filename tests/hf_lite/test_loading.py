@@ -125,10 +125,17 @@ def _train(model, tokenizer, tmp_path, steps: int = 25, lr: float = 1e-2) -> lis
     ids = 5 + (starts + torch.arange(16)) % (len(tokenizer) - 5)  # (8, 16)
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), max_steps=steps, per_device_train_batch_size=4, learning_rate=lr,
-        logging_steps=1, save_strategy="no", report_to=[], seed=0, lr_scheduler_type="constant",
+        output_dir=str(tmp_path / "run"),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=lr,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        lr_scheduler_type="constant",
         use_cpu=not torch.cuda.is_available(),  # a quantized model is placed on the GPU when there is one
-    )  # fmt: skip
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.train()
     return [log["loss"] for log in trainer.state.log_history if "loss" in log]
@@ -139,16 +146,15 @@ def _train(model, tokenizer, tmp_path, steps: int = 25, lr: float = 1e-2) -> lis
 def test_qlora_trains_only_the_adapter_and_loss_goes_down(tiny_checkpoints, tmp_path, bits):
     tokenizer = load_tokenizer(tiny_checkpoints["llama"])
     model = load_model(
-        tiny_checkpoints["llama"], quantization=bits,
+        tiny_checkpoints["llama"],
+        quantization=bits,
         peft=LoraConfig(r=8, lora_alpha=16, target_modules=LLAMA_TARGETS, lora_dropout=0.0),
-    )  # fmt: skip
+    )
     assert isinstance(model, PeftModel)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
     cls = bnb.nn.Linear4bit if bits == "4bit" else bnb.nn.Linear8bitLt
-    base_before = {
-        n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, cls)
-    }
+    base_before = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, cls)}
     assert len(base_before) == 14
 
     losses = _train(model, tokenizer, tmp_path)
@@ -166,10 +172,14 @@ def test_qlora_trains_only_the_adapter_and_loss_goes_down(tiny_checkpoints, tmp_
 @pytest.mark.integration
 def test_merged_lora_gives_the_same_logits_as_the_adapter(tiny_checkpoints, tmp_path):
     tokenizer = load_tokenizer(tiny_checkpoints["llama"])
-    model = load_model(tiny_checkpoints["llama"], dtype="float32", peft={"r": 8, "target_modules": "all-linear"})
+    model = load_model(
+        tiny_checkpoints["llama"], dtype="float32", peft={"r": 8, "target_modules": "all-linear"}
+    )
     _train(model, tokenizer, tmp_path, steps=5)
     model.eval()
-    batch = {k: v.to(model.device) for k, v in _batch(tokenizer).items()}  # the Trainer may have moved it to a GPU
+    batch = {
+        k: v.to(model.device) for k, v in _batch(tokenizer).items()
+    }  # the Trainer may have moved it to a GPU
     with torch.no_grad():
         adapted = model(**batch).logits
         with model.disable_adapter():
@@ -184,7 +194,9 @@ def test_merged_lora_gives_the_same_logits_as_the_adapter(tiny_checkpoints, tmp_
 @pytest.mark.integration
 def test_gradient_checkpointing_with_qlora_still_trains(tiny_checkpoints, tmp_path):
     tokenizer = load_tokenizer(tiny_checkpoints["gpt2"])
-    model = load_model(tiny_checkpoints["gpt2"], quantization="4bit", peft="lora", gradient_checkpointing=True)
+    model = load_model(
+        tiny_checkpoints["gpt2"], quantization="4bit", peft="lora", gradient_checkpointing=True
+    )
     inner = model.base_model.model
     assert getattr(inner, "is_activation_checkpointing", None) or inner.is_gradient_checkpointing
     losses = _train(model, tokenizer, tmp_path, steps=8)
@@ -278,7 +290,9 @@ def test_unknown_task_names_the_choices():
 
 
 def test_task_the_architecture_lacks(tiny_checkpoints):
-    with pytest.raises(ValueError, match=r"task='seq2seq-lm' is not available for model_type='bert'.*supports:"):
+    with pytest.raises(
+        ValueError, match=r"task='seq2seq-lm' is not available for model_type='bert'.*supports:"
+    ):
         load_model(tiny_checkpoints["bert"], "seq2seq-lm")
 
 
@@ -301,7 +315,9 @@ def test_invalid_repo_id():
 
 
 def test_uncached_repo_while_offline_says_offline(tmp_path):
-    with pytest.raises(OSError, match=r"'someone/not-cached' is not in the local Hugging Face cache.*offline"):
+    with pytest.raises(
+        OSError, match=r"'someone/not-cached' is not in the local Hugging Face cache.*offline"
+    ):
         load_model("someone/not-cached", cache_dir=str(tmp_path))
 
 
@@ -327,14 +343,18 @@ def test_missing_bitsandbytes_gives_the_install_line(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
     with pytest.raises(ImportError, match=r"pip install 'bitsandbytes"):
         resolve_quantization("8bit")
 
 
 def test_quantization_that_wraps_no_layer(tiny_checkpoints):
     skip_all = BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=["model", "lm_head"])
-    with pytest.raises(ValueError, match=r"bitsandbytes quantized no layer of LlamaForCausalLM.*without quantization"):
+    with pytest.raises(
+        ValueError, match=r"bitsandbytes quantized no layer of LlamaForCausalLM.*without quantization"
+    ):
         load_model(tiny_checkpoints["llama"], quantization=skip_all)
 
 
@@ -364,11 +384,20 @@ def test_bad_dtype():
 
 
 def test_remote_code_needs_trust_remote_code(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "my-own-arch",
-        "auto_map": {"AutoConfig": "configuration_mine.MyConfig", "AutoModelForCausalLM": "modeling_mine.MyModel"},
-    }))  # fmt: skip
-    with pytest.raises(ValueError, match=r"ships its own model code.*trust_remote_code=True only after reading"):
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "my-own-arch",
+                "auto_map": {
+                    "AutoConfig": "configuration_mine.MyConfig",
+                    "AutoModelForCausalLM": "modeling_mine.MyModel",
+                },
+            }
+        )
+    )
+    with pytest.raises(
+        ValueError, match=r"ships its own model code.*trust_remote_code=True only after reading"
+    ):
         load_model(tmp_path)
 
 

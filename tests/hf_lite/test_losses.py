@@ -67,8 +67,10 @@ def ref_rows(student: torch.Tensor, teacher: torch.Tensor, loss_type: str, tempe
         kl_s = F.kl_div(log_m, log_s, reduction="none", log_target=True).sum(-1)
         return (b * kl_t + (1 - b) * kl_s).mean() * temperature**2
     if loss_type == "tv":
-        rows = [sum(abs(a - c) for a, c in zip(ps.tolist(), pt.tolist(), strict=True)) / 2
-                for ps, pt in zip(F.softmax(s, -1), F.softmax(t, -1), strict=True)]  # fmt: skip
+        rows = [
+            sum(abs(a - c) for a, c in zip(ps.tolist(), pt.tolist(), strict=True)) / 2
+            for ps, pt in zip(F.softmax(s, -1), F.softmax(t, -1), strict=True)
+        ]
         return torch.tensor(rows, dtype=torch.float64).mean() * temperature**2
     if loss_type == "mse":
         return F.mse_loss(student.double(), teacher.double())
@@ -207,8 +209,9 @@ def loss_on(name: str, student: torch.Tensor, teacher: torch.Tensor, labels: tor
     if name in LOSS_TYPES:
         return distillation_loss(student, teacher, loss_type=name, temperature=2.0, labels=labels, **kwargs)
     if name == "chunked":
-        return chunked_distillation_loss(student, teacher, loss_type="jsd", temperature=2.0, labels=labels,
-                                         chunk_size=3, **kwargs)  # fmt: skip
+        return chunked_distillation_loss(
+            student, teacher, loss_type="jsd", temperature=2.0, labels=labels, chunk_size=3, **kwargs
+        )
     if name == "topk":
         logprobs, indices = teacher_topk(teacher, 4, temperature=2.0)
         return topk_distillation_loss(student, logprobs, indices, temperature=2.0, labels=labels, **kwargs)
@@ -264,8 +267,10 @@ def test_attention_gradient_accumulation_is_exact():
     total = int(mask.sum())
     for kind in ("kl", "mse"):
         full = attention_loss(student, teacher, kind=kind, mask=mask)
-        micro = sum(attention_loss(student[i:j], teacher[i:j], kind=kind, mask=mask[i:j], num_items_in_batch=total)
-                    for i, j in [(0, 1), (1, 4)])  # fmt: skip
+        micro = sum(
+            attention_loss(student[i:j], teacher[i:j], kind=kind, mask=mask[i:j], num_items_in_batch=total)
+            for i, j in [(0, 1), (1, 4)]
+        )
         torch.testing.assert_close(micro, full)
         torch.testing.assert_close(
             torch.autograd.grad(micro, student)[0], torch.autograd.grad(full, student)[0]
@@ -289,8 +294,9 @@ def test_all_masked_attention_and_hidden_variant_are_zero():
     assert loss.item() == 0.0
     assert torch.equal(torch.autograd.grad(loss, student)[0], torch.zeros_like(student))
     hidden, head = randn(2, 3, 4, seed=27).requires_grad_(), randn(V, 4, seed=28).requires_grad_()
-    loss = chunked_distillation_loss_from_hidden(hidden, head, randn(2, 3, 4, seed=29), randn(V, 4, seed=30),
-                                                 labels=torch.full((2, 3), -100))  # fmt: skip
+    loss = chunked_distillation_loss_from_hidden(
+        hidden, head, randn(2, 3, 4, seed=29), randn(V, 4, seed=30), labels=torch.full((2, 3), -100)
+    )
     assert loss.item() == 0.0
     grads = torch.autograd.grad(loss, [hidden, head])
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
@@ -384,12 +390,16 @@ def test_chunked_2d_mask_bf16_and_teacher_gradient():
     teacher = randn(10, V, seed=43, dtype=torch.bfloat16).requires_grad_()  # a teacher being trained too
     mask = torch.tensor([1, 1, 0, 1, 1, 1, 0, 0, 1, 1])
     plain = reverse_kl_loss(student, teacher, mask=mask, num_items_in_batch=9)
-    chunked = chunked_distillation_loss(student, teacher, loss_type="reverse_kl", mask=mask, num_items_in_batch=9,
-                                        chunk_size=3)  # fmt: skip
+    chunked = chunked_distillation_loss(
+        student, teacher, loss_type="reverse_kl", mask=mask, num_items_in_batch=9, chunk_size=3
+    )
     assert chunked.dtype == torch.float32
     torch.testing.assert_close(chunked, plain)
-    for a, b in zip(torch.autograd.grad(chunked, [student, teacher]), torch.autograd.grad(plain, [student, teacher]),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        torch.autograd.grad(chunked, [student, teacher]),
+        torch.autograd.grad(plain, [student, teacher]),
+        strict=True,
+    ):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a, b)
 
@@ -478,11 +488,15 @@ def test_chunked_from_hidden_equals_plain(loss_type):
         "num_items_in_batch": 20,
     }
     plain = distillation_loss(F.linear(h_s, w_s, b_s), F.linear(h_t, w_t, b_t), **kwargs)
-    chunked = chunked_distillation_loss_from_hidden(h_s, w_s, h_t, w_t, student_lm_head_bias=b_s,
-                                                    teacher_lm_head_bias=b_t, chunk_size=4, **kwargs)  # fmt: skip
+    chunked = chunked_distillation_loss_from_hidden(
+        h_s, w_s, h_t, w_t, student_lm_head_bias=b_s, teacher_lm_head_bias=b_t, chunk_size=4, **kwargs
+    )
     torch.testing.assert_close(chunked, plain)
-    for a, b in zip(torch.autograd.grad(chunked, [h_s, w_s, b_s]), torch.autograd.grad(plain, [h_s, w_s, b_s]),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        torch.autograd.grad(chunked, [h_s, w_s, b_s]),
+        torch.autograd.grad(plain, [h_s, w_s, b_s]),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -584,8 +598,9 @@ def test_hidden_state_loss():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     student[0, 3:] = float("nan")
     keep = mask.bool()
-    torch.testing.assert_close(hidden_state_loss(student, teacher, mask=mask),
-                               F.mse_loss(student[keep], teacher[keep]))  # fmt: skip
+    torch.testing.assert_close(
+        hidden_state_loss(student, teacher, mask=mask), F.mse_loss(student[keep], teacher[keep])
+    )
     cosine = [
         1 - torch.dot(a, b) / (a.norm() * b.norm()) for a, b in zip(student[keep], teacher[keep], strict=True)
     ]
@@ -647,66 +662,190 @@ def _t(*shape: int) -> torch.Tensor:
 
 
 ERRORS = [
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), temperature=0), ValueError, r"temperature=0 must be .*> 0"),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), temperature=0),
+        ValueError,
+        r"temperature=0 must be .*> 0",
+    ),
     (lambda: distillation_loss(_t(2, 5), _t(2, 5), temperature=-1.0), ValueError, r"temperature=-1.0"),
     (lambda: distillation_loss(_t(2, 5), _t(2, 5), temperature=float("nan")), ValueError, r"temperature=nan"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), temperature="2"), TypeError, r"temperature must be a positive"),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), temperature="2"),
+        TypeError,
+        r"temperature must be a positive",
+    ),
     (lambda: distillation_loss(_t(2, 5), _t(2, 5), beta=1.5), ValueError, r"beta=1.5 is outside \[0, 1\]"),
     (lambda: generalized_jsd_loss(_t(2, 5), _t(2, 5), beta=-0.1), ValueError, r"beta=-0.1 .*reverse KL"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), loss_type="foward_kl"), ValueError,
-     r"loss_type='foward_kl' .*did you mean 'forward_kl'"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), loss_type="kl"), ValueError, r"did you mean 'forward_kl'.*Use one of"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), loss_type="reverse-kl"), ValueError, r"did you mean 'reverse_kl'"),
-    (lambda: distillation_loss(_t(2, 3, 5), _t(2, 4, 5)), ValueError, r"\(2, 3, 5\) .*\(2, 4, 5\) differ.*same batch"),
-    (lambda: forward_kl_loss(_t(2, 5), _t(2, 6)), ValueError, r"vocab=5 and teacher_logits vocab=6.*len\(tokenizer\)"),
-    (lambda: chunked_distillation_loss(_t(2, 5), _t(2, 6)), ValueError, r"vocab=5 .*vocab=6.*cross-tokenizer"),
-    (lambda: distillation_loss(_t(2, 3, 5), _t(2, 3, 5), mask=torch.ones(2, 4, dtype=torch.long)), ValueError, r"mask.shape=\(2, 4\) must be \(2, 3\)"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), mask=torch.ones(2)), TypeError, r"mask must be bool or 0/1.*mask.bool"),
-    (lambda: distillation_loss(_t(2, 3, 5), _t(2, 3, 5), labels=torch.zeros(2, 4, dtype=torch.long)), ValueError,
-     r"labels.shape=\(2, 4\) must be \(2, 3\).*shift_for_causal_lm"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), labels=torch.zeros(2)), TypeError, r"labels must be an integer tensor"),
-    (lambda: distillation_loss(torch.zeros(2, 5, dtype=torch.long), _t(2, 5)), TypeError, r"student_logits must be a floating"),
-    (lambda: distillation_loss(_t(2, 5), [[0.0] * 5] * 2), TypeError, r"teacher_logits must be a torch.Tensor"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), num_items_in_batch=-1), ValueError, r"num_items_in_batch=-1 must be a count"),
-    (lambda: distillation_loss(_t(2, 5), _t(2, 5), num_items_in_batch=torch.tensor([3, 4])), ValueError,
-     r"one-element tensor; got a tensor of shape \(2,\)"),
-    (lambda: chunked_distillation_loss(_t(2, 5), _t(2, 5), chunk_size=0), ValueError, r"chunk_size=0 must be >= 1"),
-    (lambda: chunked_distillation_loss_from_hidden(_t(2, 4), _t(7, 4), _t(2, 3), _t(9, 3)), ValueError,
-     r"vocab=7 rows and teacher_lm_head_weight vocab=9.*weight\[:len\(tokenizer\)\]"),
-    (lambda: chunked_distillation_loss_from_hidden(_t(2, 4), _t(4, 7), _t(2, 3), _t(7, 3)), ValueError,
-     r"student_lm_head_weight.shape=\(4, 7\) does not fit student_hidden of size 4.*\.T"),
-    (lambda: chunked_distillation_loss_from_hidden(_t(2, 4), _t(7, 4), _t(3, 3), _t(7, 3)), ValueError,
-     r"differ before the hidden size"),
-    (lambda: chunked_distillation_loss_from_hidden(_t(2, 4), _t(7, 4), _t(2, 3), _t(7, 3), student_lm_head_bias=_t(6)),
-     ValueError, r"student_lm_head_bias.shape=\(6,\) does not match"),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), loss_type="foward_kl"),
+        ValueError,
+        r"loss_type='foward_kl' .*did you mean 'forward_kl'",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), loss_type="kl"),
+        ValueError,
+        r"did you mean 'forward_kl'.*Use one of",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), loss_type="reverse-kl"),
+        ValueError,
+        r"did you mean 'reverse_kl'",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 3, 5), _t(2, 4, 5)),
+        ValueError,
+        r"\(2, 3, 5\) .*\(2, 4, 5\) differ.*same batch",
+    ),
+    (
+        lambda: forward_kl_loss(_t(2, 5), _t(2, 6)),
+        ValueError,
+        r"vocab=5 and teacher_logits vocab=6.*len\(tokenizer\)",
+    ),
+    (
+        lambda: chunked_distillation_loss(_t(2, 5), _t(2, 6)),
+        ValueError,
+        r"vocab=5 .*vocab=6.*cross-tokenizer",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 3, 5), _t(2, 3, 5), mask=torch.ones(2, 4, dtype=torch.long)),
+        ValueError,
+        r"mask.shape=\(2, 4\) must be \(2, 3\)",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), mask=torch.ones(2)),
+        TypeError,
+        r"mask must be bool or 0/1.*mask.bool",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 3, 5), _t(2, 3, 5), labels=torch.zeros(2, 4, dtype=torch.long)),
+        ValueError,
+        r"labels.shape=\(2, 4\) must be \(2, 3\).*shift_for_causal_lm",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), labels=torch.zeros(2)),
+        TypeError,
+        r"labels must be an integer tensor",
+    ),
+    (
+        lambda: distillation_loss(torch.zeros(2, 5, dtype=torch.long), _t(2, 5)),
+        TypeError,
+        r"student_logits must be a floating",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 5), [[0.0] * 5] * 2),
+        TypeError,
+        r"teacher_logits must be a torch.Tensor",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), num_items_in_batch=-1),
+        ValueError,
+        r"num_items_in_batch=-1 must be a count",
+    ),
+    (
+        lambda: distillation_loss(_t(2, 5), _t(2, 5), num_items_in_batch=torch.tensor([3, 4])),
+        ValueError,
+        r"one-element tensor; got a tensor of shape \(2,\)",
+    ),
+    (
+        lambda: chunked_distillation_loss(_t(2, 5), _t(2, 5), chunk_size=0),
+        ValueError,
+        r"chunk_size=0 must be >= 1",
+    ),
+    (
+        lambda: chunked_distillation_loss_from_hidden(_t(2, 4), _t(7, 4), _t(2, 3), _t(9, 3)),
+        ValueError,
+        r"vocab=7 rows and teacher_lm_head_weight vocab=9.*weight\[:len\(tokenizer\)\]",
+    ),
+    (
+        lambda: chunked_distillation_loss_from_hidden(_t(2, 4), _t(4, 7), _t(2, 3), _t(7, 3)),
+        ValueError,
+        r"student_lm_head_weight.shape=\(4, 7\) does not fit student_hidden of size 4.*\.T",
+    ),
+    (
+        lambda: chunked_distillation_loss_from_hidden(_t(2, 4), _t(7, 4), _t(3, 3), _t(7, 3)),
+        ValueError,
+        r"differ before the hidden size",
+    ),
+    (
+        lambda: chunked_distillation_loss_from_hidden(
+            _t(2, 4), _t(7, 4), _t(2, 3), _t(7, 3), student_lm_head_bias=_t(6)
+        ),
+        ValueError,
+        r"student_lm_head_bias.shape=\(6,\) does not match",
+    ),
     (lambda: teacher_topk(_t(2, 5), 6), ValueError, r"k=6 must be between 1 and the vocabulary size 5"),
     (lambda: teacher_topk(_t(2, 5), 0), ValueError, r"k=0 must be between 1"),
-    (lambda: topk_distillation_loss(_t(2, 5), _t(2, 3), torch.tensor([[0, 1, 5], [0, 1, 2]])), ValueError,
-     r"ids in \[0, 5\] but the student vocabulary has 5 entries.*rebuilt"),
-    (lambda: topk_distillation_loss(_t(2, 5), torch.full((2, 3), 2.0), torch.tensor([[0, 1, 2]] * 2)), ValueError,
-     r"look like logits.*teacher_topk"),
-    (lambda: topk_distillation_loss(_t(2, 5), _t(2, 3), torch.zeros(2, 2, dtype=torch.long)), ValueError,
-     r"two outputs of one teacher_topk"),
-    (lambda: topk_distillation_loss(_t(2, 5), _t(3, 3), torch.zeros(3, 3, dtype=torch.long)), ValueError,
-     r"one entry per student position"),
+    (
+        lambda: topk_distillation_loss(_t(2, 5), _t(2, 3), torch.tensor([[0, 1, 5], [0, 1, 2]])),
+        ValueError,
+        r"ids in \[0, 5\] but the student vocabulary has 5 entries.*rebuilt",
+    ),
+    (
+        lambda: topk_distillation_loss(_t(2, 5), torch.full((2, 3), 2.0), torch.tensor([[0, 1, 2]] * 2)),
+        ValueError,
+        r"look like logits.*teacher_topk",
+    ),
+    (
+        lambda: topk_distillation_loss(_t(2, 5), _t(2, 3), torch.zeros(2, 2, dtype=torch.long)),
+        ValueError,
+        r"two outputs of one teacher_topk",
+    ),
+    (
+        lambda: topk_distillation_loss(_t(2, 5), _t(3, 3), torch.zeros(3, 3, dtype=torch.long)),
+        ValueError,
+        r"one entry per student position",
+    ),
     (lambda: hidden_state_loss(_t(2, 3, 8), _t(2, 3, 16)), ValueError, r"Linear\(8, 16\).*W_h"),
-    (lambda: hidden_state_loss(_t(2, 3, 8), _t(2, 4, 8)), ValueError, r"differ: both must come from the same batch"),
-    (lambda: hidden_state_loss(_t(2, 3, 8), _t(2, 3, 8), kind="cosin"), ValueError, r"kind='cosin' .*did you mean 'cosine'"),
-    (lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 4, 3, 3)), ValueError,
-     r"heads=2 and teacher_attn heads=4.*average the teacher's heads.*view\(2, 2, 2, q, k\)\.mean\(2\)"),
+    (
+        lambda: hidden_state_loss(_t(2, 3, 8), _t(2, 4, 8)),
+        ValueError,
+        r"differ: both must come from the same batch",
+    ),
+    (
+        lambda: hidden_state_loss(_t(2, 3, 8), _t(2, 3, 8), kind="cosin"),
+        ValueError,
+        r"kind='cosin' .*did you mean 'cosine'",
+    ),
+    (
+        lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 4, 3, 3)),
+        ValueError,
+        r"heads=2 and teacher_attn heads=4.*average the teacher's heads.*view\(2, 2, 2, q, k\)\.mean\(2\)",
+    ),
     (lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 3, 3, 3)), ValueError, r"heads=2 .*heads=3.*map the heads"),
-    (lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 2, 4, 4)), ValueError, r"differ: both must come from the same batch"),
+    (
+        lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 2, 4, 4)),
+        ValueError,
+        r"differ: both must come from the same batch",
+    ),
     (lambda: attention_loss(_t(2, 3, 3), _t(2, 3, 3)), ValueError, r"\(batch, heads, query, key\)"),
-    (lambda: attention_loss(_t(2, 2, 3, 4), _t(2, 2, 3, 4), mask=torch.ones(2, 4)), ValueError, r"self-attention"),
-    (lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 2, 3, 3), mask=torch.ones(2, 4)), ValueError,
-     r"mask.shape=\(2, 4\) must be \(batch, seq\)=\(2, 3\)"),
-    (lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 2, 3, 3), kind="kld"), ValueError, r"kind='kld' .*did you mean 'kl'"),
+    (
+        lambda: attention_loss(_t(2, 2, 3, 4), _t(2, 2, 3, 4), mask=torch.ones(2, 4)),
+        ValueError,
+        r"self-attention",
+    ),
+    (
+        lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 2, 3, 3), mask=torch.ones(2, 4)),
+        ValueError,
+        r"mask.shape=\(2, 4\) must be \(batch, seq\)=\(2, 3\)",
+    ),
+    (
+        lambda: attention_loss(_t(2, 2, 3, 3), _t(2, 2, 3, 3), kind="kld"),
+        ValueError,
+        r"kind='kld' .*did you mean 'kl'",
+    ),
     (lambda: combine_losses(1.0, 2.0, 1.5), ValueError, r"alpha=1.5 is outside \[0, 1\]"),
     (lambda: combine_losses(1.0, 2.0, "0.5"), TypeError, r"alpha must be a number"),
-    (lambda: shift_for_causal_lm(_t(2, 5), torch.zeros(2, dtype=torch.long)), ValueError, r"\(batch, seq, vocab\).*nothing to shift"),
-    (lambda: shift_for_causal_lm(_t(2, 5, 3), torch.zeros(2, 4, dtype=torch.long)), ValueError,
-     r"logits.shape\[:2\]=\(2, 5\) does not match labels.shape=\(2, 4\)"),
-]  # fmt: skip
+    (
+        lambda: shift_for_causal_lm(_t(2, 5), torch.zeros(2, dtype=torch.long)),
+        ValueError,
+        r"\(batch, seq, vocab\).*nothing to shift",
+    ),
+    (
+        lambda: shift_for_causal_lm(_t(2, 5, 3), torch.zeros(2, 4, dtype=torch.long)),
+        ValueError,
+        r"logits.shape\[:2\]=\(2, 5\) does not match labels.shape=\(2, 4\)",
+    ),
+]
 
 
 @pytest.mark.parametrize("make, error, match", ERRORS, ids=[m for _, _, m in ERRORS])

@@ -35,8 +35,9 @@ def _grad(loss, student):
     return grad
 
 
-@pytest.mark.parametrize("loss_type,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3), ("tv", 0.5),
-                                            ("mse", 0.5)])  # fmt: skip
+@pytest.mark.parametrize(
+    "loss_type,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3), ("tv", 0.5), ("mse", 0.5)]
+)
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
 def test_equals_the_two_losses_combined(loss_type, beta, temperature, alpha):
@@ -50,7 +51,9 @@ def test_equals_the_two_losses_combined(loss_type, beta, temperature, alpha):
     torch.testing.assert_close(out.kd, kd.detach(), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out.ce, ce.detach(), rtol=1e-10, atol=1e-12)
     assert not out.kd.requires_grad and not out.ce.requires_grad
-    torch.testing.assert_close(_grad(out.loss * 3.0, student), _grad(ref * 3.0, student), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        _grad(out.loss * 3.0, student), _grad(ref * 3.0, student), rtol=1e-9, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("k,temperature", [(4, 1.0), (4, 2.0), (13, 1.0)])
@@ -58,7 +61,9 @@ def test_equals_the_two_losses_combined(loss_type, beta, temperature, alpha):
 def test_topk_equals_the_two_losses_combined(k, temperature, alpha):
     student, teacher, labels = _batch(1)
     logprobs, indices = teacher_topk(teacher, k, temperature=temperature)
-    out = topk_distillation_and_ce_loss(student, logprobs, indices, labels, alpha=alpha, temperature=temperature)
+    out = topk_distillation_and_ce_loss(
+        student, logprobs, indices, labels, alpha=alpha, temperature=temperature
+    )
     kd = topk_distillation_loss(student, logprobs, indices, temperature=temperature, labels=labels)
     ref = combine_losses(kd, cross_entropy_loss(student, labels), alpha)
     torch.testing.assert_close(out.loss, ref, rtol=1e-10, atol=1e-12)
@@ -85,9 +90,11 @@ def test_causal_lm_alignment_equals_slicing_the_logits():
     raw[1, 4:] = -100
     s_cut, y_cut = shift_for_causal_lm(student, raw)
     t_cut, _ = shift_for_causal_lm(teacher, raw)
-    for fn in (lambda s, t, y: distillation_loss(s, t, labels=y, loss_type="jsd"),
-               lambda s, t, y: cross_entropy_loss(s, y),
-               lambda s, t, y: distillation_and_ce_loss(s, t, y, alpha=0.4).loss):  # fmt: skip
+    for fn in (
+        lambda s, t, y: distillation_loss(s, t, labels=y, loss_type="jsd"),
+        lambda s, t, y: cross_entropy_loss(s, y),
+        lambda s, t, y: distillation_and_ce_loss(s, t, y, alpha=0.4).loss,
+    ):
         full = fn(student, teacher, shift_labels(raw))
         cut = fn(s_cut, t_cut, y_cut)
         torch.testing.assert_close(full, cut, rtol=1e-12, atol=1e-12)
@@ -146,7 +153,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"student_logits.*teacher_logits"):
         distillation_and_ce_loss(student, teacher[..., :-1], labels)
     logprobs, indices = teacher_topk(teacher, 4)
-    with pytest.raises(ValueError, match=r"teacher_topk_indices hold ids in \[.*\] but the student vocabulary"):
+    with pytest.raises(
+        ValueError, match=r"teacher_topk_indices hold ids in \[.*\] but the student vocabulary"
+    ):
         topk_distillation_and_ce_loss(student[..., :5], logprobs, indices, labels.clamp(max=4))
     with pytest.raises(ValueError, match=r"labels hold ids in .* but the logits have 13 classes"):
         topk_distillation_and_ce_loss(student, logprobs, indices, bad)

@@ -9,15 +9,24 @@ import pytest
 from hf_lite.app.recipe import Recipe, StageConfig, apply_overrides, check_training_args, parse_cli_overrides
 
 BASE = {
-    "name": "r", "task": "causal-lm", "teacher": "org/teacher", "seed": 1,
+    "name": "r",
+    "task": "causal-lm",
+    "teacher": "org/teacher",
+    "seed": 1,
     "data": {"train": "train.txt", "max_length": 32},
     "stages": [
         {"name": "student", "type": "init_student", "model": "teacher", "layers": "every_other"},
-        {"name": "distill", "type": "distill", "model": "student", "teacher": "teacher", "args": {"temperature": 2.0}},
+        {
+            "name": "distill",
+            "type": "distill",
+            "model": "student",
+            "teacher": "teacher",
+            "args": {"temperature": 2.0},
+        },
         {"name": "int8", "type": "quantize", "model": "distill", "bits": 8},
         {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill", "int8"]},
     ],
-}  # fmt: skip
+}
 
 
 def recipe(**changes):
@@ -116,9 +125,14 @@ def test_missing_required_key():
 
 
 def test_overrides():
-    assert parse_cli_overrides(["--seed", "3", "--distill.learning_rate=1e-4", "--use-cpu", "true", "--x", "null"]) == {
-        "seed": 3, "distill.learning_rate": 1e-4, "use_cpu": True, "x": None,
-    }  # fmt: skip
+    assert parse_cli_overrides(
+        ["--seed", "3", "--distill.learning_rate=1e-4", "--use-cpu", "true", "--x", "null"]
+    ) == {
+        "seed": 3,
+        "distill.learning_rate": 1e-4,
+        "use_cpu": True,
+        "x": None,
+    }
     with pytest.raises(ValueError, match="has no value"):
         parse_cli_overrides(["--seed"])
     with pytest.raises(ValueError, match="must look like --key value"):

@@ -11,17 +11,45 @@ from hf_lite._utils import atomic_write
 from hf_lite.evaluation import EvaluationResult
 from hf_lite.report import CompressionReport, ReportRow
 
-MACHINE = {"cpu": "Test CPU 3000", "cpu_count": 4, "usable_cpus": 2, "torch_threads": 2, "gpu": None,
-           "torch": "2.13.0", "transformers": "5.23.0", "python": "3.11.7", "platform": "Linux x86_64"}  # fmt: skip
+MACHINE = {
+    "cpu": "Test CPU 3000",
+    "cpu_count": 4,
+    "usable_cpus": 2,
+    "torch_threads": 2,
+    "gpu": None,
+    "torch": "2.13.0",
+    "transformers": "5.23.0",
+    "python": "3.11.7",
+    "platform": "Linux x86_64",
+}
 
 
 def _latency(b1: float, b32: float, seq_len: int = 64, threads: int = 2) -> dict:
-    return {"seq_len": seq_len, "threads": threads, "device": "cpu", "warmup": 2, "repeats": 10, "results": [
-        {"batch_size": 1, "median_ms": b1, "min_ms": b1, "max_ms": b1, "samples_per_s": 1000 / b1,
-         "tokens_per_s": seq_len * 1000 / b1},
-        {"batch_size": 32, "median_ms": b32, "min_ms": b32, "max_ms": b32, "samples_per_s": 32000 / b32,
-         "tokens_per_s": 32 * seq_len * 1000 / b32},
-    ]}  # fmt: skip
+    return {
+        "seq_len": seq_len,
+        "threads": threads,
+        "device": "cpu",
+        "warmup": 2,
+        "repeats": 10,
+        "results": [
+            {
+                "batch_size": 1,
+                "median_ms": b1,
+                "min_ms": b1,
+                "max_ms": b1,
+                "samples_per_s": 1000 / b1,
+                "tokens_per_s": seq_len * 1000 / b1,
+            },
+            {
+                "batch_size": 32,
+                "median_ms": b32,
+                "min_ms": b32,
+                "max_ms": b32,
+                "samples_per_s": 32000 / b32,
+                "tokens_per_s": 32 * seq_len * 1000 / b32,
+            },
+        ],
+    }
 
 
 def _classification_report() -> CompressionReport:
@@ -32,9 +60,16 @@ def _classification_report() -> CompressionReport:
         ("student-3L", "distill", 0.85, 11_000_000, 11_000_000, 44_000_000, 5.0, 100.0),
     ]
     for name, stage, acc, params, nonzero, disk, b1, b32 in specs:
-        result = EvaluationResult("sequence-classification", {"accuracy": acc, "f1": acc - 0.01}, params, nonzero,
-                                  disk + 1000, bytes_on_disk=disk, latency=_latency(b1, b32),
-                                  details={"average": "binary"})  # fmt: skip
+        result = EvaluationResult(
+            "sequence-classification",
+            {"accuracy": acc, "f1": acc - 0.01},
+            params,
+            nonzero,
+            disk + 1000,
+            bytes_on_disk=disk,
+            latency=_latency(b1, b32),
+            details={"average": "binary"},
+        )
         report.add_evaluation(result, name=name, stage=stage)
     return report
 
@@ -49,9 +84,17 @@ def _png_size(path) -> tuple[int, int]:
 
 
 def test_row_from_evaluation_takes_b1_b32_and_widest_throughput():
-    result = EvaluationResult("causal-lm", {"perplexity": 12.0, "loss": math.log(12.0)}, 1000, 600, 4000,
-                              bytes_on_disk=3900, latency=_latency(2.0, 40.0), quantization="bnb-4bit (nf4)",
-                              adapter="LORA r=8 on q_proj")  # fmt: skip
+    result = EvaluationResult(
+        "causal-lm",
+        {"perplexity": 12.0, "loss": math.log(12.0)},
+        1000,
+        600,
+        4000,
+        bytes_on_disk=3900,
+        latency=_latency(2.0, 40.0),
+        quantization="bnb-4bit (nf4)",
+        adapter="LORA r=8 on q_proj",
+    )
     row = ReportRow.from_evaluation(result, name="q4", stage="quantize", notes="merged")
     assert (row.latency_b1_ms, row.latency_b32_ms) == (2.0, 40.0)
     assert row.throughput_samples_s == pytest.approx(800.0) and row.throughput_tokens_s == pytest.approx(
@@ -154,15 +197,21 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
     ("text", "error", "match"),
     [
         ('{"format": "other/1", "task": "x"}', ValueError, "not an hf-lite compression report"),
-        ('{"format": "hf-lite-compression-report/1", "task": "x", "extra": 1}', ValueError,
-         r"unknown fields \['extra'\]"),
-        ('{"format": "hf-lite-compression-report/1", "task": "x", "rows": [{"name": "a", "stage": "b", "x": 1}]}',
-         ValueError, r"report row has unknown fields \['x'\]"),
+        (
+            '{"format": "hf-lite-compression-report/1", "task": "x", "extra": 1}',
+            ValueError,
+            r"unknown fields \['extra'\]",
+        ),
+        (
+            '{"format": "hf-lite-compression-report/1", "task": "x", "rows": [{"name": "a", "stage": "b", "x": 1}]}',
+            ValueError,
+            r"report row has unknown fields \['x'\]",
+        ),
         ("{not json", ValueError, "not valid JSON"),
         ("missing-report.json", ValueError, "neither JSON text nor an existing file"),
         ("[1, 2]", ValueError, "neither JSON text nor an existing file"),
     ],
-)  # fmt: skip
+)
 def test_from_json_errors(text, error, match):
     with pytest.raises(error, match=match):
         CompressionReport.from_json(text)
@@ -176,10 +225,14 @@ def test_from_json_errors(text, error, match):
 def test_markdown_table_relative_metric_and_speedup():
     report = _classification_report()
     lines = report.to_markdown().splitlines()
-    assert lines[0] == ("| model | stage | accuracy | f1 | % of teacher | params (nonzero) | disk / memory | "
-                        "latency b1 / b32 (ms) | speedup b1 / b32 |")  # fmt: skip
-    assert lines[2] == ("| org/teacher-model | teacher | 0.9000 | 0.8900 | 100.0% | 22.70M | 85.83 MiB / 85.83 MiB | "
-                        "10.00 / 200 | 1.00× / 1.00× |")  # fmt: skip
+    assert lines[0] == (
+        "| model | stage | accuracy | f1 | % of teacher | params (nonzero) | disk / memory | "
+        "latency b1 / b32 (ms) | speedup b1 / b32 |"
+    )
+    assert lines[2] == (
+        "| org/teacher-model | teacher | 0.9000 | 0.8900 | 100.0% | 22.70M | 85.83 MiB / 85.83 MiB | "
+        "10.00 / 200 | 1.00× / 1.00× |"
+    )
     assert "| pruned-50 | prune | 0.8800 | 0.8700 | 97.8% | 22.70M (11.35M) |" in lines[3]
     assert lines[4].endswith("| 5.00 / 100 | 2.00× / 2.00× |")
     footer = "\n".join(lines[5:])
@@ -190,8 +243,11 @@ def test_markdown_table_relative_metric_and_speedup():
 
 
 def test_lower_is_better_metrics_and_explicit_teacher():
-    rows = [ReportRow("a", "teacher", metrics={"perplexity": 10.0}), ReportRow("b", "quantize", metrics={"perplexity": 20.0}),
-            ReportRow("c", "distill", metrics={"perplexity": 8.0})]  # fmt: skip
+    rows = [
+        ReportRow("a", "teacher", metrics={"perplexity": 10.0}),
+        ReportRow("b", "quantize", metrics={"perplexity": 20.0}),
+        ReportRow("c", "distill", metrics={"perplexity": 8.0}),
+    ]
     report = CompressionReport(task="causal-lm", rows=rows)
     assert [report.relative_metric(r) for r in rows] == [1.0, 0.5, 1.25]
     report.teacher = "c"
@@ -203,8 +259,12 @@ def test_lower_is_better_metrics_and_explicit_teacher():
 
 
 def test_nonzero_count_shown_only_when_it_shows():
-    rows = [ReportRow("t", "teacher", parameters=22_713_986, nonzero_parameters=22_713_597),  # zero-initialised biases
-            ReportRow("p", "prune", parameters=22_713_986, nonzero_parameters=11_000_000)]  # fmt: skip
+    rows = [
+        ReportRow(
+            "t", "teacher", parameters=22_713_986, nonzero_parameters=22_713_597
+        ),  # zero-initialised biases
+        ReportRow("p", "prune", parameters=22_713_986, nonzero_parameters=11_000_000),
+    ]
     lines = CompressionReport(task="x", rows=rows).to_markdown().splitlines()
     assert "| 22.71M |" in lines[2] and "| 22.71M (11.00M) |" in lines[3]
 
@@ -217,8 +277,14 @@ def test_missing_values_and_pipes_render():
 
 def test_add_evaluation_notes_a_different_latency_setup():
     report = _classification_report()
-    other = EvaluationResult("sequence-classification", {"accuracy": 0.8}, 10, 10, 40,
-                             latency=_latency(1.0, 2.0, seq_len=128, threads=1))  # fmt: skip
+    other = EvaluationResult(
+        "sequence-classification",
+        {"accuracy": 0.8},
+        10,
+        10,
+        40,
+        latency=_latency(1.0, 2.0, seq_len=128, threads=1),
+    )
     row = report.add_evaluation(other, name="odd", stage="quantize", notes="int8")
     assert row.notes == "int8; timed with seq_len=128, threads=1"
     assert report.latency_setup["seq_len"] == 64
@@ -250,8 +316,10 @@ def test_plot_writes_a_png_of_the_expected_size(tmp_path):
 
 
 def test_plot_without_latency_or_disk_sizes(tmp_path):
-    rows = [ReportRow("t", "teacher", bytes_in_memory=2**20, metrics={"perplexity": 9.0}),
-            ReportRow("s", "distill", bytes_in_memory=2**19, metrics={"perplexity": 11.0})]  # fmt: skip
+    rows = [
+        ReportRow("t", "teacher", bytes_in_memory=2**20, metrics={"perplexity": 9.0}),
+        ReportRow("s", "distill", bytes_in_memory=2**19, metrics={"perplexity": 11.0}),
+    ]
     path = CompressionReport(task="causal-lm", rows=rows).plot(tmp_path / "p.png")
     assert _png_size(path) == (1100, 450)
 

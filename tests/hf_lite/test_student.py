@@ -12,7 +12,9 @@ from hf_lite.testing import build_tiny_model
 
 def test_select_layers():
     assert select_layers("every_other", 6) == [0, 2, 4]
-    assert select_layers(2, 6) == [0, 5] and select_layers(1, 6) == [5] and select_layers(6, 6) == list(range(6))
+    assert (
+        select_layers(2, 6) == [0, 5] and select_layers(1, 6) == [5] and select_layers(6, 6) == list(range(6))
+    )
     assert select_layers([4, 1], 6) == [1, 4]
     with pytest.raises(ValueError, match=r"layers \[6\] are out of range: the teacher has layers 0..5"):
         select_layers([0, 6], 6)

@@ -145,8 +145,14 @@ def test_fingerprint_is_stable_across_save_reload_and_processes(llama, tmp_path)
         "print(teacher_fingerprint(AutoModelForCausalLM.from_pretrained(p), AutoTokenizer.from_pretrained(p), 16, 2.0))"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "teacher")], capture_output=True, text=True,
-                         env=env, timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "teacher")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
@@ -232,12 +238,16 @@ def test_topk_loss_on_cached_batches_equals_online_forward_kl_when_k_is_the_voca
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).logits
             s_shift, labels = losses.shift_for_causal_lm(s_logits, batch["labels"])
-            online = losses.distillation_loss(s_shift, t_logits[:, :-1], loss_type="forward_kl", temperature=2.0,
-                                              labels=labels)  # fmt: skip
+            online = losses.distillation_loss(
+                s_shift, t_logits[:, :-1], loss_type="forward_kl", temperature=2.0, labels=labels
+            )
             cached = losses.topk_distillation_loss(
-                s_shift, batch[LOGPROBS_COLUMN][:, :-1], batch[INDICES_COLUMN][:, :-1], temperature=2.0,
+                s_shift,
+                batch[LOGPROBS_COLUMN][:, :-1],
+                batch[INDICES_COLUMN][:, :-1],
+                temperature=2.0,
                 labels=labels,
-            )  # fmt: skip
+            )
             assert online > 0.01
             torch.testing.assert_close(cached, online, rtol=tol, atol=0)
 
@@ -436,13 +446,24 @@ def test_load_refuses_incomplete_foreign_and_damaged_folders(llama, data, tmp_pa
 def test_collator_pads_consistently_with_input_ids(llama):
     _, tok = llama
     rows = [
-        {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7], "text": "x",
-         LOGPROBS_COLUMN: np.full((3, 2), -2.0, np.float16), INDICES_COLUMN: [[1, 2], [3, 4], [5, 6]],
-         TAIL_COLUMN: [0.5, 0.5, 0.5]},
-        {"input_ids": torch.tensor([8]), "attention_mask": [1], "labels": [8],
-         LOGPROBS_COLUMN: torch.tensor([[-0.1, -3.0]]), INDICES_COLUMN: torch.tensor([[9, 10]], dtype=torch.int32),
-         TAIL_COLUMN: torch.tensor([0.05])},
-    ]  # fmt: skip
+        {
+            "input_ids": [5, 6, 7],
+            "attention_mask": [1, 1, 1],
+            "labels": [-100, 6, 7],
+            "text": "x",
+            LOGPROBS_COLUMN: np.full((3, 2), -2.0, np.float16),
+            INDICES_COLUMN: [[1, 2], [3, 4], [5, 6]],
+            TAIL_COLUMN: [0.5, 0.5, 0.5],
+        },
+        {
+            "input_ids": torch.tensor([8]),
+            "attention_mask": [1],
+            "labels": [8],
+            LOGPROBS_COLUMN: torch.tensor([[-0.1, -3.0]]),
+            INDICES_COLUMN: torch.tensor([[9, 10]], dtype=torch.int32),
+            TAIL_COLUMN: torch.tensor([0.05]),
+        },
+    ]
     batch = TeacherCacheCollator(tok, pad_to_multiple_of=4, return_tail_mass=True)(rows)
     assert set(batch) == {
         "input_ids",
@@ -498,8 +519,9 @@ def test_rows_read_a_batch_at_a_time_equal_the_datasets_rows(llama, data, tmp_pa
             if isinstance(value, str):
                 assert got[column] == value
             else:
-                np.testing.assert_array_equal(np.asarray(got[column], dtype=np.float64),
-                                              np.asarray(value, dtype=np.float64))  # fmt: skip
+                np.testing.assert_array_equal(
+                    np.asarray(got[column], dtype=np.float64), np.asarray(value, dtype=np.float64)
+                )
     assert isinstance(fast[0][LOGPROBS_COLUMN], np.ndarray)
     collate = TeacherCacheCollator(tok, return_tail_mass=True)
     for column, value in collate(fast).items():

@@ -28,14 +28,24 @@ def main(out: Path, method: str) -> None:
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     pruning = PruningCallback(method=method, target_sparsity=0.5, start_step=2, end_step=6, frequency=2)
     args = TrainingArguments(
-        output_dir=str(out / "run"), max_steps=8, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-        learning_rate=1e-3, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(out / "run"),
+        max_steps=8,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[pruning])
     trainer.train()
     rank = trainer.args.process_index
-    save_file({name: mask.contiguous().cpu() for name, mask in pruning.masks.items()},
-              str(out / f"masks_rank{rank}.safetensors"))  # fmt: skip
+    save_file(
+        {name: mask.contiguous().cpu() for name, mask in pruning.masks.items()},
+        str(out / f"masks_rank{rank}.safetensors"),
+    )
     info = {
         "rank": rank,
         "world_size": trainer.args.world_size,

@@ -36,8 +36,18 @@ def _token_data(tok, n: int = 16, seed: int = 0, variable: bool = False) -> Data
 
 
 def _args(tmp_path, **kw) -> DistillationConfig:
-    base = dict(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
-                logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True)  # fmt: skip
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
     return DistillationConfig(**{**base, **kw})
 
 
@@ -67,8 +77,14 @@ def test_layer_maps():
 def test_logged_loss_is_the_weighted_sum_of_its_components(tmp_path, tok):
     teacher = _llama(tok, 1, hidden_size=96, num_hidden_layers=4)
     args = _args(tmp_path, alpha=0.3, hidden_weight=0.7, temperature=3.0)
-    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=teacher, args=args,
-                                  train_dataset=_token_data(tok), data_collator=_collator(tok), processing_class=tok)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=_llama(tok, 2),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=_token_data(tok),
+        data_collator=_collator(tok),
+        processing_class=tok,
+    )
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss_kd" in log]
     assert len(logs) == 4
@@ -87,17 +103,28 @@ def test_first_step_loss_matches_a_hand_computation(tmp_path, tok):
     teacher, student = _llama(tok, 1), _llama(tok, 2)
     data = _token_data(tok, n=4)
     args = _args(tmp_path, max_steps=1, alpha=0.25, temperature=2.0, learning_rate=0.0)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                                  data_collator=_collator(tok), processing_class=tok)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        data_collator=_collator(tok),
+        processing_class=tok,
+    )
     trainer.train()
     ids = torch.tensor(data["input_ids"])
     with torch.no_grad():
         s, t = student(input_ids=ids).logits[:, :-1], teacher(input_ids=ids).logits[:, :-1]
     target = ids[:, 1:]
-    kd = torch.nn.functional.kl_div(
-        torch.log_softmax(s / 2, -1).flatten(0, 1), torch.log_softmax(t / 2, -1).flatten(0, 1),
-        log_target=True, reduction="batchmean",
-    ) * 4  # fmt: skip
+    kd = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(s / 2, -1).flatten(0, 1),
+            torch.log_softmax(t / 2, -1).flatten(0, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * 4
+    )
     ce = torch.nn.functional.cross_entropy(s.flatten(0, 1), target.flatten())
     log = trainer.state.log_history[0]
     assert log["loss_kd"] == pytest.approx(kd.item(), rel=1e-4)
@@ -112,8 +139,13 @@ def test_chunked_loss_gives_the_same_training(tmp_path, tok):
         args = _args(
             tmp_path / str(chunk_size), chunk_size=chunk_size, alpha=1.0, loss_type="jsd", max_steps=2
         )
-        trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=args,
-                                      train_dataset=_token_data(tok), data_collator=_collator(tok))  # fmt: skip
+        trainer = DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=_llama(tok, 1),
+            args=args,
+            train_dataset=_token_data(tok),
+            data_collator=_collator(tok),
+        )
         trainer.train()
         return trainer.model, [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
 
@@ -126,10 +158,22 @@ def test_chunked_loss_gives_the_same_training(tmp_path, tok):
 
 def test_compiled_loss_gives_the_same_training(tmp_path, tok):
     def run(compiled):
-        args = _args(tmp_path / str(compiled), compile_loss=compiled, alpha=0.5, temperature=2.0, max_steps=2,
-                     optim="sgd", learning_rate=0.5)  # SGD: Adam would magnify float-rounding differences of ~0 gradients
-        trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=args,
-                                      train_dataset=_token_data(tok), data_collator=_collator(tok))  # fmt: skip
+        args = _args(
+            tmp_path / str(compiled),
+            compile_loss=compiled,
+            alpha=0.5,
+            temperature=2.0,
+            max_steps=2,
+            optim="sgd",
+            learning_rate=0.5,
+        )  # SGD: Adam would magnify float-rounding differences of ~0 gradients
+        trainer = DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=_llama(tok, 1),
+            args=args,
+            train_dataset=_token_data(tok),
+            data_collator=_collator(tok),
+        )
         trainer.train()
         return trainer.model, [log["loss_kd"] for log in trainer.state.log_history if "loss_kd" in log]
 
@@ -141,11 +185,25 @@ def test_compiled_loss_gives_the_same_training(tmp_path, tok):
 
 
 def _sgd_step_weights(tmp_path, tok, batch: int, accumulation: int):
-    args = _args(tmp_path, max_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                 optim="sgd", learning_rate=1.0, alpha=0.5, temperature=2.0, lr_scheduler_type="constant",
-                 hidden_weight=0.5)  # fmt: skip
-    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1, hidden_size=96), args=args,
-                                  train_dataset=_token_data(tok, n=8, variable=True), data_collator=_collator(tok))  # fmt: skip
+    args = _args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=1.0,
+        alpha=0.5,
+        temperature=2.0,
+        lr_scheduler_type="constant",
+        hidden_weight=0.5,
+    )
+    trainer = DistillationTrainer(
+        model=_llama(tok, 2),
+        teacher_model=_llama(tok, 1, hidden_size=96),
+        args=args,
+        train_dataset=_token_data(tok, n=8, variable=True),
+        data_collator=_collator(tok),
+    )
     trainer.train()
     return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
@@ -172,10 +230,23 @@ def test_resume_gives_the_same_weights_projections_and_logs(tmp_path, tok):
     data = _token_data(tok, n=32)
 
     def make(out):
-        args = _args(tmp_path, output_dir=str(out), max_steps=8, save_strategy="steps", save_steps=4,
-                     hidden_weight=0.5, alpha=0.5)  # fmt: skip
-        return DistillationTrainer(model=_llama(tok, 2), teacher_model=teacher, args=args, train_dataset=data,
-                                   data_collator=_collator(tok), processing_class=tok)  # fmt: skip
+        args = _args(
+            tmp_path,
+            output_dir=str(out),
+            max_steps=8,
+            save_strategy="steps",
+            save_steps=4,
+            hidden_weight=0.5,
+            alpha=0.5,
+        )
+        return DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data,
+            data_collator=_collator(tok),
+            processing_class=tok,
+        )
 
     straight = make(tmp_path / "straight")
     straight.train()
@@ -237,18 +308,45 @@ def test_distilled_student_agrees_with_the_teacher_more_than_plain_cross_entropy
     held_out = _lm_data(tok, make_corpus(200, seed=99))
     # A teacher trained on plenty of data...
     teacher = build_tiny_model("llama", tokenizer=tok, seed=0, hidden_size=64, num_hidden_layers=2)[0]
-    t_args = TrainingArguments(str(tmp_path / "teacher"), max_steps=80, per_device_train_batch_size=32, learning_rate=5e-3,
-                               report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)  # fmt: skip
+    t_args = TrainingArguments(
+        str(tmp_path / "teacher"),
+        max_steps=80,
+        per_device_train_batch_size=32,
+        learning_rate=5e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
     Trainer(model=teacher, args=t_args, train_dataset=_lm_data(tok, texts)).train()
     # ...and a student that sees only 48 sentences, for the same steps and seed, with and without the teacher.
     small = _lm_data(tok, texts[:48])
 
     def student_after(alpha):
-        student = build_tiny_model("llama", tokenizer=tok, seed=1, hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
-                                   num_key_value_heads=1, head_dim=24)[0]  # fmt: skip
-        args = DistillationConfig(str(tmp_path / f"s{alpha}"), max_steps=40, per_device_train_batch_size=16, learning_rate=3e-3,
-                                  alpha=alpha, temperature=2.0, report_to=[], use_cpu=True, save_strategy="no",
-                                  disable_tqdm=True, seed=0)  # fmt: skip
+        student = build_tiny_model(
+            "llama",
+            tokenizer=tok,
+            seed=1,
+            hidden_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=24,
+        )[0]
+        args = DistillationConfig(
+            str(tmp_path / f"s{alpha}"),
+            max_steps=40,
+            per_device_train_batch_size=16,
+            learning_rate=3e-3,
+            alpha=alpha,
+            temperature=2.0,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+        )
         DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=small).train()
         return student.eval()
 
@@ -261,8 +359,12 @@ def test_distilled_student_agrees_with_the_teacher_more_than_plain_cross_entropy
                 :, :-1
             ]
         valid = labels[:, 1:] != -100
-        kl = torch.nn.functional.kl_div(torch.log_softmax(s, -1)[valid], torch.log_softmax(t, -1)[valid],
-                                        log_target=True, reduction="batchmean").item()  # fmt: skip
+        kl = torch.nn.functional.kl_div(
+            torch.log_softmax(s, -1)[valid],
+            torch.log_softmax(t, -1)[valid],
+            log_target=True,
+            reduction="batchmean",
+        ).item()
         ce = torch.nn.functional.cross_entropy(s[valid], labels[:, 1:][valid]).item()
         top1 = (s.argmax(-1) == t.argmax(-1))[valid].float().mean().item()
         return kl, math.exp(ce), top1
@@ -287,8 +389,14 @@ def test_qlora_student_and_classifier_teacher(tmp_path, tiny_checkpoints):
     student = load_model(tiny_checkpoints["llama"], quantization="4bit", peft="lora")
     tok = load_tokenizer(tiny_checkpoints["llama"])
     args = _args(tmp_path, max_steps=2, alpha=0.5)
-    trainer = DistillationTrainer(model=student, teacher_model=tiny_checkpoints["llama"], args=args,
-                                  train_dataset=_token_data(tok), data_collator=_collator(tok), processing_class=tok)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_checkpoints["llama"],
+        args=args,
+        train_dataset=_token_data(tok),
+        data_collator=_collator(tok),
+        processing_class=tok,
+    )
     trainer.train()
     assert all(math.isfinite(log["loss_kd"]) for log in trainer.state.log_history if "loss_kd" in log)
     assert all(not p.requires_grad for p in trainer.teachers[0].parameters())
@@ -299,8 +407,13 @@ def test_qlora_student_and_classifier_teacher(tmp_path, tiny_checkpoints):
     student = build_tiny_model(
         "bert", "sequence-classification", tokenizer=bert_tok, seed=5, num_hidden_layers=1
     )[0]
-    trainer = DistillationTrainer(model=student, teacher_model=tiny_checkpoints["bert"], args=_args(tmp_path / "bert", max_steps=2, hidden_weight=1.0, layer_map="last"),
-                                  train_dataset=data, processing_class=bert_tok)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_checkpoints["bert"],
+        args=_args(tmp_path / "bert", max_steps=2, hidden_weight=1.0, layer_map="last"),
+        train_dataset=data,
+        processing_class=bert_tok,
+    )
     trainer.train()
     assert trainer.layer_pairs == [(1, 2)] and trainer.projections is None  # same width: no projection
 
@@ -311,8 +424,13 @@ def test_two_identical_teachers_equal_one(tmp_path, tok):
 
     def first_loss(teachers, weights):
         args = _args(tmp_path, max_steps=1, alpha=1.0, teacher_weights=weights, learning_rate=0.0)
-        trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=teachers, args=args,
-                                      train_dataset=_token_data(tok, n=4), data_collator=_collator(tok))  # fmt: skip
+        trainer = DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=teachers,
+            args=args,
+            train_dataset=_token_data(tok, n=4),
+            data_collator=_collator(tok),
+        )
         trainer.train()
         return trainer.state.log_history[0]["loss_kd"]
 
@@ -321,8 +439,12 @@ def test_two_identical_teachers_equal_one(tmp_path, tok):
 
 def test_teacher_mixture_is_the_weighted_average_of_distributions(tmp_path, tok):
     args = _args(tmp_path, teacher_weights=[0.25, 0.75], temperature=2.0)
-    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=[_llama(tok, 1), _llama(tok, 3)], args=args,
-                                  train_dataset=_token_data(tok, n=4))  # fmt: skip
+    trainer = DistillationTrainer(
+        model=_llama(tok, 2),
+        teacher_model=[_llama(tok, 1), _llama(tok, 3)],
+        args=args,
+        train_dataset=_token_data(tok, n=4),
+    )
     z1, z2 = torch.randn(2, 3, len(tok)), torch.randn(2, 3, len(tok))
     outs = [type("O", (), {"logits": z1})(), type("O", (), {"logits": z2})()]
     _, mixed = trainer._aligned_logits(torch.zeros_like(z1), outs)
@@ -333,8 +455,14 @@ def test_teacher_mixture_is_the_weighted_average_of_distributions(tmp_path, tok)
 def test_padded_teacher_vocabulary_is_aligned(tmp_path, tok):
     teacher = _llama(tok, 1)
     teacher.resize_token_embeddings(len(tok) + 13)  # e.g. padded to a multiple of 64 for GPU kernels
-    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=teacher, args=_args(tmp_path, max_steps=1),
-                                  train_dataset=_token_data(tok, n=4), data_collator=_collator(tok), processing_class=tok)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=_llama(tok, 2),
+        teacher_model=teacher,
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=_token_data(tok, n=4),
+        data_collator=_collator(tok),
+        processing_class=tok,
+    )
     trainer.train()
     assert trainer._vocab_size == len(tok)
 
@@ -384,8 +512,11 @@ def test_trainer_errors(tmp_path, tok):
     with pytest.raises(
         ValueError, match=r"Hidden widths differ \(student 64, teacher 96\) and hidden_projection=False"
     ):
-        DistillationTrainer(model=student, teacher_model=_llama(tok, 1, hidden_size=96),
-                            args=_args(tmp_path, hidden_weight=1.0, hidden_projection=False))  # fmt: skip
+        DistillationTrainer(
+            model=student,
+            teacher_model=_llama(tok, 1, hidden_size=96),
+            args=_args(tmp_path, hidden_weight=1.0, hidden_projection=False),
+        )
 
 
 def test_vocabulary_mismatch_is_an_error_before_training(tmp_path, tok):
@@ -403,8 +534,11 @@ def test_incompatible_teacher_head(tmp_path, tok, tiny_checkpoints):
     from hf_lite import load_teacher
 
     with pytest.raises(ValueError, match=r"different heads.*Load the teacher for task 'causal-lm'"):
-        DistillationTrainer(model=_llama(tok, 2), teacher_model=load_teacher(tiny_checkpoints["bert"], "sequence-classification"),
-                            args=_args(tmp_path))  # fmt: skip
+        DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=load_teacher(tiny_checkpoints["bert"], "sequence-classification"),
+            args=_args(tmp_path),
+        )
     student = build_tiny_model("bert", "sequence-classification", seed=0, num_labels=3)[0]
     with pytest.raises(ValueError, match=r"The teacher has 2 outputs and the student 3"):
         DistillationTrainer(model=student, teacher_model=tiny_checkpoints["bert"], args=_args(tmp_path))
@@ -412,15 +546,23 @@ def test_incompatible_teacher_head(tmp_path, tok, tiny_checkpoints):
 
 def test_no_labels_where_cross_entropy_is_asked_for(tmp_path, tok):
     data = _token_data(tok, n=4)  # no collator: no labels column
-    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=_args(tmp_path, alpha=0.5, max_steps=1),
-                                  train_dataset=data)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=_llama(tok, 2),
+        teacher_model=_llama(tok, 1),
+        args=_args(tmp_path, alpha=0.5, max_steps=1),
+        train_dataset=data,
+    )
     with pytest.raises(
         ValueError, match=r"alpha=0.5 mixes in cross-entropy on the labels, but the batch has no 'labels'"
     ):
         trainer.train()
     # Pure distillation on unlabeled text works: the attention mask decides which positions count.
-    trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=_args(tmp_path, alpha=1.0, max_steps=1),
-                                  train_dataset=data)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=_llama(tok, 2),
+        teacher_model=_llama(tok, 1),
+        args=_args(tmp_path, alpha=1.0, max_steps=1),
+        train_dataset=data,
+    )
     trainer.train()
     assert math.isfinite(trainer.state.log_history[0]["loss_kd"])
 
@@ -439,15 +581,24 @@ def test_training_from_a_full_teacher_cache_equals_online_distillation(tmp_path,
     )
 
     def first_step(**kw):
-        args = _args(tmp_path / str(len(kw)), max_steps=1, alpha=1.0, temperature=2.0, learning_rate=0.0,
-                     per_device_train_batch_size=8)  # fmt: skip
+        args = _args(
+            tmp_path / str(len(kw)),
+            max_steps=1,
+            alpha=1.0,
+            temperature=2.0,
+            learning_rate=0.0,
+            per_device_train_batch_size=8,
+        )
         trainer = DistillationTrainer(model=_llama(tok, 2), args=args, processing_class=tok, **kw)
         trainer.train()
         return trainer.state.log_history[0]["loss_kd"]
 
     online = first_step(teacher_model=teacher, train_dataset=data, data_collator=_collator(tok))
-    from_cache = first_step(teacher_model=None, train_dataset=cache,
-                            data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True))  # fmt: skip
+    from_cache = first_step(
+        teacher_model=None,
+        train_dataset=cache,
+        data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True),
+    )
     assert from_cache == pytest.approx(online, rel=2e-3)  # fp16 cache of log-probs
 
 
@@ -458,13 +609,24 @@ def test_training_from_a_cache_reads_it_a_batch_at_a_time_with_the_same_result(t
 
     from hf_lite.teacher_cache import TeacherCacheCollator, TeacherCacheRows, precompute_teacher_cache
 
-    cache = precompute_teacher_cache(_llama(tok, 1).eval(), _token_data(tok, n=12, variable=True), tmp_path / "cache",
-                                     tokenizer=tok, k=4, temperature=1.0)  # fmt: skip
+    cache = precompute_teacher_cache(
+        _llama(tok, 1).eval(),
+        _token_data(tok, n=12, variable=True),
+        tmp_path / "cache",
+        tokenizer=tok,
+        k=4,
+        temperature=1.0,
+    )
 
     def train(name):
         args = _args(tmp_path / name, max_steps=3, alpha=0.5, temperature=1.0, per_device_train_batch_size=4)
-        trainer = DistillationTrainer(model=_llama(tok, 2), teacher_model=None, args=args, train_dataset=cache,
-                                      data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True))  # fmt: skip
+        trainer = DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=None,
+            args=args,
+            train_dataset=cache,
+            data_collator=TeacherCacheCollator(tok, labels_from_input_ids=True),
+        )
         datasets_seen = []
         original = Trainer._get_dataloader
 
@@ -490,8 +652,9 @@ def test_training_from_a_cache_reads_it_a_batch_at_a_time_with_the_same_result(t
 def test_teacher_cache_errors(tmp_path, tok):
     from hf_lite.teacher_cache import precompute_teacher_cache
 
-    cache = precompute_teacher_cache(_llama(tok, 1), _token_data(tok, n=4), tmp_path / "cache", tokenizer=tok, k=4,
-                                     temperature=2.0)  # fmt: skip
+    cache = precompute_teacher_cache(
+        _llama(tok, 1), _token_data(tok, n=4), tmp_path / "cache", tokenizer=tok, k=4, temperature=2.0
+    )
     with pytest.raises(ValueError, match=r"cache was computed at temperature=2.0 but args.temperature=1.0"):
         DistillationTrainer(model=_llama(tok, 2), args=_args(tmp_path, temperature=1.0), train_dataset=cache)
     with pytest.raises(
@@ -505,8 +668,12 @@ def test_teacher_cache_errors(tmp_path, tok):
     with pytest.raises(
         ValueError, match="Both teacher_model and a train_dataset with cached teacher outputs"
     ):
-        DistillationTrainer(model=_llama(tok, 2), teacher_model=_llama(tok, 1), args=_args(tmp_path, temperature=2.0),
-                            train_dataset=cache)  # fmt: skip
+        DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=_llama(tok, 1),
+            args=_args(tmp_path, temperature=2.0),
+            train_dataset=cache,
+        )
 
 
 @pytest.mark.integration
@@ -522,8 +689,13 @@ def test_attention_map_matching_switches_to_eager_attention_and_trains(tmp_path,
     args = _args(
         tmp_path, max_steps=2, alpha=1.0, attention_weight=1.0, layer_map="1:2", per_device_train_batch_size=4
     )
-    trainer = DistillationTrainer(model=student, teacher_model=tiny_checkpoints["bert"], args=args, train_dataset=data,
-                                  processing_class=bert_tok)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_checkpoints["bert"],
+        args=args,
+        train_dataset=data,
+        processing_class=bert_tok,
+    )
     assert student.config._attn_implementation == "eager"
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss_attention" in log]

@@ -21,8 +21,13 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    one = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "4"], capture_output=True, text=True,
-                         env=ENV, timeout=300)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "one"), "4"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch_two([str(SCRIPT), str(tmp_path / "two"), "2"], env=ENV, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]

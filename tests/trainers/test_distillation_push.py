@@ -22,13 +22,27 @@ def test_trainer_push_to_hub_writes_the_hf_lite_card(hub_server, tmp_path):
     student = build_tiny_model("llama", tokenizer=tok, seed=2)[0]
     data = Dataset.from_dict({"input_ids": [[5, 6, 7, 8, 9, 10] for _ in range(8)]})
     args = DistillationConfig(
-        str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, report_to=[], use_cpu=True,
-        save_strategy="no", push_to_hub=True, hub_model_id="test-user/distilled", temperature=2.0, alpha=0.5,
-    )  # fmt: skip
+        str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        push_to_hub=True,
+        hub_model_id="test-user/distilled",
+        temperature=2.0,
+        alpha=0.5,
+    )
     pruning = PruningCallback(target_sparsity=0.5, start_step=0, end_step=1, frequency=1)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
-                                  processing_class=tok, data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-                                  callbacks=[pruning])  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        callbacks=[pruning],
+    )
     trainer.train()
     trainer.push_to_hub(blocking=True)
 

@@ -33,9 +33,17 @@ def _data(vocab: int, rows: int = 48, length: int = 16) -> Dataset:
 
 def _args(output_dir: Path, **overrides) -> TrainingArguments:
     kwargs = dict(
-        output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
-        save_strategy="no", report_to=[], use_cpu=True, seed=0, logging_steps=100, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        max_steps=STEPS,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        logging_steps=100,
+        disable_tqdm=True,
+    )
     return TrainingArguments(**{**kwargs, **overrides})
 
 
@@ -83,9 +91,11 @@ def _train(tmp_path: Path, pruning: PruningCallback, *, recorder: bool = True, r
     model, tokenizer = build_tiny_model("llama", seed=0)
     rec = Recorder(pruning) if recorder else None
     trainer = Trainer(
-        model=model, args=_args(tmp_path, **overrides), train_dataset=_data(len(tokenizer)),
+        model=model,
+        args=_args(tmp_path, **overrides),
+        train_dataset=_data(len(tokenizer)),
         callbacks=[pruning] + ([rec] if rec else []),
-    )  # fmt: skip
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer, rec
 
@@ -95,8 +105,12 @@ def magnitude_run(tmp_path_factory):
     """One magnitude-pruned run with gradient accumulation, shared by the checks below."""
     pruning = PruningCallback(**SCHEDULE)
     # 2 x 2 micro-batches per optimizer step: the schedule counts optimizer steps, not batches.
-    trainer, rec = _train(tmp_path_factory.mktemp("magnitude"), pruning, per_device_train_batch_size=2,
-                          gradient_accumulation_steps=2)  # fmt: skip
+    trainer, rec = _train(
+        tmp_path_factory.mktemp("magnitude"),
+        pruning,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+    )
     return trainer, rec, pruning
 
 
@@ -241,8 +255,12 @@ def test_global_scope_uses_one_threshold(tmp_path):
     pruning = PruningCallback(target_sparsity=0.5, scope="global", start_step=3, end_step=4, frequency=1)
     snapshot = _Snapshot(at_step=4)
     model, tokenizer = build_tiny_model("llama", seed=0)
-    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=6), train_dataset=_data(len(tokenizer)),
-                      callbacks=[snapshot, pruning])  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, max_steps=6),
+        train_dataset=_data(len(tokenizer)),
+        callbacks=[snapshot, pruning],
+    )
     trainer.train()
     masks, scores = pruning.masks, snapshot.weights
     total = sum(m.numel() for m in masks.values())
@@ -286,8 +304,12 @@ def test_peft_model_prunes_the_base_layers(tmp_path):
     model, tokenizer = build_tiny_model("llama", seed=0)
     model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     pruning = PruningCallback(target_sparsity=0.5, start_step=1, end_step=3, frequency=1)
-    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=4), train_dataset=_data(len(tokenizer)),
-                      callbacks=[pruning])  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, max_steps=4),
+        train_dataset=_data(len(tokenizer)),
+        callbacks=[pruning],
+    )
     trainer.train()
     assert "model.layers.0.self_attn.q_proj.base_layer" in pruning.masks
     assert not any("lora_" in name for name in pruning.masks)
@@ -316,8 +338,14 @@ def test_resumed_run_ends_with_the_same_masks_and_weights(tmp_path, method, foun
 
     resumed_pruning = PruningCallback(config)
     if found_via == "args":  # checkpoint outside output_dir: named in TrainingArguments, like the examples do
-        resumed, _ = _train(tmp_path / "resumed", resumed_pruning, recorder=False, save_strategy="no",
-                            resume=str(checkpoint), resume_from_checkpoint=str(checkpoint))  # fmt: skip
+        resumed, _ = _train(
+            tmp_path / "resumed",
+            resumed_pruning,
+            recorder=False,
+            save_strategy="no",
+            resume=str(checkpoint),
+            resume_from_checkpoint=str(checkpoint),
+        )
     else:  # train(resume_from_checkpoint=True) picks the last checkpoint of output_dir
         shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoint-5")
         resumed, _ = _train(
@@ -335,8 +363,14 @@ def test_resumed_run_ends_with_the_same_masks_and_weights(tmp_path, method, foun
 
 @pytest.mark.integration
 def test_resume_without_pruning_state_fails_clearly(tmp_path):
-    _train(tmp_path / "full", PruningCallback(**SCHEDULE), recorder=False, max_steps=5, save_strategy="steps",
-           save_steps=5)  # fmt: skip
+    _train(
+        tmp_path / "full",
+        PruningCallback(**SCHEDULE),
+        recorder=False,
+        max_steps=5,
+        save_strategy="steps",
+        save_steps=5,
+    )
     checkpoint = tmp_path / "other" / "checkpoint-5"
     shutil.copytree(tmp_path / "full" / "checkpoint-5", checkpoint)
     os.remove(checkpoint / PRUNING_STATE_NAME)
@@ -353,12 +387,25 @@ def test_load_best_model_at_end_keeps_the_masks_of_the_best_checkpoint(tmp_path)
 
     pruning = PruningCallback(**SCHEDULE)
     model, tokenizer = build_tiny_model("llama", seed=0)
-    args = _args(tmp_path, eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=4,
-                 load_best_model_at_end=True, metric_for_best_model="score", greater_is_better=True,
-                 per_device_eval_batch_size=4)  # fmt: skip
-    trainer = Trainer(model=model, args=args, train_dataset=_data(len(tokenizer)),
-                      eval_dataset=_data(len(tokenizer), rows=4), compute_metrics=compute_metrics,
-                      callbacks=[pruning])  # fmt: skip
+    args = _args(
+        tmp_path,
+        eval_strategy="steps",
+        eval_steps=4,
+        save_strategy="steps",
+        save_steps=4,
+        load_best_model_at_end=True,
+        metric_for_best_model="score",
+        greater_is_better=True,
+        per_device_eval_batch_size=4,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_data(len(tokenizer)),
+        eval_dataset=_data(len(tokenizer), rows=4),
+        compute_metrics=compute_metrics,
+        callbacks=[pruning],
+    )
     trainer.train()
     assert trainer.state.best_model_checkpoint.endswith("checkpoint-4")
     saved = load_file(tmp_path / "checkpoint-4" / PRUNING_STATE_NAME)
@@ -381,22 +428,53 @@ def test_load_best_model_at_end_keeps_the_masks_of_the_best_checkpoint(tmp_path)
         (dict(pattern="4:2", end_step=10), ValueError, r"pattern='4:2'.*needs 1 <= n < m"),
         (dict(pattern="2:2", end_step=10), ValueError, r"pattern='2:2'.*needs 1 <= n < m"),
         (dict(pattern="two:four", end_step=10), ValueError, "pattern='two:four' is not understood"),
-        (dict(target_sparsity=0.5, start_step=5, end_step=5), ValueError, "end_step=5 must be greater than start_step=5"),
-        (dict(target_sparsity=0.5, start_step=8, end_step=3), ValueError, "end_step=3 must be greater than start_step=8"),
+        (
+            dict(target_sparsity=0.5, start_step=5, end_step=5),
+            ValueError,
+            "end_step=5 must be greater than start_step=5",
+        ),
+        (
+            dict(target_sparsity=0.5, start_step=8, end_step=3),
+            ValueError,
+            "end_step=3 must be greater than start_step=8",
+        ),
         (dict(target_sparsity=0.5), ValueError, "end_step=None"),
         (dict(end_step=10), ValueError, "target_sparsity=None"),
-        (dict(method="random", target_sparsity=0.5, end_step=10), ValueError, "method='random' is not a pruning method"),
-        (dict(scope="row", target_sparsity=0.5, end_step=10), ValueError, "scope='row' is not a pruning scope"),
+        (
+            dict(method="random", target_sparsity=0.5, end_step=10),
+            ValueError,
+            "method='random' is not a pruning method",
+        ),
+        (
+            dict(scope="row", target_sparsity=0.5, end_step=10),
+            ValueError,
+            "scope='row' is not a pruning scope",
+        ),
         (dict(pattern="2:4", scope="global", end_step=10), ValueError, "scope='global' cannot apply"),
         (dict(pattern="2:4", target_sparsity=0.3, end_step=10), ValueError, "contradicts pattern='2:4'"),
-        (dict(target_sparsity=0.2, initial_sparsity=0.4, end_step=10), ValueError, "above target_sparsity=0.2"),
+        (
+            dict(target_sparsity=0.2, initial_sparsity=0.4, end_step=10),
+            ValueError,
+            "above target_sparsity=0.2",
+        ),
         (dict(target_sparsity=0.5, end_step=10, frequency=0), ValueError, "frequency=0 must be >= 1"),
-        (dict(target_sparsity=0.5, end_step=10, include=["q_proj("]), ValueError, "not a valid regular expression"),
-        (dict(method="movement", target_sparsity=0.5, initial_sparsity=0.1, end_step=10), ValueError,
-         "prune before any gradient"),
-        (dict(target_sparsity=0.5, end_step=10, sparsity=0.5), TypeError, r"unknown argument\(s\) \['sparsity'\]"),
+        (
+            dict(target_sparsity=0.5, end_step=10, include=["q_proj("]),
+            ValueError,
+            "not a valid regular expression",
+        ),
+        (
+            dict(method="movement", target_sparsity=0.5, initial_sparsity=0.1, end_step=10),
+            ValueError,
+            "prune before any gradient",
+        ),
+        (
+            dict(target_sparsity=0.5, end_step=10, sparsity=0.5),
+            TypeError,
+            r"unknown argument\(s\) \['sparsity'\]",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_config_fails_early(kwargs, error, match):
     with pytest.raises(error, match=match):
         PruningCallback(**kwargs)
@@ -418,9 +496,20 @@ def test_config_parses_from_the_command_line_with_hf_argument_parser():
 
     parser = HfArgumentParser(PruningConfig)
     (config,) = parser.parse_args_into_dataclasses(
-        ["--method", "movement", "--target_sparsity", "0.6", "--end_step", "300", "--frequency", "10",
-         "--include", "mlp", "self_attn"]
-    )  # fmt: skip
+        [
+            "--method",
+            "movement",
+            "--target_sparsity",
+            "0.6",
+            "--end_step",
+            "300",
+            "--frequency",
+            "10",
+            "--include",
+            "mlp",
+            "self_attn",
+        ]
+    )
     assert (config.method, config.target_sparsity, config.end_step) == ("movement", 0.6, 300)
     assert config.include == ["mlp", "self_attn"] and "embed" in config.exclude
     (config,) = parser.parse_dict({"pattern": "2:4", "end_step": 100, "frequency": 10})
@@ -472,8 +561,9 @@ def test_report_before_training_fails():
 @pytest.mark.multiprocess
 def test_two_processes_end_with_identical_masks(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = launch_two([str(HERE / "pruning_ddp_script.py"), str(tmp_path), "movement"], env=env, timeout=300,
-                      cwd=tmp_path)  # fmt: skip
+    proc = launch_two(
+        [str(HERE / "pruning_ddp_script.py"), str(tmp_path), "movement"], env=env, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     infos = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["rank"] for i in infos] == [0, 1]

@@ -47,9 +47,17 @@ def _data(vocab: int, rows: int = 48, length: int = 16) -> Dataset:
 
 def _args(output_dir: Path, cls=TrainingArguments, **overrides) -> TrainingArguments:
     kwargs = dict(
-        output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
-        save_strategy="no", report_to=[], use_cpu=True, seed=0, logging_steps=100, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        max_steps=STEPS,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        logging_steps=100,
+        disable_tqdm=True,
+    )
     return cls(**{**kwargs, **overrides})
 
 
@@ -114,9 +122,11 @@ def activation_run(tmp_path_factory):
     pruning = StructuralPruningCallback(**TARGETS, importance="activation", num_calibration_batches=2)
     watch, after = StageWatch(step=4), AfterStages()
     trainer = Trainer(
-        model=model, args=_args(tmp_path_factory.mktemp("activation"), logging_steps=1),
-        train_dataset=_data(len(tok)), callbacks=[watch, pruning, after],
-    )  # fmt: skip
+        model=model,
+        args=_args(tmp_path_factory.mktemp("activation"), logging_steps=1),
+        train_dataset=_data(len(tok)),
+        callbacks=[watch, pruning, after],
+    )
     trainer.train()
     return trainer, pruning, watch, after
 
@@ -199,8 +209,9 @@ def test_final_model_loads_with_stock_transformers_and_gives_identical_logits(ac
         "assert not any(n.split('.')[0] in ('hf_lite', 'trainers') for n in sys.modules), 'hf-lite imported'\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = torch.load(tmp_path / "logits.pt", weights_only=True)
     assert torch.equal(got, expected)
@@ -212,9 +223,16 @@ def test_final_model_loads_with_stock_transformers_and_gives_identical_logits(ac
 # Taylor scores over 3 steps before each stage (stages after steps 4 and 8), checkpoints at steps 3, 6, 9:
 # checkpoint-6 is taken after the first stage and inside the second stage's Taylor window.
 RESUME_CONFIG = dict(
-    ffn_keep_ratio=0.5, kv_groups_keep_ratio=0.5, num_layers=2, start_step=0, end_step=8, num_stages=2,
-    importance="taylor", taylor_steps=3, num_calibration_batches=1,
-)  # fmt: skip
+    ffn_keep_ratio=0.5,
+    kv_groups_keep_ratio=0.5,
+    num_layers=2,
+    start_step=0,
+    end_step=8,
+    num_stages=2,
+    importance="taylor",
+    taylor_steps=3,
+    num_calibration_batches=1,
+)
 RESUME_ARGS = dict(max_steps=10, save_strategy="steps", save_steps=3)
 
 
@@ -251,8 +269,10 @@ def test_checkpoints_hold_the_kept_indices_and_running_taylor_sums(full_run):
     saved = json.loads((checkpoint / "config.json").read_text())
     sizes = meta["stages"][0]["sizes"]
     assert (saved["intermediate_size"], saved["num_key_value_heads"], saved["num_hidden_layers"]) == (
-        sizes["ffn"], sizes["kv_groups"], sizes["layers"]
-    )  # fmt: skip
+        sizes["ffn"],
+        sizes["kv_groups"],
+        sizes["layers"],
+    )
     assert not (out / "checkpoint-9" / STRUCTURAL_STATE_TENSORS).exists()  # no stage left: no sums
     assert json.loads((out / "checkpoint-9" / STRUCTURAL_STATE_JSON).read_text())["stages"] == callback.stages
 
@@ -274,8 +294,12 @@ def test_resumed_run_ends_with_the_same_config_and_weights(full_run, tmp_path, h
     else:
         extra["resume_from_checkpoint"] = str(checkpoint)  # the callback shrinks in Trainer.__init__
     resumed = StructuralPruningCallback(**RESUME_CONFIG)
-    trainer = Trainer(model=fresh, args=_args(tmp_path, **RESUME_ARGS, **extra), train_dataset=_data(len(tok)),
-                      callbacks=[resumed])  # fmt: skip
+    trainer = Trainer(
+        model=fresh,
+        args=_args(tmp_path, **RESUME_ARGS, **extra),
+        train_dataset=_data(len(tok)),
+        callbacks=[resumed],
+    )
     trainer.train(resume_from_checkpoint=str(checkpoint))
 
     assert _config(fresh) == _config(model)
@@ -312,14 +336,29 @@ def test_shrink_like_checkpoint_is_a_no_op_at_the_checkpoint_and_replays_what_is
 @pytest.mark.integration
 def test_distillation_student_shrinks_while_hidden_projections_keep_working(tmp_path):
     student, tok = _model()
-    teacher, _ = build_tiny_model("llama", num_hidden_layers=2, seed=1, hidden_size=96, num_attention_heads=6,
-                                  num_key_value_heads=2, head_dim=16)  # fmt: skip
-    args = _args(tmp_path, cls=DistillationConfig, hidden_weight=1.0, layer_map="uniform", max_steps=6,
-                 logging_steps=1)  # fmt: skip
-    pruning = StructuralPruningCallback(ffn_keep_ratio=0.5, kv_groups_keep_ratio=0.5, end_step=4, num_stages=2,
-                                        importance="taylor", taylor_steps=2)  # fmt: skip
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=_data(len(tok)),
-                                  callbacks=[pruning])  # fmt: skip
+    teacher, _ = build_tiny_model(
+        "llama",
+        num_hidden_layers=2,
+        seed=1,
+        hidden_size=96,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
+    args = _args(
+        tmp_path, cls=DistillationConfig, hidden_weight=1.0, layer_map="uniform", max_steps=6, logging_steps=1
+    )
+    pruning = StructuralPruningCallback(
+        ffn_keep_ratio=0.5,
+        kv_groups_keep_ratio=0.5,
+        end_step=4,
+        num_stages=2,
+        importance="taylor",
+        taylor_steps=2,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=_data(len(tok)), callbacks=[pruning]
+    )
     projection = next(iter(trainer.projections.values()))
     initial = projection.weight.detach().clone()
     trainer.train()
@@ -336,8 +375,13 @@ def test_distillation_refuses_layer_dropping_with_hidden_matching(tmp_path):
     teacher, _ = _model()
     args = _args(tmp_path, cls=DistillationConfig, hidden_weight=1.0)
     with pytest.raises(ValueError, match=r"hidden_weight=1.0 with num_layers=2: DistillationTrainer fixes"):
-        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=_data(len(tok)),
-                            callbacks=[StructuralPruningCallback(num_layers=2, end_step=4)])  # fmt: skip
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=_data(len(tok)),
+            callbacks=[StructuralPruningCallback(num_layers=2, end_step=4)],
+        )
 
 
 @pytest.mark.parametrize(
@@ -359,8 +403,13 @@ def test_distillation_refuses_attention_matching_that_shrinking_breaks(tmp_path,
     student, tok = _model()
     args = _args(tmp_path, cls=DistillationConfig, **overrides)
     with pytest.raises(ValueError, match=match):
-        DistillationTrainer(model=student, teacher_model=_model()[0], args=args, train_dataset=_data(len(tok)),
-                            callbacks=[StructuralPruningCallback(**targets, end_step=4)])  # fmt: skip
+        DistillationTrainer(
+            model=student,
+            teacher_model=_model()[0],
+            args=args,
+            train_dataset=_data(len(tok)),
+            callbacks=[StructuralPruningCallback(**targets, end_step=4)],
+        )
 
 
 # --------------------------------------------------------------------------------------------- PEFT
@@ -378,10 +427,20 @@ def test_lora_adapter_is_sliced_with_its_base_and_in_the_optimizer(tmp_path, mon
         raise AssertionError("the given calibration_batches were not used")
 
     monkeypatch.setattr(structural_module, "_calibration_from_dataloader", no_training_set)
-    pruning = StructuralPruningCallback(ffn_keep_ratio=0.5, kv_groups_keep_ratio=0.5, end_step=4, num_stages=2,
-                                        importance="activation", calibration_batches=batches)  # fmt: skip
-    trainer = Trainer(model=peft_model, args=_args(tmp_path, max_steps=5), train_dataset=_data(len(tok)),
-                      callbacks=[pruning, after])  # fmt: skip
+    pruning = StructuralPruningCallback(
+        ffn_keep_ratio=0.5,
+        kv_groups_keep_ratio=0.5,
+        end_step=4,
+        num_stages=2,
+        importance="activation",
+        calibration_batches=batches,
+    )
+    trainer = Trainer(
+        model=peft_model,
+        args=_args(tmp_path, max_steps=5),
+        train_dataset=_data(len(tok)),
+        callbacks=[pruning, after],
+    )
     trainer.train()
     layer = peft_model.base_model.model.model.layers[0]
     assert tuple(layer.mlp.up_proj.lora_B["default"].weight.shape) == (64, 4)
@@ -410,9 +469,16 @@ def test_taylor_on_a_frozen_peft_base_fails_at_trainer_init(tmp_path):
 def test_schedule_reaches_the_targets_at_end_step_and_only_shrinks():
     original = {"ffn": 1000, "kv_groups": 8, "layers": 24}
     for schedule in ("linear", "cubic"):
-        config = StructuralPruningConfig(ffn_keep_ratio=0.3, kv_groups_keep_ratio=0.5, num_layers=16,
-                                         start_step=100, end_step=1000, num_stages=9, schedule=schedule,
-                                         ffn_multiple_of=8)  # fmt: skip
+        config = StructuralPruningConfig(
+            ffn_keep_ratio=0.3,
+            kv_groups_keep_ratio=0.5,
+            num_layers=16,
+            start_step=100,
+            end_step=1000,
+            num_stages=9,
+            schedule=schedule,
+            ffn_multiple_of=8,
+        )
         steps = config.stage_steps()
         assert steps == [200, 300, 400, 500, 600, 700, 800, 900, 1000]
         plan = config.plan(original)
@@ -471,8 +537,14 @@ def test_targets_that_do_not_fit_the_model_fail():
 
 def test_group_counts_the_config_cannot_load_fail_at_trainer_init(tmp_path):
     # 12 query heads in 6 groups over hidden 96: 5 groups = 10 heads, and 96 % 10 != 0 fails Llama's validation.
-    model, tok = build_tiny_model("llama", hidden_size=96, num_attention_heads=12, num_key_value_heads=6,
-                                  head_dim=16, num_hidden_layers=1)  # fmt: skip
+    model, tok = build_tiny_model(
+        "llama",
+        hidden_size=96,
+        num_attention_heads=12,
+        num_key_value_heads=6,
+        head_dim=16,
+        num_hidden_layers=1,
+    )
     callback = StructuralPruningCallback(kv_groups_keep_ratio=0.85, end_step=4, num_stages=1)
     with pytest.raises(
         ValueError, match=r"would keep 5 key/value groups, which LlamaConfig .*\[1, 2, 3, 4, 6\]"
@@ -482,9 +554,19 @@ def test_group_counts_the_config_cannot_load_fail_at_trainer_init(tmp_path):
 
 def test_config_parses_from_the_command_line_with_hf_argument_parser():
     (config,) = HfArgumentParser(StructuralPruningConfig).parse_args_into_dataclasses(
-        ["--ffn_keep_ratio", "0.25", "--num_layers", "6", "--end_step", "300", "--schedule", "linear",
-         "--importance", "taylor"]
-    )  # fmt: skip
+        [
+            "--ffn_keep_ratio",
+            "0.25",
+            "--num_layers",
+            "6",
+            "--end_step",
+            "300",
+            "--schedule",
+            "linear",
+            "--importance",
+            "taylor",
+        ]
+    )
     assert (config.ffn_keep_ratio, config.num_layers, config.end_step) == (0.25, 6, 300)
     assert config.schedule == "linear" and config.importance == "taylor"
     assert StructuralPruningConfig(**config.to_dict()) == config
@@ -508,11 +590,13 @@ def test_callback_arguments():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (dict(load_best_model_at_end=True, eval_strategy="steps", save_strategy="steps"),
-         "load_best_model_at_end=True with StructuralPruningCallback"),
+        (
+            dict(load_best_model_at_end=True, eval_strategy="steps", save_strategy="steps"),
+            "load_best_model_at_end=True with StructuralPruningCallback",
+        ),
         (dict(fsdp="full_shard"), "cannot shrink a DeepSpeed- or FSDP-sharded model"),
     ],
-)  # fmt: skip
+)
 def test_unsupported_training_setups_are_refused(tmp_path, overrides, match):
     model, tok = _model()
     args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], max_steps=4)
@@ -530,8 +614,12 @@ def test_several_processes_are_refused(tmp_path, monkeypatch):
     with pytest.raises(
         ValueError, match=r"runs in one process, but world_size=2: DDP keeps gradient buckets"
     ):
-        Trainer(model=model, args=_args(tmp_path), train_dataset=_data(len(tok)),
-                callbacks=[StructuralPruningCallback(num_layers=2, end_step=4)])  # fmt: skip
+        Trainer(
+            model=model,
+            args=_args(tmp_path),
+            train_dataset=_data(len(tok)),
+            callbacks=[StructuralPruningCallback(num_layers=2, end_step=4)],
+        )
 
 
 def test_resume_problems_fail_clearly(tmp_path):
@@ -546,8 +634,14 @@ def test_resume_problems_fail_clearly(tmp_path):
         callback.on_train_begin(args, TrainerState(), None)
     folder = tmp_path / "checkpoint-3"
     folder.mkdir()
-    meta = {"format_version": 1, "global_step": 3, "config": {}, "original": {"layers": 4},
-            "stages": [{"step": 2, "drop": [0, 1], "sizes": {"layers": 2}}], "taylor_steps_gathered": 0}  # fmt: skip
+    meta = {
+        "format_version": 1,
+        "global_step": 3,
+        "config": {},
+        "original": {"layers": 4},
+        "stages": [{"step": 2, "drop": [0, 1], "sizes": {"layers": 2}}],
+        "taylor_steps_gathered": 0,
+    }
     (folder / STRUCTURAL_STATE_JSON).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"the model has sizes \{'layers': 3\} but the checkpoint .* has"):
         callback.on_train_begin(args, TrainerState(global_step=3), None, model=model)

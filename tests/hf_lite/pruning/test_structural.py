@@ -102,25 +102,38 @@ def pruned(tmp_path_factory):
             prune_attention_heads_(model, 0.5)
             prune_layers_(model, drop=[1])
         elif family == "gpt2":
-            kept_ffn = prune_ffn_(model, intermediate_size=48, importance="activation",
-                                  calibration_batches=_batches(model, family))  # fmt: skip
+            kept_ffn = prune_ffn_(
+                model,
+                intermediate_size=48,
+                importance="activation",
+                calibration_batches=_batches(model, family),
+            )
             prune_layers_(model, drop=[2])
         else:
-            kept_ffn = prune_ffn_(model, 0.25, importance="taylor",
-                                  calibration_batches=_batches(model, family, labels=True))  # fmt: skip
+            kept_ffn = prune_ffn_(
+                model, 0.25, importance="taylor", calibration_batches=_batches(model, family, labels=True)
+            )
             prune_layers_(model, keep_ratio=0.67, calibration_batches=_batches(model, family))
         ids = _ids(model.config.vocab_size, 7)
         original.save_pretrained(root / f"{family}-original")
         model.save_pretrained(root / f"{family}-pruned")
         save_file({"input_ids": ids}, str(root / f"{family}-ids.safetensors"))
         jobs[family] = [str(root / f"{family}-pruned"), AUTO[family], str(root / f"{family}-ids.safetensors")]
-        results[family] = {"model": model, "original": original, "ids": ids, "kept_ffn": kept_ffn,
-                           "logits": _logits(model, ids), "root": root}  # fmt: skip
+        results[family] = {
+            "model": model,
+            "original": original,
+            "ids": ids,
+            "kept_ffn": kept_ffn,
+            "logits": _logits(model, ids),
+            "root": root,
+        }
     out_file = root / "logits.safetensors"
     proc = subprocess.run(
         [sys.executable, "-c", _LOADER, json.dumps(jobs), str(out_file)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     flags = json.loads(proc.stdout.strip().splitlines()[-1])
     reloaded = load_file(str(out_file))
@@ -168,9 +181,16 @@ def test_pruned_model_is_smaller_in_memory_and_on_disk(pruned, family):
 
 @pytest.mark.parametrize(
     "family, kind",
-    [("llama", "ffn"), ("llama", "heads"), ("llama", "layers"), ("gpt2", "ffn"), ("gpt2", "layers"),
-     ("bert", "ffn"), ("bert", "layers")],
-)  # fmt: skip
+    [
+        ("llama", "ffn"),
+        ("llama", "heads"),
+        ("llama", "layers"),
+        ("gpt2", "ffn"),
+        ("gpt2", "layers"),
+        ("bert", "ffn"),
+        ("bert", "layers"),
+    ],
+)
 def test_keep_ratio_one_is_exact_noop(family, kind):
     model, _ = _tiny(family)
     before_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -197,8 +217,11 @@ def test_magnitude_scores_match_formula_linear_and_conv1d():
     llama, _ = _tiny("llama")
     mlp = llama.model.layers[1].mlp
     j = 5
-    expected = (mlp.gate_proj.weight[j].square().sum() + mlp.up_proj.weight[j].square().sum()
-                + mlp.down_proj.weight[:, j].square().sum()).sqrt()  # fmt: skip
+    expected = (
+        mlp.gate_proj.weight[j].square().sum()
+        + mlp.up_proj.weight[j].square().sum()
+        + mlp.down_proj.weight[:, j].square().sum()
+    ).sqrt()
     torch.testing.assert_close(ffn_neuron_scores(llama)[1][j], expected)
     gpt2, _ = _tiny("gpt2")
     gmlp = gpt2.transformer.h[0].mlp  # Conv1D: c_fc weight (in, out), c_proj weight (in, out)
@@ -209,8 +232,12 @@ def test_magnitude_scores_match_formula_linear_and_conv1d():
     q_sq = (
         attn.q_proj.weight[3 * d : 4 * d].square().sum() + attn.o_proj.weight[:, 3 * d : 4 * d].square().sum()
     )
-    g_sq = (attn.q_proj.weight[2 * d : 4 * d].square().sum() + attn.o_proj.weight[:, 2 * d : 4 * d].square().sum()
-            + attn.k_proj.weight[d : 2 * d].square().sum() + attn.v_proj.weight[d : 2 * d].square().sum())  # fmt: skip
+    g_sq = (
+        attn.q_proj.weight[2 * d : 4 * d].square().sum()
+        + attn.o_proj.weight[:, 2 * d : 4 * d].square().sum()
+        + attn.k_proj.weight[d : 2 * d].square().sum()
+        + attn.v_proj.weight[d : 2 * d].square().sum()
+    )
     scores = attention_head_scores(llama)[0]
     torch.testing.assert_close(scores.query[3], q_sq.sqrt())
     torch.testing.assert_close(scores.group[1], g_sq.sqrt())
@@ -302,9 +329,13 @@ def _zero_ffn_neurons(model, family: str, neurons: list[int], how: str) -> None:
 
 @pytest.mark.parametrize(
     "family, importance, how",
-    [("llama", "activation", "inputs"), ("gpt2", "magnitude", "all"), ("bert", "taylor", "outputs"),
-     ("llama", "taylor", "outputs")],
-)  # fmt: skip
+    [
+        ("llama", "activation", "inputs"),
+        ("gpt2", "magnitude", "all"),
+        ("bert", "taylor", "outputs"),
+        ("llama", "taylor", "outputs"),
+    ],
+)
 def test_pruning_ffn_neurons_that_contribute_nothing_keeps_logits(family, importance, how):
     model, _ = _tiny(family)
     zeroed = [3, 17, 40, 41, 99, 127]
@@ -385,8 +416,12 @@ def test_explicit_groups_per_block_and_query_heads_within_groups_keep_logits():
     model, _ = _tiny("llama")
     _zero_o_columns(model, {0: [1, 2], 1: [0, 3]})  # one silent query head in each group
     before = _logits(model, ids)
-    kept = prune_attention_heads_(model, query_heads_per_group=1, importance="taylor",
-                                  calibration_batches=_batches(model, "llama", labels=True))  # fmt: skip
+    kept = prune_attention_heads_(
+        model,
+        query_heads_per_group=1,
+        importance="taylor",
+        calibration_batches=_batches(model, "llama", labels=True),
+    )
     assert [v.query.tolist() for v in kept.values()] == [[0, 3], [1, 2]]
     assert model.config.num_attention_heads == 2 and model.config.num_key_value_heads == 2
     _check_gqa(model)
@@ -396,8 +431,13 @@ def test_explicit_groups_per_block_and_query_heads_within_groups_keep_logits():
 @pytest.mark.parametrize("importance", ["magnitude", "activation"])
 def test_gqa_invariants_after_scored_head_pruning(importance):
     model, _ = _tiny("llama", num_attention_heads=8, num_key_value_heads=4, head_dim=16)
-    kept = prune_attention_heads_(model, 0.5, query_heads_per_group=1, importance=importance,
-                                  calibration_batches=_batches(model, "llama"))  # fmt: skip
+    kept = prune_attention_heads_(
+        model,
+        0.5,
+        query_heads_per_group=1,
+        importance=importance,
+        calibration_batches=_batches(model, "llama"),
+    )
     assert model.config.num_attention_heads == 2 and model.config.num_key_value_heads == 2
     for v in kept.values():
         assert (v.query // 2).tolist() == v.key_value.tolist()  # each kept query head reads a kept group
@@ -416,8 +456,14 @@ def _identity_block(model, family: str, i: int) -> None:
 
 
 def _generate(model, ids, use_cache: bool) -> torch.Tensor:
-    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
-                          use_cache=use_cache, pad_token_id=model.config.eos_token_id)  # fmt: skip
+    return model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=5,
+        do_sample=False,
+        use_cache=use_cache,
+        pad_token_id=model.config.eos_token_id,
+    )
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -451,10 +497,17 @@ def test_generation_with_cache_after_head_and_layer_pruning():
 def test_per_layer_config_lists_are_sliced_and_reload(tmp_path):
     import transformers
 
-    config = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                      num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True,
-                                      sliding_window=3,
-                                      layer_types=["full_attention", "sliding_attention", "full_attention"])  # fmt: skip
+    config = transformers.Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=3,
+        layer_types=["full_attention", "sliding_attention", "full_attention"],
+    )
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(config).eval()
     assert prune_layers_(model, drop=[0]) == [1, 2]
@@ -473,11 +526,19 @@ def test_per_layer_config_lists_are_sliced_and_reload(tmp_path):
 def _lora(model, family: str, **kwargs):
     from peft import LoraConfig, get_peft_model
 
-    targets = {"llama": ["gate_proj", "up_proj", "down_proj", "q_proj", "k_proj", "v_proj", "o_proj"],
-               "gpt2": ["c_fc", "mlp.c_proj"]}[family]  # fmt: skip
+    targets = {
+        "llama": ["gate_proj", "up_proj", "down_proj", "q_proj", "k_proj", "v_proj", "o_proj"],
+        "gpt2": ["c_fc", "mlp.c_proj"],
+    }[family]
     task = "CAUSAL_LM"
-    cfg = LoraConfig(r=4, target_modules=targets, init_lora_weights=False, task_type=task,
-                     fan_in_fan_out=family == "gpt2", **kwargs)  # fmt: skip
+    cfg = LoraConfig(
+        r=4,
+        target_modules=targets,
+        init_lora_weights=False,
+        task_type=task,
+        fan_in_fan_out=family == "gpt2",
+        **kwargs,
+    )
     return get_peft_model(model, cfg).eval()
 
 

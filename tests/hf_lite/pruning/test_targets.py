@@ -50,11 +50,19 @@ def test_masked_lm_head_transform_excluded(family):
     from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
     if family == "bert":
-        model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                                           num_attention_heads=2, intermediate_size=32))  # fmt: skip
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=50,
+                hidden_size=16,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+            )
+        )
     else:
-        model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
-                                                       hidden_dim=32))  # fmt: skip
+        model = DistilBertForMaskedLM(
+            DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+        )
     names = list(find_prunable_modules(model))
     assert len(names) == 6 and all(".layer.0." in n for n in names)
     heads = set(find_prunable_modules(model, exclude=None)) - set(names)

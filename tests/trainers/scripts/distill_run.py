@@ -24,13 +24,29 @@ def main(out: str, per_device_batch: int) -> None:
         for _ in range(16)
     ]
     args = DistillationConfig(
-        out, max_steps=3, per_device_train_batch_size=per_device_batch, learning_rate=1e-2, optim="sgd",
-        lr_scheduler_type="constant", alpha=0.5, hidden_weight=0.5, report_to=[], use_cpu=True,
-        save_strategy="no", seed=0, disable_tqdm=True, logging_steps=1,
-    )  # fmt: skip
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, processing_class=tok,
-                                  train_dataset=Dataset.from_dict({"input_ids": rows}),
-                                  data_collator=DataCollatorForLanguageModeling(tok, mlm=False))  # fmt: skip
+        out,
+        max_steps=3,
+        per_device_train_batch_size=per_device_batch,
+        learning_rate=1e-2,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        alpha=0.5,
+        hidden_weight=0.5,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        logging_steps=1,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        processing_class=tok,
+        train_dataset=Dataset.from_dict({"input_ids": rows}),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+    )
     trainer.train()
     trainer.save_model()
     if trainer.is_world_process_zero():
