@@ -191,6 +191,7 @@ def test_topk_loss_ignores_whatever_the_cache_holds_at_rows_left_out():
     torch.testing.assert_close(student.grad[keep], ref_student.grad)
 
 
+@pytest.mark.slow  # torch.compile: up to ~30 s on 2 busy cores
 def test_compiled_gives_the_same_values_and_gradients():
     student, teacher = _pair(7, n=5, vocab=33)
     student = student.detach().float().requires_grad_()

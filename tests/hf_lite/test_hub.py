@@ -1,4 +1,4 @@
-"""hf_lite.hub.push_to_hub and hf_lite.card.build against the local Hub server (tests/hub_server.py): round
+"""hf_lite.hub.push_to_hub and hf_lite.card.build against the local Hub server (tests/hub_server/): round
 trips of six kinds of compressed checkpoints through the unmodified huggingface_hub client and stock
 from_pretrained, model cards validated like the Hub does, retries, atomic failures and bad input."""
 

@@ -156,6 +156,8 @@ def test_chunked_loss_gives_the_same_training(tmp_path, tok):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # torch.compile
+@pytest.mark.integration
 def test_compiled_loss_gives_the_same_training(tmp_path, tok):
     def run(compiled):
         args = _args(
