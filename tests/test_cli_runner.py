@@ -266,3 +266,32 @@ def test_bad_input_is_a_clear_error(tiny_run, tmp_path, capsys):
     assert main(["run", str(_recipe(root, teacher, taken))]) == 2
     assert "is not empty and is not an hf-lite run folder" in capsys.readouterr().err
     assert (taken / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.integration
+def test_pushed_card_states_the_figures_of_the_runs_report(tiny_run, tmp_path, hub_server):
+    """The export stage's push builds the model card from the evaluate stage's report rows."""
+    from huggingface_hub import ModelCard
+
+    root, teacher = tiny_run
+    out = tmp_path / "run"
+    path = _recipe(root, teacher, out, steps=2, save_steps=2)
+    raw = yaml.safe_load(path.read_text())
+    raw["stages"] = [
+        raw["stages"][0],  # init_student
+        {"name": "evaluate", "type": "evaluate", "models": ["teacher", "student"], "latency_repeats": 2},
+        {
+            "name": "export",
+            "type": "export",
+            "model": "student",
+            "push": {"repo_id": "test-user/tiny-student"},
+        },
+    ]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) == 0
+    rows = {row["name"]: row for row in _report(out)["rows"]}
+    card = ModelCard.load("test-user/tiny-student").text
+    student, reference = rows["student"], rows["teacher"]
+    assert f"| parameters | {reference['parameters']:,} | {student['parameters']:,} |" in card
+    perplexity = f"{student['metrics']['perplexity']:.4g}"
+    assert f"| perplexity | {reference['metrics']['perplexity']:.4g} | {perplexity} |" in card

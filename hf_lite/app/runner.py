@@ -35,6 +35,7 @@ from transformers import (
 from hf_lite._utils import atomic_dir, atomic_write_text, has_bnb_layers
 from hf_lite.app.recipe import Recipe, StageConfig, check_training_args
 from hf_lite.app.stages import MODEL_STAGES
+from hf_lite.card import CompressionSummary
 from hf_lite.data import augment_data, load_data, tokenize_data
 from hf_lite.evaluation import evaluate_model, machine_info, measure_latency_side_by_side
 from hf_lite.exporting import dequantize_bnb_, export, strip_quantization_, unpack_bnb_cpu_weights_
@@ -450,10 +451,26 @@ def stage_export(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
         if report is not None:
             info["max_abs_logit_diff"] = getattr(report, "max_abs_diff", None)
         if spec.push:
-            result = push_to_hub(str(out), **spec.push)
+            push = dict(spec.push)
+            if "report" not in push:  # the card states the figures the run's report measured
+                push["report"] = evaluated_summary(ctx, stage.model)
+            result = push_to_hub(str(out), **push)
             info["pushed"] = getattr(result, "commit_url", None)
     ctx.state.wait_for_everyone()
     return info
+
+
+def evaluated_summary(ctx: RunContext, model_ref: str) -> CompressionSummary | None:
+    """The model card's figures of ``model_ref`` from the last evaluate stage's report that measured it (the
+    same record the report prints), or ``None`` when no report has a row for it."""
+    for earlier in reversed(ctx.recipe.stages):
+        path = ctx.root / earlier.name / "report.json"
+        if earlier.type != "evaluate" or not path.is_file():
+            continue
+        report = CompressionReport.from_json(path)
+        if any(row.name == model_ref for row in report.rows):
+            return CompressionSummary.from_report(report, model_ref)
+    return None
 
 
 STAGES = {

@@ -14,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hf_lite._utils import did_you_mean
+
+if TYPE_CHECKING:
+    from hf_lite.report import CompressionReport, ReportRow
 
 __all__ = ["ModelFigures", "CompressionSummary"]
 
@@ -81,6 +84,30 @@ class ModelFigures:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"metrics[{key!r}]={value!r} must be a finite number.")
         self.metrics = dict(self.metrics)
+
+    @classmethod
+    def from_row(cls, row: ReportRow | Mapping[str, Any]) -> ModelFigures:
+        """The figures of one model from its row of the compression report (the record ``hf-lite`` prints),
+        so that a pushed card states exactly what the report measured.
+
+        ``bytes`` is the checkpoint on disk when it was measured, else the loaded model's memory;
+        ``latency_ms`` is the batch-size-1 latency.
+
+        >>> from hf_lite.report import ReportRow
+        >>> row = ReportRow("student", "distill", parameters=9, bytes_on_disk=36, latency_b1_ms=2.0)
+        >>> ModelFigures.from_row(row)
+        ModelFigures(parameters=9, bytes=36, latency_ms=2.0, metrics={})
+        """
+        data = row.to_dict() if hasattr(row, "to_dict") else row
+        if not isinstance(data, Mapping):
+            raise TypeError(f"row must be a ReportRow or its to_dict(); got {type(row).__name__}.")
+        size = data.get("bytes_on_disk")
+        return cls(
+            parameters=data.get("parameters"),
+            bytes=size if size is not None else data.get("bytes_in_memory"),
+            latency_ms=data.get("latency_b1_ms"),
+            metrics={k: float(v) for k, v in (data.get("metrics") or {}).items()},
+        )
 
     @classmethod
     def from_dict(cls, data: ModelFigures | Mapping[str, Any]) -> ModelFigures:
@@ -166,6 +193,36 @@ class CompressionSummary:
             )
         _check_keys("report", data, cls)
         return cls(**dict(data))
+
+    @classmethod
+    def from_report(
+        cls, report: CompressionReport, student: str, teacher: str | None = None, **fields: Any
+    ) -> CompressionSummary:
+        """A summary whose figures are the rows of a compression report: ``student`` names the row of the
+        compressed model, ``teacher`` the reference row (default: the report's teacher row); ``fields`` are
+        the other :class:`CompressionSummary` fields (``pruning=...``).
+
+        >>> from hf_lite.report import CompressionReport, ReportRow
+        >>> report = CompressionReport(task="causal-lm", rows=[
+        ...     ReportRow("teacher", "teacher", parameters=40, metrics={"perplexity": 10.0}),
+        ...     ReportRow("distill", "distill", parameters=20, metrics={"perplexity": 11.0})])
+        >>> s = CompressionSummary.from_report(report, "distill", pruning="FFN 50%")
+        >>> s.student.parameters, s.teacher_figures.parameters, s.pruning
+        (20, 40, 'FFN 50%')
+        """
+        rows = {row.name: row for row in report.rows}
+        if student not in rows:
+            raise ValueError(f"student={student!r} is not a row of the report; its rows are {sorted(rows)}.")
+        if teacher is not None and teacher not in rows:
+            raise ValueError(f"teacher={teacher!r} is not a row of the report; its rows are {sorted(rows)}.")
+        reference = rows[teacher] if teacher is not None else report.teacher_row()
+        setup = ", ".join(f"{k}={v}" for k, v in sorted(report.latency_setup.items()))
+        values: dict[str, Any] = {
+            "student": ModelFigures.from_row(rows[student]),
+            "teacher_figures": ModelFigures.from_row(reference) if reference is not rows[student] else None,
+            "latency_setup": f"batch size 1, {setup}" if setup else None,
+        }
+        return cls.from_dict({**values, **fields})
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict (the inverse of :meth:`from_dict`).

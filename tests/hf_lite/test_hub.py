@@ -439,3 +439,31 @@ def test_compression_summary_validation():
         build_model_card(checkpoint=3)
     with pytest.raises(TypeError, match="folder must be a path"):
         inspect_checkpoint(3)
+
+
+def test_card_figures_come_from_the_compression_report_rows():
+    from hf_lite.report import CompressionReport, ReportRow
+
+    report = CompressionReport(
+        task="causal-lm",
+        rows=[
+            ReportRow("teacher", "teacher", parameters=400, bytes_on_disk=1600, latency_b1_ms=4.0),
+            ReportRow("int8", "quantize", parameters=200, bytes_in_memory=300, metrics={"perplexity": 9.0}),
+        ],
+        latency_setup={"seq_len": 16, "threads": 2},
+    )
+    summary = CompressionSummary.from_report(report, "int8", pruning="none")
+    # bytes: on disk when measured, else in memory; latency: batch size 1
+    assert summary.student == ModelFigures(200, 300, None, {"perplexity": 9.0})
+    assert summary.teacher_figures == ModelFigures(400, 1600, 4.0, {})
+    assert summary.latency_setup == "batch size 1, seq_len=16, threads=2" and summary.pruning == "none"
+    # the teacher row compared with itself gives no comparison column
+    assert CompressionSummary.from_report(report, "teacher").teacher_figures is None
+    with pytest.raises(
+        ValueError, match=r"student='int4' is not a row of the report; its rows are \['int8', 'teacher'\]"
+    ):
+        CompressionSummary.from_report(report, "int4")
+    with pytest.raises(ValueError, match="teacher='big' is not a row of the report"):
+        CompressionSummary.from_report(report, "int8", teacher="big")
+    with pytest.raises(TypeError, match="row must be a ReportRow or its to_dict"):
+        ModelFigures.from_row(3)
