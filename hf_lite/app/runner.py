@@ -278,16 +278,7 @@ def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     args = check_training_args(stage, TrainingArguments, _training_base(ctx, stage))
     data = ctx.tokenized()
     model = _load_for_training(ctx, stage, stage.model)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["eval"],
-        processing_class=ctx.tokenizer,
-        data_collator=_collator(ctx),
-        callbacks=_callbacks(stage),
-    )
-    return _train_and_save(ctx, stage, trainer)
+    return _train_and_save(ctx, stage, _trainer(ctx, stage, Trainer, model, args, data))
 
 
 def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
@@ -300,17 +291,24 @@ def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
         quantization=args.teacher_quantization,
         dtype="float32",
     )
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=teacher,
+    trainer = _trainer(ctx, stage, DistillationTrainer, student, args, data, teacher_model=teacher)
+    return _train_and_save(ctx, stage, trainer)
+
+
+def _trainer(
+    ctx: RunContext, stage: StageConfig, cls: type, model: Any, args: Any, data: Any, **kwargs: Any
+) -> Any:
+    """A ``Trainer`` (or subclass) on the run's tokenized splits, collator and the stage's callbacks."""
+    return cls(
+        model=model,
         args=args,
         train_dataset=data["train"],
         eval_dataset=data["eval"],
         processing_class=ctx.tokenizer,
         data_collator=_collator(ctx),
         callbacks=_callbacks(stage),
+        **kwargs,
     )
-    return _train_and_save(ctx, stage, trainer)
 
 
 def _collator(ctx: RunContext) -> Any:

@@ -92,6 +92,24 @@ def checked_keep_count(keep_ratio: object, total: int, what: str) -> int:
     return kept
 
 
+def target_count(value: object, name: str, current: int, what: str, hint: str) -> int:
+    """A new uniform size ``value`` (argument ``name``) within ``1..current``; ``what`` names the current size in
+    the message and ``hint`` ends it. A list or dict (one size per layer) is refused: the config has one.
+
+    >>> target_count(32, "intermediate_size", 128, "the current width", "Pass a smaller width.")
+    32
+    """
+    if isinstance(value, (Mapping, list, tuple)):
+        raise ValueError(
+            f"{name}={value!r} is non-uniform (one per layer), but the config stores one {name} for all "
+            "blocks. Pass one int."
+        )
+    count = check_count(value, name)
+    if not 1 <= count <= current:
+        raise ValueError(f"{name}={value!r} is outside 1..{current} ({what}): {hint}")
+    return count
+
+
 def exactly_one(**options: object) -> str:
     given = [name for name, value in options.items() if value is not None]
     if len(given) != 1:

@@ -24,6 +24,7 @@ from hf_lite.pruning.structural.checks import (
     exactly_one,
     explicit_indices,
     round_up,
+    target_count,
     top_indices,
 )
 from hf_lite.pruning.structural.plan import (
@@ -87,17 +88,13 @@ def plan_ffn(
     if which == "keep_ratio":
         kept = round_up(checked_keep_count(keep_ratio, width, "FFN neurons"), multiple, width)
     elif which == "intermediate_size":
-        if isinstance(intermediate_size, (Mapping, list, tuple)):
-            raise ValueError(
-                f"intermediate_size={intermediate_size!r} is non-uniform (one width per layer), but the config "
-                "stores one intermediate_size for all blocks. Pass one int."
-            )
-        kept = check_count(intermediate_size, "intermediate_size")
-        if not 1 <= kept <= width:
-            raise ValueError(
-                f"intermediate_size={intermediate_size!r} is outside 1..{width} (the current width): pruning "
-                "removes neurons, it cannot add any. Pass a smaller width or use keep_ratio."
-            )
+        kept = target_count(
+            intermediate_size,
+            "intermediate_size",
+            width,
+            "the current width",
+            "pruning removes neurons, it cannot add any. Pass a smaller width or use keep_ratio.",
+        )
         if kept % multiple:
             raise ValueError(
                 f"intermediate_size={kept} is not a multiple of multiple_of={multiple}; pass a multiple of it "

@@ -25,6 +25,7 @@ from hf_lite.pruning.structural.checks import (
     config_error,
     exactly_one,
     explicit_indices,
+    target_count,
     top_indices,
 )
 from hf_lite.pruning.structural.plan import (
@@ -152,17 +153,13 @@ def plan_attention_heads(
     if which == "keep_ratio":
         groups = checked_keep_count(keep_ratio, kv_heads, "key/value head groups")
     elif which == "num_key_value_heads":
-        if isinstance(num_key_value_heads, (Mapping, list, tuple)):
-            raise ValueError(
-                f"num_key_value_heads={num_key_value_heads!r} is non-uniform (one count per layer), but the "
-                "config stores one num_key_value_heads for all blocks. Pass one int."
-            )
-        groups = check_count(num_key_value_heads, "num_key_value_heads")
-        if not 1 <= groups <= kv_heads:
-            raise ValueError(
-                f"num_key_value_heads={num_key_value_heads!r} is outside 1..{kv_heads} (the current count): "
-                "pruning removes groups, it cannot add any."
-            )
+        groups = target_count(
+            num_key_value_heads,
+            "num_key_value_heads",
+            kv_heads,
+            "the current count",
+            "pruning removes groups, it cannot add any.",
+        )
     elif which == "keep_groups":
         explicit = explicit_indices(keep_groups, len(sites), kv_heads, "keep_groups", "key/value groups")  # type: ignore[arg-type]
         groups = len(explicit[0])

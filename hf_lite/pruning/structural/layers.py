@@ -18,7 +18,7 @@ from torch import nn
 from hf_lite.pruning.calibration import check_calibration
 from hf_lite.pruning.importance import block_influence, check_count
 from hf_lite.pruning.sites import find_layer_list, model_config
-from hf_lite.pruning.structural.checks import checked_keep_count, config_error, exactly_one
+from hf_lite.pruning.structural.checks import checked_keep_count, config_error, exactly_one, target_count
 from hf_lite.pruning.structural.plan import StructuralPlan, apply_plan_, parameters_by_id
 
 if TYPE_CHECKING:
@@ -128,12 +128,13 @@ def plan_layers(
         if which == "keep_ratio":
             n_keep = checked_keep_count(keep_ratio, total, "blocks")
         else:
-            n_keep = check_count(num_hidden_layers, "num_hidden_layers")
-            if not 1 <= n_keep <= total:
-                raise ValueError(
-                    f"num_hidden_layers={num_hidden_layers!r} is outside 1..{total} (the current depth): at least "
-                    "1 block must remain and dropping blocks cannot add any."
-                )
+            n_keep = target_count(
+                num_hidden_layers,
+                "num_hidden_layers",
+                total,
+                "the current depth",
+                "at least 1 block must remain and dropping blocks cannot add any.",
+            )
         check_calibration(
             calibration_batches, "choosing blocks by block influence (pass drop=[...] to choose them)"
         )
