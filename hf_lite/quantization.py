@@ -11,7 +11,7 @@ import importlib.util
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from hf_lite._utils import did_you_mean
+from hf_lite._utils import did_you_mean, has_bnb_layers
 
 if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays fast
     import torch
@@ -136,14 +136,8 @@ def keep_heads_unquantized(bnb_config: Any, task: str) -> Any:
     return bnb_config
 
 
-def bnb_module_names(model: torch.nn.Module) -> list[str]:
-    import bitsandbytes as bnb
-
-    return [n for n, m in model.named_modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
-
-
 def check_quantized(model: torch.nn.Module, bnb_config: Any) -> None:
-    if not bnb_module_names(model):
+    if not has_bnb_layers(model):
         bits = "4bit" if bnb_config.load_in_4bit else "8bit"
         raise ValueError(
             f"quantization={bits!r}: bitsandbytes quantized no layer of {type(model).__name__}. It only wraps "
