@@ -11,16 +11,18 @@ import copy
 import importlib.util
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import peft as peft_lib
+import torch
+from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import check_target_module_exists
+from transformers.pytorch_utils import Conv1D
 
 from hf_lite.quantization import HEAD_MODULES
 from hf_lite.tasks import PEFT_TASK_TYPES, normalize_task
 
 logger = logging.getLogger(__name__)
-
-if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays fast
-    import torch
-    from peft import PeftConfig
 
 
 def resolve_peft_config(peft: str | Mapping[str, Any] | PeftConfig | None, task: str) -> PeftConfig | None:
@@ -35,7 +37,6 @@ def resolve_peft_config(peft: str | Mapping[str, Any] | PeftConfig | None, task:
     """
     if peft is None or peft is False:
         return None
-    import peft as peft_lib
 
     task = normalize_task(task)
     task_type = PEFT_TASK_TYPES[task]
@@ -82,8 +83,6 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     >>> linear_module_names(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
     ['0']
     """
-    import torch
-    from transformers.pytorch_utils import Conv1D
 
     classes: tuple[type, ...] = (torch.nn.Linear, Conv1D)
     if importlib.util.find_spec("bitsandbytes") is not None:
@@ -95,7 +94,6 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
 
 def check_target_modules(model: torch.nn.Module, peft_config: Any) -> None:
     """Refuse adapter targets that match no layer, listing the layer names that exist."""
-    from peft.tuners.tuners_utils import check_target_module_exists
 
     targets = getattr(peft_config, "target_modules", None)
     if targets is None or (isinstance(targets, str) and targets.lower() == "all-linear"):
@@ -121,7 +119,6 @@ def enable_checkpointing(model: Any) -> None:
 
 
 def attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:
-    from peft import get_peft_model, prepare_model_for_kbit_training
 
     check_target_modules(model, peft_config)
     if quantized:

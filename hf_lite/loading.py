@@ -19,6 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import transformers
+from huggingface_hub import is_offline_mode
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
 from hf_lite._utils import did_you_mean
 from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module_names re-exported)
     attach_adapter,
@@ -33,10 +40,10 @@ from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-export
     keep_heads_unquantized,
     resolve_quantization,
 )
+from hf_lite.summary import model_summary
 from hf_lite.tasks import TASKS, normalize_task
 
-if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays fast
-    import torch
+if TYPE_CHECKING:  # annotations only
     from peft import PeftConfig
     from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -53,7 +60,6 @@ def resolve_dtype(dtype: Any) -> Any:
     >>> import torch; resolve_dtype("bf16") is torch.bfloat16
     True
     """
-    import torch
 
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
@@ -118,7 +124,6 @@ def load_model(
     ...                    peft=LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))  # doctest: +SKIP
     >>> print(model_summary(model))  # doctest: +SKIP
     """
-    import transformers
 
     task = normalize_task(task)
     if not isinstance(gradient_checkpointing, bool):
@@ -157,7 +162,6 @@ def load_model(
         )
     elif gradient_checkpointing:
         enable_checkpointing(model)
-    from hf_lite.summary import model_summary
 
     logger.info("%s", model_summary(model))
     return model
@@ -182,7 +186,6 @@ def load_tokenizer(
     >>> tok.pad_token == tok.eos_token  # doctest: +SKIP
     True
     """
-    from transformers import AutoTokenizer
 
     if padding_side not in (None, "left", "right"):
         raise ValueError(
@@ -232,7 +235,6 @@ def load_teacher(
     >>> any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP
     False
     """
-    import torch
 
     if isinstance(model_or_name, torch.nn.Module):
         ignored = {"quantization": quantization, "revision": revision, **from_pretrained_kwargs}
@@ -265,7 +267,6 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     >>> m.training, m[1].p, m[0].weight.requires_grad
     (False, 0.0, False)
     """
-    import torch
 
     model.eval()
     model.requires_grad_(False)
@@ -333,7 +334,6 @@ def _check_source(name_or_path: Any, revision: str | None, hub_kwargs: dict[str,
             f"name_or_path={name!r} looks like a local path but does not exist (resolved to {path.absolute()}). "
             "Check the path, or pass a Hub repo id such as 'org/model'."
         )
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(name)
@@ -349,9 +349,6 @@ def load_checked_config(
     name_or_path: Any, task: str, trust_remote_code: bool, revision: str | None, hub_kwargs: dict[str, Any]
 ) -> Any:
     """Read config.json (no code runs), then check remote code, architecture and task support."""
-    from huggingface_hub import is_offline_mode
-    from transformers import AutoConfig, PretrainedConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     name = _check_source(name_or_path, revision, hub_kwargs)
     rev_kwargs = {"revision": revision} if revision is not None else {}
@@ -380,16 +377,12 @@ def load_checked_config(
                 "only after reading that code, since it runs on your machine with your permissions."
             )
         if not auto_map:
-            import transformers
-
             raise ValueError(
                 f"name_or_path={name!r} has model_type={model_type!r}, unknown to transformers "
                 f"{transformers.__version__} and without custom code. Upgrade transformers, or check config.json."
             )
     config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **rev_kwargs, **hub_kwargs)
     if model_type in CONFIG_MAPPING:
-        import transformers
-
         mapping = getattr(transformers, TASKS[task])._model_mapping
         if type(config) not in mapping:
             supported = [

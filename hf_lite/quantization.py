@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from transformers import BitsAndBytesConfig
 
 from hf_lite._utils import did_you_mean, has_bnb_layers
-
-if TYPE_CHECKING:  # imported lazily at call time so that `import hf_lite` stays fast
-    import torch
-    from transformers import BitsAndBytesConfig
 
 _QUANT_ALIASES = {
     "4bit": "nf4",
@@ -47,14 +48,11 @@ def resolve_quantization(
     """
     if quantization is None or quantization is False:
         return None
-    from transformers import BitsAndBytesConfig
 
     require_bitsandbytes(quantization)
     if isinstance(quantization, BitsAndBytesConfig):
         return quantization
     if isinstance(quantization, Mapping):
-        import inspect
-
         # BitsAndBytesConfig swallows unknown keyword arguments: refuse typos here instead.
         known = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
         unknown = sorted(set(quantization) - known)
@@ -102,7 +100,6 @@ def require_bitsandbytes(quantization: Any) -> None:
 
 
 def compute_dtype(dtype: Any) -> Any:
-    import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -113,11 +110,8 @@ def compute_dtype(dtype: Any) -> Any:
 
 def default_quantized_device_map() -> Any:
     """bitsandbytes models cannot be moved after loading: put the whole model on this process's device."""
-    import torch
 
     if torch.cuda.is_available():
-        from accelerate import PartialState
-
         return {"": PartialState().local_process_index}
     return None  # CPU: from_pretrained places everything on the CPU already
 

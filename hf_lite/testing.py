@@ -16,6 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from hf_lite.tasks import TASKS, normalize_task
+
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -49,8 +56,6 @@ def build_tokenizer(
     >>> tok.convert_ids_to_tokens(tok("the cat")["input_ids"])
     ['[CLS]', 'the', 'cat', '[SEP]']
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     if style not in ("bert", "gpt"):
         raise ValueError(f"style={style!r} must be 'bert' or 'gpt'.")
@@ -65,7 +70,6 @@ def build_tokenizer(
     unk = specials[1] if style == "bert" else specials[0]
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     backend.normalizer = None
-    from tokenizers import normalizers
 
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -82,7 +86,6 @@ def build_tokenizer(
         )
     else:
         special_kwargs = dict(unk_token="<unk>", bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    from tokenizers import decoders
 
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
     return PreTrainedTokenizerFast(
@@ -99,7 +102,6 @@ def tiny_config(
     >>> cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     (4, 2, 16)
     """
-    import transformers
 
     ids = special_ids or {}
     common = {k: v for k, v in ids.items() if v is not None}
@@ -155,10 +157,6 @@ def build_tiny_model(
 
     >>> model, tok = build_tiny_model("bert", "sequence-classification", num_labels=3)  # doctest: +SKIP
     """
-    import torch
-    import transformers
-
-    from hf_lite.tasks import TASKS, normalize_task
 
     task = normalize_task(task)
     if tokenizer is None:
