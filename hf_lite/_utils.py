@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+#: In the names of the temporary sibling folders of :func:`atomic_dir` (``.<name>.tmp-<random>``).
+TMP_MARK = ".tmp-"
 #: File suffixes of pickle-based weight formats, never loaded or uploaded (invariant 4).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
@@ -82,7 +84,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     On success the folder at ``path`` is exactly what the block wrote; an earlier folder there is moved aside
     first and deleted only after the rename. When the block raises, the temporary folder is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was; temporary folders that a killed process left for ``path`` are removed first
+    (one writer per path at a time).
 
     >>> import tempfile, pathlib
     >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -93,7 +96,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    # A killed earlier write left its temporary folder (never complete, so never needed): one writer per path.
+    for stale in out.parent.glob(f".{out.name}{TMP_MARK}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{TMP_MARK}"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private (0700); give it the usual mode
     try:
         yield tmp

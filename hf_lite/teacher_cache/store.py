@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 import torch
 
-from hf_lite._utils import atomic_dir
+from hf_lite._utils import TMP_MARK, atomic_dir
 from hf_lite.teacher_cache.fingerprint import FORMAT_VERSION, teacher_digest, tokenizer_digest
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ PROGRESS_FILE = "progress.json"
 #: The range and input digest of a finished shard, in its folder.
 SHARD_FILE = "shard.json"
 PARTIAL_SUFFIX = ".partial"
-_TMP_MARK = ".tmp-"  # in the names of the temporary folders of atomic_dir
 _DESCRIPTION_KEY = "hf_lite_teacher_cache"
 #: Tasks the cache understands (names of :data:`hf_lite.tasks.TASKS`), and whether it stores one row per
 #: position (True) or per example (False).
@@ -92,7 +91,7 @@ def remove_stale_temporaries(output_dir: Path, partial: Path) -> None:
     """Temporary folders that a killed run left beside ``output_dir`` (never complete, so never needed)."""
     if not output_dir.parent.is_dir():
         return
-    for prefix in (f".{output_dir.name}{_TMP_MARK}", f".{partial.name}{_TMP_MARK}"):
+    for prefix in (f".{output_dir.name}{TMP_MARK}", f".{partial.name}{TMP_MARK}"):
         for entry in output_dir.parent.glob(f"{prefix}*"):
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -105,13 +104,13 @@ def prepare_partial(partial: Path, spec: dict[str, Any]) -> None:
         fix = f"Resume with the same arguments, or delete {str(partial)!r} to start over."
         raise_on_spec_mismatch(found, spec, RESUME_KEYS, f"the interrupted run in {str(partial)!r}", fix)
         for entry in partial.iterdir():  # temporary folders of a shard that was being written
-            if _TMP_MARK in entry.name:
+            if TMP_MARK in entry.name:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         done = sorted(p.name for p in partial.glob("shard-*"))
         logger.info("teacher cache: resuming %s (%d shard(s) done)", partial, len(done))
         return
     if partial.exists():
-        if any(p.name != PROGRESS_FILE and _TMP_MARK not in p.name for p in partial.iterdir()):
+        if any(p.name != PROGRESS_FILE and TMP_MARK not in p.name for p in partial.iterdir()):
             raise ValueError(
                 f"{str(partial)!r} exists but has no {PROGRESS_FILE}: it is not an interrupted teacher cache run. "
                 "Move or delete it."

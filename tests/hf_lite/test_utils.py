@@ -55,6 +55,11 @@ def test_atomic_dir_swaps_in_a_complete_folder_and_keeps_the_old_one_on_failure(
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask  # an ordinary folder, not mkdtemp's 0700
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing aside left behind
+    # a killed writer's temporary folder is cleared by the next write
+    (tmp_path / ".model.tmp-killed").mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "c.txt").write_text("3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_single_process_is_rank_zero_of_one():
