@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hf_lite._utils import unwrap_model
 from hf_lite.pruning.importance import check_count
 from hf_lite.pruning.sites import base_layer, find_layer_list, model_config
 from hf_lite.pruning.structural.plan import StructuralPlan
+from hf_lite.pruning.structural.reload import family_name, reload_mismatches
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -232,14 +234,18 @@ def build_block(block: nn.Module, config: PretrainedConfig) -> nn.Module | None:
     return None
 
 
-def check_expressible(model: nn.Module, plan: StructuralPlan, why: str) -> None:
-    """Refuse, before any weight changes, a pruning that the edited config cannot describe: the config must
-    load (``from_dict`` validation), and a block built from it must have the shapes ``plan`` leaves.
+def check_expressible(model: nn.Module, plan: StructuralPlan, why: str, hint: str | None = None) -> None:
+    """Refuse, before any weight changes, a pruning whose checkpoint would not reload into the same model: the
+    edited config must load (``from_dict`` validation), and the model stock ``from_pretrained`` builds from it
+    must have exactly the tensor names and shapes the pruned model saves, and the same module types in its
+    blocks (see :func:`~hf_lite.pruning.structural.reload.reload_mismatches`). If the stock class cannot be
+    built, a block built from the edited config is compared instead, with a warning.
 
     Args:
         model: the model to prune.
         plan: the :class:`StructuralPlan` (its indices may be placeholders: only the sizes are compared).
         why: what is being pruned, for the message.
+        hint: what the user can do instead, ending the message (default: prune FFN neurons or whole layers).
 
     >>> import torch
     >>> from hf_lite.testing import build_tiny_model
@@ -258,27 +264,49 @@ def check_expressible(model: nn.Module, plan: StructuralPlan, why: str) -> None:
             f"{why}: the edited config ({', '.join(f'{k}={v!r}' for k, v in edits.items())}) would not load "
             f"with from_pretrained: {error}"
         )
-    block = find_layer_list(model)[0]
+    hint = hint or (
+        "This architecture cannot express this pruning in its config; prune FFN neurons (prune_ffn_) or whole "
+        "layers (prune_layers_) instead."
+    )
+    edited = edited_config(config, edits)
+    wrong = reload_mismatches(model, plan, edited)
+    if wrong is None:
+        wrong = _block_mismatches(model, plan, edited)
+    if wrong:
+        details = "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+        raise ValueError(
+            f"{why}: {type(config).__name__} with {dict(edits)} does not describe the pruned shapes ({details}), "
+            f"so stock from_pretrained would reload the saved checkpoint as a different {family_name(config)} "
+            f"model (tensors it has no place for are discarded, places no tensor fills newly initialized). {hint}"
+        )
+
+
+def _block_mismatches(model: nn.Module, plan: StructuralPlan, config: PretrainedConfig) -> list[str]:
+    """Shapes of one block built from ``config`` against the pruned first kept block (the fallback check)."""
+    blocks = find_layer_list(model)
+    block = blocks[next(i for i in range(len(blocks)) if i not in set(plan.drop))]
     new_shape = plan.new_shapes()
     expected: dict[str, tuple[int, ...]] = {}
     for name, param in block.named_parameters():
         if "lora_" in name:
             continue
         expected[name.replace(".base_layer.", ".")] = new_shape.get(id(param), tuple(param.shape))
-    rebuilt = build_block(block, edited_config(config, edits))
+    rebuilt = build_block(block, config)
     if rebuilt is None:
         logger.warning(
             "could not build a %s from the edited config to compare shapes; check that the saved model loads "
             "(from_pretrained) before publishing it",
             type(block).__name__,
         )
-        return
+        return []
+    logger.warning(
+        "could not build %s from the edited config; compared one %s only: check that the saved model reloads "
+        "with the same outputs before publishing it",
+        type(unwrap_model(model, peft_base=True)).__name__,
+        type(block).__name__,
+    )
     got = {name: tuple(p.shape) for name, p in rebuilt.named_parameters()}
-    wrong = sorted(n for n in {*expected, *got} if expected.get(n) != got.get(n))
-    if wrong:
-        details = ", ".join(f"{n}: pruned {expected.get(n)} vs config {got.get(n)}" for n in wrong[:3])
-        raise ValueError(
-            f"{why}: {type(config).__name__} with {dict(edits)} does not describe the pruned shapes ({details}), "
-            "so from_pretrained could not load the result. This architecture cannot express this pruning in "
-            "its config; prune FFN neurons (prune_ffn_) or whole layers (prune_layers_) instead."
-        )
+    return [
+        f"{n}: pruned {expected.get(n)} vs config {got.get(n)}"
+        for n in sorted(n for n in {*expected, *got} if expected.get(n) != got.get(n))
+    ]

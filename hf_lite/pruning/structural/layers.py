@@ -18,8 +18,16 @@ from torch import nn
 from hf_lite.pruning.calibration import check_calibration
 from hf_lite.pruning.importance import block_influence, check_count
 from hf_lite.pruning.sites import find_layer_list, model_config
-from hf_lite.pruning.structural.checks import checked_keep_count, config_error, exactly_one, target_count
+from hf_lite.pruning.structural.checks import (
+    check_expressible,
+    checked_keep_count,
+    config_error,
+    edited_config,
+    exactly_one,
+    target_count,
+)
 from hf_lite.pruning.structural.plan import StructuralPlan, apply_plan_, parameters_by_id
+from hf_lite.pruning.structural.reload import family_name, reload_mismatches
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -141,8 +149,17 @@ def plan_layers(
         dropped = set()
         if n_keep < total:
             influence = block_influence(model, calibration_batches)
-            order = torch.sort(influence, stable=True).indices  # lowest influence first
-            dropped = set(order[: total - n_keep].tolist())
+            order = torch.sort(influence, stable=True).indices.tolist()  # lowest influence first
+            dropped = set(order[: total - n_keep])
+            if not _reloads(model, dropped):
+                dropped = set(_reloadable_drops(model, order, total - n_keep))
+                if len(dropped) < total - n_keep:
+                    raise ValueError(
+                        f"keeping {n_keep} of {total} blocks: {family_name(model_config(model))} builds blocks "
+                        f"differently by position, and only dropping blocks {sorted(dropped) or 'none'} reloads "
+                        "as the same model. Keep more blocks, or prune FFN neurons instead."
+                    )
+                logger.info("skipped blocks whose removal the config cannot express (see prune_layers_)")
             logger.info(
                 "block influence %s: dropping %s", [round(v, 4) for v in influence.tolist()], sorted(dropped)
             )
@@ -161,6 +178,18 @@ def plan_layers(
     if error is not None:
         raise ValueError(f"dropping blocks {sorted(dropped)}: the edited config would not load: {error}")
 
+    why = f"dropping blocks {sorted(dropped)} of {total}"
+    if not _reloads(model, dropped):
+        possible = _reloadable_drops(model, sorted(dropped), len(dropped))
+        keep = sorted(dropped - set(possible))
+        instead = f" (drop={possible} reloads as the same model)" if possible else ""
+        check_expressible(
+            model,
+            _drop_plan(model, dropped),
+            why,
+            f"{family_name(config)} builds blocks differently by position: keep blocks {keep}{instead}, "
+            "or prune FFN neurons (prune_ffn_) instead.",
+        )
     dropped_params = {id(p): p for i in dropped for p in blocks[i].parameters()}
     plan = StructuralPlan(
         config=edits, drop=sorted(dropped), dropped=dropped_params, params=parameters_by_id(model), kept=kept
@@ -171,6 +200,33 @@ def plan_layers(
                 plan.attributes.append((module, "layer_idx", new))
     plan.message = f"dropped blocks {sorted(dropped)} of {total}; kept {kept}"
     return plan
+
+
+def _drop_plan(model: nn.Module, dropped: Iterable[int]) -> StructuralPlan:
+    """The sizes-only plan of dropping blocks ``dropped`` (for the reload check)."""
+    total = len(find_layer_list(model))
+    kept = [i for i in range(total) if i not in set(dropped)]
+    return StructuralPlan(config=layer_config_edits(model_config(model), kept, total), drop=sorted(dropped))
+
+
+def _reloads(model: nn.Module, dropped: Iterable[int]) -> bool:
+    """Whether the model without blocks ``dropped`` reloads as the same model (True if it cannot be built)."""
+    plan = _drop_plan(model, dropped)
+    if not plan.drop or config_error(model_config(model), plan.config) is not None:
+        return True  # nothing dropped, or a config that does not load: refused with its own message
+    return not reload_mismatches(model, plan, edited_config(model_config(model), plan.config))
+
+
+def _reloadable_drops(model: nn.Module, candidates: Sequence[int], count: int) -> list[int]:
+    """Up to ``count`` of ``candidates``, taken in order, whose removal together still reloads as the same
+    model: a block whose removal would change how another block is built is skipped."""
+    chosen: list[int] = []
+    for i in candidates:
+        if len(chosen) == count:
+            break
+        if _reloads(model, [*chosen, i]):
+            chosen.append(i)
+    return sorted(chosen)
 
 
 def prune_layers_(

@@ -1,0 +1,205 @@
+"""Does a structural edit reload into the same model? Compare what the edited model would save with what stock
+``from_pretrained`` builds from the edited config, before anything changes.
+
+Stock ``from_pretrained`` builds the model class from ``config.json`` and then fills it from the saved tensors:
+a saved tensor it has no place for is discarded ("unexpected key"), a place no tensor fills is newly
+initialized ("missing key"), and either way the checkpoint reloads as a different model with only a log line
+to say so. Some architectures build blocks differently by position (ModernBERT's block 0 has an ``Identity``
+where every other block has a LayerNorm ``attn_norm``), so even a config that loads can describe another model.
+:func:`reload_mismatches` predicts, from a :class:`~hf_lite.pruning.structural.plan.StructuralPlan`, the tensor
+names and shapes the edited model would save (sliced shapes, dropped blocks removed, kept blocks renumbered,
+LoRA and quantization bookkeeping left out), builds the stock class from the edited config on the meta device
+(no memory, no weights), and lists every difference in tensor names, shapes, and module types of the blocks.
+
+>>> from hf_lite.testing import build_tiny_model
+>>> from hf_lite.pruning.structural.plan import StructuralPlan
+>>> model, _ = build_tiny_model("llama", num_hidden_layers=3)
+>>> plan = StructuralPlan(config={"num_hidden_layers": 2}, drop=[0])
+>>> reload_mismatches(model, plan, type(model.config).from_dict({**model.config.to_dict(), **plan.config}))
+[]
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from hf_lite._utils import unwrap_model
+from hf_lite.pruning.sites import base_layer, find_layer_list
+from hf_lite.pruning.structural.plan import StructuralPlan
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+__all__ = ["family_name", "reload_mismatches", "saved_shapes", "stock_model"]
+
+logger = logging.getLogger(__name__)
+
+# PEFT bookkeeping inside a wrapped model's names: the adapter's own tensors are not part of the base checkpoint
+# (a merged or unloaded model has none of them); ``base_layer`` and ``modules_to_save.<adapter>`` are renamed away.
+_ADAPTER_PARTS = {
+    "lora_A",
+    "lora_B",
+    "lora_embedding_A",
+    "lora_embedding_B",
+    "lora_magnitude_vector",
+    "original_module",
+}
+
+
+def family_name(config: PretrainedConfig) -> str:
+    """The architecture family of ``config`` as users know it: ``"ModernBert"`` for ``ModernBertConfig``.
+
+    >>> from transformers import BertConfig
+    >>> family_name(BertConfig())
+    'Bert'
+    """
+    return type(config).__name__.removesuffix("Config") or str(getattr(config, "model_type", "?"))
+
+
+def _checkpoint_name(name: str) -> str | None:
+    """The name a tensor of a (possibly PEFT-wrapped) base model has in a stock checkpoint, or ``None``."""
+    parts = name.split(".")
+    if any(p in _ADAPTER_PARTS for p in parts):
+        return None
+    out, skip = [], 0
+    for i, part in enumerate(parts):
+        if skip:
+            skip -= 1
+        elif part == "base_layer":
+            continue
+        elif part == "modules_to_save" and i + 1 < len(parts):
+            skip = 1  # the adapter name after it
+        else:
+            out.append(part)
+    return ".".join(out)
+
+
+def _is_packed(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("bitsandbytes")  # packed weights: compare names, not shapes
+
+
+def _layer_prefix(root: nn.Module, blocks: nn.ModuleList) -> str | None:
+    for name, module in root.named_modules():
+        if module is blocks:
+            return _checkpoint_name(name)
+    return None
+
+
+def saved_shapes(model: nn.Module, plan: StructuralPlan | None = None) -> dict[str, tuple[int, ...] | None]:
+    """``{checkpoint name: shape}`` of the tensors ``model`` would save once ``plan`` is applied (parameters and
+    persistent buffers, tied ones under each name; ``None``: a packed quantized weight whose shape is not
+    compared). A PEFT model is read as its base model (adapter tensors left out).
+
+    >>> import torch
+    >>> from hf_lite.pruning.structural.plan import output_slices
+    >>> saved_shapes(torch.nn.Linear(4, 3), output_slices(torch.nn.Linear(4, 3), torch.tensor([0])))
+    {'weight': (3, 4), 'bias': (3,)}
+    """
+    plan = plan if plan is not None else StructuralPlan()
+    root = unwrap_model(model, peft_base=True)
+    new_shapes = plan.new_shapes()
+    renumber: dict[str, str | None] = {}
+    if plan.drop:
+        blocks = find_layer_list(model)
+        prefix = _layer_prefix(root, blocks)
+        kept = [i for i in range(len(blocks)) if i not in set(plan.drop)]
+        renumber = {f"{prefix}.{i}.": None for i in plan.drop}
+        renumber.update({f"{prefix}.{old}.": f"{prefix}.{new}." for new, old in enumerate(kept)})
+    out: dict[str, tuple[int, ...] | None] = {}
+    for module_name, module in root.named_modules(remove_duplicate=False):
+        tensors = [(n, p) for n, p in module._parameters.items() if p is not None]
+        tensors += [
+            (n, b)
+            for n, b in module._buffers.items()
+            if b is not None and n not in module._non_persistent_buffers_set
+        ]
+        for attr, tensor in tensors:
+            name = _checkpoint_name(f"{module_name}.{attr}" if module_name else attr)
+            if name is None:
+                continue
+            head = next((p for p in renumber if name.startswith(p)), None)
+            if head is not None:
+                if renumber[head] is None:
+                    continue  # a dropped block
+                name = renumber[head] + name[len(head) :]
+            shape = None if _is_packed(module) else new_shapes.get(id(tensor), tuple(tensor.shape))
+            out[name] = shape
+    return out
+
+
+def stock_model(model: nn.Module, config: PretrainedConfig) -> nn.Module | None:
+    """``model``'s class built from ``config`` on the meta device, as ``from_pretrained`` would build it before
+    loading weights; ``None`` if that fails (an unknown constructor)."""
+    cls = type(unwrap_model(model, peft_base=True))
+    try:
+        with torch.device("meta"):
+            return cls(config)
+    except Exception as err:  # noqa: BLE001 - the caller falls back to a per-block check and says so
+        logger.debug("could not build %s from the edited config: %s", cls.__name__, err)
+        return None
+
+
+def _describe(shape: tuple[int, ...] | None | str) -> str:
+    return "absent" if shape == "absent" else str(shape)
+
+
+def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: PretrainedConfig) -> list[str] | None:
+    """Every difference between ``model`` edited by ``plan`` and the stock model built from ``config`` (the
+    edited config): tensor names and shapes, and module types inside the blocks (a parameter-free module such
+    as ``Identity`` where the edited block has a norm). ``[]``: it reloads into the same model; ``None``: the
+    stock class could not be built from ``config`` (nothing compared).
+
+    Args:
+        model: the model before the edit (a PEFT model is read as its base model).
+        plan: the edit; only its slices' sizes, its ``drop`` and its config entries matter.
+        config: the edited config, as ``from_pretrained`` would load it.
+
+    Returns:
+        One readable line per difference, module types first, then tensors in name order.
+    """
+    stock = stock_model(model, config)
+    if stock is None:
+        return None
+    expected = saved_shapes(model, plan)
+    got = saved_shapes(stock)
+    problems: list[str] = []
+    blocks = find_layer_list(model)
+    kept = [i for i in range(len(blocks)) if i not in set(plan.drop)]
+    stock_blocks = find_layer_list(stock)
+    prefix = _layer_prefix(unwrap_model(model, peft_base=True), blocks)
+    moved: dict[str, int] = {}
+    for new, old in enumerate(kept[: len(stock_blocks)]):
+        if new != old:
+            moved[f"{prefix}.{new}."] = old
+        mine = blocks[old]
+        for name, theirs in stock_blocks[new].named_modules():
+            try:
+                module = base_layer(mine.get_submodule(name)) if name else mine
+            except AttributeError:
+                module = None
+            if module is None or not isinstance(module, type(theirs)):
+                where = f"block {old}" + (f" (at position {new} after the edit)" if new != old else "")
+                problems.append(
+                    f"{prefix}.{new}.{name}: {where} has {type(module).__name__ if module else 'no such module'}, "
+                    f"stock {type(stock_blocks[new]).__name__} at position {new} builds {type(theirs).__name__}"
+                )
+    for name in sorted({*expected, *got}):
+        mine, theirs = expected.get(name, "absent"), got.get(name, "absent")
+        if mine is None and theirs != "absent" or theirs is None and mine != "absent":
+            continue  # a packed quantized weight: its name matches, its shape is not comparable
+        if mine == theirs:
+            continue
+        origin = next((f" (block {old})" for head, old in moved.items() if name.startswith(head)), "")
+        fate = (
+            ", would be discarded on reload"
+            if theirs == "absent"
+            else ", would be newly initialized on reload"
+            if mine == "absent"
+            else ""
+        )
+        problems.append(f"{name}{origin}: pruned {_describe(mine)} vs config {_describe(theirs)}{fate}")
+    return problems
