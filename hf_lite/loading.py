@@ -37,6 +37,7 @@ from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module
 from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-exported)
     check_quantized,
     default_quantized_device_map,
+    keep_bnb_layout_trainable_,
     keep_heads_unquantized,
     resolve_quantization,
 )
@@ -153,6 +154,7 @@ def load_model(
 
     if bnb_config is not None:
         check_quantized(model, bnb_config)
+        keep_bnb_layout_trainable_(model)  # bnb's CPU evaluation repacking would break later training
     if peft_config is not None:
         model = attach_adapter(
             model,

@@ -139,3 +139,150 @@ def check_quantized(model: torch.nn.Module, bnb_config: Any) -> None:
             f"modules ({bnb_config.llm_int8_skip_modules or 'none given'}). Load it without quantization, "
             "or skip fewer modules."
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# bitsandbytes' CPU repacking of 4-bit weights, and getting the trainable layout back
+
+
+#: Attribute of a ``Linear4bit`` holding its quantization state as it was before bitsandbytes repacked it.
+_STASH = "hf_lite_unpacked_quant_state"
+#: Attribute marking a ``Linear4bit`` that carries :func:`bnb_training_layout_hook`.
+_HOOKED = "hf_lite_training_layout_hook"
+
+
+def unpack_bnb_cpu_weights_(model: torch.nn.Module) -> int:
+    """Put bitsandbytes 4-bit weights repacked for the CPU kernel back into the standard layout, exactly.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.49+) repacks a ``Linear4bit`` weight at its first inference
+    forward (eval mode, no grad): the 4-bit codes are re-ordered and the absmax scales become bfloat16
+    (double quantization is undone). Its ``state_dict`` hook reverses that lossily (the bf16 absmax is
+    quantized again) and, without double quantization, wrongly (the absmax is saved transposed, which
+    scrambles every layer whose input is wider than one block). ``dequantize_4bit`` and transformers'
+    ``model.dequantize()`` read the packed layout as if it were the standard one.
+
+    This function restores the standard layout with the absmax kept exactly as the kernel uses it (the
+    bf16 values, stored in float32, without double quantization), so saving, reloading and dequantizing
+    all give the model's current outputs. Layers never repacked are left alone. Safe to call on any model.
+
+    Args:
+        model: any module; only ``bitsandbytes.nn.Linear4bit`` layers in the packed CPU layout change.
+
+    Returns:
+        The number of layers restored.
+
+    >>> import torch
+    >>> unpack_bnb_cpu_weights_(torch.nn.Linear(2, 2))
+    0
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return 0
+    import bitsandbytes as bnb
+
+    restored = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        weight = module.weight
+        state = getattr(weight, "quant_state", None)
+        if state is None or not getattr(state, "packing_format_for_cpu", False):
+            continue
+        inverse = getattr(bnb.functional, "_convert_weight_packed_for_cpu_inverse", None)
+        if inverse is None:  # pragma: no cover - a bitsandbytes with the flag but without its inverse
+            raise RuntimeError(
+                f"bitsandbytes {bnb.__version__} packed a 4-bit layer for the CPU kernel but has no inverse "
+                "conversion; save the model before running it in eval mode, or use bitsandbytes 0.49-0.50."
+            )
+        # Keep the dequantized bf16 absmax as is: bitsandbytes would re-quantize it (double quantization).
+        state.original_nested = False
+        data, state = inverse(weight.data, state)
+        # The packed absmax is (in_features / blocksize, out_features), transposed; back to row-major blocks.
+        state.absmax = state.absmax.T.reshape(-1).to(torch.float32).contiguous()
+        state.nested = False
+        state.offset = None
+        state.state2 = None
+        weight.data = data
+        weight.quant_state = state
+        if getattr(module, "quant_state", None) is not None:
+            module.quant_state = state
+        setattr(module, _STASH, None)  # the state copied before the repacking no longer matches
+        restored += 1
+    return restored
+
+
+def bnb_repacks(module: Any, x: torch.Tensor) -> bool:
+    """Whether bitsandbytes' ``Linear4bit.forward`` repacks its weight for this input (its own condition)."""
+    return (
+        x.device.type == "cpu"
+        and bool(getattr(module, "support_avx512bf16_for_cpu", False))
+        and not module.training
+        and not x.requires_grad
+    )
+
+
+def bnb_training_layout_hook(module: Any, args: tuple[Any, ...]) -> None:
+    """Forward pre-hook of a ``Linear4bit``: keep it trainable across bitsandbytes' CPU inference repacking.
+
+    Before a forward that repacks (eval mode, input without grad, AVX512-BF16 CPU), the layer's
+    quantization state is copied aside (a few small tensors; the 4-bit codes need no copy, their
+    re-ordering is a permutation). Before any other forward on a repacked layer (training mode, or an
+    input that requires grad), the standard layout comes back exactly: codes re-ordered, the copied
+    state put back. Without that, bitsandbytes runs its inference kernel, which has no backward (wrong
+    LoRA gradients) and adds the bias in place (an autograd error). Costs an attribute check otherwise.
+    """
+    state = getattr(module.weight, "quant_state", None)
+    if state is None or not args or not isinstance(args[0], torch.Tensor):
+        return
+    packed = getattr(state, "packing_format_for_cpu", False)
+    repacks = bnb_repacks(module, args[0])
+    if repacks and not packed:
+        setattr(module, _STASH, copy.deepcopy(state))
+    elif packed and not repacks:
+        stash = getattr(module, _STASH, None)
+        if stash is None:  # repacked before the hook was there: the kernel's own scales, exactly
+            unpack_bnb_cpu_weights_(module)
+            return
+        import bitsandbytes as bnb
+
+        # The codes only: with original_nested off, bitsandbytes does not re-quantize the scales.
+        view = copy.copy(state)
+        view.original_nested = False
+        data, _ = bnb.functional._convert_weight_packed_for_cpu_inverse(module.weight.data, view)
+        module.weight.data = data
+        module.weight.quant_state = stash
+        if getattr(module, "quant_state", None) is not None:
+            module.quant_state = stash
+        setattr(module, _STASH, None)
+
+
+def keep_bnb_layout_trainable_(model: torch.nn.Module) -> int:
+    """Make every bitsandbytes ``Linear4bit`` of ``model`` restore its trainable layout before a training forward.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for a bf16 inference kernel at the first
+    eval-mode forward without grad (a Trainer's evaluation), and later training forwards run that kernel:
+    LoRA gradients come out wrong, and layers with a bias fail with an in-place autograd error. This
+    registers :func:`bnb_training_layout_hook` on each such layer (once; calling again adds nothing), so
+    that training after evaluation computes exactly what it computes without evaluation. ``load_model``
+    calls it on every 4-bit model. Safe to call on any model.
+
+    Args:
+        model: any module; only ``bitsandbytes.nn.Linear4bit`` layers get the hook.
+
+    Returns:
+        The number of layers that got the hook now.
+
+    >>> import torch
+    >>> keep_bnb_layout_trainable_(torch.nn.Linear(2, 2))
+    0
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return 0
+    import bitsandbytes as bnb
+
+    added = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and not getattr(module, _HOOKED, False):
+            module.register_forward_pre_hook(bnb_training_layout_hook)
+            setattr(module, _HOOKED, True)
+            added += 1
+    return added

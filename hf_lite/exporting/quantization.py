@@ -2,7 +2,8 @@
 
 On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for its CPU kernel at the first inference
 forward, and any later ``state_dict()`` undoes that lossily or wrongly: :func:`unpack_bnb_cpu_weights_`
-restores the standard layout exactly, and :func:`bnb_layout_kept` undoes the repacking a forward does.
+(from :mod:`hf_lite.quantization`, re-exported here) restores the standard layout exactly, and
+:func:`bnb_layout_kept` undoes the repacking a forward does.
 :func:`dequantize_bnb_` swaps every bnb layer for a float32 ``nn.Linear``, :func:`strip_quantization_`
 makes the model save as a plain checkpoint. bitsandbytes is imported only when a model holds its layers.
 
@@ -16,73 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from hf_lite._utils import has_bnb_layers
+from hf_lite.quantization import unpack_bnb_cpu_weights_
 
 __all__ = ["unpack_bnb_cpu_weights_", "dequantize_bnb_", "strip_quantization_", "bnb_layout_kept"]
-
-
-def unpack_bnb_cpu_weights_(model: torch.nn.Module) -> int:
-    """Put bitsandbytes 4-bit weights repacked for the CPU kernel back into the standard layout, exactly.
-
-    On CPUs with AVX512-BF16, bitsandbytes (0.49+) repacks a ``Linear4bit`` weight at its first inference
-    forward (eval mode, no grad): the 4-bit codes are re-ordered and the absmax scales become bfloat16
-    (double quantization is undone). Its ``state_dict`` hook reverses that lossily (the bf16 absmax is
-    quantized again) and, without double quantization, wrongly (the absmax is saved transposed, which
-    scrambles every layer whose input is wider than one block). ``dequantize_4bit`` and transformers'
-    ``model.dequantize()`` read the packed layout as if it were the standard one.
-
-    This function restores the standard layout with the absmax kept exactly as the kernel uses it (the
-    bf16 values, stored in float32, without double quantization), so saving, reloading and dequantizing
-    all give the model's current outputs. Layers never repacked are left alone. Safe to call on any model.
-
-    Args:
-        model: any module; only ``bitsandbytes.nn.Linear4bit`` layers in the packed CPU layout change.
-
-    Returns:
-        The number of layers restored.
-
-    >>> import torch
-    >>> unpack_bnb_cpu_weights_(torch.nn.Linear(2, 2))
-    0
-    """
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return 0
-    import bitsandbytes as bnb
-
-    restored = 0
-    for module in model.modules():
-        if not isinstance(module, bnb.nn.Linear4bit):
-            continue
-        weight = module.weight
-        state = getattr(weight, "quant_state", None)
-        if state is None or not getattr(state, "packing_format_for_cpu", False):
-            continue
-        inverse = getattr(bnb.functional, "_convert_weight_packed_for_cpu_inverse", None)
-        if inverse is None:  # pragma: no cover - a bitsandbytes with the flag but without its inverse
-            raise RuntimeError(
-                f"bitsandbytes {bnb.__version__} packed a 4-bit layer for the CPU kernel but has no inverse "
-                "conversion; save the model before running it in eval mode, or use bitsandbytes 0.49-0.50."
-            )
-        # Keep the dequantized bf16 absmax as is: bitsandbytes would re-quantize it (double quantization).
-        state.original_nested = False
-        data, state = inverse(weight.data, state)
-        # The packed absmax is (in_features / blocksize, out_features), transposed; back to row-major blocks.
-        state.absmax = state.absmax.T.reshape(-1).to(torch.float32).contiguous()
-        state.nested = False
-        state.offset = None
-        state.state2 = None
-        weight.data = data
-        weight.quant_state = state
-        if getattr(module, "quant_state", None) is not None:
-            module.quant_state = state
-        restored += 1
-    return restored
 
 
 def _dequantized_weight(module: Any) -> torch.Tensor:
