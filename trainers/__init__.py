@@ -14,6 +14,8 @@ from typing import Any
 _LAZY: dict[str, str] = {
     "DistillationConfig": "trainers.distillation_config",
     "DistillationTrainer": "trainers.distillation_trainer",
+    "FinetuneTrainer": "trainers.finetune_trainer",
+    "check_distributed_launch": "trainers.finetune_trainer",
     "resolve_layer_map": "trainers.distillation_config",
     "PruningCallback": "trainers.pruning_callback",
     "PruningConfig": "trainers.pruning_config",

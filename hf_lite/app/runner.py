@@ -44,7 +44,7 @@ from hf_lite.loading import load_model, load_teacher, load_tokenizer
 from hf_lite.pruning import sparsity_report
 from hf_lite.report import CompressionReport
 from hf_lite.student import init_student_from_teacher
-from trainers import DistillationConfig, DistillationTrainer, PruningCallback
+from trainers import DistillationConfig, DistillationTrainer, FinetuneTrainer, PruningCallback
 
 RUN_MARKER = "hf_lite_run.json"
 STAGE_MARKER = "stage.json"
@@ -278,7 +278,8 @@ def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     args = check_training_args(stage, TrainingArguments, _training_base(ctx, stage))
     data = ctx.tokenized()
     model = _load_for_training(ctx, stage, stage.model)
-    return _train_and_save(ctx, stage, _trainer(ctx, stage, Trainer, model, args, data))
+    # FinetuneTrainer: the loss is the global-batch mean under DDP and gradient accumulation for every head
+    return _train_and_save(ctx, stage, _trainer(ctx, stage, FinetuneTrainer, model, args, data))
 
 
 def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
@@ -296,9 +297,9 @@ def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
 
 
 def _trainer(
-    ctx: RunContext, stage: StageConfig, cls: type, model: Any, args: Any, data: Any, **kwargs: Any
-) -> Any:
-    """A ``Trainer`` (or subclass) on the run's tokenized splits, collator and the stage's callbacks."""
+    ctx: RunContext, stage: StageConfig, cls: type[Trainer], model: Any, args: Any, data: Any, **kwargs: Any
+) -> Trainer:
+    """A ``Trainer`` subclass on the run's tokenized splits, collator and the stage's callbacks."""
     return cls(
         model=model,
         args=args,
