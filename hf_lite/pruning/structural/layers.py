@@ -183,12 +183,14 @@ def plan_layers(
         possible = _reloadable_drops(model, sorted(dropped), len(dropped))
         keep = sorted(dropped - set(possible))
         instead = f" (drop={possible} reloads as the same model)" if possible else ""
+        alone = [i for i in range(total) if _reloads(model, [i])]
         check_expressible(
             model,
             _drop_plan(model, dropped),
             why,
             f"{family_name(config)} builds blocks differently by position: keep blocks {keep}{instead}, "
-            "or prune FFN neurons (prune_ffn_) instead.",
+            f"or drop other blocks (each of {alone} can be dropped alone), or prune FFN neurons (prune_ffn_) "
+            "instead.",
         )
     dropped_params = {id(p): p for i in dropped for p in blocks[i].parameters()}
     plan = StructuralPlan(
@@ -221,11 +223,22 @@ def _reloadable_drops(model: nn.Module, candidates: Sequence[int], count: int) -
     """Up to ``count`` of ``candidates``, taken in order, whose removal together still reloads as the same
     model: a block whose removal would change how another block is built is skipped."""
     chosen: list[int] = []
+    skipped: list[int] = []
     for i in candidates:
         if len(chosen) == count:
             break
         if _reloads(model, [*chosen, i]):
             chosen.append(i)
+            continue
+        # a pair may shift later blocks back into place (MoE every other block): try i with one skipped block
+        partner = next(
+            (j for j in skipped if len(chosen) + 2 <= count and _reloads(model, [*chosen, j, i])), None
+        )
+        if partner is None:
+            skipped.append(i)
+        else:
+            skipped.remove(partner)
+            chosen += [partner, i]
     return sorted(chosen)
 
 

@@ -176,12 +176,16 @@ def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: Pretrained
         if new != old:
             moved[f"{prefix}.{new}."] = old
         mine = blocks[old]
+        reported: list[str] = []
         for name, theirs in stock_blocks[new].named_modules():
+            if any(name.startswith(f"{r}.") for r in reported):
+                continue  # inside a module already reported: its children differ too
             try:
                 module = base_layer(mine.get_submodule(name)) if name else mine
             except AttributeError:
                 module = None
             if module is None or not isinstance(module, type(theirs)):
+                reported.append(name)
                 where = f"block {old}" + (f" (at position {new} after the edit)" if new != old else "")
                 problems.append(
                     f"{prefix}.{new}.{name}: {where} has {type(module).__name__ if module else 'no such module'}, "

@@ -1,0 +1,361 @@
+"""Structural edits reload into the same model with stock ``from_pretrained``, or are refused before anything changes.
+
+Some architectures build blocks differently by position: ModernBERT's block 0 has an ``Identity`` where every
+other block has a LayerNorm ``attn_norm``; Qwen2-MoE with ``decoder_sparse_step=2`` alternates dense and
+expert FFNs. Dropping a block moves later blocks to positions stock transformers builds differently, and the
+saved checkpoint would reload as a different model (the moved norm discarded as an "unexpected key").
+
+Checked: such edits are refused with a message naming the family, the differing module and what to drop
+instead, and the model is untouched (same tensors, config, logits); the refused edit really would reload as a
+different model; block-influence selection skips such blocks; every accepted edit, on tiny random models of
+fifteen families, reloads in a process without hf-lite with logits equal within 1e-5; the predicted checkpoint
+names and shapes equal those of the edited model; without a buildable stock class the per-block check runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+
+from hf_lite.pruning import sites as sites_mod
+from hf_lite.pruning.importance import block_influence
+from hf_lite.pruning.structural import (
+    StructuralPlan,
+    apply_plan_,
+    plan_attention_heads,
+    plan_ffn,
+    plan_layers,
+    prune_ffn_,
+    prune_layers_,
+)
+from hf_lite.pruning.structural import layers as layers_mod
+from hf_lite.pruning.structural import reload as reload_mod
+from hf_lite.pruning.structural.layers import layer_config_edits
+from hf_lite.pruning.structural.reload import saved_shapes
+from hf_lite.testing import build_tiny_model
+
+_SIZES = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
+_MODERNBERT = dict(
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    cls_token_id=1,
+    sep_token_id=2,
+    global_attn_every_n_layers=2,
+    local_attention=8,
+    initializer_range=0.2,  # blocks that matter: the corrupted reload differs clearly
+)
+_MOE = dict(
+    num_key_value_heads=2,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=32,
+)
+# family: (config class, auto class, config entries besides _SIZES)
+FAMILIES = {
+    "qwen2": ("Qwen2Config", "AutoModelForCausalLM", dict(num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", "AutoModelForCausalLM", dict(num_key_value_heads=2, head_dim=8)),
+    "mistral": ("MistralConfig", "AutoModelForCausalLM", dict(num_key_value_heads=2)),
+    "gemma2": (
+        "Gemma2Config",
+        "AutoModelForCausalLM",
+        dict(num_key_value_heads=2, head_dim=8, sliding_window=4),
+    ),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        "AutoModelForCausalLM",
+        dict(num_key_value_heads=2, head_dim=8, sliding_window=4),
+    ),
+    "phi3": ("Phi3Config", "AutoModelForCausalLM", dict(num_key_value_heads=2, pad_token_id=0)),
+    "gpt_neox": ("GPTNeoXConfig", "AutoModelForCausalLM", {}),
+    "opt": ("OPTConfig", "AutoModelForCausalLM", dict(ffn_dim=48, word_embed_proj_dim=32)),
+    "falcon": ("FalconConfig", "AutoModelForCausalLM", {}),
+    "distilbert": (
+        "DistilBertConfig",
+        "AutoModelForSequenceClassification",
+        dict(dim=32, hidden_dim=48, n_layers=3, n_heads=4),
+    ),
+    "roberta": ("RobertaConfig", "AutoModelForSequenceClassification", dict(pad_token_id=1)),
+    "deberta-v2": ("DebertaV2Config", "AutoModelForSequenceClassification", {}),
+    "modernbert": ("ModernBertConfig", "AutoModelForMaskedLM", _MODERNBERT),
+    "qwen2_moe": ("Qwen2MoeConfig", "AutoModelForCausalLM", dict(_MOE, decoder_sparse_step=2)),
+    "mixtral": (
+        "MixtralConfig",
+        "AutoModelForCausalLM",
+        dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
+    ),
+}
+# (family, dropped block): refused because a kept block would move to a position built differently
+REFUSED = {("modernbert", 0), ("qwen2_moe", 0), ("qwen2_moe", 1)}
+
+
+def _model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny random ``family`` model with trained-like norms (random scales and shifts, not ones/zeros)."""
+    config_cls, auto, extra = FAMILIES[family]
+    config = getattr(transformers, config_cls)(**{**_SIZES, **extra, **overrides})
+    torch.manual_seed(seed)
+    model = getattr(transformers, auto).from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln" in name.lower():
+                p.add_(0.5 * torch.randn_like(p))
+    return model
+
+
+def _ids(seed: int = 7) -> torch.Tensor:
+    return torch.randint(3, 90, (2, 10), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids).logits
+
+
+def _identity_block_0(model) -> None:
+    """Zero ModernBERT block 0's output projections: the block returns its input (block influence 0)."""
+    with torch.no_grad():
+        model.model.layers[0].attn.Wo.weight.zero_()
+        model.model.layers[0].mlp.Wo.weight.zero_()
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    return [{"input_ids": _ids(s), "attention_mask": torch.ones(2, 10, dtype=torch.long)} for s in (1, 2)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# refusals, before anything changes
+
+
+def test_modernbert_dropping_block_0_is_refused_before_anything_changes():
+    model = _model("modernbert")
+    ids = _ids()
+    logits = _logits(model, ids)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    config = model.config.to_dict()
+    with pytest.raises(
+        ValueError,
+        match=r"dropping blocks \[0\] of 3: ModernBertConfig .* does not describe the pruned shapes "
+        r"\(model\.layers\.0\.attn_norm: block 1 \(at position 0 after the edit\) has LayerNorm, stock "
+        r"ModernBertEncoderLayer at position 0 builds Identity; model\.layers\.0\.attn_norm\.weight \(block 1\): "
+        r"pruned \(32,\) vs config absent, would be discarded on reload\), so stock from_pretrained would reload "
+        r"the saved checkpoint as a different ModernBert model .* ModernBert builds blocks differently by "
+        r"position: keep blocks \[0\], or drop other blocks \(each of \[1, 2\] can be dropped alone\)",
+    ):
+        prune_layers_(model, drop=[0])
+    assert model.config.to_dict() == config
+    assert [b.attn.layer_idx for b in model.model.layers] == [0, 1, 2]
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+    torch.testing.assert_close(_logits(model, ids), logits, rtol=0, atol=0)
+
+
+def test_refusal_names_the_subset_of_the_request_that_can_be_dropped():
+    with pytest.raises(ValueError, match=r"keep blocks \[0\] \(drop=\[2\] reloads as the same model\)"):
+        prune_layers_(_model("modernbert"), drop=[0, 2])
+
+
+def test_the_refused_edit_would_reload_as_a_different_model(tmp_path):
+    # Why the refusal: applying the same edit without the check writes a checkpoint that reloads differently.
+    model = _model("modernbert")
+    plan = StructuralPlan(config=layer_config_edits(model.config, [1, 2], 3), drop=[0])
+    apply_plan_(model, plan)
+    assert "model.layers.0.attn_norm.weight" in saved_shapes(model)
+    model.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert "model.layers.0.attn_norm.weight" not in reloaded.state_dict()
+    ids = _ids()
+    assert (_logits(model, ids) - _logits(reloaded, ids)).abs().max() > 1e-3
+
+
+def test_qwen2_moe_with_alternating_expert_blocks_refuses_a_shift_by_one():
+    model = _model("qwen2_moe", num_hidden_layers=4)
+    with pytest.raises(
+        ValueError,
+        match=r"model\.layers\.1\.mlp: block 2 \(at position 1 after the edit\) has Qwen2MoeMLP, stock "
+        r"Qwen2MoeDecoderLayer at position 1 builds Qwen2MoeSparseMoeBlock.*Qwen2Moe builds blocks "
+        r"differently by position: keep blocks \[1\], or drop other blocks \(each of \[3\] can be dropped alone\)",
+    ):
+        prune_layers_(model, drop=[1])
+    assert len(model.model.layers) == 4
+
+
+def test_selection_that_cannot_reach_the_count_is_refused(monkeypatch):
+    model = _model("qwen2")
+    monkeypatch.setattr(layers_mod, "reload_mismatches", lambda *args: ["every block differs"])
+    with pytest.raises(
+        ValueError,
+        match=r"keeping 1 of 3 blocks: Qwen2 builds blocks differently by position, and only dropping blocks "
+        r"none reloads as the same model\. Keep more blocks",
+    ):
+        prune_layers_(model, num_hidden_layers=1, calibration_batches=_batches())
+    assert len(model.model.layers) == 3
+
+
+def test_block_influence_selection_skips_blocks_whose_removal_cannot_be_expressed():
+    model = _model("modernbert")
+    _identity_block_0(model)
+    influence = block_influence(model, _batches())
+    assert influence[0].abs() < 1e-6 and influence.argmin() == 0  # block 0 would be chosen first
+    kept = prune_layers_(model, num_hidden_layers=2, calibration_batches=_batches())
+    assert kept == [0, 2 if influence[1] <= influence[2] else 1]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# accepted edits reload, in a process without hf-lite, with the same logits
+
+_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    import torch, transformers
+    from safetensors.torch import load_file, save_file
+    jobs = json.loads(sys.argv[1])
+    ids = load_file(sys.argv[3])["input_ids"]
+    out = {}
+    for name, (folder, auto) in jobs.items():
+        model = getattr(transformers, auto).from_pretrained(folder).eval()
+        with torch.no_grad():
+            out[name] = model(input_ids=ids).logits.contiguous()
+    save_file(out, sys.argv[2])
+    print(json.dumps({"hf_lite_loaded": any(m.split(".")[0] == "hf_lite" for m in sys.modules)}))
+    """
+)
+
+CASES = [(family, drop) for family in FAMILIES for drop in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def reloaded(tmp_path_factory):
+    """Every accepted edit: pruned in memory, saved, reloaded by stock transformers in one subprocess."""
+    root = tmp_path_factory.mktemp("reload")
+    ids = _ids()
+    save_file({"input_ids": ids}, str(root / "ids.safetensors"))
+    models, refused, jobs = {}, {}, {}
+    for family, drop in CASES:
+        models[f"{family}-{drop}"] = (family, _model(family), lambda m, d=drop: prune_layers_(m, drop=[d]))
+    auto = _model("modernbert", seed=1)
+    _identity_block_0(auto)
+    models["modernbert-influence"] = (
+        "modernbert",
+        auto,
+        lambda m: prune_layers_(m, num_hidden_layers=2, calibration_batches=_batches()),
+    )
+    models["qwen2_moe-influence"] = (
+        "qwen2_moe",
+        _model("qwen2_moe", num_hidden_layers=6),
+        lambda m: prune_layers_(m, num_hidden_layers=2, calibration_batches=_batches()),
+    )
+    logits = {}
+    for name, (family, model, prune) in models.items():
+        before = _logits(model, ids)
+        try:
+            prune(model)
+        except ValueError as err:
+            refused[name] = str(err)
+            torch.testing.assert_close(_logits(model, ids), before, rtol=0, atol=0)  # untouched
+            continue
+        logits[name] = _logits(model, ids)
+        model.save_pretrained(root / name)
+        jobs[name] = [str(root / name), FAMILIES[family][1]]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LOADER,
+            json.dumps(jobs),
+            str(root / "out.safetensors"),
+            str(root / "ids.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"hf_lite_loaded": False}
+    return {"logits": logits, "stock": load_file(str(root / "out.safetensors")), "refused": refused}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("family", "drop"), CASES)
+def test_dropping_a_block_reloads_with_identical_logits_or_is_refused(reloaded, family, drop):
+    name = f"{family}-{drop}"
+    if (family, drop) in REFUSED:
+        assert (
+            name in reloaded["refused"]
+            and "builds blocks differently by position" in reloaded["refused"][name]
+        )
+        return
+    assert name not in reloaded["refused"], reloaded["refused"].get(name)
+    torch.testing.assert_close(reloaded["stock"][name], reloaded["logits"][name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["modernbert-influence", "qwen2_moe-influence"])
+def test_block_influence_selection_reloads_with_identical_logits(reloaded, name):
+    assert name not in reloaded["refused"], reloaded["refused"].get(name)
+    torch.testing.assert_close(reloaded["stock"][name], reloaded["logits"][name], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the prediction the check compares
+
+
+@pytest.mark.parametrize(
+    ("family", "task"), [("llama", "causal-lm"), ("gpt2", "causal-lm"), ("bert", "sequence-classification")]
+)
+def test_predicted_checkpoint_names_and_shapes_equal_the_edited_models(family, task):
+    model, _ = build_tiny_model(family, task, num_hidden_layers=3)
+    plans = [lambda m: plan_ffn(m, 0.5), lambda m: plan_layers(m, drop=[0, 2])]
+    if family == "llama":
+        plans.append(lambda m: plan_attention_heads(m, 0.5))
+    for make in plans:
+        plan = make(model)
+        predicted = saved_shapes(model, plan)
+        apply_plan_(model, plan)
+        assert predicted == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(("family", "task"), [("llama", "causal-lm"), ("bert", "sequence-classification")])
+def test_a_lora_wrapped_model_predicts_its_base_checkpoint(family, task):
+    model, _ = build_tiny_model(family, task)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrapped = get_peft_model(
+        copy.deepcopy(model),
+        LoraConfig(target_modules="all-linear", task_type="SEQ_CLS" if family == "bert" else "CAUSAL_LM"),
+    )
+    assert any("modules_to_save" in n for n, _ in wrapped.named_parameters()) == (family == "bert")
+    assert saved_shapes(wrapped) == expected
+
+
+def test_without_a_buildable_stock_class_one_block_is_compared(monkeypatch, caplog):
+    monkeypatch.setattr(reload_mod, "stock_model", lambda *args: None)
+    model, _ = build_tiny_model("llama")
+    with caplog.at_level(logging.WARNING):
+        prune_ffn_(model, 0.5)
+    assert "compared one LlamaDecoderLayer only" in caplog.text
+    assert model.config.intermediate_size == 64
+    layouts = ((("gate_proj", "up_proj"), "down_proj", ("max_position_embeddings",)),)
+    monkeypatch.setattr(sites_mod, "_FFN_LAYOUTS", layouts)
+    with pytest.raises(
+        ValueError,
+        match=r"does not describe the pruned shapes \(mlp\.down_proj\.weight: pruned \(64, 32\) vs config \(64, 64\)",
+    ):
+        prune_ffn_(model, 0.5)
