@@ -295,3 +295,246 @@ def test_pushed_card_states_the_figures_of_the_runs_report(tiny_run, tmp_path, h
     assert f"| parameters | {reference['parameters']:,} | {student['parameters']:,} |" in card
     perplexity = f"{student['metrics']['perplexity']:.4g}"
     assert f"| perplexity | {reference['metrics']['perplexity']:.4g} | {perplexity} |" in card
+
+
+# ------------------------------------------------------- stale results are never reused (issue 19, item 1)
+
+
+def _ft_recipe(root: Path, teacher: Path, out: Path, *, steps: int = 4) -> Path:
+    """A fine-tuning stage whose name has a dash, and a student made from its result."""
+    raw = {
+        "name": "tiny-ft",
+        "task": "causal-lm",
+        "teacher": str(teacher),
+        "output_dir": str(out),
+        "seed": 0,
+        "data": {
+            "train": str(root / "train.txt"),
+            "eval": str(root / "eval.txt"),
+            "max_length": 16,
+            "max_eval_rows": 16,
+        },
+        "stages": [
+            {
+                "name": "teacher-ft",
+                "type": "finetune",
+                "model": "teacher",
+                "args": {
+                    "max_steps": steps,
+                    "save_steps": 2,
+                    "per_device_train_batch_size": 8,
+                    "learning_rate": 3e-3,
+                    "disable_tqdm": True,
+                },
+            },
+            {"name": "student", "type": "init_student", "model": "teacher-ft", "layers": [0, 3]},
+        ],
+    }
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model" / "model.safetensors")
+
+
+@pytest.mark.integration
+def test_a_changed_seed_retrains_from_scratch_and_an_unchanged_setting_skips(tiny_run, tmp_path, capsys):
+    import torch
+
+    root, teacher = tiny_run
+    out = tmp_path / "run"
+    path = str(_ft_recipe(root, teacher, out))
+    assert main(["run", path]) == 0
+    before = _weights(out / "teacher-ft")
+    assert (out / "teacher-ft" / "trainer" / "checkpoint-4" / "trainer_state.json").is_file()
+    capsys.readouterr()
+
+    # The issue's case: same stage, another seed. Its checkpoint-4 (seed 0) must not be resumed.
+    assert main(["run", path, "--stage", "teacher-ft", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming" not in printed
+    assert (
+        "teacher-ft: rerunning from scratch because its settings changed (seed: 0 -> 1); every stage after it "
+        "reruns too." in printed
+    )
+    marker = json.loads((out / "teacher-ft" / "stage.json").read_text())
+    assert marker["status"] == "done" and marker["steps"] == 4 and marker["settings"]["seed"] == 1
+    after = _weights(out / "teacher-ft")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert not (out / ".previous" / "teacher-ft").exists()  # deleted once the new result was complete
+
+    # A later stage may not read a result of other settings; an unknown --stage is named with a did-you-mean.
+    assert main(["run", path, "--stage", "student"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "stage 'student' reads 'teacher-ft', which has no complete result made with the current settings"
+        in err
+    )
+    assert main(["run", path, "--stage", "studnet", "--seed", "1"]) == 2
+    assert (
+        "--stage 'studnet' is not a stage of recipe 'tiny-ft' (did you mean 'student'?)"
+        in capsys.readouterr().err
+    )
+
+    # The whole recipe with seed 1: teacher-ft is current, the student (seed 0) reruns; then nothing changes.
+    assert main(["run", path, "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher-ft: done in an earlier run, skipped" in printed
+    assert "student: rerunning from scratch because its settings changed (seed: 0 -> 1)" in printed
+    stamp = (out / "teacher-ft" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert main(["run", path, "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{s}: done in an earlier run, skipped" in printed for s in ("teacher-ft", "student"))
+    assert "rerunning" not in printed
+    assert (out / "teacher-ft" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_stale_stage_folders_are_set_aside_discarded_or_restored(tmp_path, capsys):
+    """The run folder's bookkeeping without training: markers, .previous, unfinished runs."""
+    from hf_lite.app.recipe import Recipe
+    from hf_lite.app.run_folder import finish_stage, last_complete_checkpoint, prepare_stage, stage_done
+    from hf_lite.app.runner import RunContext
+
+    out = tmp_path / "out"
+    raw = {
+        "name": "r",
+        "task": "causal-lm",
+        "teacher": "org/teacher",
+        "output_dir": str(out),
+        "stages": [
+            {"name": "s", "type": "init_student", "model": "teacher", "layers": "every_other"},
+            {"name": "q", "type": "quantize", "model": "s", "bits": 8},
+        ],
+    }
+
+    def context(**overrides):
+        return RunContext(Recipe.from_dict(raw, overrides))
+
+    def complete(ctx, name, content):
+        stage = ctx.recipe.stage(name)
+        prepare_stage(ctx, stage)
+        (out / name / "model").mkdir(parents=True, exist_ok=True)
+        (out / name / "model" / "w").write_text(content)
+        finish_stage(ctx, stage, {})
+
+    a, b = context(), context(**{"s.layers": [0]})
+    complete(a, "s", "A")
+    complete(a, "q", "A")
+    assert stage_done(a, a.recipe.stage("q")) and not stage_done(b, b.recipe.stage("s"))
+    capsys.readouterr()
+
+    prepare_stage(b, b.recipe.stage("s"))  # other settings: the complete result waits in .previous
+    assert (
+        "s: rerunning from scratch because its settings changed (stage.options.layers: every_other -> [0])"
+        in (capsys.readouterr().out)
+    )
+    assert (out / ".previous" / "s" / "model" / "w").read_text() == "A"
+    assert json.loads((out / "s" / "stage.json").read_text())["status"] == "running"
+    prepare_stage(a, a.recipe.stage("s"))  # interrupted, then the settings came back: nothing was lost
+    assert "s: restored its result for these settings" in capsys.readouterr().out
+    assert stage_done(a, a.recipe.stage("s")) and (out / "s" / "model" / "w").read_text() == "A"
+
+    complete(b, "s", "B")
+    assert not (out / ".previous" / "s").exists()
+    prepare_stage(b, b.recipe.stage("q"))  # its own settings are the same; the stage it follows changed
+    assert (
+        "q: rerunning from scratch because an earlier stage it follows changed (s)" in capsys.readouterr().out
+    )
+
+    checkpoint = out / "q" / "trainer" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    c = context(**{"s.layers": [0], "q.bits": 4})
+    prepare_stage(c, c.recipe.stage("q"))  # an unfinished run of other settings: its checkpoints go
+    assert (
+        "q: discarding an unfinished run and its checkpoints because its settings changed "
+        "(stage.options.bits: 8 -> 4)" in capsys.readouterr().out
+    )
+    assert last_complete_checkpoint(out / "q" / "trainer") is None
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    prepare_stage(c, c.recipe.stage("q"))  # an unfinished run of these settings: resumed
+    assert last_complete_checkpoint(out / "q" / "trainer") == str(checkpoint)
+
+    (out / "s" / "stage.json").write_text(json.dumps({"fingerprint": "0123"}))  # an older hf-lite's marker
+    prepare_stage(b, b.recipe.stage("s"))
+    assert "recorded by an older hf-lite" in capsys.readouterr().out
+
+
+# ------------------------------------------------------ plan catches every mistake (issue 19, items 3 and 4)
+
+
+def _edited(path: Path, tmp_path: Path, edit) -> str:
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    bad = tmp_path / f"edited-{len(list(tmp_path.glob('edited-*')))}.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    return str(bad)
+
+
+def test_plan_and_run_catch_every_mistake_before_anything_runs(tiny_run, tmp_path, capsys):
+    root, teacher = tiny_run
+    out = tmp_path / "out"
+    path = _recipe(root, teacher, out)  # student, distill, int8, evaluate
+    ft_out = tmp_path / "ft-out"
+    ft_path = _ft_recipe(root, teacher, ft_out)  # teacher-ft, student
+
+    def set_args(**args):
+        return lambda raw: raw["stages"][1]["args"].update(args)
+
+    mistakes = [
+        (
+            [_edited(path, tmp_path, set_args(learning_rat=1e-3))],
+            "stage 'distill': args.learning_rat is not a DistillationConfig field (did you mean 'learning_rate'?)",
+        ),
+        (
+            [_edited(path, tmp_path, set_args(warmup_ratio=0.1))],
+            "args.warmup_ratio is not a DistillationConfig field: transformers 5 removed it; use warmup_steps",
+        ),
+        (
+            [_edited(path, tmp_path, set_args(temperature=-1.0))],
+            "temperature=-1.0 must be > 0",
+        ),
+        (
+            [_edited(path, tmp_path, lambda raw: raw["stages"][1].update(pruning={"target_sparsty": 0.5}))],
+            "stage 'distill': pruning.target_sparsty is not a PruningConfig field (did you mean 'target_sparsity'?)",
+        ),
+        (
+            [_edited(path, tmp_path, lambda raw: raw["stages"][1].update(peft="loraa"))],
+            "stage 'distill': peft='loraa' is not a known shorthand",
+        ),
+        (
+            [str(path), "--sed", "1"],
+            "override --sed: not a recipe key nor a training argument of any stage (did you mean 'seed'?)",
+        ),
+        (
+            [str(path), "--distill.learning_rat", "1e-4"],
+            "override --distill.learning_rat: 'learning_rat' is neither an option of distill stage 'distill' nor a "
+            "DistillationConfig field (did you mean 'learning_rate'?)",
+        ),
+        ([str(path), "--warmup_ratio", "0.1"], "transformers 5 removed it; use warmup_steps"),
+    ]
+    for command in ("plan", "run"):
+        for argv, message in mistakes:
+            assert main([command, *argv]) == 2, (command, argv)
+            err = capsys.readouterr().err
+            assert err.startswith("hf-lite: error: ") and message in err, (command, argv, err)
+            assert not out.exists()  # nothing was written, nothing trained
+
+    # Overrides reach a stage whose name has a dash, written as in the recipe or with '_'.
+    for spelling in ("teacher-ft", "teacher_ft"):
+        assert main(["plan", str(ft_path), f"--{spelling}.learning_rate", "3e-5"]) == 0
+        assert "plan OK: nothing was trained." in capsys.readouterr().out
+    assert not ft_out.exists()
+
+
+def test_help_of_run_and_plan_explains_overrides(capsys):
+    for command in ("run", "plan"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        printed = capsys.readouterr().out
+        assert "--distill.learning_rate 3e-5" in printed and "--teacher-ft.max_steps 5" in printed

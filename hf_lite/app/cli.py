@@ -24,21 +24,45 @@ from hf_lite.app.recipe import Recipe, parse_cli_overrides
 # errors answer at once.
 
 
+OVERRIDES_HELP = """\
+overrides: any further --KEY VALUE (or --KEY=VALUE) pairs change the recipe before it is checked:
+  --seed 1                          a top-level key (seed, output_dir, teacher, task, num_labels, name)
+  --data.max_length 64              a data key
+  --distill.learning_rate 3e-5      a training argument of one stage (stage names as written: --teacher-ft.max_steps 5)
+  --int8.bits 4                     an option of one stage
+  --distill.pruning.end_step 200    an entry of a stage option that is a mapping
+  --max_steps 100                   a training argument of every training stage that has it
+Values are read as YAML scalars. An override that would not take effect is an error with a did-you-mean.
+A stage whose settings changed reruns from scratch, and so does every stage after it."""
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-lite",
         description="Make Hugging Face Hub checkpoints lighter to fine-tune and to serve.",
         epilog="Extra --key value pairs override the recipe (see `hf-lite run --help`).",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"hf-lite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    # allow_abbrev=False everywhere: an override such as --eval 3 must not be taken for --eval_data
+    formatted = {"epilog": OVERRIDES_HELP, "formatter_class": argparse.RawDescriptionHelpFormatter}
 
-    run = sub.add_parser("run", help="run (or resume) every stage of a YAML recipe")
+    run = sub.add_parser(
+        "run", help="run (or resume) every stage of a YAML recipe", allow_abbrev=False, **formatted
+    )
     run.add_argument("recipe", help="path of the YAML recipe")
     run.add_argument("--stage", action="append", dest="stages", help="run only this stage (repeatable)")
 
-    plan = sub.add_parser("plan", help="validate a recipe, resolve models and data, print sizes; no training")
+    plan = sub.add_parser(
+        "plan",
+        help="validate a recipe, resolve models and data, print sizes; no training",
+        description="Check everything `run` would check (recipe keys, overrides, every stage's training "
+        "arguments, models, data) and print what each stage would do, without training or writing anything.",
+        allow_abbrev=False,
+        **formatted,
+    )
     plan.add_argument("recipe", help="path of the YAML recipe")
 
     for name, help_text in (
@@ -51,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ("evaluate", "measure task metric, size and latency of models"),
         ("export", "export a model as an ordinary checkpoint folder (adapters merged, pruning permanent)"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, allow_abbrev=False, **formatted)
         p.add_argument(
             "--model", required=name != "distill", help="Hub id or folder (the teacher for distill)"
         )
@@ -82,7 +106,9 @@ def _build_parser() -> argparse.ArgumentParser:
             p.add_argument("--merge_adapter", action="store_true")
             p.add_argument("--dtype", default=None)
 
-    push = sub.add_parser("push", help="push an exported folder to the Hub with a model card")
+    push = sub.add_parser(
+        "push", help="push an exported folder to the Hub with a model card", allow_abbrev=False
+    )
     push.add_argument("folder")
     push.add_argument("--repo_id", required=True)
     push.add_argument("--private", action="store_true")
@@ -92,6 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        allow_abbrev=False,
         help="run the whole pipeline offline on an embedded default (CPU, a few minutes)",
         description="Train a teacher on generated data, then distil, prune, quantize, evaluate and export a student, "
         "and print the compression report. With --teacher and --dataset, the same pipeline on a real model.",

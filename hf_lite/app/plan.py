@@ -21,7 +21,7 @@ from peft import get_peft_model
 
 from hf_lite.adapters import check_target_modules, resolve_peft_config
 from hf_lite.app.recipe import Recipe, StageConfig
-from hf_lite.app.runner import RunContext
+from hf_lite.app.runner import RunContext, check_stages
 from hf_lite.app.stages import (
     DistillStage,
     EvaluateStage,
@@ -61,8 +61,10 @@ def _training_memory(total: int, trainable: int, quantization: str | None) -> in
 
 def plan_recipe(recipe: Recipe) -> str:
     """A readable plan of ``recipe``: data sizes, models, parameters, trainable parameters, adapter targets,
-    a training-memory estimate per stage and the world size. Raises what the run would raise on bad input."""
+    a training-memory estimate per stage and the world size. Raises what the run would raise on bad input:
+    every training stage's arguments are checked first (:func:`~hf_lite.app.runner.check_stages`)."""
     ctx = RunContext(recipe)
+    check_stages(ctx)
     lines = [
         f"recipe {recipe.name!r}: task {recipe.task}, output_dir {recipe.output_dir}, seed {recipe.seed}",
         f"world size: {PartialState().num_processes} process(es)",

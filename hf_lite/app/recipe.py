@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,28 +52,28 @@ from typing import Any
 import yaml
 
 from hf_lite._utils import did_you_mean
+from hf_lite.app.fingerprint import normalized, path_signature, settings_hash
+from hf_lite.app.overrides import (  # noqa: F401 (apply_overrides, parse_cli_overrides: importable from here too)
+    DATA_KEYS,
+    RECIPE_KEYS,
+    apply_overrides,
+    parse_cli_overrides,
+    unknown_field_hint,
+    yaml_scalar,
+)
 from hf_lite.app.stages import (  # noqa: F401 (STAGE_KEYS, MODEL_STAGES, PRUNE_METHODS: importable from here too)
     COMMON_KEYS,
     MODEL_STAGES,
     PRUNE_METHODS,
     STAGE_KEYS,
+    STAGE_TYPES,
+    EvaluateStage,
     StageSpec,
+    TrainingStage,
     check_keys,
     stage_class,
 )
 from hf_lite.tasks import TASKS, normalize_task
-
-_TOP_KEYS = {"name", "task", "teacher", "output_dir", "seed", "data", "stages", "num_labels"}
-_DATA_KEYS = {
-    "train",
-    "eval",
-    "eval_fraction",
-    "columns",
-    "max_length",
-    "max_train_rows",
-    "max_eval_rows",
-    "augment",
-}
 
 
 @dataclass
@@ -131,6 +129,10 @@ class Recipe:
     seed: int = 0
     num_labels: int | None = None
     source: dict[str, Any] = field(default_factory=dict, repr=False)
+    # content signatures of local inputs, computed once per recipe (hashing a checkpoint takes a moment)
+    _signatures: dict[tuple[str, bool], str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> Recipe:
@@ -153,7 +155,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Recipe:
         raw = apply_overrides(copy.deepcopy(dict(raw)), overrides or {})
-        check_keys("recipe", raw, _TOP_KEYS)
+        check_keys("recipe", raw, RECIPE_KEYS)
         for key in ("name", "task", "teacher", "stages"):
             if key not in raw:
                 raise ValueError(f"recipe: missing required key {key!r}.")
@@ -188,23 +190,72 @@ class Recipe:
                 return stage
         raise KeyError(name)
 
+    def _index(self, name: str) -> int:
+        return [s.name for s in self.stages].index(name)
+
+    def stage_inputs(self, name: str) -> list[str]:
+        """The model references stage ``name`` reads: its ``model``, a distillation ``teacher``, the ``models``
+        an ``evaluate`` stage measures (by default the teacher and every model stage before it).
+
+        >>> Recipe.from_dict({"name": "r", "task": "causal-lm", "teacher": "org/t", "stages": [
+        ...     {"name": "s", "type": "init_student"}, {"name": "e", "type": "evaluate"}]}).stage_inputs("e")
+        ['teacher', 's']
+        """
+        index = self._index(name)
+        stage = self.stages[index]
+        if isinstance(stage.spec, EvaluateStage) and stage.spec.models is None:
+            return ["teacher", *[s.name for s in self.stages[:index] if s.spec.produces_model]]
+        refs = [str(stage.model)] if stage.spec.reads_model and stage.model is not None else []
+        return refs + [str(ref) for ref in stage.spec.references()]
+
+    def _signature(self, ref: str, recursive: bool = False) -> str | None:
+        key = (ref, recursive)
+        if key not in self._signatures:
+            self._signatures[key] = path_signature(ref, recursive=recursive)
+        return self._signatures[key]
+
+    def stage_settings(self, name: str) -> dict[str, Any]:
+        """Everything of the recipe that decides stage ``name``'s own result, as plain JSON data: the shared
+        settings (task, teacher, seed, labels, data), the stage's options with their defaults, and content
+        signatures of the local files and folders it reads (data files, the teacher's folder, which also
+        gives the tokenizer, and model folders given by path). A Hub id counts by its name."""
+        stage = self.stages[self._index(name)]
+        data = dataclasses.asdict(self.data) if self.data is not None else None
+        if data is not None:
+            data["content"] = {
+                split: self._signature(str(data[split]), recursive=True)
+                for split in ("train", "eval")
+                if data[split] is not None and self._signature(str(data[split]), recursive=True)
+            }
+        names = {s.name for s in self.stages} | {"teacher"}
+        local = [self.teacher, *[r for r in self.stage_inputs(name) if r not in names]]
+        return normalized(
+            {
+                "task": self.task,
+                "teacher": self.teacher,
+                "seed": self.seed,
+                "num_labels": self.num_labels,
+                "data": data,
+                "stage": {
+                    "name": stage.name,
+                    "type": stage.type,
+                    "model": stage.model,
+                    "options": dataclasses.asdict(stage.spec),
+                },
+                "content": {ref: self._signature(ref) for ref in local if self._signature(ref)},
+            }
+        )
+
+    def stage_chain(self, name: str) -> list[list[str]]:
+        """``[stage name, hash of its settings]`` for every stage up to and including ``name``."""
+        return [
+            [s.name, settings_hash(self.stage_settings(s.name))] for s in self.stages[: self._index(name) + 1]
+        ]
+
     def stage_fingerprint(self, name: str) -> str:
-        """Hash of everything that decides a stage's output: the recipe's shared settings and this stage and
-        all stages before it (a changed earlier stage invalidates later ones)."""
-        index = [s.name for s in self.stages].index(name)
-        payload = {
-            "task": self.task,
-            "teacher": self.teacher,
-            "seed": self.seed,
-            "num_labels": self.num_labels,
-            "data": dataclasses.asdict(self.data) if self.data is not None else None,
-            # the stages as written (spec is derived from options, defaults included: not hashed)
-            "stages": [
-                {"name": s.name, "type": s.type, "model": s.model, "options": s.options}
-                for s in self.stages[: index + 1]
-            ],
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Hash of everything that decides a stage's output: its :meth:`stage_settings` and those of every stage
+        before it (a changed earlier stage invalidates the later ones)."""
+        return settings_hash(self.stage_chain(name))
 
 
 def _parse_data(data_raw: Any) -> DataConfig | None:
@@ -216,7 +267,7 @@ def _parse_data(data_raw: Any) -> DataConfig | None:
         raise ValueError(
             "recipe: data must be a mapping with at least 'train' (a file, folder or Hub dataset id)."
         )
-    check_keys("recipe.data", data_raw, _DATA_KEYS)
+    check_keys("recipe.data", data_raw, DATA_KEYS)
     data = DataConfig(**dict(data_raw))
     if not 0.0 < data.eval_fraction < 1.0:
         raise ValueError(f"recipe.data.eval_fraction={data.eval_fraction} must be in (0, 1).")
@@ -266,82 +317,6 @@ def _check_reference(where: str, ref: str, earlier: set[str]) -> None:
         )
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply command-line overrides to a raw recipe.
-
-    ``seed``/``output_dir``/... set top-level keys; ``data.max_length`` a data key; ``STAGE.KEY`` sets a stage's
-    training argument (``distill.learning_rate``) or option (``int8.bits``); a bare training argument name
-    (``learning_rate``) applies to every training stage.
-
-    >>> r = {"seed": 0, "stages": [{"name": "ft", "type": "finetune", "args": {}}]}
-    >>> apply_overrides(r, {"learning_rate": 1e-4, "ft.max_steps": 5})["stages"][0]["args"]
-    {'learning_rate': 0.0001, 'max_steps': 5}
-    """
-    stages = {s.get("name") or s.get("type"): s for s in raw.get("stages", []) if isinstance(s, dict)}
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        if not rest:
-            if key in _TOP_KEYS:
-                raw[key] = value
-                continue
-            training = [s for s in stages.values() if s.get("type") in ("finetune", "distill")]
-            if not training:
-                raise ValueError(
-                    f"override --{key}: not a recipe key, and the recipe has no training stage to pass it to."
-                )
-            for stage in training:
-                stage.setdefault("args", {})[key] = value
-        elif head == "data":
-            raw.setdefault("data", {})[rest] = value
-        elif head in stages:
-            stage = stages[head]
-            if rest in STAGE_KEYS.get(stage.get("type"), set()) or rest == "model":
-                stage[rest] = value
-            else:
-                stage.setdefault("args", {})[rest] = value
-        else:
-            raise ValueError(
-                f"override --{key}: {head!r} is neither 'data' nor a stage of this recipe{did_you_mean(head, stages)}."
-            )
-    return raw
-
-
-def parse_cli_overrides(tokens: list[str]) -> dict[str, Any]:
-    """``["--learning_rate", "1e-4", "--distill.max_steps=5"]`` -> ``{"learning_rate": 1e-4, "distill.max_steps": 5}``
-    (values are read as YAML scalars: numbers, booleans, null, strings).
-
-    >>> parse_cli_overrides(["--seed", "3", "--data.max_length=32", "--bf16", "true"])
-    {'seed': 3, 'data.max_length': 32, 'bf16': True}
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--") or len(token) == 2:
-            raise ValueError(f"override {token!r} must look like --key value or --key=value.")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(tokens):
-                raise ValueError(f"override --{key} has no value: write --{key} VALUE.")
-            value = tokens[i + 1]
-            i += 2
-        out[key.replace("-", "_")] = _scalar(yaml.safe_load(value))
-    return out
-
-
-def _scalar(value: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` as a string; command-line users mean a number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def check_training_args(stage: StageConfig, args_cls: type, base: Mapping[str, Any]) -> Any:
     """Build the stage's ``TrainingArguments`` (or ``DistillationConfig``) through ``HfArgumentParser``, refusing
     unknown keys with a did-you-mean."""
@@ -353,11 +328,11 @@ def check_training_args(stage: StageConfig, args_cls: type, base: Mapping[str, A
     for key, value in given.items():
         # YAML 1.1 reads 5e-5 as a string: convert where the field is numeric.
         if isinstance(value, str) and key in fields and "float" in str(fields[key].type):
-            given[key] = _scalar(value)
+            given[key] = yaml_scalar(value)
     for key in given:
         if key not in names:
             raise ValueError(
-                f"stage {stage.name!r}: args.{key} is not a {args_cls.__name__} field{did_you_mean(key, names)}."
+                f"stage {stage.name!r}: args.{key} is not a {args_cls.__name__} field{unknown_field_hint(key, names)}."
             )
     (args,) = HfArgumentParser(args_cls).parse_dict({**base, **given}, allow_extra_keys=False)
     return args

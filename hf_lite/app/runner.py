@@ -1,9 +1,11 @@
 """Run a :class:`~hf_lite.app.recipe.Recipe`: stages in order, each writing ``<output_dir>/<stage>/``.
 
 Each model-producing stage writes its model to ``<stage>/model`` atomically and then a marker
-``<stage>/stage.json`` holding the stage's fingerprint; a stage whose marker matches is skipped, so a killed
-run restarted with the same command resumes at the first unfinished stage (and a training stage resumes from
-its last Trainer checkpoint in ``<stage>/trainer``). Under ``accelerate launch`` the training stages run on
+``<stage>/stage.json`` holding the stage's fingerprint (:mod:`hf_lite.app.run_folder`); a stage whose marker
+matches is skipped, so a killed run restarted with the same command resumes at the first unfinished stage (and
+a training stage resumes from its last Trainer checkpoint in ``<stage>/trainer``). A stage whose settings
+changed reruns from scratch, and so does every stage after it; checkpoints of other settings are never resumed.
+Every stage's arguments are checked before the first stage runs (:func:`check_stages`). Under ``accelerate launch`` the training stages run on
 every process; the others run on the main process while the rest wait, and only the main process writes
 reports and pushes.
 
@@ -15,7 +17,6 @@ reports and pushes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 import time
 import warnings
@@ -32,9 +33,20 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_lite._utils import atomic_dir, atomic_write_text, has_bnb_layers
+from hf_lite._utils import atomic_dir, atomic_write_text, did_you_mean, has_bnb_layers
+from hf_lite.adapters import resolve_peft_config
 from hf_lite.app.recipe import Recipe, StageConfig, check_training_args
-from hf_lite.app.stages import MODEL_STAGES
+from hf_lite.app.run_folder import (  # noqa: F401 (RUN_MARKER, STAGE_MARKER: importable from here too)
+    RUN_MARKER,
+    STAGE_MARKER,
+    check_selection,
+    claim_run_folder,
+    finish_stage,
+    last_complete_checkpoint,
+    prepare_stage,
+    stage_done,
+)
+from hf_lite.app.stages import MODEL_STAGES, TrainingStage
 from hf_lite.card import CompressionSummary
 from hf_lite.data import augment_data, load_data, tokenize_data
 from hf_lite.evaluation import evaluate_model, machine_info, measure_latency_side_by_side
@@ -42,12 +54,10 @@ from hf_lite.exporting import dequantize_bnb_, export, strip_quantization_, unpa
 from hf_lite.hub import push_to_hub
 from hf_lite.loading import load_model, load_teacher, load_tokenizer
 from hf_lite.pruning import sparsity_report
+from hf_lite.quantization import resolve_quantization
 from hf_lite.report import CompressionReport
 from hf_lite.student import init_student_from_teacher
-from trainers import DistillationConfig, DistillationTrainer, FinetuneTrainer, PruningCallback
-
-RUN_MARKER = "hf_lite_run.json"
-STAGE_MARKER = "stage.json"
+from trainers import DistillationConfig, DistillationTrainer, FinetuneTrainer, PruningCallback, PruningConfig
 
 
 class RunContext:
@@ -152,45 +162,6 @@ class RunContext:
 # ------------------------------------------------------------------------------------------ run folders
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
-
-
-def claim_run_folder(recipe: Recipe) -> None:
-    """Refuse an output folder that holds something else than a previous run of this recipe."""
-    root = Path(recipe.output_dir)
-    marker = root / RUN_MARKER
-    if root.exists() and any(root.iterdir()):
-        if not marker.is_file():
-            raise ValueError(
-                f"output_dir {str(root)!r} exists, is not empty and is not an hf-lite run folder (no {RUN_MARKER}). "
-                "Choose another output_dir, or empty that folder."
-            )
-        previous = json.loads(marker.read_text())
-        if previous.get("recipe") != recipe.name:
-            raise ValueError(
-                f"output_dir {str(root)!r} holds a run of recipe {previous.get('recipe')!r}, not {recipe.name!r}. "
-                "Choose another output_dir for this recipe."
-            )
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    _write_json(marker, {"recipe": recipe.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-
-
-def stage_done(ctx: RunContext, stage: StageConfig) -> bool:
-    marker = ctx.root / stage.name / STAGE_MARKER
-    if not marker.is_file():
-        return False
-    return json.loads(marker.read_text()).get("fingerprint") == ctx.recipe.stage_fingerprint(stage.name)
-
-
-def _finish_stage(ctx: RunContext, stage: StageConfig, info: dict[str, Any]) -> None:
-    if ctx.is_main:
-        marker = {"fingerprint": ctx.recipe.stage_fingerprint(stage.name), "type": stage.type, **info}
-        _write_json(ctx.root / stage.name / STAGE_MARKER, marker)
-    ctx.state.wait_for_everyone()
-
-
 def _save_model(ctx: RunContext, stage: StageConfig, model: Any) -> Path:
     """Main process: write ``<stage>/model`` through a temp folder and a rename (complete or absent)."""
     out = ctx.root / stage.name / "model"
@@ -231,19 +202,6 @@ def _callbacks(stage: StageConfig) -> list[Any]:
     if not pruning:
         return []
     return [PruningCallback(**pruning)]
-
-
-def last_complete_checkpoint(trainer_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` that was written to the end (``trainer_state.json`` is saved last); a
-    checkpoint cut short by a kill is skipped (the Trainer itself would pick it and fail)."""
-    if not trainer_dir.is_dir():
-        return None
-    done = [
-        p
-        for p in trainer_dir.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
 def _train_and_save(ctx: RunContext, stage: StageConfig, trainer: Any) -> dict[str, Any]:
@@ -371,7 +329,7 @@ def stage_evaluate(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     """Task metric, parameters (nonzero too), bytes on disk and in memory, latency of each model, side by side
     in one process; the compression report as JSON, Markdown and PNG in the stage folder."""
     spec = stage.spec
-    refs = spec.models or ["teacher", *[s.name for s in ctx.recipe.stages if s.type in MODEL_STAGES]]
+    refs = ctx.recipe.stage_inputs(stage.name)
     info: dict[str, Any] = {"models": refs}
     if ctx.is_main:
         batch_sizes = tuple(spec.latency_batch_sizes)
@@ -483,21 +441,62 @@ STAGES = {
 }
 
 
+def check_stages(ctx: RunContext) -> None:
+    """Everything about the recipe's stages that a run would refuse, checked before any stage runs: each
+    training stage's ``args`` through ``HfArgumentParser`` (names, with a did-you-mean, and values), its
+    ``pruning``, ``peft`` and ``quantization`` options. Raises ``ValueError``/``TypeError`` naming the stage."""
+    for stage in ctx.recipe.stages:
+        spec = stage.spec
+        if not isinstance(spec, TrainingStage):
+            continue
+        check_training_args(stage, type(spec).args_class(), _training_base(ctx, stage))
+        where = f"stage {stage.name!r}"
+        if spec.pruning:
+            if not isinstance(spec.pruning, dict):
+                raise ValueError(
+                    f"{where}: pruning must be a mapping of PruningConfig fields, not {spec.pruning!r}."
+                )
+            fields = {f.name for f in dataclasses.fields(PruningConfig) if f.init}
+            for key in spec.pruning:
+                if key not in fields:
+                    raise ValueError(
+                        f"{where}: pruning.{key} is not a PruningConfig field{did_you_mean(key, fields)}."
+                    )
+            PruningConfig(**spec.pruning)
+        try:
+            resolve_peft_config(spec.peft, ctx.recipe.task)
+            resolve_quantization(spec.quantization)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{where}: {err}") from err
+
+
 def run_recipe(recipe: Recipe, *, stages: list[str] | None = None) -> RunContext:
-    """Run (or resume) every stage of ``recipe``; ``stages`` limits the run to those names."""
+    """Run (or resume) every stage of ``recipe``; ``stages`` limits the run to those names.
+
+    The recipe is checked first (:func:`check_stages`, and :func:`check_selection` for ``stages``); a stage whose
+    folder holds a complete result of the same settings is skipped, one with other settings reruns from
+    scratch, and so does every stage after it (:mod:`hf_lite.app.run_folder`)."""
     ctx = RunContext(recipe)
+    check_stages(ctx)
     if ctx.is_main:
         claim_run_folder(recipe)
     ctx.state.wait_for_everyone()
+    if stages is not None:
+        check_selection(ctx, stages)
     for stage in recipe.stages:
         if stages is not None and stage.name not in stages:
             continue
         if stage_done(ctx, stage):
             ctx.log(f"{stage.name}: done in an earlier run, skipped")
             continue
+        if ctx.is_main:
+            prepare_stage(ctx, stage)
+        ctx.state.wait_for_everyone()
+        if stage_done(ctx, stage):  # restored from .previous
+            continue
         ctx.log(f"{stage.name} ({stage.type}) ...")
         start = time.perf_counter()
         info = STAGES[stage.type](ctx, stage)
         info["seconds"] = round(time.perf_counter() - start, 1)
-        _finish_stage(ctx, stage, info)
+        finish_stage(ctx, stage, info)
     return ctx

@@ -96,6 +96,18 @@ class TrainingStage(StageSpec):
         if not isinstance(self.args, Mapping):
             raise ValueError(f"{where}: args must be a mapping of TrainingArguments fields.")
 
+    @classmethod
+    def args_class(cls) -> type:
+        """The dataclass whose fields ``args`` holds (imported on first use: it imports transformers)."""
+        from transformers import TrainingArguments
+
+        return TrainingArguments
+
+    @classmethod
+    def args_fields(cls) -> set[str]:
+        """The names ``args`` accepts: the init fields of :meth:`args_class`."""
+        return {f.name for f in dataclasses.fields(cls.args_class()) if f.init}
+
 
 @dataclass
 class FinetuneStage(TrainingStage):
@@ -123,6 +135,12 @@ class DistillStage(TrainingStage):
 
     teacher: str = "teacher"
     augment: dict[str, Any] | None = None
+
+    @classmethod
+    def args_class(cls) -> type:
+        from trainers import DistillationConfig
+
+        return DistillationConfig
 
     def references(self) -> list[str]:
         return [self.teacher] if self.teacher else []
@@ -174,7 +192,7 @@ class QuantizeStage(StageSpec):
 
 @dataclass
 class EvaluateStage(StageSpec):
-    """``evaluate``: metric, size and latency of ``models`` (default: the teacher and every model stage)."""
+    """``evaluate``: metric, size and latency of ``models`` (default: the teacher and every model stage before it)."""
 
     kind: ClassVar[str] = "evaluate"
     produces_model: ClassVar[bool] = False

@@ -175,3 +175,157 @@ def test_stage_fingerprints_follow_the_chain():
     assert a.stage_fingerprint("distill") != b.stage_fingerprint("distill")
     assert a.stage_fingerprint("int8") != b.stage_fingerprint("int8")  # a changed input changes what follows
     assert a.stage_fingerprint("int8") == Recipe.from_dict(BASE).stage_fingerprint("int8")
+
+
+# ------------------------------------------------------------------------- overrides (issue 19, items 3-4)
+
+WITH_FT = recipe(
+    stages=[
+        {"name": "teacher-ft", "type": "finetune", "model": "teacher", "args": {"max_steps": 2}},
+        *copy.deepcopy(BASE["stages"]),
+    ]
+)
+
+
+def test_overrides_reach_a_stage_whose_name_has_a_dash():
+    overrides = parse_cli_overrides(["--teacher-ft.learning_rate", "3e-5", "--teacher_ft.max-steps", "7"])
+    assert overrides == {"teacher-ft.learning_rate": 3e-5, "teacher_ft.max_steps": 7}
+    r = Recipe.from_dict(WITH_FT, overrides)
+    assert r.stage("teacher-ft").get("args") == {"max_steps": 7, "learning_rate": 3e-5}
+    assert r.stage("distill").get("args") == {"temperature": 2.0}  # other stages untouched
+
+
+def test_override_mapping_options_args_prefix_and_training_arguments_by_class():
+    r = Recipe.from_dict(
+        WITH_FT,
+        {
+            "distill.pruning.end_step": 20,
+            "distill.args.learning_rate": 1e-3,
+            "temperature": 3.0,  # a DistillationConfig field: only the distill stage takes it
+            "max_steps": 4,  # a field of both: both take it
+        },
+    )
+    assert r.stage("distill").spec.pruning == {"end_step": 20}
+    assert r.stage("distill").get("args") == {"temperature": 3.0, "learning_rate": 1e-3, "max_steps": 4}
+    assert r.stage("teacher-ft").get("args") == {"max_steps": 4}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"sed": 1},
+            r"override --sed: not a recipe key nor a training argument of any stage \(did you mean 'seed'\?\)",
+        ),
+        (
+            {"distill.learning_rat": 1e-4},
+            r"override --distill.learning_rat: 'learning_rat' is neither an option of distill stage 'distill' nor "
+            r"a DistillationConfig field \(did you mean 'learning_rate'\?\)",
+        ),
+        (
+            {"teacher-ft.learning_rat": 1e-4},
+            r"nor a TrainingArguments field \(did you mean 'learning_rate'\?\)",
+        ),
+        (
+            {"warmup_ratio": 0.1},
+            r"override --warmup_ratio: .*transformers 5 removed it; use warmup_steps \(a float below 1",
+        ),
+        (
+            {"teacher-ft.warmup_ratio": 0.1},
+            r"transformers 5 removed it; use warmup_steps",
+        ),
+        (
+            {"int8.bitz": 4},
+            r"override --int8.bitz: 'bitz' is not an option of quantize stage 'int8' \(did you mean 'bits'\?\)",
+        ),
+        ({"int8.bits.x": 4}, r"option 'bits' of stage 'int8' is 8, not a mapping"),
+        (
+            {"data.max_lenght": 16},
+            r"override --data.max_lenght: 'max_lenght' is not a data key \(did you mean 'max_length'\?\)",
+        ),
+        (
+            {"teacher-fx.max_steps": 1},
+            r"'teacher-fx' is neither 'data' nor a stage of this recipe \(did you mean 'teacher-ft'\?\)",
+        ),
+    ],
+)
+def test_bad_overrides_name_the_override_with_a_did_you_mean(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(WITH_FT, overrides)
+
+
+def test_a_bare_override_without_a_training_stage():
+    raw = recipe(stages=[{"name": "q", "type": "quantize", "model": "teacher", "bits": 8}])
+    with pytest.raises(
+        ValueError, match=r"--sed: not a recipe key \(did you mean 'seed'\?\), and the recipe has no training"
+    ):
+        Recipe.from_dict(raw, {"sed": 1})
+
+
+def test_removed_training_arguments_in_a_recipe_name_their_replacement(tmp_path):
+    from transformers import TrainingArguments
+
+    stage = StageConfig("ft", "finetune", "teacher", {"args": {"warmup_ratio": 0.1}})
+    with pytest.raises(
+        ValueError,
+        match=r"args.warmup_ratio is not a TrainingArguments field: transformers 5 removed it; use warmup_steps",
+    ):
+        check_training_args(stage, TrainingArguments, {"output_dir": str(tmp_path)})
+    stage = StageConfig("ft", "finetune", "teacher", {"args": {"evaluation_strategy": "no"}})
+    with pytest.raises(ValueError, match=r"transformers 5 removed it; use eval_strategy"):
+        check_training_args(stage, TrainingArguments, {"output_dir": str(tmp_path)})
+
+
+# --------------------------------------------------------------------------- fingerprints (issue 19, item 1)
+
+
+def test_fingerprint_covers_seed_resolved_options_and_input_contents(tmp_path):
+    base = Recipe.from_dict(BASE)
+    names = [s.name for s in base.stages]
+    reseeded = Recipe.from_dict(BASE, {"seed": 2})
+    assert all(base.stage_fingerprint(n) != reseeded.stage_fingerprint(n) for n in names)
+    # Options spelled out with their default values, and numbers YAML read as strings, are the same settings.
+    spelled = copy.deepcopy(BASE)
+    spelled["stages"][3]["latency_repeats"] = 10
+    spelled["stages"][1]["args"] = {"temperature": "2.0"}
+    assert [Recipe.from_dict(spelled).stage_fingerprint(n) for n in names] == [
+        base.stage_fingerprint(n) for n in names
+    ]
+    # The content of local data files and of a local teacher folder counts, not only their names.
+    data, teacher = tmp_path / "train.txt", tmp_path / "teacher"
+    data.write_text("a\nb\n")
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    local = recipe(data={"train": str(data)}, teacher=str(teacher))
+    before = Recipe.from_dict(local).stage_fingerprint("student")
+    data.write_text("a\nc\n")
+    after_data = Recipe.from_dict(local).stage_fingerprint("student")
+    (teacher / "config.json").write_text('{"x": 1}')
+    after_teacher = Recipe.from_dict(local).stage_fingerprint("student")
+    assert len({before, after_data, after_teacher}) == 3
+    (teacher / ".config.json.tmp-1").write_text("a temporary file of an atomic write")  # hidden: not an input
+    assert Recipe.from_dict(local).stage_fingerprint("student") == after_teacher
+
+
+def test_stage_settings_say_what_changed():
+    from hf_lite.app.fingerprint import changed_settings
+
+    a = Recipe.from_dict(BASE).stage_settings("distill")
+    b = Recipe.from_dict(BASE, {"seed": 5, "distill.learning_rate": 1e-3}).stage_settings("distill")
+    assert changed_settings(a, b) == ["seed: 1 -> 5", "stage.options.args.learning_rate: (unset) -> 0.001"]
+    assert changed_settings(a, a) == []
+    many = {f"k{i}": i for i in range(6)}
+    assert changed_settings(many, {k: v + 1 for k, v in many.items()}, limit=2) == [
+        "k0: 0 -> 1",
+        "k1: 1 -> 2",
+        "...",
+    ]
+
+
+def test_stage_inputs_default_evaluate_reads_the_model_stages_before_it():
+    raw = copy.deepcopy(BASE)
+    raw["stages"][3] = {"name": "evaluate", "type": "evaluate"}
+    raw["stages"].append({"name": "export", "type": "export", "model": "int8"})
+    r = Recipe.from_dict(raw)
+    assert r.stage_inputs("evaluate") == ["teacher", "student", "distill", "int8"]
+    assert r.stage_inputs("distill") == ["student", "teacher"] and r.stage_inputs("export") == ["int8"]
