@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,17 +20,27 @@ from peft import PeftConfig, get_peft_model, prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import check_target_module_exists
 from transformers.pytorch_utils import Conv1D
 
-from hf_lite.quantization import HEAD_MODULES
+from hf_lite.heads import is_head
 from hf_lite.tasks import PEFT_TASK_TYPES, normalize_task
 
 logger = logging.getLogger(__name__)
 
 
+#: What ``peft="lora"`` means. On models with fused MoE experts the dropout becomes 0 (see :func:`attach_adapter`).
+DEFAULT_LORA: dict[str, Any] = {
+    "r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "target_modules": "all-linear",
+}
+
+
 def resolve_peft_config(peft: str | Mapping[str, Any] | PeftConfig | None, task: str) -> PeftConfig | None:
     """Turn ``peft`` into a ``peft.PeftConfig`` whose ``task_type`` matches ``task``.
 
-    ``"lora"`` is a default LoRA: rank 16, alpha 32, dropout 0.05 on every linear layer except the output
-    head (``target_modules="all-linear"``, as QLoRA found necessary to match full fine-tuning). A dict
+    ``"lora"`` is a default LoRA: rank 16, alpha 32, dropout 0.05 on every linear layer except the heads
+    and their transforms of :mod:`hf_lite.heads` (``target_modules="all-linear"``, as QLoRA found necessary
+    to match full fine-tuning). A dict
     with a ``peft_type`` key goes to ``peft.get_peft_config``, any other dict to ``LoraConfig``.
 
     >>> resolve_peft_config("lora", "causal-lm").r
@@ -46,9 +57,7 @@ def resolve_peft_config(peft: str | Mapping[str, Any] | PeftConfig | None, task:
                 f"peft={peft!r} is not a known shorthand. Use 'lora' for the default LoRA, a dict of "
                 "LoraConfig arguments, or a peft.PeftConfig instance."
             )
-        return peft_lib.LoraConfig(
-            r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type=task_type
-        )
+        return peft_lib.LoraConfig(**DEFAULT_LORA, task_type=task_type)
     if isinstance(peft, Mapping):
         kwargs = dict(peft)
         kwargs.setdefault("task_type", task_type)
@@ -118,7 +127,29 @@ def enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool) -> Any:
+def expert_parameter_names(model: torch.nn.Module) -> list[str]:
+    """The 3-D expert weight tensors of a mixture-of-experts model (transformers 5 fuses each layer's experts
+    into ``experts.gate_up_proj``/``experts.down_proj``: Mixtral, Qwen2-MoE, ...), which PEFT's LoRA adapts
+    through ``lora.ParamWrapper``.
+
+    >>> import torch
+    >>> experts = torch.nn.Module(); experts.down_proj = torch.nn.Parameter(torch.zeros(4, 8, 16))
+    >>> model = torch.nn.Module(); model.experts = experts
+    >>> expert_parameter_names(model)
+    ['experts.down_proj']
+    """
+    return [n for n, p in model.named_parameters() if p.ndim == 3 and n.rsplit(".", 2)[-2:-1] == ["experts"]]
+
+
+def attach_adapter(
+    model: Any, peft_config: Any, *, quantized: bool, gradient_checkpointing: bool, default: bool = False
+) -> Any:
+    """Wrap ``model`` in ``peft_config``'s adapter (after k-bit preparation when ``quantized``).
+
+    ``default`` says ``peft_config`` is the ``peft="lora"`` shorthand: its dropout is then set to 0 on a model
+    with fused MoE experts, which PEFT adapts only without dropout; a config the user wrote is refused
+    there instead, with the fix.
+    """
 
     check_target_modules(model, peft_config)
     if quantized:
@@ -138,10 +169,31 @@ def attach_adapter(model: Any, peft_config: Any, *, quantized: bool, gradient_ch
     if (
         isinstance(targets, str)
         and targets.lower() == "all-linear"
-        and str(peft_config.task_type) in ("SEQ_CLS", "TOKEN_CLS")
         and not getattr(peft_config, "exclude_modules", None)
     ):
-        # PEFT trains classification heads fully (modules_to_save) but its 'all-linear' only leaves the
-        # head out for SEQ_CLS; a token-classification head would get both and PEFT refuses.
-        peft_config.exclude_modules = [h for h in HEAD_MODULES if hasattr(model, h)] or None
-    return get_peft_model(model, peft_config)
+        # Heads and their transforms (hf_lite.heads) are not adapted: PEFT trains classifier heads fully
+        # (modules_to_save, which matches by suffix: 'classifier' also takes DistilBERT's pre_classifier,
+        # and a layer cannot be both), and 'all-linear' itself only leaves the output layer out.
+        peft_config.exclude_modules = [n for n in linear_module_names(model) if is_head(n)] or None
+    experts = expert_parameter_names(model)
+    if default and experts and getattr(peft_config, "lora_dropout", 0):
+        logger.info(
+            "peft='lora' on %s: lora_dropout 0 instead of %s, since PEFT adapts its expert tensors (%s) only "
+            "without dropout.",
+            type(model).__name__,
+            peft_config.lora_dropout,
+            ", ".join(sorted({re.sub(r"\.\d+\.", ".*.", n) for n in experts})),
+        )
+        peft_config.lora_dropout = 0.0
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:
+        if "lora_dropout != 0" not in str(err):
+            raise
+        shown = ", ".join(sorted({re.sub(r"\.\d+\.", ".*.", n) for n in experts})) or "3-D weight tensors"
+        raise ValueError(
+            f"peft lora_dropout={peft_config.lora_dropout} cannot apply to the expert weights of "
+            f"{type(model).__name__} ({shown}): PEFT adapts these tensors with lora.ParamWrapper, which has no "
+            "dropout. Pass lora_dropout=0, or leave the experts out of target_modules (e.g. "
+            "target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])."
+        ) from err

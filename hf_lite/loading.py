@@ -13,6 +13,7 @@ argument, the value, the reason and the fix.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Mapping
@@ -38,7 +39,7 @@ from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-export
     check_quantized,
     default_quantized_device_map,
     keep_bnb_layout_trainable_,
-    keep_heads_unquantized,
+    plan_unquantized_modules,
     resolve_quantization,
 )
 from hf_lite.summary import model_summary
@@ -140,15 +141,25 @@ def load_model(
         kwargs["revision"] = revision
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
+    auto_cls = getattr(transformers, TASKS[task])
     if bnb_config is not None:
-        bnb_config = keep_heads_unquantized(bnb_config, task)
-        kwargs["quantization_config"] = bnb_config
         if device_map is None:
             device_map = default_quantized_device_map()
+        skeleton = build_skeleton(auto_cls, config, from_pretrained_kwargs, trust_remote_code)
+        bnb_config, unpackable = plan_unquantized_modules(
+            bnb_config, task, skeleton, on_cpu=device_map is None or "cpu" in str(device_map)
+        )
+        if unpackable:
+            logger.warning(
+                "4-bit: %d layer(s) stay in full precision because bitsandbytes cannot repack them for its "
+                "CPU kernel (out_features not a multiple of 32 or in_features of 64): %s",
+                len(unpackable),
+                ", ".join(unpackable),
+            )
+        kwargs["quantization_config"] = bnb_config
     if device_map is not None:
         kwargs["device_map"] = device_map
 
-    auto_cls = getattr(transformers, TASKS[task])
     model = auto_cls.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code, **kwargs)
     logger.debug("loaded %s (%s) for task %s", type(model).__name__, config.model_type, task)
 
@@ -161,12 +172,32 @@ def load_model(
             peft_config,
             quantized=bnb_config is not None,
             gradient_checkpointing=gradient_checkpointing,
+            default=isinstance(peft, str),
         )
     elif gradient_checkpointing:
         enable_checkpointing(model)
 
     logger.info("%s", model_summary(model))
     return model
+
+
+def build_skeleton(
+    auto_cls: Any, config: Any, from_pretrained_kwargs: Mapping[str, Any], trust_remote_code: bool
+) -> torch.nn.Module | None:
+    """The model ``auto_cls`` builds from ``config`` on the meta device (layer names and shapes, no memory),
+    with the config overrides ``from_pretrained`` would apply (``num_labels=...``); ``None`` if it cannot be
+    built that way (some remote code)."""
+    config = copy.deepcopy(config)
+    known = set(config.to_dict()) | {"num_labels"}
+    for key, value in from_pretrained_kwargs.items():
+        if key in known:
+            setattr(config, key, value)
+    try:
+        with torch.device("meta"):
+            return auto_cls.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - only an aid to planning; from_pretrained reports real problems
+        logger.debug("could not build %s on the meta device: %s", type(config).__name__, err)
+        return None
 
 
 def load_tokenizer(

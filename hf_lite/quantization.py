@@ -15,8 +15,11 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import BitsAndBytesConfig
+from transformers.pytorch_utils import Conv1D
+from transformers.quantizers.base import get_keys_to_not_convert
 
 from hf_lite._utils import did_you_mean, has_bnb_layers
+from hf_lite.heads import HEAD_NAMES, head_module_names
 
 _QUANT_ALIASES = {
     "4bit": "nf4",
@@ -116,18 +119,86 @@ def default_quantized_device_map() -> Any:
     return None  # CPU: from_pretrained places everything on the CPU already
 
 
-# Task heads that stay in full precision: PEFT trains them (modules_to_save), and an 8/4-bit head
-# cannot take gradients. transformers' default skip list misses them (it strips ".weight" from the last
-# parameter name, which is "classifier.bias" for BERT-style classifiers).
-HEAD_MODULES = ["lm_head", "classifier", "score", "qa_outputs"]
+CLASSIFICATION_TASKS = ("sequence-classification", "token-classification")
+#: bitsandbytes' CPU kernel (AVX512-BF16) packs 4-bit weights in tiles of 32 output rows, with one scale per
+#: 64 inputs of a row (``_convert_weight_packed_for_cpu``): a layer outside that grid cannot be repacked.
+CPU_PACK_ROWS = 32
+CPU_PACK_BLOCK = 64
 
 
-def keep_heads_unquantized(bnb_config: Any, task: str) -> Any:
-    if task not in ("sequence-classification", "token-classification") or bnb_config.llm_int8_skip_modules:
-        return bnb_config
+def quantizable_layers(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """``{name: (in_features, out_features)}`` of the layers transformers hands to bitsandbytes.
+
+    Those are exactly ``nn.Linear`` (not subclasses) and transformers' ``Conv1D``.
+
+    >>> quantizable_layers(torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.ReLU()))
+    {'0': (4, 1)}
+    """
+    found = {}
+    for name, module in model.named_modules():
+        if type(module) is torch.nn.Linear:
+            found[name] = (module.in_features, module.out_features)
+        elif isinstance(module, Conv1D):
+            found[name] = (module.nx, module.nf)
+    return found
+
+
+def cpu_unpackable_layers(model: torch.nn.Module) -> list[str]:
+    """Layers whose 4-bit weights bitsandbytes cannot repack for its CPU kernel (so evaluation would crash).
+
+    >>> cpu_unpackable_layers(torch.nn.ModuleDict({"up": torch.nn.Linear(64, 64), "gate": torch.nn.Linear(64, 1)}))
+    ['gate']
+    """
+    return [
+        name
+        for name, (fan_in, fan_out) in quantizable_layers(model).items()
+        if fan_out % CPU_PACK_ROWS or fan_in % CPU_PACK_BLOCK
+    ]
+
+
+def bnb_repacks_on_cpu() -> bool:
+    """Whether bitsandbytes repacks 4-bit weights for its CPU kernel on this machine (AVX512-BF16)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return False
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+def plan_unquantized_modules(
+    bnb_config: Any, task: str, skeleton: torch.nn.Module | None, *, on_cpu: bool
+) -> tuple[Any, list[str]]:
+    """``bnb_config`` with ``llm_int8_skip_modules`` saying what stays in full precision, and the layers left
+    out because bitsandbytes cannot pack them here.
+
+    - Classification tasks: every head of :mod:`hf_lite.heads` (classifier, ``pre_classifier``, pooler,
+      ModernBERT's ``head``, ...), since PEFT trains classifier heads fully and a 4/8-bit layer takes no
+      gradient; plus transformers' own defaults (output embeddings, tied and last modules).
+    - 4-bit on a CPU whose bitsandbytes repacks weights (AVX512-BF16): layers off the kernel's grid
+      (:func:`cpu_unpackable_layers`, e.g. Qwen2-MoE's one-output ``shared_expert_gate``), which would make
+      the first evaluation or export fail.
+
+    A skip list the user gave is kept as it is, with the unpackable layers added. ``skeleton`` is the
+    model built on the meta device (names and shapes only); without it only the head names are used.
+    """
+    user_skips = list(bnb_config.llm_int8_skip_modules or [])
+    unpackable: list[str] = []
+    if skeleton is not None and bnb_config.load_in_4bit and on_cpu and bnb_repacks_on_cpu():
+        unpackable = cpu_unpackable_layers(skeleton)
+    classify = task in CLASSIFICATION_TASKS and not user_skips
+    if not (classify or unpackable):
+        return bnb_config, []
+    if user_skips:
+        skips = user_skips
+    elif skeleton is None:
+        skips = list(HEAD_NAMES)
+    else:
+        skips = sorted({k.removesuffix(".bias") for k in get_keys_to_not_convert(skeleton)})
+        if classify:
+            skips += [h for h in head_module_names(skeleton) if h not in skips]
     bnb_config = copy.deepcopy(bnb_config)
-    bnb_config.llm_int8_skip_modules = list(HEAD_MODULES)
-    return bnb_config
+    bnb_config.llm_int8_skip_modules = skips + [n for n in unpackable if n not in skips]
+    return bnb_config, unpackable
 
 
 def check_quantized(model: torch.nn.Module, bnb_config: Any) -> None:

@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hf_lite.heads import HEAD_PATTERNS
 from hf_lite.pruning.masks import check_patterns
 from hf_lite.pruning.sites import in_features_dim, is_prunable, output_embeddings
 
 if TYPE_CHECKING:
     from torch import nn
 
-# in_features_dim and is_prunable live in hf_lite.pruning.sites; importable from here as before.
+# in_features_dim and is_prunable live in hf_lite.pruning.sites, HEAD_PATTERNS in hf_lite.heads;
+# importable from here as before.
 __all__ = [
     "DEFAULT_EXCLUDE",
     "HEAD_PATTERNS",
@@ -37,18 +39,9 @@ __all__ = [
     "is_prunable",
 ]
 
-#: Regexes (``re.search`` on module names) of output heads: language-model heads, classifiers, poolers.
-HEAD_PATTERNS: tuple[str, ...] = (
-    r"(^|\.)lm_head$",
-    r"(^|\.)classifier(\.|$)",
-    r"(^|\.)score$",
-    r"(^|\.)pooler(\.|$)",
-    r"(^|\.)qa_outputs$",
-    # Masked/causal-LM heads of BERT-style models (BertForMaskedLM, BertLMHeadModel: cls.predictions.*;
-    # DistilBertForMaskedLM: vocab_transform/vocab_projector): their transform layer is part of the head.
-    r"(^|\.)cls(\.|$)",
-    r"(^|\.)vocab_(transform|projector)$",
-)
+# HEAD_PATTERNS (regexes of output heads and their transforms: LM heads, classifiers, poolers, DistilBERT's
+# pre_classifier, BERT's cls.*, ModernBERT's head.*, ...) has one home, hf_lite.heads, shared with
+# quantization and LoRA; importable from here as before.
 #: Modules left dense unless the caller says otherwise: heads, embeddings, norms, and PEFT adapter
 #: matrices (LoRA's A/B are trained separately and merged later; prune the ``base_layer`` they wrap).
 DEFAULT_EXCLUDE: tuple[str, ...] = (
