@@ -18,9 +18,15 @@ What the config can express decides what is supported:
   (ShortGPT). ``num_hidden_layers`` and per-layer config lists (``layer_types``, ...) are updated and the
   kept blocks' ``layer_idx`` attributes renumbered, so generation with a KV cache keeps working.
 
-Every function checks, before touching a weight, that the edited config round-trips through
-``from_dict`` (the validation ``from_pretrained`` runs) and that a block built from it has exactly the
-pruned shapes. A LoRA adapter (PEFT) is sliced with its base layer: ``lora_B`` rows of removed output
+Every function checks, before touching a weight, that the result reloads into the same model: the edited
+config round-trips through ``from_dict`` (the validation ``from_pretrained`` runs), and the stock class built
+from it on the meta device has exactly the tensor names and shapes the pruned model saves, the same module
+types in every block and the same module settings (``layer_idx``, sliding windows, sizes); see
+:func:`~hf_lite.pruning.structural.reload.reload_mismatches`. Families that build blocks differently by
+position are caught this way: ModernBERT's block 0 has no ``attn_norm`` (an ``Identity``), so dropping block 0
+is refused (a LayerNorm is never an identity map, so no exact rewrite exists); Qwen2-MoE with
+``decoder_sparse_step=2`` alternates dense and expert blocks, so only shifts that keep the pattern are accepted.
+Blocks chosen by block influence skip such blocks. A LoRA adapter (PEFT) is sliced with its base layer: ``lora_B`` rows of removed output
 features, ``lora_A`` columns of removed input features. Other adapter types, DoRA, and bitsandbytes-quantized
 layers are refused (merge or prune first). After pruning an adapter-wrapped model, save a checkpoint that
 stock transformers loads with ``model.merge_and_unload().save_pretrained(folder)``: the adapter saved alone
@@ -32,7 +38,7 @@ Each function first computes a :class:`~hf_lite.pruning.structural.plan.Structur
 ``plan_attention_heads``, ``plan_layers``: the parameters to slice with their kept indices, the config
 entries to set) and then applies it (``apply_plan_``); ``slice_optimizer_state_`` applies the same plan to
 an optimizer. Modules: ``plan`` (the slicing rule), ``checks`` (argument and config checks), ``ffn``,
-``heads``, ``layers``.
+``heads``, ``layers``, ``reload`` (what the pruned model saves against what stock transformers builds).
 
 >>> from hf_lite.testing import build_tiny_model
 >>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
@@ -69,6 +75,7 @@ from hf_lite.pruning.structural.plan import (
     output_slices,
     slice_optimizer_state_,
 )
+from hf_lite.pruning.structural.reload import reload_mismatches, saved_shapes
 
 __all__ = [
     "KeptHeads",
@@ -89,6 +96,8 @@ __all__ = [
     "round_up",
     "top_indices",
     "loadable_group_counts",
+    "reload_mismatches",
+    "saved_shapes",
     "PER_LAYER_CONFIG_KEYS",
     "LAYER_INDEX_CONFIG_KEYS",
 ]

@@ -193,22 +193,24 @@ def plan_layers(
             "instead.",
         )
     dropped_params = {id(p): p for i in dropped for p in blocks[i].parameters()}
-    plan = StructuralPlan(
-        config=edits, drop=sorted(dropped), dropped=dropped_params, params=parameters_by_id(model), kept=kept
-    )
-    for new, old in enumerate(kept):
-        for module in blocks[old].modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                plan.attributes.append((module, "layer_idx", new))
+    plan = _drop_plan(model, dropped)
+    plan.dropped, plan.params, plan.kept = dropped_params, parameters_by_id(model), kept
     plan.message = f"dropped blocks {sorted(dropped)} of {total}; kept {kept}"
     return plan
 
 
 def _drop_plan(model: nn.Module, dropped: Iterable[int]) -> StructuralPlan:
-    """The sizes-only plan of dropping blocks ``dropped`` (for the reload check)."""
-    total = len(find_layer_list(model))
+    """The plan of dropping blocks ``dropped``: config entries, the blocks, the kept blocks' ``layer_idx``
+    renumbered (without the parameter bookkeeping ``plan_layers`` adds)."""
+    blocks = find_layer_list(model)
+    total = len(blocks)
     kept = [i for i in range(total) if i not in set(dropped)]
-    return StructuralPlan(config=layer_config_edits(model_config(model), kept, total), drop=sorted(dropped))
+    plan = StructuralPlan(config=layer_config_edits(model_config(model), kept, total), drop=sorted(dropped))
+    for new, old in enumerate(kept):
+        for module in blocks[old].modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                plan.attributes.append((module, "layer_idx", new))
+    return plan
 
 
 def _reloads(model: nn.Module, dropped: Iterable[int]) -> bool:
@@ -259,7 +261,11 @@ def prune_layers_(
     ``layer_idx`` of every module in the kept blocks renumbered so a KV cache indexes the right layer.
 
     GPT-2 with ``scale_attn_by_inverse_layer_idx=True`` scales attention by ``1 / (layer_idx + 1)``: dropping
-    a block before another would change the later block's computation, so that is refused.
+    a block before another would change the later block's computation, so that is refused. Families that
+    build blocks differently by position (ModernBERT's block 0 without ``attn_norm``, Qwen2-MoE's alternating
+    expert blocks) refuse a drop that would move a block to a position built differently, naming the blocks
+    that can be dropped; blocks chosen by block influence skip such blocks (trying pairs, which keep an
+    alternating pattern). Nothing changes before these checks pass.
 
     Args:
         model: a decoder or encoder transformers model, or a PEFT model with LoRA around one.

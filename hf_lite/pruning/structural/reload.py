@@ -12,17 +12,21 @@ LoRA and quantization bookkeeping left out), builds the stock class from the edi
 (no memory, no weights), and lists every difference in tensor names, shapes, and module types of the blocks.
 
 >>> from hf_lite.testing import build_tiny_model
+>>> from hf_lite.pruning.structural import plan_layers
 >>> from hf_lite.pruning.structural.plan import StructuralPlan
 >>> model, _ = build_tiny_model("llama", num_hidden_layers=3)
->>> plan = StructuralPlan(config={"num_hidden_layers": 2}, drop=[0])
->>> reload_mismatches(model, plan, type(model.config).from_dict({**model.config.to_dict(), **plan.config}))
+>>> config = type(model.config).from_dict({**model.config.to_dict(), "num_hidden_layers": 2})
+>>> careless = StructuralPlan(config={"num_hidden_layers": 2}, drop=[0])  # kept blocks' layer_idx not renumbered
+>>> print(reload_mismatches(model, careless, config)[0])
+model.layers.0.self_attn.layer_idx: block 1 (at position 0 after the edit) has 1, stock LlamaDecoderLayer at position 0 sets 0
+>>> reload_mismatches(model, plan_layers(model, drop=[0]), config)
 []
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -48,6 +52,10 @@ _ADAPTER_PARTS = {
     "lora_magnitude_vector",
     "original_module",
 }
+
+
+_PLAIN = (bool, int, float, str, type(None))
+_RUNTIME_SETTINGS = {"training", "gradient_checkpointing"}
 
 
 def family_name(config: PretrainedConfig) -> str:
@@ -143,6 +151,21 @@ def stock_model(model: nn.Module, config: PretrainedConfig) -> nn.Module | None:
         return None
 
 
+def _settings(module: nn.Module, edited: dict[tuple[int, str], Any]) -> dict[str, Any]:
+    """The plain settings of ``module`` (numbers, strings, ``None``, tuples of them) that its constructor sets,
+    with the plan's ``edited`` values; runtime switches (``training``, gradient checkpointing) left out."""
+    out = {}
+    for attr, value in vars(module).items():
+        if attr.startswith("_") or attr in _RUNTIME_SETTINGS:
+            continue
+        value = edited.get((id(module), attr), value)
+        if isinstance(value, _PLAIN) or (
+            isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)
+        ):
+            out[attr] = value
+    return out
+
+
 def _describe(shape: tuple[int, ...] | None | str) -> str:
     return "absent" if shape == "absent" else str(shape)
 
@@ -159,7 +182,8 @@ def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: Pretrained
         config: the edited config, as ``from_pretrained`` would load it.
 
     Returns:
-        One readable line per difference, module types first, then tensors in name order.
+        One readable line per difference: module types, then tensors in name order, then plain settings of
+        the blocks' modules (``layer_idx``, ``sliding_window``, sizes...) after the plan's attribute edits.
     """
     stock = stock_model(model, config)
     if stock is None:
@@ -172,6 +196,12 @@ def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: Pretrained
     stock_blocks = find_layer_list(stock)
     prefix = _layer_prefix(unwrap_model(model, peft_base=True), blocks)
     moved: dict[str, int] = {}
+    edited = {(id(owner), attr): value for owner, attr, value in plan.attributes}
+    settings: list[str] = []  # reported last: a tensor difference usually explains them
+
+    def where(old: int, new: int) -> str:
+        return f"block {old}" + (f" (at position {new} after the edit)" if new != old else "")
+
     for new, old in enumerate(kept[: len(stock_blocks)]):
         if new != old:
             moved[f"{prefix}.{new}."] = old
@@ -186,11 +216,20 @@ def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: Pretrained
                 module = None
             if module is None or not isinstance(module, type(theirs)):
                 reported.append(name)
-                where = f"block {old}" + (f" (at position {new} after the edit)" if new != old else "")
                 problems.append(
-                    f"{prefix}.{new}.{name}: {where} has {type(module).__name__ if module else 'no such module'}, "
-                    f"stock {type(stock_blocks[new]).__name__} at position {new} builds {type(theirs).__name__}"
+                    f"{prefix}.{new}.{name}: {where(old, new)} has "
+                    f"{type(module).__name__ if module else 'no such module'}, stock "
+                    f"{type(stock_blocks[new]).__name__} at position {new} builds {type(theirs).__name__}"
                 )
+                continue
+            mine_attrs, their_attrs = _settings(module, edited), _settings(theirs, {})
+            for attr in sorted(mine_attrs.keys() & their_attrs.keys()):
+                if mine_attrs[attr] != their_attrs[attr]:
+                    settings.append(
+                        f"{prefix}.{new}.{name + '.' if name else ''}{attr}: {where(old, new)} has "
+                        f"{mine_attrs[attr]!r}, stock {type(stock_blocks[new]).__name__} at position {new} sets "
+                        f"{their_attrs[attr]!r}"
+                    )
     for name in sorted({*expected, *got}):
         mine, theirs = expected.get(name, "absent"), got.get(name, "absent")
         if mine is None and theirs != "absent" or theirs is None and mine != "absent":
@@ -206,4 +245,4 @@ def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: Pretrained
             else ""
         )
         problems.append(f"{name}{origin}: pruned {_describe(mine)} vs config {_describe(theirs)}{fate}")
-    return problems
+    return problems + settings

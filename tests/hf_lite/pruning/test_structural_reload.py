@@ -40,6 +40,7 @@ from hf_lite.pruning.structural import (
 )
 from hf_lite.pruning.structural import layers as layers_mod
 from hf_lite.pruning.structural import reload as reload_mod
+from hf_lite.pruning.structural.checks import check_expressible
 from hf_lite.pruning.structural.layers import layer_config_edits
 from hf_lite.pruning.structural.reload import saved_shapes
 from hf_lite.testing import build_tiny_model
@@ -359,3 +360,38 @@ def test_without_a_buildable_stock_class_one_block_is_compared(monkeypatch, capl
         match=r"does not describe the pruned shapes \(mlp\.down_proj\.weight: pruned \(64, 32\) vs config \(64, 64\)",
     ):
         prune_ffn_(model, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("layer_types", "renumber", "match"),
+    [
+        # the per-layer list sliced wrongly: block 2 (full attention) lands where the config says sliding
+        (
+            ["full_attention", "sliding_attention"],
+            True,
+            r"model\.layers\.1\.attn\.sliding_window: block 2 \(at position 1 after the edit\) has None, stock "
+            r"ModernBertEncoderLayer at position 1 sets 5",
+        ),
+        # the kept block's layer_idx not renumbered
+        (
+            ["full_attention", "full_attention"],
+            False,
+            r"model\.layers\.1\.attn\.layer_idx: block 2 \(at position 1 after the edit\) has 2, stock "
+            r"ModernBertEncoderLayer at position 1 sets 1",
+        ),
+    ],
+)
+def test_module_settings_that_differ_from_the_stock_block_are_refused(layer_types, renumber, match):
+    model = _model("modernbert")
+    plan = StructuralPlan(config={"num_hidden_layers": 2, "layer_types": layer_types}, drop=[1])
+    if renumber:
+        plan.attributes += [
+            (m, "layer_idx", 1) for m in model.model.layers[2].modules() if hasattr(m, "layer_idx")
+        ]
+    with pytest.raises(
+        ValueError, match=f"demo: ModernBertConfig .* does not describe the pruned shapes .*{match}"
+    ):
+        check_expressible(model, plan, "demo")
+    plan.config["layer_types"] = ["full_attention", "full_attention"]
+    if renumber:
+        check_expressible(model, plan, "demo")  # the right edit passes
