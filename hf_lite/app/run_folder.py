@@ -1,12 +1,12 @@
 """A recipe's run folder: which stage results it holds, under which settings, and what to do with stale ones.
 
-``<output_dir>/hf_lite_run.json`` claims the folder for one recipe. Each stage writes ``<output_dir>/<stage>/``
-and its marker ``<stage>/stage.json``: ``status`` ``"running"`` from the moment the stage starts, ``"done"``
-once its result is complete, with the stage's fingerprint, its settings and the settings hashes of the stages
-before it (:meth:`hf_lite.app.recipe.Recipe.stage_chain`). Before a stage runs, :func:`prepare_stage` makes
-its folder hold only work done under the current settings:
+``<output_dir>/hf_lite_run.json`` claims the folder for one recipe. Each stage writes ``<output_dir>/<stage>/``:
+``running.json`` from the moment it starts, and its marker ``stage.json`` once its result is complete, each with
+the stage's fingerprint, its settings and the settings hashes of the stages before it
+(:meth:`hf_lite.app.recipe.Recipe.stage_chain`). Before a stage runs, :func:`prepare_stage` makes its folder
+hold only work done under the current settings:
 
-- a result of these settings that is done: the stage is skipped (:func:`stage_done`);
+- a complete result of these settings: the stage is skipped (:func:`stage_done`);
 - an unfinished run of these settings: kept, and a training stage resumes from its last checkpoint;
 - a complete result of other settings: moved to ``<output_dir>/.previous/<stage>`` and deleted only when the
   new result is complete (:func:`finish_stage`); if the settings come back before that, it is moved back;
@@ -15,8 +15,9 @@ its folder hold only work done under the current settings:
 
 Each case that reruns a stage says why in one log line (which setting changed, or which earlier stage).
 
->>> marker_done({"fingerprint": "ab", "status": "running"}), marker_done({"fingerprint": "ab"})
-(False, True)
+>>> import tempfile, pathlib
+>>> read_marker(pathlib.Path(tempfile.mkdtemp())) is None  # no marker: nothing recorded
+True
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from hf_lite.app.fingerprint import changed_settings
 
 RUN_MARKER = "hf_lite_run.json"
 STAGE_MARKER = "stage.json"
+#: The marker of a stage that started and has not finished.
+RUNNING_MARKER = "running.json"
 #: Where a stage's previous complete result waits, under the run folder, until its replacement is complete.
 PREVIOUS_DIR = ".previous"
 
@@ -40,18 +43,13 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
-def read_marker(folder: Path) -> dict[str, Any] | None:
-    """The stage marker in ``folder``, ``None`` when there is none (or it cannot be read)."""
+def read_marker(folder: Path, name: str = STAGE_MARKER) -> dict[str, Any] | None:
+    """The marker ``name`` in ``folder``, ``None`` when there is none (or it cannot be read)."""
     try:
-        marker = json.loads((folder / STAGE_MARKER).read_text())
+        marker = json.loads((folder / name).read_text())
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) else None
-
-
-def marker_done(marker: dict[str, Any] | None) -> bool:
-    """Whether a marker records a complete result (markers written before ``status`` existed were)."""
-    return marker is not None and marker.get("status", "done") == "done"
 
 
 def claim_run_folder(recipe: Any) -> None:
@@ -78,14 +76,12 @@ def claim_run_folder(recipe: Any) -> None:
 def stage_done(ctx: Any, stage: Any) -> bool:
     """Whether ``<stage>/`` holds a complete result made with the stage's current settings."""
     marker = read_marker(ctx.root / stage.name)
-    return marker_done(marker) and marker.get("fingerprint") == ctx.recipe.stage_fingerprint(stage.name)
+    return marker is not None and marker.get("fingerprint") == ctx.recipe.stage_fingerprint(stage.name)
 
 
-def _marker(ctx: Any, stage: Any, status: str) -> dict[str, Any]:
+def _marker(ctx: Any, stage: Any) -> dict[str, Any]:
     return {
         "fingerprint": ctx.recipe.stage_fingerprint(stage.name),
-        "status": status,
-        "type": stage.type,
         "settings": ctx.recipe.stage_settings(stage.name),
         "chain": ctx.recipe.stage_chain(stage.name),
     }
@@ -109,20 +105,20 @@ def rerun_reason(ctx: Any, stage: Any, marker: dict[str, Any] | None) -> str:
 
 def prepare_stage(ctx: Any, stage: Any) -> None:
     """Main process, before a stage that is not done runs: leave in ``<stage>/`` only work of the current
-    settings (see the module docstring), log why the stage reruns, and mark it ``running``."""
+    settings (see the module docstring), log why the stage reruns, and mark it running."""
     folder, previous = ctx.root / stage.name, ctx.root / PREVIOUS_DIR / stage.name
     fingerprint = ctx.recipe.stage_fingerprint(stage.name)
-    marker = read_marker(folder)
-    if marker is not None and not marker_done(marker) and marker.get("fingerprint") == fingerprint:
+    done, running = read_marker(folder), read_marker(folder, RUNNING_MARKER)
+    if done is None and running is not None and running.get("fingerprint") == fingerprint:
         return  # an unfinished run of these settings: resumed
     kept = read_marker(previous)
-    if marker_done(kept) and kept.get("fingerprint") == fingerprint:
+    if kept is not None and kept.get("fingerprint") == fingerprint:
         replace_dir(previous, folder)
         ctx.log(f"{stage.name}: restored its result for these settings, kept from an earlier run")
         return
     if folder.is_dir() and any(folder.iterdir()):
-        why = rerun_reason(ctx, stage, marker)
-        if marker_done(marker):
+        why = rerun_reason(ctx, stage, done or running)
+        if done is not None:
             previous.parent.mkdir(parents=True, exist_ok=True)
             replace_dir(folder, previous)
             after = "; every stage after it reruns too" if why.startswith("its settings") else ""
@@ -133,13 +129,15 @@ def prepare_stage(ctx: Any, stage: Any) -> None:
         else:
             shutil.rmtree(folder)
             ctx.log(f"{stage.name}: discarding an unfinished run and its checkpoints because {why}")
-    write_json(folder / STAGE_MARKER, _marker(ctx, stage, "running"))
+    write_json(folder / RUNNING_MARKER, _marker(ctx, stage))
 
 
 def finish_stage(ctx: Any, stage: Any, info: dict[str, Any]) -> None:
     """Mark a stage done (main process) and delete the previous result it replaces; all processes wait."""
     if ctx.is_main:
-        write_json(ctx.root / stage.name / STAGE_MARKER, {**_marker(ctx, stage, "done"), **info})
+        folder = ctx.root / stage.name
+        write_json(folder / STAGE_MARKER, {**_marker(ctx, stage), "type": stage.type, **info})
+        (folder / RUNNING_MARKER).unlink(missing_ok=True)
         shutil.rmtree(ctx.root / PREVIOUS_DIR / stage.name, ignore_errors=True)
     ctx.state.wait_for_everyone()
 
