@@ -375,6 +375,13 @@ def test_a_changed_seed_retrains_from_scratch_and_an_unchanged_setting_skips(tin
         "stage 'student' reads 'teacher-ft', which has no complete result made with the current settings"
         in err
     )
+    # plan says what a run would do with each stage, and why.
+    assert main(["plan", path]) == 0
+    printed = capsys.readouterr().out
+    assert "[run reruns it from scratch: its settings changed (seed: 1 -> 0)]" in printed
+    assert main(["plan", path, "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher-ft (finetune)" in printed and "[done: run skips it]" in printed
     assert main(["run", path, "--stage", "studnet", "--seed", "1"]) == 2
     assert (
         "--stage 'studnet' is not a stage of recipe 'tiny-ft' (did you mean 'student'?)"

@@ -21,6 +21,7 @@ from peft import get_peft_model
 
 from hf_lite.adapters import check_target_modules, resolve_peft_config
 from hf_lite.app.recipe import Recipe, StageConfig
+from hf_lite.app.run_folder import stage_status
 from hf_lite.app.runner import RunContext, check_stages
 from hf_lite.app.stages import (
     DistillStage,
@@ -61,10 +62,15 @@ def _training_memory(total: int, trainable: int, quantization: str | None) -> in
 
 def plan_recipe(recipe: Recipe) -> str:
     """A readable plan of ``recipe``: data sizes, models, parameters, trainable parameters, adapter targets,
-    a training-memory estimate per stage and the world size. Raises what the run would raise on bad input:
+    a training-memory estimate per stage, the world size, and what a run would do with each stage given the output
+    folder (skip it, resume it, rerun it and why). Raises what the run would raise on bad input:
     every training stage's arguments are checked first (:func:`~hf_lite.app.runner.check_stages`)."""
     ctx = RunContext(recipe)
     check_stages(ctx)
+
+    def status(stage: StageConfig) -> str:  # what a run would do, once the output folder holds a run
+        return f" [{stage_status(ctx, stage)}]" if ctx.root.is_dir() else ""
+
     lines = [
         f"recipe {recipe.name!r}: task {recipe.task}, output_dir {recipe.output_dir}, seed {recipe.seed}",
         f"world size: {PartialState().num_processes} process(es)",
@@ -82,7 +88,9 @@ def plan_recipe(recipe: Recipe) -> str:
     for stage in recipe.stages:
         ref, spec = stage.model, stage.spec
         if isinstance(spec, EvaluateStage):
-            lines.append(f"- {stage.name} (evaluate): {', '.join(spec.models or ['all models'])}")
+            lines.append(
+                f"- {stage.name} (evaluate): {', '.join(recipe.stage_inputs(stage.name))}{status(stage)}"
+            )
             continue
         if ref in configs:
             config = configs[ref]
@@ -119,6 +127,6 @@ def plan_recipe(recipe: Recipe) -> str:
             line += f", method {spec.method}"
         if isinstance(spec, QuantizeStage):
             line += f", to {spec.bits}-bit"
-        lines.append(line)
+        lines.append(line + status(stage))
     lines.append("plan OK: nothing was trained.")
     return "\n".join(lines)

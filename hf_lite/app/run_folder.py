@@ -132,6 +132,23 @@ def prepare_stage(ctx: Any, stage: Any) -> None:
     write_json(folder / RUNNING_MARKER, _marker(ctx, stage))
 
 
+def stage_status(ctx: Any, stage: Any) -> str:
+    """What a run would do with ``stage`` given its folder, in a few words (for ``hf-lite plan``)."""
+    folder = ctx.root / stage.name
+    if stage_done(ctx, stage):
+        return "done: run skips it"
+    done, running = read_marker(folder), read_marker(folder, RUNNING_MARKER)
+    fingerprint = ctx.recipe.stage_fingerprint(stage.name)
+    if done is None and running is not None and running.get("fingerprint") == fingerprint:
+        return "unfinished: run resumes it"
+    kept = read_marker(ctx.root / PREVIOUS_DIR / stage.name)
+    if kept is not None and kept.get("fingerprint") == fingerprint:
+        return "run restores its earlier result"
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return "not run yet"
+    return f"run reruns it from scratch: {rerun_reason(ctx, stage, done or running)}"
+
+
 def finish_stage(ctx: Any, stage: Any, info: dict[str, Any]) -> None:
     """Mark a stage done (main process) and delete the previous result it replaces; all processes wait."""
     if ctx.is_main:
