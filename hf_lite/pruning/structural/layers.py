@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hf_lite._utils import unwrap_model
 from hf_lite.pruning.calibration import check_calibration
 from hf_lite.pruning.importance import block_influence, check_count
 from hf_lite.pruning.sites import find_layer_list, model_config
@@ -218,7 +219,15 @@ def _reloads(model: nn.Module, dropped: Iterable[int]) -> bool:
     plan = _drop_plan(model, dropped)
     if not plan.drop or config_error(model_config(model), plan.config) is not None:
         return True  # nothing dropped, or a config that does not load: refused with its own message
-    return not reload_mismatches(model, plan, edited_config(model_config(model), plan.config))
+    wrong = reload_mismatches(model, plan, edited_config(model_config(model), plan.config))
+    if wrong is None:
+        logger.warning(
+            "could not build %s from the edited config, so nothing checks that the model without blocks %s "
+            "reloads as the same model: compare the reloaded outputs before publishing it",
+            type(unwrap_model(model, peft_base=True)).__name__,
+            plan.drop,
+        )
+    return not wrong
 
 
 def _reloadable_drops(model: nn.Module, candidates: Sequence[int], count: int) -> list[int]:

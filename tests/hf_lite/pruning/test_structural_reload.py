@@ -353,6 +353,8 @@ def test_without_a_buildable_stock_class_one_block_is_compared(monkeypatch, capl
         prune_ffn_(model, 0.5)
     assert "compared one LlamaDecoderLayer only" in caplog.text
     assert model.config.intermediate_size == 64
+    assert prune_layers_(model, drop=[0]) == [1]
+    assert "nothing checks that the model without blocks [0] reloads as the same model" in caplog.text
     layouts = ((("gate_proj", "up_proj"), "down_proj", ("max_position_embeddings",)),)
     monkeypatch.setattr(sites_mod, "_FFN_LAYOUTS", layouts)
     with pytest.raises(
