@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -127,18 +126,23 @@ def enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def expert_parameter_names(model: torch.nn.Module) -> list[str]:
-    """The 3-D expert weight tensors of a mixture-of-experts model (transformers 5 fuses each layer's experts
-    into ``experts.gate_up_proj``/``experts.down_proj``: Mixtral, Qwen2-MoE, ...), which PEFT's LoRA adapts
-    through ``lora.ParamWrapper``.
+def adapted_parameters(model: torch.nn.Module, peft_config: Any) -> list[str]:
+    """Parameters (not layers) ``peft_config`` will adapt, which PEFT does with ``lora.ParamWrapper``: its
+    ``target_parameters``, plus those PEFT's transformers-5 conversion adds for fused MoE experts (``all-linear``
+    or ``w1``/``w3`` on Mixtral become ``experts.gate_up_proj``, ...).
 
-    >>> import torch
-    >>> experts = torch.nn.Module(); experts.down_proj = torch.nn.Parameter(torch.zeros(4, 8, 16))
-    >>> model = torch.nn.Module(); model.experts = experts
-    >>> expert_parameter_names(model)
-    ['experts.down_proj']
+    >>> import torch, peft
+    >>> adapted_parameters(torch.nn.Linear(2, 2), peft.LoraConfig(target_parameters=["weight"]))
+    ['weight']
     """
-    return [n for n, p in model.named_parameters() if p.ndim == 3 and n.rsplit(".", 2)[-2:-1] == ["experts"]]
+    probe = copy.deepcopy(peft_config)
+    try:
+        from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+    except ImportError:  # pragma: no cover - a PEFT without the transformers-5 conversion
+        pass
+    else:
+        convert_peft_config_for_transformers(probe, model=model, conversions=None)
+    return sorted(getattr(probe, "target_parameters", None) or [])
 
 
 def attach_adapter(
@@ -152,17 +156,6 @@ def attach_adapter(
     """
 
     check_target_modules(model, peft_config)
-    if quantized:
-        # QLoRA: layer norms and the head in fp32, input embeddings' outputs require grad so that
-        # gradients reach the adapters through frozen quantized layers (and through checkpointing).
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gradient_checkpointing:
-        enable_checkpointing(model)
-        model.enable_input_require_grads()
     # `get_peft_model` rewrites `target_modules` of the config it is given (e.g. 'all-linear' -> names).
     peft_config = copy.deepcopy(peft_config)
     targets = getattr(peft_config, "target_modules", None)
@@ -175,25 +168,32 @@ def attach_adapter(
         # (modules_to_save, which matches by suffix: 'classifier' also takes DistilBERT's pre_classifier,
         # and a layer cannot be both), and 'all-linear' itself only leaves the output layer out.
         peft_config.exclude_modules = [n for n in linear_module_names(model) if is_head(n)] or None
-    experts = expert_parameter_names(model)
-    if default and experts and getattr(peft_config, "lora_dropout", 0):
+    params = adapted_parameters(model, peft_config)
+    if params and getattr(peft_config, "lora_dropout", 0):
+        if not default:
+            raise ValueError(
+                f"peft lora_dropout={peft_config.lora_dropout} cannot apply to {type(model).__name__}: the adapter "
+                f"reaches parameters ({', '.join(params)}; fused MoE experts), which PEFT adapts with "
+                "lora.ParamWrapper, and that has no dropout. Pass lora_dropout=0, or keep those parameters out "
+                "(target_modules without the experts, e.g. ['q_proj', 'k_proj', 'v_proj', 'o_proj'])."
+            )
         logger.info(
-            "peft='lora' on %s: lora_dropout 0 instead of %s, since PEFT adapts its expert tensors (%s) only "
-            "without dropout.",
+            "peft='lora' on %s: lora_dropout 0 instead of %s, since PEFT adapts its parameters %s (fused MoE "
+            "experts) only without dropout.",
             type(model).__name__,
             peft_config.lora_dropout,
-            ", ".join(sorted({re.sub(r"\.\d+\.", ".*.", n) for n in experts})),
+            ", ".join(params),
         )
         peft_config.lora_dropout = 0.0
-    try:
-        return get_peft_model(model, peft_config)
-    except ValueError as err:
-        if "lora_dropout != 0" not in str(err):
-            raise
-        shown = ", ".join(sorted({re.sub(r"\.\d+\.", ".*.", n) for n in experts})) or "3-D weight tensors"
-        raise ValueError(
-            f"peft lora_dropout={peft_config.lora_dropout} cannot apply to the expert weights of "
-            f"{type(model).__name__} ({shown}): PEFT adapts these tensors with lora.ParamWrapper, which has no "
-            "dropout. Pass lora_dropout=0, or leave the experts out of target_modules (e.g. "
-            "target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])."
-        ) from err
+    if quantized:
+        # QLoRA: layer norms and the head in fp32, input embeddings' outputs require grad so that
+        # gradients reach the adapters through frozen quantized layers (and through checkpointing).
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
+        enable_checkpointing(model)
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config)

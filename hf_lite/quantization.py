@@ -17,6 +17,7 @@ from accelerate import PartialState
 from transformers import BitsAndBytesConfig
 from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.base import get_keys_to_not_convert
+from transformers.quantizers.quantizers_utils import should_convert_module
 
 from hf_lite._utils import did_you_mean, has_bnb_layers
 from hf_lite.heads import HEAD_NAMES, head_module_names
@@ -182,22 +183,22 @@ def plan_unquantized_modules(
     model built on the meta device (names and shapes only); without it only the head names are used.
     """
     user_skips = list(bnb_config.llm_int8_skip_modules or [])
-    unpackable: list[str] = []
-    if skeleton is not None and bnb_config.load_in_4bit and on_cpu and bnb_repacks_on_cpu():
-        unpackable = cpu_unpackable_layers(skeleton)
     classify = task in CLASSIFICATION_TASKS and not user_skips
-    if not (classify or unpackable):
-        return bnb_config, []
     if user_skips:
         skips = user_skips
     elif skeleton is None:
-        skips = list(HEAD_NAMES)
+        skips = list(HEAD_NAMES) if classify else []
     else:
         skips = sorted({k.removesuffix(".bias") for k in get_keys_to_not_convert(skeleton)})
         if classify:
             skips += [h for h in head_module_names(skeleton) if h not in skips]
+    unpackable: list[str] = []
+    if skeleton is not None and bnb_config.load_in_4bit and on_cpu and bnb_repacks_on_cpu():
+        unpackable = [n for n in cpu_unpackable_layers(skeleton) if should_convert_module(n, skips)]
+    if not (classify or unpackable):
+        return bnb_config, []
     bnb_config = copy.deepcopy(bnb_config)
-    bnb_config.llm_int8_skip_modules = skips + [n for n in unpackable if n not in skips]
+    bnb_config.llm_int8_skip_modules = skips + unpackable
     return bnb_config, unpackable
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from hf_lite.heads import is_head
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +37,9 @@ class ModelSummary:
     dtype: str
     quantization: str | None
     adapter: str | None
+    #: Body layers a quantized model keeps in full precision (heads and output embeddings aside), with layer
+    #: indices folded to ``*``: layers bitsandbytes could not pack here, or that the skip list named.
+    unquantized: tuple[str, ...] = ()
 
     @property
     def trainable_fraction(self) -> float:
@@ -46,6 +53,7 @@ class ModelSummary:
             f"{self.model_class}: {self.total_params:,} parameters ({self.trainable_params:,} trainable, "
             f"{100 * self.trainable_fraction:.2f}%), {format_bytes(self.bytes_in_memory)} in memory, "
             f"{self.dtype}, {self.quantization or 'full precision'}, {self.adapter or 'no adapter'}"
+            + (f", kept in full precision: {', '.join(self.unquantized)}" if self.unquantized else "")
         )
 
 
@@ -106,6 +114,48 @@ def describe_quantization(model: torch.nn.Module) -> str | None:
     if qc.get("load_in_8bit"):
         return "bnb-8bit (LLM.int8)"
     return str(qc.get("quant_method", "quantized"))
+
+
+def fold_layer_names(names: Iterable[str]) -> list[str]:
+    """Module names with layer indices folded to ``*``, deduplicated, in first-seen order.
+
+    >>> fold_layer_names(["model.layers.0.mlp.gate", "model.layers.1.mlp.gate", "lm_head"])
+    ['model.layers.*.mlp.gate', 'lm_head']
+    """
+    return list(dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".*", n) for n in names))
+
+
+def unquantized_layers(model: torch.nn.Module) -> tuple[str, ...]:
+    """Body layers that a bitsandbytes-quantized ``model`` keeps as plain ``nn.Linear``/``Conv1D`` (folded names).
+
+    Heads (:mod:`hf_lite.heads`), the output embeddings and PEFT's own layers (LoRA matrices, fully trained
+    copies) are left out; ``()`` for a model without bitsandbytes layers.
+
+    >>> import torch
+    >>> unquantized_layers(torch.nn.Linear(2, 2))
+    ()
+    """
+    from hf_lite._utils import has_bnb_layers  # imports bitsandbytes (and torch) only when installed
+
+    if not has_bnb_layers(model):
+        return ()
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    getter = getattr(base, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    names = []
+    for name, module in base.named_modules():
+        if not (type(module) is torch.nn.Linear or isinstance(module, Conv1D)) or module is output:
+            continue
+        parts = name.split(".")
+        if any(p.startswith("lora_") or p in ("modules_to_save", "original_module") for p in parts):
+            continue
+        name = name.removesuffix(".base_layer")
+        if not is_head(name):
+            names.append(name)
+    return tuple(fold_layer_names(names))
 
 
 def describe_adapter(model: torch.nn.Module) -> str | None:
@@ -191,4 +241,5 @@ def model_summary(model: torch.nn.Module) -> ModelSummary:
         dtype=dtype,
         quantization=describe_quantization(inner),
         adapter=describe_adapter(model),
+        unquantized=unquantized_layers(model),
     )
