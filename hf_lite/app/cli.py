@@ -2,8 +2,10 @@
 
 Subcommands: ``run``, ``plan``, ``distill``, ``finetune``, ``prune``, ``evaluate``, ``export``, ``push``,
 ``demo``. Every ``--key value`` after the known options overrides the recipe: a top-level key (``--seed 1``),
-a data key (``--data.max_length 64``), a stage's training argument or option (``--distill.learning_rate 3e-5``),
-or a training argument of every training stage (``--max_steps 100``). The same command runs under
+a data key (``--data.max_length 64``), a stage's training argument or option (``--distill.learning_rate 3e-5``,
+``--teacher-ft.max_steps 5``: stage names as the recipe writes them), or a training argument of every training
+stage that has it (``--max_steps 100``); an override that would not take effect is an error with a did-you-mean
+(:mod:`hf_lite.app.overrides`). ``run`` and ``plan`` check every stage's arguments before anything runs. The same command runs under
 ``accelerate launch -m hf_lite ...`` on several processes.
 
 >>> main(["plan", "examples/recipes/distill_encoder.yaml"])  # doctest: +SKIP
