@@ -12,8 +12,10 @@ import transformers
 
 from hf_lite import load_model, model_summary
 from hf_lite.adapters import adapted_parameters
-from hf_lite.heads import is_head
-from hf_lite.quantization import bnb_repacks_on_cpu, cpu_unpackable_layers
+from hf_lite.exporting import export
+from hf_lite.heads import HEAD_NAMES, is_head
+from hf_lite.loading import build_skeleton
+from hf_lite.quantization import bnb_repacks_on_cpu, cpu_unpackable_layers, plan_unquantized_modules
 
 ATTENTION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
@@ -171,7 +173,9 @@ def test_unpackable_layers_are_those_off_the_cpu_kernels_grid():
 
 
 @pytest.mark.integration
-def test_qwen2_moe_4bit_keeps_the_one_output_gate_in_full_precision_and_evaluates(checkpoints, caplog):
+def test_qwen2_moe_4bit_keeps_the_one_output_gate_in_full_precision_and_evaluates(
+    checkpoints, caplog, tmp_path
+):
     repacks = bnb_repacks_on_cpu() and not torch.cuda.is_available()
     with caplog.at_level(logging.WARNING, logger="hf_lite.loading"):
         model = load_model(checkpoints["qwen2_moe"], quantization="4bit", peft="lora")
@@ -195,6 +199,40 @@ def test_qwen2_moe_4bit_keeps_the_one_output_gate_in_full_precision_and_evaluate
     assert torch.isfinite(logits).all()
     moved = _train_step(model, "qwen2_moe")
     assert all(v > 0 for n, v in moved.items() if "lora_A" in n)
+    # ...and so does a merged export (it crashed in bitsandbytes' repacking with the gate quantized).
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=_batch("qwen2_moe")["input_ids"])
+    report = export(model, tmp_path / "merged", merge_adapter=True, check_inputs=_batch("qwen2_moe"))
+    assert report.adapter_merged and report.quantization is None
+    assert report.max_abs_diff < 0.05  # vs the in-memory 4-bit model (bf16 CPU kernel in eval mode)
+
+
+def test_planning_without_a_skeleton_falls_back_to_the_head_names():
+    config = transformers.BitsAndBytesConfig(load_in_4bit=True)
+    planned, unpackable = plan_unquantized_modules(config, "token-classification", None, on_cpu=True)
+    assert planned.llm_int8_skip_modules == list(HEAD_NAMES) and unpackable == []
+    assert plan_unquantized_modules(config, "causal-lm", None, on_cpu=True) == (config, [])
+
+
+def test_a_model_that_cannot_be_built_on_meta_gives_no_skeleton():
+    class Broken:
+        @staticmethod
+        def from_config(config, **kwargs):
+            raise RuntimeError("custom code needs real tensors")
+
+    assert build_skeleton(Broken, _config("mixtral"), {"num_labels": 5}, False) is None
+    skeleton = build_skeleton(
+        transformers.AutoModelForSequenceClassification, _config("distilbert"), {"num_labels": 5}, False
+    )
+    assert skeleton.classifier.out_features == 5 and skeleton.classifier.weight.is_meta
+
+
+def test_summary_lists_no_body_layer_when_everything_in_the_body_is_quantized(checkpoints):
+    model = load_model(checkpoints["mixtral"], quantization="4bit")  # lm_head (100 outputs) is skipped anyway
+    assert isinstance(model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    summary = model_summary(model)
+    assert summary.unquantized == () and "kept in full precision" not in str(summary)
 
 
 def test_unpackable_layers_are_added_to_a_users_skip_list(checkpoints):
