@@ -171,6 +171,25 @@ class PruneStage(StageSpec):
                 f"{where}: method={self.method!r} is not a pruning method{did_you_mean(self.method, PRUNE_METHODS)}. "
                 f"Use one of: {', '.join(PRUNE_METHODS)}."
             )
+        # what each method needs, checked here so that a run does not find it after earlier stages trained
+        if self.method in ("magnitude", "wanda") and self.pattern == "unstructured" and self.sparsity is None:
+            raise ValueError(
+                f"{where}: method={self.method!r} with pattern='unstructured' needs sparsity (the fraction of "
+                "weights set to zero, e.g. sparsity: 0.5), or an N:M pattern such as pattern: '2:4'."
+            )
+        keep = (
+            self.heads_keep_ratio
+            if self.method == "heads" and self.heads_keep_ratio is not None
+            else self.keep_ratio
+        )
+        if self.method in ("ffn", "heads") and keep is None:
+            raise ValueError(
+                f"{where}: method={self.method!r} needs keep_ratio (the fraction kept, e.g. 0.5)."
+            )
+        if self.method == "layers" and self.keep_ratio is None and self.num_layers is None:
+            raise ValueError(
+                f"{where}: method='layers' needs keep_ratio (the fraction of layers kept) or num_layers."
+            )
 
     def prune_(self, model: Any, calibration_batches: list[dict[str, Any]]) -> None:
         """Prune ``model`` in place with this stage's method."""

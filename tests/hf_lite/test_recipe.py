@@ -329,3 +329,33 @@ def test_stage_inputs_default_evaluate_reads_the_model_stages_before_it():
     r = Recipe.from_dict(raw)
     assert r.stage_inputs("evaluate") == ["teacher", "student", "distill", "int8"]
     assert r.stage_inputs("distill") == ["student", "teacher"] and r.stage_inputs("export") == ["int8"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"method": "magnitude"}, r"method='magnitude' with pattern='unstructured' needs sparsity"),
+        (
+            {"method": "wanda", "pattern": "unstructured"},
+            r"method='wanda' with pattern='unstructured' needs sparsity",
+        ),
+        ({"method": "ffn"}, r"method='ffn' needs keep_ratio"),
+        ({"method": "heads"}, r"method='heads' needs keep_ratio"),
+        (
+            {"method": "layers"},
+            r"method='layers' needs keep_ratio \(the fraction of layers kept\) or num_layers",
+        ),
+    ],
+)
+def test_prune_stages_missing_what_their_method_needs_fail_at_parse(options, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_dict(recipe(stages=[{"name": "p", "type": "prune", "model": "teacher", **options}]))
+    from hf_lite.app.stages import PruneStage
+
+    # what suffices: an N:M pattern without sparsity, heads_keep_ratio for heads, num_layers for layers
+    for good in (
+        {"method": "wanda", "pattern": "2:4"},
+        {"method": "heads", "heads_keep_ratio": 0.5},
+        {"method": "layers", "num_layers": 2},
+    ):
+        assert PruneStage.from_options("stage 'p'", good).method == good["method"]
