@@ -203,14 +203,32 @@ def plan_unquantized_modules(
 
 
 def check_quantized(model: torch.nn.Module, bnb_config: Any) -> None:
-    if not has_bnb_layers(model):
-        bits = "4bit" if bnb_config.load_in_4bit else "8bit"
-        raise ValueError(
-            f"quantization={bits!r}: bitsandbytes quantized no layer of {type(model).__name__}. It only wraps "
-            "torch.nn.Linear (and transformers Conv1D) layers, and this model has none outside the skipped "
-            f"modules ({bnb_config.llm_int8_skip_modules or 'none given'}). Load it without quantization, "
-            "or skip fewer modules."
+    """Refuse a "quantized" model in which bitsandbytes replaced no layer, saying why."""
+    if has_bnb_layers(model):
+        return
+    bits = "4bit" if bnb_config.load_in_4bit else "8bit"
+    subclasses = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if isinstance(m, torch.nn.Linear) and type(m) is not torch.nn.Linear and not isinstance(m, Conv1D)
+        }
+    )
+    if subclasses:
+        why = (
+            f"its linear layers are {', '.join(subclasses)}, subclasses of torch.nn.Linear, and transformers' "
+            "bitsandbytes integration only replaces exact torch.nn.Linear (and Conv1D) layers"
         )
+        fix = "Load it without quantization (in a lower-precision dtype such as dtype='bf16' to save memory)."
+    else:
+        why = (
+            "it only wraps torch.nn.Linear (and transformers Conv1D) layers, and this model has none outside the "
+            f"skipped modules ({bnb_config.llm_int8_skip_modules or 'none given'})"
+        )
+        fix = "Load it without quantization, or skip fewer modules."
+    raise ValueError(
+        f"quantization={bits!r}: bitsandbytes quantized no layer of {type(model).__name__}: {why}. {fix}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -244,3 +244,16 @@ def test_unpackable_layers_are_added_to_a_users_skip_list(checkpoints):
     assert skips[:2] == ["lm_head", "q_proj"] and "model.layers.1.mlp.shared_expert_gate" in skips
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
     assert mine.llm_int8_skip_modules == ["lm_head", "q_proj"]
+
+
+def test_falcon_4bit_refusal_names_its_linear_subclass(tmp_path):
+    config = transformers.FalconConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    transformers.FalconForCausalLM(config).save_pretrained(tmp_path / "falcon")
+    with pytest.raises(
+        ValueError,
+        match=r"quantized no layer of FalconForCausalLM: its linear layers are FalconLinear, subclasses of "
+        r"torch.nn.Linear.*without quantization",
+    ):
+        load_model(tmp_path / "falcon", quantization="4bit")
