@@ -7,7 +7,8 @@ alpha, loss_type, hidden_weight, layer_map, ...) is a command-line flag (HfArgum
         --train_file ../shared/data/sst2/train.tsv --eval_file ../shared/data/sst2/dev.tsv \
         --output_dir distilled --num_train_epochs 1 --temperature 2 --alpha 0.5 --hidden_weight 1
 
-Several processes (see examples/accelerate/ for DDP, FSDP, DeepSpeed configs):
+Several processes (see examples/accelerate/ for DDP, FSDP, DeepSpeed configs; on CPU add --use_cpu, or the
+script stops and says so):
 
     accelerate launch --config_file examples/accelerate/ddp.yaml examples/distill_classifier.py ...
 
@@ -23,7 +24,7 @@ from transformers import DataCollatorWithPadding, HfArgumentParser
 
 from hf_lite import init_student_from_teacher, load_data, load_teacher, load_tokenizer, tokenize_data
 from hf_lite.evaluation import make_compute_metrics
-from trainers import DistillationConfig, DistillationTrainer
+from trainers import DistillationConfig, DistillationTrainer, check_distributed_launch
 
 
 @dataclass
@@ -43,6 +44,10 @@ class ScriptArguments:
 
 def main() -> None:
     script, args = HfArgumentParser((ScriptArguments, DistillationConfig)).parse_args_into_dataclasses()
+    try:
+        check_distributed_launch(args)  # e.g. `accelerate launch --multi_gpu` on CPU without --use_cpu
+    except ValueError as err:
+        raise SystemExit(f"distill_classifier.py: error: {err}") from None
     tokenizer = load_tokenizer(script.teacher)
     teacher = load_teacher(script.teacher, task="sequence-classification")
     layers = script.student_layers

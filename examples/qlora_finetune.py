@@ -1,4 +1,5 @@
-"""QLoRA fine-tuning of a causal LM on a text file: 4-bit NF4 base + LoRA adapter, plain transformers.Trainer.
+"""QLoRA fine-tuning of a causal LM on a text file: 4-bit NF4 base + LoRA adapter, trained by `FinetuneTrainer`
+(a transformers.Trainer whose loss is the global-batch mean under DDP and gradient accumulation).
 
 Every field of `ScriptArguments` and of `transformers.TrainingArguments` is a command-line flag
 (HfArgumentParser). One process:
@@ -6,9 +7,10 @@ Every field of `ScriptArguments` and of `transformers.TrainingArguments` is a co
     python examples/qlora_finetune.py --model_name_or_path Qwen/Qwen2.5-0.5B \
         --train_file ../shared/data/tinyshakespeare/input.txt --output_dir qlora-out --max_steps 200
 
-Several processes (DDP; on GPUs, or on CPU with gloo):
+Several processes (DDP; on GPUs, or on CPU with gloo -- then add --use_cpu, or the script stops and says so):
 
-    accelerate launch --multi_gpu --num_processes 2 examples/qlora_finetune.py ... (same flags)
+    accelerate launch --config_file examples/accelerate/ddp.yaml examples/qlora_finetune.py ... (same flags)
+    accelerate launch --multi_gpu --num_processes 2 examples/qlora_finetune.py ... --use_cpu    # CPU only
 
 Only the adapter is saved (a few MB); load it back with
 `peft.AutoPeftModelForCausalLM.from_pretrained(output_dir)`.
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from transformers import DataCollatorForLanguageModeling, HfArgumentParser, Trainer, TrainingArguments
+from transformers import DataCollatorForLanguageModeling, HfArgumentParser, TrainingArguments, set_seed
 
 from hf_lite import load_model, load_tokenizer, model_summary
+from trainers import FinetuneTrainer, check_distributed_launch
 
 
 @dataclass
@@ -38,9 +41,16 @@ class ScriptArguments:
 
 def main() -> None:
     script, args = HfArgumentParser((ScriptArguments, TrainingArguments)).parse_args_into_dataclasses()
+    try:
+        check_distributed_launch(args)  # e.g. `accelerate launch --multi_gpu` on CPU without --use_cpu
+    except ValueError as err:
+        raise SystemExit(f"qlora_finetune.py: error: {err}") from None
     from datasets import load_dataset
 
     quantization = None if (script.quantization or "none").lower() == "none" else script.quantization
+    set_seed(
+        args.seed
+    )  # the adapter's random initialisation: the same in every run, whatever the process count
     tokenizer = load_tokenizer(script.model_name_or_path)
     model = load_model(
         script.model_name_or_path,
@@ -64,7 +74,7 @@ def main() -> None:
     with args.main_process_first(desc="tokenizing"):
         data = split.map(tokenize_and_chunk, batched=True, remove_columns=["text"])
 
-    trainer = Trainer(
+    trainer = FinetuneTrainer(
         model=model,
         args=args,
         train_dataset=data["train"],
