@@ -32,6 +32,7 @@ __all__ = [
     "IndexSpec",
     "build_block",
     "check_expressible",
+    "check_reloads_as_is",
     "check_sliceable",
     "checked_keep_count",
     "config_error",
@@ -273,11 +274,32 @@ def check_expressible(model: nn.Module, plan: StructuralPlan, why: str, hint: st
     if wrong is None:
         wrong = _block_mismatches(model, plan, edited)
     if wrong:
+        check_reloads_as_is(model, why)
         details = "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
         raise ValueError(
             f"{why}: {type(config).__name__} with {dict(edits)} does not describe the pruned shapes ({details}), "
             f"so stock from_pretrained would reload the saved checkpoint as a different {family_name(config)} "
             f"model (tensors it has no place for are discarded, places no tensor fills newly initialized). {hint}"
+        )
+
+
+def check_reloads_as_is(model: nn.Module, why: str) -> None:
+    """Refuse a pruning of a model that, even unedited, would not reload into the same model (tensors renamed
+    by ``torch.nn.utils.prune`` or parametrizations, modules replaced or settings changed after loading): its
+    differences are not the pruning's, and the pruning's check cannot tell them apart.
+
+    >>> from hf_lite.testing import build_tiny_model
+    >>> check_reloads_as_is(build_tiny_model("gpt2")[0], "demo")
+    """
+    wrong = reload_mismatches(model, StructuralPlan(), model_config(model))
+    if wrong:
+        details = "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+        raise ValueError(
+            f"{why}: the model as it is already differs from what stock from_pretrained builds from its own "
+            f"config ({details}), so its checkpoint would not reload into the same model even before pruning. "
+            "Make re-parametrizations permanent (torch.nn.utils.prune.remove, "
+            "torch.nn.utils.parametrize.remove_parametrizations) and undo modules or settings changed after "
+            "loading, then prune."
         )
 
 

@@ -21,6 +21,7 @@ from hf_lite.pruning.importance import block_influence, check_count
 from hf_lite.pruning.sites import find_layer_list, model_config
 from hf_lite.pruning.structural.checks import (
     check_expressible,
+    check_reloads_as_is,
     checked_keep_count,
     config_error,
     edited_config,
@@ -153,6 +154,7 @@ def plan_layers(
             order = torch.sort(influence, stable=True).indices.tolist()  # lowest influence first
             dropped = set(order[: total - n_keep])
             if not _reloads(model, dropped):
+                check_reloads_as_is(model, f"keeping {n_keep} of {total} blocks")
                 dropped = set(_reloadable_drops(model, order, total - n_keep))
                 if len(dropped) < total - n_keep:
                     raise ValueError(
@@ -181,6 +183,7 @@ def plan_layers(
 
     why = f"dropping blocks {sorted(dropped)} of {total}"
     if not _reloads(model, dropped):
+        check_reloads_as_is(model, why)
         possible = _reloadable_drops(model, sorted(dropped), len(dropped))
         keep = sorted(dropped - set(possible))
         instead = f" (drop={possible} reloads as the same model)" if possible else ""

@@ -26,6 +26,7 @@ import torch
 import transformers
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
+from torch.nn.utils import prune as torch_prune
 
 from hf_lite.pruning import sites as sites_mod
 from hf_lite.pruning.importance import block_influence
@@ -397,3 +398,29 @@ def test_module_settings_that_differ_from_the_stock_block_are_refused(layer_type
     plan.config["layer_types"] = ["full_attention", "full_attention"]
     if renumber:
         check_expressible(model, plan, "demo")  # the right edit passes
+
+
+@pytest.mark.parametrize(
+    ("prune", "why"),
+    [
+        (lambda m: prune_ffn_(m, 0.5), r"pruning the FFN to 64 neurons"),
+        (lambda m: prune_layers_(m, drop=[1]), r"dropping blocks \[1\] of 3"),
+        (
+            lambda m: prune_layers_(
+                m, num_hidden_layers=2, calibration_batches=[{"input_ids": _ids() % m.config.vocab_size}]
+            ),
+            r"keeping 2 of 3 blocks",
+        ),
+    ],
+)
+def test_a_model_that_would_not_reload_even_unedited_is_refused(prune, why):
+    model, _ = build_tiny_model("llama", num_hidden_layers=3)
+    torch_prune.l1_unstructured(model.model.layers[0].mlp.up_proj, "weight", amount=0.5)
+    with pytest.raises(
+        ValueError,
+        match=f"{why}: the model as it is already differs from what stock from_pretrained builds from its own "
+        r"config \(model\.layers\.0\.mlp\.up_proj\.weight: pruned absent vs config \(128, 64\), would be newly "
+        r"initialized on reload; model\.layers\.0\.mlp\.up_proj\.weight_mask: .*Make re-parametrizations permanent",
+    ):
+        prune(model)
+    assert model.config.num_hidden_layers == 3 and model.config.intermediate_size == 128
