@@ -172,13 +172,13 @@ def _describe(shape: tuple[int, ...] | None | str) -> str:
 
 def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: PretrainedConfig) -> list[str] | None:
     """Every difference between ``model`` edited by ``plan`` and the stock model built from ``config`` (the
-    edited config): tensor names and shapes, and module types inside the blocks (a parameter-free module such
-    as ``Identity`` where the edited block has a norm). ``[]``: it reloads into the same model; ``None``: the
+    edited config): tensor names and shapes, module types inside the blocks (a parameter-free module such as
+    ``Identity`` where the edited block has a norm) and the blocks' plain module settings. ``[]``: it reloads into the same model; ``None``: the
     stock class could not be built from ``config`` (nothing compared).
 
     Args:
         model: the model before the edit (a PEFT model is read as its base model).
-        plan: the edit; only its slices' sizes, its ``drop`` and its config entries matter.
+        plan: the edit; its slices' sizes, ``drop`` and ``attributes`` matter (indices may be placeholders).
         config: the edited config, as ``from_pretrained`` would load it.
 
     Returns:
@@ -205,13 +205,13 @@ def reload_mismatches(model: nn.Module, plan: StructuralPlan, config: Pretrained
     for new, old in enumerate(kept[: len(stock_blocks)]):
         if new != old:
             moved[f"{prefix}.{new}."] = old
-        mine = blocks[old]
+        block = blocks[old]
         reported: list[str] = []
         for name, theirs in stock_blocks[new].named_modules():
             if any(name.startswith(f"{r}.") for r in reported):
                 continue  # inside a module already reported: its children differ too
             try:
-                module = base_layer(mine.get_submodule(name)) if name else mine
+                module = base_layer(block.get_submodule(name)) if name else block
             except AttributeError:
                 module = None
             if module is None or not isinstance(module, type(theirs)):
