@@ -118,7 +118,6 @@ def _qlora_args(tmp_path: Path, out: Path, batch: int) -> list[str]:
         "model_name_or_path": model,
         "train_file": tmp_path / "train.txt",
         "output_dir": out,
-        "quantization": "none",  # bnb's CPU 4-bit kernels are not bitwise stable across batch shapes
         "max_steps": 3,
         "per_device_train_batch_size": batch,
         "logging_steps": 1,
