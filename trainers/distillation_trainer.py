@@ -38,6 +38,7 @@ from hf_lite import losses
 from hf_lite._utils import is_hub_id, unwrap_model
 from hf_lite.card import CompressionSummary, build_model_card
 from hf_lite.loading import freeze, load_teacher
+from hf_lite.quantization import keep_bnb_layout_trainable_
 from hf_lite.summary import describe_adapter, describe_quantization
 from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
 from trainers.distillation_config import DistillationConfig, resolve_layer_map
@@ -102,6 +103,8 @@ class DistillationTrainer(Trainer):
                 "to train from the cache (no teacher in memory), or a dataset without the teacher_topk_* columns."
             )
         super().__init__(model=model, args=args, **kwargs)
+        # A 4-bit student loaded elsewhere than load_model: keep evaluation from breaking its training (CPU).
+        keep_bnb_layout_trainable_(self.model)
         if self.cache_meta is not None:
             self._init_from_cache(args)
             return

@@ -703,3 +703,28 @@ def test_attention_map_matching_switches_to_eager_attention_and_trains(tmp_path,
     logs = [log for log in trainer.state.log_history if "loss_attention" in log]
     assert logs and all(math.isfinite(log["loss_attention"]) and log["loss_attention"] > 0 for log in logs)
     assert logs[0]["loss"] == pytest.approx(logs[0]["loss_kd"] + logs[0]["loss_attention"], rel=1e-4)
+
+
+@pytest.mark.integration
+def test_a_4bit_student_loaded_without_hf_lite_is_kept_trainable_after_evaluation(tmp_path, tiny_checkpoints):
+    """The trainer hooks the student's 4-bit layers (bitsandbytes' CPU repacking at evaluation) like load_model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from hf_lite import load_tokenizer
+    from hf_lite.quantization import keep_bnb_layout_trainable_
+
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoints["llama"], quantization_config=BitsAndBytesConfig(load_in_4bit=True)
+    )
+    student = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    tok = load_tokenizer(tiny_checkpoints["llama"])
+    DistillationTrainer(
+        model=student,
+        teacher_model=tiny_checkpoints["llama"],
+        args=_args(tmp_path, max_steps=1),
+        train_dataset=_token_data(tok),
+        data_collator=_collator(tok),
+        processing_class=tok,
+    )
+    assert keep_bnb_layout_trainable_(student) == 0  # every Linear4bit already carries the hook
