@@ -1,4 +1,4 @@
-"""A ``finetune`` stage (``hf-lite run``) and the QLoRA example give, on 2 processes under ``accelerate launch`` (gloo
+"""A ``finetune`` stage (``hf-lite run``) and the example scripts (QLoRA, distil a classifier) give, on 2 processes under ``accelerate launch`` (gloo
 on CPU) with the same global batch, the loss and the weights of 1 process: for a sequence classifier (tiny BERT,
 whose loss ignores ``num_items_in_batch``) and a causal LM (tiny Llama). Tolerances: losses ``rel=1e-5``; weights
 ``rtol=1e-4, atol=1e-6`` (gloo sums gradients in another order than one process). And a script launched on several
@@ -173,3 +173,49 @@ def test_a_script_on_several_cpu_processes_without_use_cpu_stops_with_the_fix(tm
         "qlora_finetune.py: error: launched as WORLD_SIZE=2" in proc.stderr and "add --use_cpu" in proc.stderr
     )
     assert not out.exists()  # stopped before training or writing anything
+
+
+@pytest.mark.multiprocess
+def test_distill_classifier_example_on_two_processes_matches_one(tmp_path):
+    from hf_lite.testing import save_tiny_checkpoint
+
+    rows = ["the cat runs\t1", "a dog sees the bird\t0", "the red fish sleeps\t1", "one big tree\t0"]
+    rows += ["tiny birds sing loud songs today\t1"]
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows * 8) + "\n")
+    teacher = save_tiny_checkpoint(
+        tmp_path / "teacher",
+        "bert",
+        "sequence-classification",
+        num_hidden_layers=4,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+    def args(out: str, batch: int) -> list[str]:
+        flags = {
+            "teacher": teacher,
+            "train_file": tmp_path / "train.tsv",
+            "output_dir": tmp_path / out,
+            "max_steps": 3,
+            "per_device_train_batch_size": batch,
+            "per_device_eval_batch_size": batch,
+            "hidden_weight": 1,
+            "optim": "sgd",
+            "learning_rate": 0.5,
+            "logging_steps": 1,
+            "report_to": "none",
+            "save_strategy": "no",
+            "seed": 0,
+        }
+        script = str(ROOT / "examples" / "distill_classifier.py")
+        return [script, *(str(x) for kv in flags.items() for x in ("--" + kv[0], kv[1])), "--use_cpu"]
+
+    single = subprocess.run(
+        [sys.executable, *args("one", 4)], env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    launched = launch_two(args("two", 2), env=ENV, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    want = _logged_losses(single.stdout)
+    assert len(want) == 3 and _logged_losses(launched.stdout) == pytest.approx(want, rel=1e-3)
+    _assert_same_weights(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
