@@ -81,8 +81,10 @@ def test_probe_tells_a_count_normalized_loss_from_a_mean():
     llama = build_tiny_model("llama")[0]
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     assert loss_reads_num_items(llama, {"input_ids": ids, "labels": ids}) is True
-    bert = build_tiny_model("bert", "sequence-classification", num_labels=2)[0]
+    bert = build_tiny_model("bert", "sequence-classification", num_labels=2)[0].train()  # dropout on
+    state = torch.get_rng_state()
     assert loss_reads_num_items(bert, {"input_ids": ids, "labels": torch.tensor([1])}) is False
+    assert torch.equal(torch.get_rng_state(), state)  # the training's random stream is left as it was
 
 
 class _Weird(torch.nn.Module):
