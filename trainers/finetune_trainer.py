@@ -184,7 +184,8 @@ class FinetuneTrainer(Trainer):
         outputs = model(**inputs, **({"num_items_in_batch": num_items_in_batch} if reads else {}))
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         if not reads:
-            local = count_loss_items(inputs["labels"], shift=self._loss_shifts_labels)
+            # the Trainer's own counting rule (older transformers count unshifted labels: no attribute)
+            local = count_loss_items(inputs["labels"], shift=getattr(self, "_loss_shifts_labels", False))
             loss = mean_loss_as_global_share(loss, local, num_items_in_batch)
         if self.args.average_tokens_across_devices:
             # num_items_in_batch counted every process's items; DDP averages gradients over the processes.
