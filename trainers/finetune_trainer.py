@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from hf_lite.quantization import keep_bnb_layout_trainable_
+
 
 def check_distributed_launch(args: TrainingArguments) -> None:
     """Refuse a multi-process launch whose ``Trainer`` would not join the process group.
@@ -155,6 +157,7 @@ class FinetuneTrainer(Trainer):
     def __init__(self, *args: Any, loss_reads_num_items: bool | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         check_distributed_launch(self.args)
+        keep_bnb_layout_trainable_(self.model)  # a 4-bit model: evaluation must not break its training (CPU)
         self.loss_reads_num_items = loss_reads_num_items
         # The stock loss path is right with a label smoother or a compute_loss_func (both divide by the count),
         # and DataParallel (n_gpu > 1) keeps its own scaling.

@@ -168,3 +168,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ta
     assert len(_losses(one.stdout)) == 3
     torch.testing.assert_close(_losses(two.stdout), _losses(one.stdout), rtol=1e-5, atol=0)
     _assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.integration
+def test_a_4bit_model_is_kept_trainable_after_evaluation(tmp_path, tiny_checkpoints):
+    """Like load_model and DistillationTrainer, FinetuneTrainer hooks 4-bit layers (bitsandbytes' CPU repacking)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from hf_lite.quantization import keep_bnb_layout_trainable_
+
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_checkpoints["llama"], quantization_config=BitsAndBytesConfig(load_in_4bit=True)
+    )
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    FinetuneTrainer(model=model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to="none"))
+    assert keep_bnb_layout_trainable_(model) == 0  # every Linear4bit already carries the hook
