@@ -26,7 +26,8 @@ Names are imported on first use, so ``import hf_lite.evaluation`` stays light.
 Size and speed are measured, never derived: :func:`count_parameters` counts nonzero weights (what
 pruning removed), :func:`bytes_on_disk` sums the weight files of a saved folder, and
 :func:`measure_latency` times forward passes on the machine in use (median of repeats, after warm-up,
-``torch.inference_mode``, the thread count recorded beside the numbers, see :func:`machine_info`).
+``torch.inference_mode``, the interquartile range, thread count and load average recorded beside the
+numbers, see :func:`machine_info` and :func:`busy_note`).
 
 >>> from hf_lite.evaluation import classification_metrics
 >>> classification_metrics([1, 0, 1, 1], [1, 0, 0, 1])
@@ -43,17 +44,19 @@ if TYPE_CHECKING:
     from hf_lite.evaluation.classification import classification_metrics, make_compute_metrics
     from hf_lite.evaluation.evaluator import EvaluationResult, evaluate_model
     from hf_lite.evaluation.latency import measure_latency, measure_latency_side_by_side
-    from hf_lite.evaluation.machine import cpu_model, machine_info
+    from hf_lite.evaluation.machine import busy_note, cpu_model, load_average, machine_info
     from hf_lite.evaluation.size import WEIGHT_PATTERNS, ParameterCount, bytes_on_disk, count_parameters
 
 __all__ = [
     "EvaluationResult",
     "ParameterCount",
     "WEIGHT_PATTERNS",
+    "busy_note",
     "bytes_on_disk",
     "classification_metrics",
     "count_parameters",
     "evaluate_model",
+    "load_average",
     "machine_info",
     "make_compute_metrics",
     "measure_latency",
@@ -76,6 +79,8 @@ _LAZY: dict[str, str] = {
     "measure_latency_side_by_side": "latency",
     "cpu_model": "machine",
     "machine_info": "machine",
+    "load_average": "machine",
+    "busy_note": "machine",
 }
 
 

@@ -1,7 +1,8 @@
 """Latency and throughput of forward passes, timed on the machine in use (interleaved for several models).
 
-Median of repeats after warm-up, ``torch.inference_mode``, CUDA synchronized on GPU; the thread count
-is recorded beside the numbers (see :func:`hf_lite.evaluation.machine_info`).
+Median of repeats after warm-up with its spread (interquartile range), ``torch.inference_mode``, CUDA
+synchronized on GPU; the thread count and the machine's load average at measurement are recorded beside the
+numbers (see :func:`hf_lite.evaluation.machine_info` and :func:`hf_lite.evaluation.busy_note`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,24 @@ from typing import Any
 import torch
 
 from hf_lite.evaluation._inputs import MODEL_INPUTS, check_batch_size, model_device
+from hf_lite.evaluation.machine import load_average
+
+
+def quartiles(times: Sequence[float]) -> tuple[float, float]:
+    """First and third quartiles of ``times`` (linear interpolation between order statistics, as
+    ``numpy.percentile``'s default); a single time is both.
+
+    >>> quartiles([1.0, 2.0, 3.0, 4.0, 5.0])
+    (2.0, 4.0)
+    >>> quartiles([7.0])
+    (7.0, 7.0)
+    """
+    if not times:
+        raise ValueError("times must hold at least one measured time; got an empty sequence.")
+    if len(times) == 1:
+        return float(times[0]), float(times[0])
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return q1, q3
 
 
 def _as_row(value: Any, key: str) -> list[int]:
@@ -39,7 +58,8 @@ def measure_latency(
     repeats: int = 10,
     seq_len: int | None = None,
 ) -> dict[str, Any]:
-    """Time forward passes of ``model`` on the machine in use: median latency and throughput per batch size.
+    """Time forward passes of ``model`` on the machine in use: median latency, its spread and throughput per
+    batch size.
 
     One example is repeated ``batch_size`` times (so every model sees the same tokens); with ``seq_len``
     its token ids are repeated cyclically or cut to exactly ``seq_len`` positions, which makes models
@@ -55,13 +75,17 @@ def measure_latency(
             ``attention_mask``/``token_type_ids`` are used when present, other keys (labels, text) ignored.
         batch_sizes: batch sizes to time.
         warmup: untimed passes before timing each batch size.
-        repeats: timed passes per batch size (the median is reported).
+        repeats: timed passes per batch size (the median and the quartiles are reported).
         seq_len: sequence length to time at (default: the example's own length).
 
     Returns:
-        ``{"seq_len", "threads", "device", "warmup", "repeats", "results": [{"batch_size", "median_ms",
-        "min_ms", "max_ms", "samples_per_s", "tokens_per_s"}, ...]}``; tokens/s counts every position
-        processed (``batch_size * seq_len / median``).
+        ``{"seq_len", "threads", "device", "warmup", "repeats", "load_average", "results": [{"batch_size",
+        "median_ms", "q1_ms", "q3_ms", "iqr_ms", "min_ms", "max_ms", "samples_per_s", "tokens_per_s"}, ...]}``;
+        tokens/s counts every position processed (``batch_size * seq_len / median``); ``iqr_ms = q3_ms - q1_ms``
+        (interquartile range of the timed passes: how far apart two runs of the same model may land);
+        ``load_average`` is the 1-minute load average read right after the timed passes (``None`` where the
+        system does not report one), to judge whether other work shared the CPUs
+        (:func:`hf_lite.evaluation.busy_note`).
 
     >>> import torch
     >>> from hf_lite.testing import build_tiny_model
@@ -170,10 +194,14 @@ def measure_latency_side_by_side(
                         times[name].append(time.perf_counter() - start)
                 for name in names:
                     median = statistics.median(times[name])
+                    q1, q3 = quartiles(times[name])
                     results[name].append(
                         {
                             "batch_size": b,
                             "median_ms": 1000 * median,
+                            "q1_ms": 1000 * q1,
+                            "q3_ms": 1000 * q3,
+                            "iqr_ms": 1000 * (q3 - q1),
                             "min_ms": 1000 * min(times[name]),
                             "max_ms": 1000 * max(times[name]),
                             "samples_per_s": b / median if median > 0 else math.inf,
@@ -184,6 +212,7 @@ def measure_latency_side_by_side(
         for name, training in modes.items():
             models[name].train(training)
     threads = torch.get_num_threads()
+    load = load_average()  # the last minute: the timed passes and whatever else ran beside them
     return {
         name: {
             "seq_len": seq_len,
@@ -191,6 +220,7 @@ def measure_latency_side_by_side(
             "device": str(devices[name]),
             "warmup": warmup,
             "repeats": repeats,
+            "load_average": load,
             "results": results[name],
         }
         for name in names

@@ -1,4 +1,5 @@
-"""Where measurements were taken: CPU model, cores, torch threads, library versions, GPU (no host or user names).
+"""Where measurements were taken: CPU model, cores, torch threads, library versions, GPU (no host or user names),
+and how busy the machine was (load average) when latency was timed.
 
 >>> isinstance(cpu_model(), str)
 True
@@ -12,6 +13,56 @@ from typing import Any
 
 import torch
 import transformers
+
+#: A latency's interquartile range above this fraction of its median is reported as a wide spread.
+WIDE_SPREAD = 0.25
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable plus waiting threads, averaged over the last minute), or ``None``
+    where the system does not report one (Windows).
+
+    >>> value = load_average()
+    >>> value is None or value >= 0
+    True
+    """
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_note(
+    load: float | None, usable_cpus: int | None, *, relative_iqr: float | None = None
+) -> str | None:
+    """A sentence for a report when its latencies were timed on a busy machine, else ``None``.
+
+    The machine counts as busy when the 1-minute load average ``load`` exceeded ``usable_cpus``: more
+    threads wanted a CPU than there were CPUs, so timed passes waited their turn (the timing's own threads
+    count in the load). Independently, a spread whose interquartile range exceeds :data:`WIDE_SPREAD` of the
+    median (``relative_iqr``, the largest over the report) is called out.
+
+    >>> busy_note(1.2, 2) is None
+    True
+    >>> busy_note(5.1, 2)[:60]
+    'the machine was busy while latency was timed (1-minute load '
+    >>> busy_note(1.0, 2, relative_iqr=0.4)[:40]
+    'latency spread is wide (interquartile ra'
+    """
+    notes = []
+    if load is not None and usable_cpus and load > usable_cpus:
+        notes.append(
+            f"the machine was busy while latency was timed (1-minute load average {load:.2f} on {usable_cpus} "
+            "usable CPUs: more threads wanted a CPU than there were CPUs), so absolute latencies are inflated "
+            "and noisy; the speedups are steadier (models timed side by side share the load); rerun on a quiet "
+            "machine for absolute figures"
+        )
+    if relative_iqr is not None and relative_iqr > WIDE_SPREAD:
+        notes.append(
+            f"latency spread is wide (interquartile range up to {100 * relative_iqr:.0f}% of the median): two "
+            "runs of the same model can differ by that much; use more latency repeats or a quieter machine"
+        )
+    return "; ".join(notes) or None
 
 
 def cpu_model() -> str:

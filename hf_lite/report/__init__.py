@@ -6,8 +6,9 @@ and the description of the machine that measured them (:func:`hf_lite.evaluation
 
 * :meth:`CompressionReport.to_json` / :meth:`CompressionReport.from_json` round-trip exactly.
 * :meth:`CompressionReport.to_markdown` is the table printed at the end of a run: metrics, % of the
-  teacher's metric, parameters, bytes, latency and speedup over the teacher, with the measurement setup
-  underneath.
+  teacher for every metric, parameters, bytes, latency (median and interquartile range) and speedup over
+  the teacher, with the measurement setup, the load average, a note when the machine was busy and one
+  when quantized models were timed on CPU underneath.
 * :meth:`CompressionReport.plot` draws the primary metric against size and against latency (Agg
   backend, no display needed).
 
@@ -31,6 +32,6 @@ Modules: :mod:`~hf_lite.report.rows` (:class:`ReportRow`, :func:`check_public`),
 from __future__ import annotations
 
 from hf_lite.report.compression import CompressionReport
-from hf_lite.report.rows import LOWER_IS_BETTER, ReportRow, check_public
+from hf_lite.report.rows import LOW_BIT_CPU_NOTE, LOWER_IS_BETTER, ReportRow, check_public
 
-__all__ = ["LOWER_IS_BETTER", "CompressionReport", "ReportRow", "check_public"]
+__all__ = ["LOWER_IS_BETTER", "LOW_BIT_CPU_NOTE", "CompressionReport", "ReportRow", "check_public"]

@@ -38,11 +38,13 @@ class CompressionReport:
         machine: :func:`hf_lite.evaluation.machine_info` of the machine that measured latency.
         primary_metric: the metric for "% of teacher" and the plot; default: accuracy, perplexity, f1, ...
             whichever the teacher row has first.
-        teacher: name of the reference row; default: the first row whose stage is ``"teacher"``, else the
-            first row.
+        teacher: name of the reference row; default: the first row whose stage is ``"teacher"`` (named here
+            as soon as such a row is added, so ``report.json`` names it), else the first row.
         latency_setup: how latency was measured (``seq_len``, ``threads``, ``warmup``, ``repeats``, ``device``).
         metric_notes: how metrics were computed, e.g. ``{"f1": "binary average"}``, printed under the table.
         title: heading of the Markdown report and the plot.
+        load_average: the machine's 1-minute load average right after latency was timed (the highest one when
+            rows were timed separately); ``None`` when not recorded. See :meth:`busy_note`.
 
     >>> report = CompressionReport(task="causal-lm", rows=[ReportRow("teacher", "teacher", metrics={"perplexity": 10.0}),
     ...     ReportRow("int8", "quantize", metrics={"perplexity": 12.5})])
@@ -58,6 +60,7 @@ class CompressionReport:
     latency_setup: dict[str, Any] = dataclasses.field(default_factory=dict)
     metric_notes: dict[str, str] = dataclasses.field(default_factory=dict)
     title: str = "Compression report"
+    load_average: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, str) or not self.task:
@@ -71,16 +74,23 @@ class CompressionReport:
         check_public(self.machine, "machine")
         check_public(self.metric_notes, "metric_notes")
         check_public(self.title, "title")
+        if self.load_average is not None and (
+            isinstance(self.load_average, bool)
+            or not isinstance(self.load_average, (int, float))
+            or not self.load_average >= 0
+        ):
+            raise ValueError(f"load_average={self.load_average!r} must be a number >= 0 or None.")
 
     # -------------------------------------------------------------------------------------------- rows
 
     def add(self, row: ReportRow) -> None:
-        """Append ``row`` (names must be unique).
+        """Append ``row`` (names must be unique). The first row of stage ``"teacher"`` becomes ``teacher`` when
+        none is named yet.
 
         >>> r = CompressionReport(task="causal-lm")
-        >>> r.add(ReportRow("teacher", "teacher"))
-        >>> [row.name for row in r.rows]
-        ['teacher']
+        >>> r.add(ReportRow("org/bert", "teacher"))
+        >>> [row.name for row in r.rows], r.teacher
+        (['org/bert'], 'org/bert')
         """
         if not isinstance(row, ReportRow):
             raise TypeError(f"row must be a ReportRow; got {type(row).__name__}.")
@@ -89,12 +99,15 @@ class CompressionReport:
                 f"a row named {row.name!r} is already in the report; give each model a unique name."
             )
         self.rows.append(row)
+        if self.teacher is None and row.stage == "teacher":
+            self.teacher = row.name
 
     def add_evaluation(
         self, result: EvaluationResult | Mapping[str, Any], *, name: str, stage: str, notes: str = ""
     ) -> ReportRow:
         """Add a row from :func:`hf_lite.evaluation.evaluate_model`'s result; record its latency setup and
-        metric details. A row timed with a different setup than the report's gets a note saying so.
+        metric details and the load average at timing (the highest so far). A row timed with a different setup
+        than the report's gets a note saying so.
 
         >>> from hf_lite.evaluation import EvaluationResult
         >>> report = CompressionReport(task="sequence-classification")
@@ -112,6 +125,9 @@ class CompressionReport:
         elif setup and setup != self.latency_setup:
             differs = ", ".join(f"{k}={v}" for k, v in setup.items() if self.latency_setup.get(k) != v)
             row.notes = "; ".join(x for x in (row.notes, f"timed with {differs}") if x)
+        load = latency.get("load_average")
+        if load is not None:
+            self.load_average = max(load, self.load_average or 0.0)
         average = (data.get("details") or {}).get("average")
         if average:
             for metric in ("f1", "precision", "recall"):
@@ -151,6 +167,56 @@ class CompressionReport:
         num, den = (theirs, mine) if metric in LOWER_IS_BETTER else (mine, theirs)
         return num / den if den else None
 
+    def relative_metrics(self, row: ReportRow) -> dict[str, float]:
+        """Every metric ``row`` shares with the teacher, as a fraction of the teacher's (teacher / model for
+        lower-is-better metrics such as perplexity and loss), primary metric first.
+
+        >>> r = CompressionReport(task="x", rows=[ReportRow("t", "teacher", metrics={"accuracy": 0.8, "f1": 0.5}),
+        ...     ReportRow("s", "distill", metrics={"accuracy": 0.6, "f1": 0.4})])
+        >>> {k: round(v, 2) for k, v in r.relative_metrics(r.rows[1]).items()}
+        {'accuracy': 0.75, 'f1': 0.8}
+        """
+        reference, primary = self.teacher_row(), self.metric_name()
+        if reference is None:
+            return {}
+        names = sorted(row.metrics, key=lambda m: m != primary)  # stable: the primary metric first
+        out = {}
+        for metric in names:
+            mine, theirs = row.metrics[metric], reference.metrics.get(metric)
+            if theirs is None:
+                continue
+            num, den = (theirs, mine) if metric in LOWER_IS_BETTER else (mine, theirs)
+            if den:
+                out[metric] = num / den
+        return out
+
+    def busy_note(self) -> str | None:
+        """A sentence when latency was timed on a busy machine (load average above the usable CPUs) or with a
+        wide spread (see :func:`hf_lite.evaluation.busy_note`), else ``None``.
+
+        >>> CompressionReport(task="x", machine={"usable_cpus": 2}, load_average=6.0).busy_note()[:30]
+        'the machine was busy while lat'
+        """
+        from hf_lite.evaluation.machine import busy_note
+
+        spreads = [r.relative_iqr for r in self.rows if r.relative_iqr is not None]
+        return busy_note(
+            self.load_average, self.machine.get("usable_cpus"), relative_iqr=max(spreads) if spreads else None
+        )
+
+    def quantized_on_cpu(self) -> bool:
+        """Whether a bitsandbytes-quantized row was timed on CPU (then :data:`LOW_BIT_CPU_NOTE` applies).
+
+        >>> CompressionReport(task="x", rows=[ReportRow("q", "quantize", quantization="bnb-8bit",
+        ...     latency_b1_ms=3.0)], latency_setup={"device": "cpu"}).quantized_on_cpu()
+        True
+        """
+        device = str(self.latency_setup.get("device", "cpu" if not self.machine.get("gpu") else ""))
+        return device.startswith("cpu") and any(
+            r.quantization and "bnb" in r.quantization and (r.latency_b1_ms or r.latency_b32_ms)
+            for r in self.rows
+        )
+
     def speedup(self, row: ReportRow) -> tuple[float | None, float | None]:
         """Teacher latency / ``row`` latency at batch size 1 and 32 (``None`` where either was not timed)."""
         reference = self.teacher_row()
@@ -168,10 +234,11 @@ class CompressionReport:
             "title": self.title,
             "task": self.task,
             "primary_metric": self.primary_metric,
-            "teacher": self.teacher,
+            "teacher": self.teacher if self.teacher is not None or not self.rows else self.teacher_row().name,
             "machine": dict(self.machine),
             "latency_setup": dict(self.latency_setup),
             "metric_notes": dict(self.metric_notes),
+            "load_average": self.load_average,
             "rows": [r.to_dict() for r in self.rows],
         }
         check_public(data, "report")  # the machine/notes dicts may have been edited after construction

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 #: Metrics where smaller is better: "% of teacher" is teacher / model for these (100% = as good, < 100% worse).
 LOWER_IS_BETTER = frozenset({"perplexity", "loss", "eval_loss"})
 
+#: Printed under a report whose bitsandbytes-quantized rows were timed on CPU, because "int8 is slower than fp32"
+#: reads like a bug.
+LOW_BIT_CPU_NOTE = (
+    "bitsandbytes 8-bit and 4-bit layers are slower than fp32 on CPU, most at small batch sizes: they are built "
+    "for CUDA GPUs, and on CPU every forward pass converts activations and dequantizes or rescales the stored "
+    "weights around the matrix multiply, without the fused low-bit kernels a GPU uses. On CPU they save memory "
+    "and disk, not time; for CPU speed use structural pruning or distillation (fewer, smaller layers), and "
+    "time quantized models on the GPU they are meant for."
+)
+
 _ABS_PATH = re.compile(r"(?<![\w.:/-])/[\w.~@+-]+/|(?<![\w])~[/\\]|\b[A-Za-z]:[\\/]|file://")
 _TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b|(?i:\bbearer\s+[\w.~+/-]{16,})")
 
@@ -77,6 +87,8 @@ class ReportRow:
         bytes_in_memory: bytes of the loaded parameters and buffers.
         latency_b1_ms: median forward latency at batch size 1, in milliseconds.
         latency_b32_ms: median forward latency at batch size 32, in milliseconds.
+        latency_b1_iqr_ms / latency_b32_iqr_ms: the interquartile range of those timed passes (third minus first
+            quartile), in milliseconds: the spread to read the median against; ``None`` when not recorded.
         throughput_samples_s: samples per second at the largest batch size measured.
         throughput_tokens_s: tokens per second at the largest batch size measured.
         metrics: task metrics, e.g. ``{"accuracy": 0.86, "f1": 0.87}`` or ``{"perplexity": 12.3}``.
@@ -103,6 +115,8 @@ class ReportRow:
     quantization: str | None = None
     adapter: str | None = None
     notes: str = ""
+    latency_b1_iqr_ms: float | None = None
+    latency_b32_iqr_ms: float | None = None
 
     def __post_init__(self) -> None:
         for f in ("name", "stage"):
@@ -126,6 +140,12 @@ class ReportRow:
                 raise ValueError(
                     f"{f}={value!r} must be a positive number (a measured time or rate) or None."
                 )
+        for f in ("latency_b1_iqr_ms", "latency_b32_iqr_ms"):
+            value = getattr(self, f)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+            ):
+                raise ValueError(f"{f}={value!r} must be a non-negative number (a measured spread) or None.")
         if not isinstance(self.metrics, Mapping):
             raise TypeError(f"metrics must be a mapping {{name: value}}; got {type(self.metrics).__name__}.")
         for k, v in self.metrics.items():
@@ -142,11 +162,23 @@ class ReportRow:
             return None
         return 1.0 - self.nonzero_parameters / self.parameters
 
+    @property
+    def relative_iqr(self) -> float | None:
+        """The largest interquartile range over its median (batch 1 and 32), ``None`` when none was recorded.
+
+        >>> ReportRow("m", "prune", latency_b1_ms=10.0, latency_b1_iqr_ms=2.0).relative_iqr
+        0.2
+        """
+        pairs = ((self.latency_b1_iqr_ms, self.latency_b1_ms), (self.latency_b32_iqr_ms, self.latency_b32_ms))
+        ratios = [iqr / median for iqr, median in pairs if iqr is not None and median]
+        return max(ratios) if ratios else None
+
     @classmethod
     def from_evaluation(
         cls, result: EvaluationResult | Mapping[str, Any], *, name: str, stage: str, notes: str = ""
     ) -> ReportRow:
-        """A row from :func:`hf_lite.evaluation.evaluate_model`'s result (or its ``to_dict()``).
+        """A row from :func:`hf_lite.evaluation.evaluate_model`'s result (or its ``to_dict()``): the median and
+        the interquartile range at batch 1 and 32, the throughput at the largest batch size timed.
 
         >>> from hf_lite.evaluation import EvaluationResult
         >>> r = EvaluationResult("causal-lm", {"perplexity": 9.5}, 1000, 500, 4000, latency={"results": [
@@ -170,6 +202,8 @@ class ReportRow:
             bytes_in_memory=data.get("bytes_in_memory"),
             latency_b1_ms=runs.get(1, {}).get("median_ms"),
             latency_b32_ms=runs.get(32, {}).get("median_ms"),
+            latency_b1_iqr_ms=runs.get(1, {}).get("iqr_ms"),
+            latency_b32_iqr_ms=runs.get(32, {}).get("iqr_ms"),
             throughput_samples_s=widest.get("samples_per_s"),
             throughput_tokens_s=widest.get("tokens_per_s"),
             metrics=dict(data.get("metrics") or {}),

@@ -13,10 +13,12 @@ from datasets import Dataset, DatasetDict
 from hf_lite.evaluation import (
     EvaluationResult,
     ParameterCount,
+    busy_note,
     bytes_on_disk,
     classification_metrics,
     count_parameters,
     evaluate_model,
+    load_average,
     machine_info,
     make_compute_metrics,
     measure_latency,
@@ -522,3 +524,74 @@ def test_machine_info_describes_the_machine_without_paths():
 def test_evaluation_result_sparsity():
     assert EvaluationResult("causal-lm", {}, 0, 0, 0).sparsity == 0.0
     assert EvaluationResult("causal-lm", {}, 8, 2, 0).sparsity == 0.75
+
+
+# ------------------------------------------------------------------------------ latency spread and load (issue 19)
+
+
+def test_latency_reports_quartiles_of_the_timed_passes(monkeypatch):
+    """A fake clock makes the timed passes last 1, 2, 3, 4 and 10 ms: the median, quartiles and IQR must be
+    numpy's percentiles of exactly those times, and the load average read after timing is recorded."""
+    import types
+
+    import hf_lite.evaluation.latency as latency_module
+
+    durations = [0.001, 0.002, 0.003, 0.004, 0.010]
+    ticks = []
+    clock = 0.0
+    for d in durations:  # start, end of each timed pass
+        ticks += [clock, clock + d]
+        clock += d + 1.0
+    fake = iter(ticks)
+    monkeypatch.setattr(latency_module, "time", types.SimpleNamespace(perf_counter=lambda: next(fake)))
+    monkeypatch.setattr(latency_module, "load_average", lambda: 3.25)
+
+    class Fixed(torch.nn.Module):  # takes the keyword input; the fake clock sets its time
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, input_ids):
+            return input_ids
+
+    out = measure_latency(Fixed(), {"input_ids": [1, 2]}, batch_sizes=(1,), warmup=0, repeats=5)
+    r = out["results"][0]
+    q1, median, q3 = np.percentile([1000 * d for d in durations], [25, 50, 75])
+    assert r["median_ms"] == pytest.approx(median) and r["q1_ms"] == pytest.approx(q1)
+    assert r["q3_ms"] == pytest.approx(q3) and r["iqr_ms"] == pytest.approx(q3 - q1)
+    assert (r["min_ms"], r["max_ms"]) == (pytest.approx(1.0), pytest.approx(10.0))
+    assert out["load_average"] == 3.25
+
+
+def test_quartiles_match_numpy_and_refuse_no_times():
+    from hf_lite.evaluation.latency import quartiles
+
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 10, 11):
+        times = rng.exponential(size=n).tolist()
+        assert quartiles(times) == pytest.approx(tuple(np.percentile(times, [25, 75])))
+    assert quartiles([4.0]) == (4.0, 4.0)
+    with pytest.raises(ValueError, match="times must hold at least one measured time"):
+        quartiles([])
+
+
+def test_load_average_is_the_systems_one_minute_figure():
+    import os
+
+    value = load_average()
+    if hasattr(os, "getloadavg"):
+        assert value is not None and value >= 0
+        assert abs(value - os.getloadavg()[0]) < 5  # the same figure, read a moment apart
+    else:
+        assert value is None
+
+
+def test_busy_note_when_load_exceeds_cpus_or_spread_is_wide():
+    assert busy_note(None, 2) is None and busy_note(2.0, 2) is None and busy_note(1.5, None) is None
+    note = busy_note(3.5, 2)
+    assert "busy" in note and "3.50 on 2 usable CPUs" in note and "speedups are steadier" in note
+    assert busy_note(1.0, 2, relative_iqr=0.25) is None  # at the threshold: not wide
+    wide = busy_note(1.0, 2, relative_iqr=0.4)
+    assert wide.startswith("latency spread is wide") and "40% of the median" in wide
+    both = busy_note(8.0, 4, relative_iqr=0.5)
+    assert "busy" in both and "spread is wide" in both

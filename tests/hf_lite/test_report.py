@@ -225,15 +225,17 @@ def test_from_json_errors(text, error, match):
 def test_markdown_table_relative_metric_and_speedup():
     report = _classification_report()
     lines = report.to_markdown().splitlines()
+    # issue 19 item 9: "% of teacher" for every metric (it used to cover the primary metric only)
     assert lines[0] == (
-        "| model | stage | accuracy | f1 | % of teacher | params (nonzero) | disk / memory | "
+        "| model | stage | accuracy | f1 | % of teacher (accuracy / f1) | params (nonzero) | disk / memory | "
         "latency b1 / b32 (ms) | speedup b1 / b32 |"
     )
     assert lines[2] == (
-        "| org/teacher-model | teacher | 0.9000 | 0.8900 | 100.0% | 22.70M | 85.83 MiB / 85.83 MiB | "
+        "| org/teacher-model | teacher | 0.9000 | 0.8900 | 100.0% / 100.0% | 22.70M | 85.83 MiB / 85.83 MiB | "
         "10.00 / 200 | 1.00× / 1.00× |"
     )
-    assert "| pruned-50 | prune | 0.8800 | 0.8700 | 97.8% | 22.70M (11.35M) |" in lines[3]
+    f1_rel = f"{100 * 0.87 / 0.89:.1f}%"  # model ÷ teacher
+    assert f"| pruned-50 | prune | 0.8800 | 0.8700 | 97.8% / {f1_rel} | 22.70M (11.35M) |" in lines[3]
     assert lines[4].endswith("| 5.00 / 100 | 2.00× / 2.00× |")
     footer = "\n".join(lines[5:])
     assert "accuracy (model ÷ teacher) relative to 'org/teacher-model'" in footer
@@ -338,3 +340,173 @@ def test_save_writes_json_markdown_and_png(tmp_path):
     assert paths["markdown"].read_text().startswith("# SST-2\n\n| model |")
     assert CompressionReport.from_json(paths["json"]).rows[2].name == "student-3L"
     assert _png_size(paths["plot"]) == (1100, 450)
+
+
+# ------------------------------------------------------- figures a user misreads (issue 19 item 9)
+
+
+def _spread_latency(b1: float, b32: float, iqr1: float, iqr32: float, load: float | None) -> dict:
+    latency = _latency(b1, b32)
+    latency["load_average"] = load
+    latency["results"][0]["iqr_ms"] = iqr1
+    latency["results"][1]["iqr_ms"] = iqr32
+    return latency
+
+
+def _spread_report(loads=(1.0, 1.5), iqr_fraction=0.05) -> CompressionReport:
+    report = CompressionReport(task="sequence-classification", machine=MACHINE)
+    for (name, stage, b1, b32), load in zip(
+        [("teacher", "teacher", 10.0, 200.0), ("student", "distill", 5.0, 100.0)], loads, strict=True
+    ):
+        result = EvaluationResult(
+            "sequence-classification",
+            {"accuracy": 0.9 if stage == "teacher" else 0.8},
+            100,
+            100,
+            400,
+            latency=_spread_latency(b1, b32, iqr_fraction * b1, iqr_fraction * b32, load),
+        )
+        report.add_evaluation(result, name=name, stage=stage)
+    return report
+
+
+def test_latency_spread_and_load_average_reach_the_rows_table_and_json():
+    report = _spread_report(loads=(1.0, 1.5))
+    student = report.rows[1]
+    assert (student.latency_b1_iqr_ms, student.latency_b32_iqr_ms) == (
+        pytest.approx(0.25),
+        pytest.approx(5.0),
+    )
+    assert student.relative_iqr == pytest.approx(0.05)
+    assert report.load_average == 1.5  # the highest load seen while timing
+    text = report.to_markdown()
+    assert "| 10.00 (IQR 0.50) / 200 (IQR 10.00) |" in text.splitlines()[2]
+    assert (
+        "interquartile range of those passes" in text and "1-minute load average at measurement 1.50" in text
+    )
+    assert "Note:" not in text  # 1.5 < 2 usable CPUs and a 5% spread: a quiet machine
+    data = report.to_dict()
+    assert data["load_average"] == 1.5 and data["rows"][0]["latency_b1_iqr_ms"] == pytest.approx(0.5)
+    assert CompressionReport.from_json(report.to_json()) == report
+
+
+def test_busy_machine_or_wide_spread_gets_a_note():
+    busy = _spread_report(loads=(3.0, 5.0)).to_markdown()
+    assert (
+        "Note: the machine was busy while latency was timed (1-minute load average 5.00 on 2 usable" in busy
+    )
+    wide = _spread_report(iqr_fraction=0.4).to_markdown()
+    assert "Note: latency spread is wide (interquartile range up to 40% of the median)" in wide
+    assert _spread_report().busy_note() is None
+
+
+def test_quantized_rows_timed_on_cpu_explain_the_slowdown():
+    from hf_lite.report import LOW_BIT_CPU_NOTE
+
+    def report(quantization, device):
+        rows = [
+            ReportRow("t", "teacher", latency_b1_ms=3.0, metrics={"accuracy": 0.9}),
+            ReportRow(
+                "q", "quantize", latency_b1_ms=6.0, quantization=quantization, metrics={"accuracy": 0.9}
+            ),
+        ]
+        return CompressionReport(task="x", rows=rows, latency_setup={"device": device})
+
+    assert LOW_BIT_CPU_NOTE in report("bnb-8bit (LLM.int8)", "cpu").to_markdown()
+    assert LOW_BIT_CPU_NOTE in report("bnb-4bit (nf4)", "cpu").to_markdown()
+    assert LOW_BIT_CPU_NOTE not in report("bnb-8bit (LLM.int8)", "cuda:0").to_markdown()
+    assert LOW_BIT_CPU_NOTE not in report(None, "cpu").to_markdown()
+    assert "slower than fp32 on CPU" in LOW_BIT_CPU_NOTE and "save memory" in LOW_BIT_CPU_NOTE
+
+
+def test_percent_of_teacher_for_every_metric_lower_is_better_inverted():
+    rows = [
+        ReportRow("t", "teacher", metrics={"perplexity": 10.0, "loss": math.log(10.0)}),
+        ReportRow("s", "distill", metrics={"perplexity": 12.5, "loss": math.log(12.5), "extra": 1.0}),
+    ]
+    report = CompressionReport(task="causal-lm", rows=rows)
+    rel = report.relative_metrics(rows[1])
+    assert list(rel) == ["perplexity", "loss"]  # primary first; a metric the teacher lacks has no ratio
+    assert rel["perplexity"] == pytest.approx(10.0 / 12.5) == report.relative_metric(rows[1])
+    assert rel["loss"] == pytest.approx(math.log(10.0) / math.log(12.5))
+    lines = report.to_markdown().splitlines()
+    assert "| % of teacher (perplexity / loss) |" in lines[0]
+    assert f"| 80.0% / {100 * math.log(10.0) / math.log(12.5):.1f}% |" in lines[3]
+    assert "then loss (loss: teacher ÷ model)" in report.to_markdown()
+
+
+def test_report_json_names_the_teacher_and_older_files_still_read():
+    report = _classification_report()
+    assert report.teacher == "org/teacher-model" and report.to_dict()["teacher"] == "org/teacher-model"
+    no_teacher_stage = CompressionReport(task="x", rows=[ReportRow("a", "prune"), ReportRow("b", "distill")])
+    assert no_teacher_stage.teacher is None and no_teacher_stage.to_dict()["teacher"] == "a"
+    # a report written before the spread, load average and teacher name were recorded
+    old = report.to_dict()
+    old["teacher"] = None
+    del old["load_average"]
+    for row in old["rows"]:
+        del row["latency_b1_iqr_ms"], row["latency_b32_iqr_ms"]
+    import json
+
+    read = CompressionReport.from_json(json.dumps(old))
+    assert read.teacher_row().name == "org/teacher-model" and read.load_average is None
+    assert read.rows[0].latency_b1_iqr_ms is None
+    assert read.to_markdown().splitlines()[2].endswith("| 10.00 / 200 | 1.00× / 1.00× |")
+
+
+def test_row_and_report_refuse_bad_spread_or_load():
+    with pytest.raises(ValueError, match=r"latency_b1_iqr_ms=-1 must be a non-negative number"):
+        ReportRow("a", "b", latency_b1_iqr_ms=-1)
+    with pytest.raises(ValueError, match=r"load_average='high' must be a number >= 0 or None"):
+        CompressionReport(task="x", load_average="high")
+
+
+def _crowded_report(untrained: float | None = None) -> CompressionReport:
+    rows = [
+        ReportRow(name, stage, bytes_on_disk=size, latency_b1_ms=lat, metrics={"accuracy": acc})
+        for name, stage, size, lat, acc in [
+            ("teacher", "teacher", 90 * 2**20, 10.0, 0.90),
+            ("student-init", "init-student", 45 * 2**20, 5.0, 0.88),
+            ("student-distilled", "distill", 45 * 2**20, 5.05, 0.881),
+            ("student-pruned", "prune", 44 * 2**20, 4.95, 0.879),
+        ]
+    ]
+    if untrained is not None:
+        rows.append(
+            ReportRow(
+                "untrained",
+                "init-student",
+                bytes_on_disk=45 * 2**20,
+                latency_b1_ms=5.0,
+                metrics={"accuracy": untrained},
+            )
+        )
+    return CompressionReport(task="sequence-classification", rows=rows)
+
+
+def test_plot_draws_points_without_a_lineage_line_and_labels_apart():
+    from hf_lite.report.plot import report_figure
+
+    fig = report_figure(_crowded_report())
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes[:2]:
+        assert ax.get_lines() == []  # no line joins the models
+        assert len(ax.collections) == 4
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert len(boxes) == 4
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1 :]:
+                assert not a.overlaps(b), [t.get_text() for t in ax.texts]
+
+
+def test_plot_puts_a_far_off_model_on_the_axis_edge():
+    from hf_lite.report.plot import report_figure
+
+    ax = report_figure(_crowded_report(untrained=0.5)).axes[0]
+    low, high = ax.get_ylim()
+    assert 0.5 < low < 0.879 and high > 0.90  # the others keep their spread
+    labels = [t.get_text() for t in ax.texts]
+    assert "untrained (0.5, off scale)" in labels
+    ys = [c.get_offsets()[0][1] for c in ax.collections]
+    assert min(ys) == pytest.approx(low)  # drawn on the edge, not off the figure
