@@ -51,14 +51,17 @@ def main() -> None:
     set_seed(
         args.seed
     )  # the adapter's random initialisation: the same in every run, whatever the process count
-    tokenizer = load_tokenizer(script.model_name_or_path)
-    model = load_model(
-        script.model_name_or_path,
-        task="causal-lm",
-        quantization=quantization,
-        peft={"r": script.lora_r, "lora_alpha": script.lora_alpha, "target_modules": "all-linear"},
-        gradient_checkpointing=args.gradient_checkpointing,
-    )
+    try:  # a checkpoint that cannot be loaded this way (e.g. an encoder without LM head, 4-bit) says why
+        tokenizer = load_tokenizer(script.model_name_or_path)
+        model = load_model(
+            script.model_name_or_path,
+            task="causal-lm",
+            quantization=quantization,
+            peft={"r": script.lora_r, "lora_alpha": script.lora_alpha, "target_modules": "all-linear"},
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+    except (ValueError, TypeError, OSError, ImportError) as err:
+        raise SystemExit(f"qlora_finetune.py: error: {err}") from None
     if args.process_index == 0:
         print(f"{model_summary(model)}; world_size={args.world_size}", flush=True)
 

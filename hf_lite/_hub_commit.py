@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from huggingface_hub import CommitInfo, HfApi
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 logger = logging.getLogger("hf_lite.hub")  # the logs of push_to_hub, whichever module speaks
 
@@ -30,6 +30,7 @@ __all__ = [
     "RetryPolicy",
     "status_code",
     "is_transient",
+    "is_network_error",
     "describe_error",
     "file_ids",
     "remote_matches",
@@ -61,6 +62,17 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         return (ConnectionError, TimeoutError)
 
 
+def is_network_error(err: BaseException) -> bool:
+    """Whether ``err`` means the server was not reached or did not answer (connection, DNS, timeout).
+
+    >>> is_network_error(TimeoutError()), is_network_error(ValueError())
+    (True, False)
+    """
+    if isinstance(err, (HfHubHTTPError, OfflineModeIsEnabled)):  # an answer, or a switch no retry changes
+        return False
+    return isinstance(err, _network_errors())
+
+
 def is_transient(err: BaseException) -> bool:
     """Whether ``err`` is worth retrying: a transient HTTP status or a network error.
 
@@ -69,7 +81,7 @@ def is_transient(err: BaseException) -> bool:
     """
     if isinstance(err, HfHubHTTPError):
         return status_code(err) in TRANSIENT_STATUSES
-    return isinstance(err, _network_errors())
+    return is_network_error(err)
 
 
 def describe_error(err: BaseException) -> str:

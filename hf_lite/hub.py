@@ -28,10 +28,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from hf_lite._hub_commit import RetryPolicy, commit_with_retries, describe_error, file_ids, status_code
+from hf_lite._hub_commit import (
+    RetryPolicy,
+    commit_with_retries,
+    describe_error,
+    file_ids,
+    is_network_error,
+    status_code,
+)
 from hf_lite.card import CompressionSummary, build_model_card
 from hf_lite.checkpoint import CheckpointInfo, inspect_checkpoint
 from hf_lite.exporting import ExportReport, export
@@ -202,7 +209,13 @@ def push_to_hub(
     token_sent = isinstance(token, str) or (token is None and get_token() is not None)
     branch = revision or "main"
     policy = RetryPolicy(max_retries=max_retries, base_wait=RETRY_BASE_WAIT)
-    existed, repo_id = _prepare_repo(api, repo_id, private=private, token_sent=token_sent, policy=policy)
+    try:
+        existed, repo_id = _prepare_repo(api, repo_id, private=private, token_sent=token_sent, policy=policy)
+    except Exception as err:
+        unreachable = _network_error(err, repo_id, max_retries)
+        if unreachable is not None:
+            raise unreachable from err
+        raise
     created_branch = None
     try:
         created_branch = _prepare_branch(api, repo_id, branch, policy)
@@ -266,6 +279,9 @@ def push_to_hub(
         auth = _auth_error(err, repo_id, token_sent)
         if auth is not None:
             raise auth from err
+        unreachable = _network_error(err, repo_id, max_retries)
+        if unreachable is not None:
+            raise unreachable from err
         raise
 
 
@@ -338,6 +354,26 @@ def _auth_error(err: BaseException, repo_id: str, token_sent: bool) -> ValueErro
             "your user or an organization you can write to, or a token with write permission."
         )
     return None
+
+
+def _network_error(err: BaseException, repo_id: str, max_retries: int) -> ConnectionError | None:
+    """A one-paragraph ``ConnectionError`` (an ``OSError``: ``hf-lite: error:`` on the command line) for a Hub
+    that cannot be reached or is switched off, else None; the repo is left as it was."""
+    if isinstance(err, OfflineModeIsEnabled) or (
+        constants.HF_HUB_OFFLINE and isinstance(err, ConnectionError)
+    ):
+        return ConnectionError(
+            f"Cannot push to {repo_id!r}: the Hugging Face Hub is switched off in this environment "
+            "(HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE (or set it to 0) and push again."
+        )
+    if not is_network_error(err):
+        return None
+    tries = f"after {max_retries} retr{'y' if max_retries == 1 else 'ies'}" if max_retries else "no retry"
+    return ConnectionError(
+        f"Cannot reach the Hugging Face Hub at {constants.ENDPOINT} to push {repo_id!r} ({describe_error(err)}, "
+        f"{tries}); nothing was uploaded. Check the network connection and any proxy (HTTPS_PROXY), the "
+        "HF_ENDPOINT setting, then push again (files already on the Hub are not uploaded twice)."
+    )
 
 
 def _prepare_repo(

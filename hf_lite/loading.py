@@ -35,6 +35,7 @@ from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module
     linear_module_names,
     resolve_peft_config,
 )
+from hf_lite.logs import install_log_filters
 from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-exported)
     check_quantized,
     default_quantized_device_map,
@@ -127,6 +128,7 @@ def load_model(
     >>> print(model_summary(model))  # doctest: +SKIP
     """
 
+    install_log_filters()  # before bitsandbytes is imported: its import and 8-bit matmuls log floods
     task = normalize_task(task)
     if not isinstance(gradient_checkpointing, bool):
         raise TypeError(f"gradient_checkpointing must be True or False; got {gradient_checkpointing!r}.")
@@ -135,6 +137,7 @@ def load_model(
     peft_config = resolve_peft_config(peft, task)
     hub_kwargs = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
     config = load_checked_config(name_or_path, task, trust_remote_code, revision, hub_kwargs)
+    from_pretrained_kwargs.update(decoder_overrides(config, task, from_pretrained_kwargs))
 
     kwargs: dict[str, Any] = {"use_safetensors": True, **from_pretrained_kwargs}
     if revision is not None:
@@ -164,7 +167,7 @@ def load_model(
     logger.debug("loaded %s (%s) for task %s", type(model).__name__, config.model_type, task)
 
     if bnb_config is not None:
-        check_quantized(model, bnb_config)
+        check_quantized(model, bnb_config, source=os.fspath(name_or_path), task=task)
         keep_bnb_layout_trainable_(model)  # bnb's CPU evaluation repacking would break later training
     if peft_config is not None:
         model = attach_adapter(
@@ -179,6 +182,35 @@ def load_model(
 
     logger.info("%s", model_summary(model))
     return model
+
+
+def decoder_overrides(config: Any, task: str, from_pretrained_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"is_decoder": True}`` when ``task`` is ``causal-lm`` and ``config`` has an ``is_decoder`` switch that is off.
+
+    BERT-family models (``BertLMHeadModel``, ``RobertaForCausalLM``, ELECTRA, ...) only mask future tokens
+    when ``config.is_decoder`` is set; loaded from an encoder checkpoint without it they attend in both
+    directions, so a language model trained that way reads the tokens it should predict. An explicit
+    ``is_decoder=False`` with ``causal-lm`` is refused.
+
+    >>> from transformers import BertConfig, LlamaConfig
+    >>> decoder_overrides(BertConfig(), "causal-lm", {}), decoder_overrides(LlamaConfig(), "causal-lm", {})
+    ({'is_decoder': True}, {})
+    """
+    if task != "causal-lm" or not hasattr(config, "is_decoder"):
+        return {}
+    if "is_decoder" in from_pretrained_kwargs:
+        if from_pretrained_kwargs["is_decoder"] is not True:
+            raise ValueError(
+                f"is_decoder={from_pretrained_kwargs['is_decoder']!r} with task='causal-lm': a "
+                f"{type(config).__name__} model then attends to later tokens, so a causal LM would see the "
+                "tokens it predicts. Drop is_decoder (hf-lite sets it to True), or load with task='base' or "
+                "'sequence-classification' for a bidirectional encoder."
+            )
+        return {}
+    if config.is_decoder:
+        return {}
+    logger.info("%s loaded as causal-lm: setting is_decoder=True (causal attention)", config.model_type)
+    return {"is_decoder": True}
 
 
 def build_skeleton(

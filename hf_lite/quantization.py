@@ -202,11 +202,63 @@ def plan_unquantized_modules(
     return bnb_config, unpackable
 
 
-def check_quantized(model: torch.nn.Module, bnb_config: Any) -> None:
-    """Refuse a "quantized" model in which bitsandbytes replaced no layer, saying why."""
-    if has_bnb_layers(model):
-        return
+def unquantized_bnb_layers(model: torch.nn.Module) -> list[str]:
+    """Names of bitsandbytes 4/8-bit layers whose weight bitsandbytes never quantized.
+
+    transformers quantizes a layer's weight while reading it from the checkpoint; a layer the checkpoint
+    lacks (a head newly initialised for the task, e.g. ``cls.predictions.transform.dense`` of an encoder
+    loaded as a causal LM) keeps a plain ``Parameter`` inside a ``Linear4bit``/``Linear8bitLt``, which
+    fails later inside PEFT or bitsandbytes (``compress_statistics``, ``CB``).
+
+    >>> unquantized_bnb_layers(torch.nn.Linear(2, 2))
+    []
+    """
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return []
+    import bitsandbytes as bnb
+
+    bad = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, bnb.nn.Linear4bit):
+            ok = isinstance(weight, bnb.nn.Params4bit) and weight.quant_state is not None
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            ok = isinstance(weight, bnb.nn.Int8Params) and getattr(weight, "CB", None) is not None
+        else:
+            continue
+        if not ok:
+            bad.append(name)
+    return bad
+
+
+def check_quantized(
+    model: torch.nn.Module, bnb_config: Any, *, source: str | None = None, task: str | None = None
+) -> None:
+    """Refuse a "quantized" model in which bitsandbytes replaced no layer, or left layers unquantized because
+    the checkpoint (``source``, loaded for ``task``) has no weights for them, saying why and what to do."""
     bits = "4bit" if bnb_config.load_in_4bit else "8bit"
+    if has_bnb_layers(model):
+        missing = unquantized_bnb_layers(model)
+        if not missing:
+            return
+        try:  # a skip list replaces transformers' defaults (output embeddings...): the fix must keep them
+            kept = list(bnb_config.llm_int8_skip_modules or []) or [
+                k.removesuffix(".bias") for k in get_keys_to_not_convert(model)
+            ]
+        except Exception:  # noqa: BLE001 - only makes the suggested fix more complete
+            kept = list(bnb_config.llm_int8_skip_modules or [])
+        skips = sorted(set(kept) | set(missing))
+        skips = [n for n in skips if not any(n.startswith(f"{other}.") for other in skips)]  # parents cover
+        where = f"name_or_path={source!r}" if source else "the checkpoint"
+        as_task = f" for task={task!r}" if task else ""
+        raise ValueError(
+            f"quantization={bits!r}: {where} has no weights for {len(missing)} layer(s) that "
+            f"{type(model).__name__} needs{as_task} ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''}): "
+            "they were newly initialised, and bitsandbytes only quantizes weights read from the checkpoint. "
+            "Use a checkpoint trained for this task (a causal LM for 'causal-lm'), load without quantization "
+            f"(quantization=None), or keep those layers in full precision: quantization={{'load_in_{bits[0]}bit': "
+            f"True, 'llm_int8_skip_modules': {skips!r}}}."
+        )
     subclasses = sorted(
         {
             type(m).__name__
