@@ -287,11 +287,25 @@ def checkpoint_section(facts: CardFacts) -> list[str]:
         )
     if export_report is not None and export_report.max_abs_diff is not None:
         shape = "×".join(map(str, export_report.check_inputs_shape or ())) or "a few"
-        lines.append(
-            f"- Export check: reloaded with stock {'PEFT' if facts.kind == 'adapter' else 'transformers'}, these "
-            f"files reproduce the {export_report.check_output or 'outputs'} of the model they were exported "
-            f"from to within {export_report.max_abs_diff:.3g} (largest absolute difference, {shape} token ids)."
+        output = export_report.check_output or "outputs"
+        vs_quantized = getattr(export_report, "max_abs_diff_vs_quantized", None)
+        reference = (
+            "the model they were exported from"
+            if vs_quantized is None
+            else f"the exact reference they stand for ({str(export_report.check_reference).split(': ')[-1]}, "
+            "computed from the dequantized weights)"
         )
+        line = (
+            f"- Export check: reloaded with stock {'PEFT' if facts.kind == 'adapter' else 'transformers'}, these "
+            f"files reproduce the {output} of {reference} to within {export_report.max_abs_diff:.3g} (largest "
+            f"absolute difference, {shape} token ids)"
+        )
+        if vs_quantized is not None:
+            line += (
+                f"; the quantized model they were exported from, which computes with bitsandbytes' kernels, "
+                f"differs from them by up to {vs_quantized:.3g}"
+            )
+        lines.append(line + ".")
     return [*lines, ""]
 
 

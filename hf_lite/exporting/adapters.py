@@ -21,7 +21,7 @@ import torch
 
 from hf_lite.exporting.quantization import dequantize_bnb_, strip_quantization_
 
-__all__ = ["is_peft_model", "merge_adapter_", "set_adapter_base"]
+__all__ = ["is_peft_model", "merge_adapter_", "dequantized_adapter_model", "set_adapter_base"]
 
 
 def is_peft_model(model: Any) -> bool:
@@ -69,6 +69,40 @@ def merge_adapter_(model: Any, *, dequantize: bool = False) -> Any:
         )
     if not dequantize:
         return model.merge_and_unload()
+    return dequantized_adapter_model(model).merge_and_unload()
+
+
+def dequantized_adapter_model(model: Any) -> Any:
+    """The exact float32 reference of a ``PeftModel`` on a bitsandbytes base: the base dequantized, the adapters
+    unmerged on top of it.
+
+    The PEFT wrapper is consumed (its base layers are edited in place): pass a copy to keep the original. Every
+    bnb layer is dequantized to float32 (:func:`~hf_lite.exporting.quantization.dequantize_bnb_`), the
+    quantization config dropped, the whole base cast to float32, and the active adapters (configs and weights)
+    put back on it as ordinary PEFT layers. Its outputs are what a merge in float32 reproduces up to rounding;
+    ``merge_and_unload()`` on it gives the merged plain model (:func:`merge_adapter_` with ``dequantize=True``).
+
+    Args:
+        model: a ``peft.PeftModel`` whose base holds bitsandbytes 4/8-bit layers.
+
+    Returns:
+        A ``peft.PeftModel`` on a float32 base without bnb layers, with the same active adapters.
+
+    Raises:
+        TypeError: ``model`` is not a ``PeftModel``.
+
+    >>> from peft import LoraConfig, get_peft_model
+    >>> from hf_lite.testing import build_tiny_model
+    >>> model, _ = build_tiny_model("llama")
+    >>> ref = dequantized_adapter_model(get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])))
+    >>> is_peft_model(ref), next(ref.parameters()).dtype
+    (True, torch.float32)
+    """
+    if not is_peft_model(model):
+        raise TypeError(
+            f"model must be a peft.PeftModel (with an adapter to put back on the dequantized base); got "
+            f"{type(model).__name__}."
+        )
     from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 
     active = list(model.active_adapters)
@@ -86,7 +120,7 @@ def merge_adapter_(model: Any, *, dequantize: bool = False) -> Any:
         set_peft_model_state_dict(wrapped, states[n], adapter_name=n)
     if len(active) > 1:
         wrapped.base_model.set_adapter(active)
-    return wrapped.merge_and_unload()
+    return wrapped
 
 
 def set_adapter_base(

@@ -23,7 +23,14 @@ from hf_lite.exporting.quantization import bnb_layout_kept
 from hf_lite.exporting.sparsity import deepcopy_model
 from hf_lite.tasks import TASKS
 
-__all__ = ["default_check_inputs", "model_outputs", "auto_class", "reload_and_compare"]
+__all__ = [
+    "default_check_inputs",
+    "model_outputs",
+    "auto_class",
+    "reload_outputs",
+    "max_abs_diff",
+    "reload_and_compare",
+]
 
 
 def default_check_inputs(
@@ -112,6 +119,68 @@ def auto_class(model: Any) -> Any:
     return type(model)  # not reachable through an Auto class: its own class is the stock loader
 
 
+def reload_outputs(
+    model: Any, folder: Path, kind: str, inputs: Mapping[str, Any]
+) -> tuple[torch.Tensor, str]:
+    """Reload ``folder`` the way users will and return its main output on ``inputs`` (see :func:`model_outputs`).
+
+    Args:
+        model: the in-memory model the folder was written from (a ``PreTrainedModel`` or ``PeftModel``): it
+            names the stock class, and for an adapter a copy of its base receives the reloaded adapter.
+        folder: the written folder.
+        kind: ``"model"`` (a full checkpoint) or ``"adapter"`` (PEFT files, reloaded onto a copy of the base).
+        inputs: keyword arguments of one forward call.
+
+    Returns:
+        ``(output, key)``: the reloaded model's output (float32, CPU) and which output it is.
+
+    >>> import tempfile
+    >>> from hf_lite.testing import build_tiny_model
+    >>> model, _ = build_tiny_model("llama")
+    >>> folder = tempfile.mkdtemp()
+    >>> model.save_pretrained(folder)
+    >>> reload_outputs(model, folder, "model", default_check_inputs(model.config))[0].shape[:2]
+    torch.Size([2, 8])
+    """
+    device = next(model.parameters()).device
+    if kind == "adapter":
+        from peft import PeftModel
+
+        active = list(model.active_adapters)
+        name = active[0]
+        base = deepcopy_model(model).unload()
+        reloaded = PeftModel.from_pretrained(
+            base, folder if name == "default" else Path(folder) / name, adapter_name=name
+        )
+    else:
+        auto = auto_class(model.get_base_model() if is_peft_model(model) else model)
+        kwargs: dict[str, Any] = {"dtype": "auto"}
+        if device.type != "cpu":
+            kwargs["device_map"] = {"": device}
+        reloaded = auto.from_pretrained(folder, **kwargs)
+    output = model_outputs(reloaded, inputs)
+    del reloaded
+    return output
+
+
+def max_abs_diff(output: torch.Tensor, reference: torch.Tensor, key: str) -> float:
+    """The largest absolute difference of two outputs of the same shape (0.0 when empty).
+
+    Raises:
+        RuntimeError: the shapes differ (the reloaded checkpoint is not the same model).
+
+    >>> import torch
+    >>> max_abs_diff(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5]), "logits")
+    0.5
+    """
+    if output.shape != reference.shape:
+        raise RuntimeError(
+            f"export check failed: the reloaded checkpoint's {key} have shape {tuple(output.shape)}, the "
+            f"reference's {tuple(reference.shape)}."
+        )
+    return float((output - reference).abs().max()) if reference.numel() else 0.0
+
+
 def reload_and_compare(model: Any, folder: Path, kind: str, inputs: Mapping[str, Any]) -> tuple[float, str]:
     """Reload ``folder`` with stock libraries and compare one forward with the in-memory model's.
 
@@ -136,27 +205,5 @@ def reload_and_compare(model: Any, folder: Path, kind: str, inputs: Mapping[str,
     (0.0, 'logits')
     """
     reference, key = model_outputs(model, inputs)
-    device = next(model.parameters()).device
-    if kind == "adapter":
-        from peft import PeftModel
-
-        active = list(model.active_adapters)
-        name = active[0]
-        base = deepcopy_model(model).unload()
-        reloaded = PeftModel.from_pretrained(
-            base, folder if name == "default" else folder / name, adapter_name=name
-        )
-    else:
-        auto = auto_class(model.get_base_model() if is_peft_model(model) else model)
-        kwargs: dict[str, Any] = {"dtype": "auto"}
-        if device.type != "cpu":
-            kwargs["device_map"] = {"": device}
-        reloaded = auto.from_pretrained(folder, **kwargs)
-    output, _ = model_outputs(reloaded, inputs)
-    del reloaded
-    if output.shape != reference.shape:
-        raise RuntimeError(
-            f"export check failed: the reloaded checkpoint's {key} have shape {tuple(output.shape)}, the "
-            f"in-memory model's {tuple(reference.shape)}."
-        )
-    return float((output - reference).abs().max()) if reference.numel() else 0.0, key
+    output, _ = reload_outputs(model, folder, kind, inputs)
+    return max_abs_diff(output, reference, key), key

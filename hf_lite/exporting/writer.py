@@ -39,9 +39,16 @@ import torch
 from transformers import PreTrainedModel
 
 from hf_lite._utils import PICKLE_SUFFIXES, has_bnb_layers, is_hub_id, is_main_process, replace_dir
+from hf_lite.card import CompressionSummary
 from hf_lite.checkpoint import inspect_checkpoint
-from hf_lite.exporting.adapters import is_peft_model, merge_adapter_, set_adapter_base
-from hf_lite.exporting.check import default_check_inputs, reload_and_compare
+from hf_lite.exporting.adapters import (
+    dequantized_adapter_model,
+    is_peft_model,
+    merge_adapter_,
+    set_adapter_base,
+)
+from hf_lite.exporting.check import default_check_inputs, max_abs_diff, model_outputs, reload_outputs
+from hf_lite.exporting.files import enable_kv_cache, write_card
 from hf_lite.exporting.quantization import dequantize_bnb_, strip_quantization_, unpack_bnb_cpu_weights_
 from hf_lite.exporting.sparsity import (
     counted_sparsity,
@@ -58,6 +65,11 @@ __all__ = ["ExportReport", "export"]
 
 #: Floating dtypes a checkpoint can be saved in (and a quantized base dequantized to).
 _SAVE_DTYPES = ("float32", "bfloat16", "float16")
+
+#: What ``ExportReport.max_abs_diff`` compares the reloaded folder with (``ExportReport.check_reference``).
+IN_MEMORY = "in-memory model"
+EXACT_MERGE = "exact reference: dequantized base + adapter, float32"
+EXACT_DEQUANTIZED = "exact reference: dequantized base, float32"
 
 
 @dataclasses.dataclass
@@ -80,10 +92,18 @@ class ExportReport:
         pruning_made_permanent: ``"module.tensor"`` names whose pruning re-parametrization was removed.
         sparsity: fraction of zeros in the linear layers' weights (heads and embeddings excluded), counted
             on the saved model when at least 1%; ``None`` otherwise or for quantized weights.
-        max_abs_diff: largest absolute difference between the reloaded folder's outputs and the in-memory
-            model's on the check inputs (``None`` when ``check=False``).
+        max_abs_diff: largest absolute difference between the reloaded folder's outputs and those of
+            ``check_reference`` on the check inputs (``None`` when ``check=False``); ``check_atol`` applies to it.
         check_output: which output was compared (``"logits"``, ``"last_hidden_state"``...).
         check_inputs_shape: shape of the check inputs' ``input_ids``.
+        check_reference: what ``max_abs_diff`` compares with: ``"in-memory model"``, or, when a bitsandbytes
+            model was dequantized for saving, the exact reference it stands for, computed in float32 from the
+            dequantized weights (``"exact reference: dequantized base + adapter, float32"``, the adapter
+            unmerged; ``"exact reference: dequantized base, float32"`` without adapter). The in-memory 4/8-bit
+            model is not exact: bitsandbytes' kernels compute in bf16 (4-bit on CPU) or with int8 activations.
+        max_abs_diff_vs_quantized: for a dequantized export, the largest absolute difference between the
+            reloaded folder's outputs and the in-memory quantized model's (its bitsandbytes kernels); ``None``
+            otherwise (then ``max_abs_diff`` is that comparison).
 
     >>> r = ExportReport("out", "model", ["config.json", "model.safetensors"], 1024, 256, "float32")
     >>> r.to_dict()["kind"]
@@ -106,6 +126,26 @@ class ExportReport:
     max_abs_diff: float | None = None
     check_output: str | None = None
     check_inputs_shape: tuple[int, ...] | None = None
+    check_reference: str | None = None
+    max_abs_diff_vs_quantized: float | None = None
+
+    def check_text(self) -> str | None:
+        """The check's differences, each labelled with what it compares (``None`` when nothing was checked).
+
+        >>> r = ExportReport("out", "model", [], 0, None, None, max_abs_diff=1e-7, check_output="logits",
+        ...                  check_reference=EXACT_MERGE, max_abs_diff_vs_quantized=3e-3)
+        >>> print(r.check_text())
+        max |diff| of logits 1e-07 vs exact reference: dequantized base + adapter, float32; 0.003 vs the in-memory quantized model (bitsandbytes kernels)
+        """
+        if self.max_abs_diff is None:
+            return None
+        text = (
+            f"max |diff| of {self.check_output or 'outputs'} {self.max_abs_diff:.3g} vs "
+            f"{self.check_reference or IN_MEMORY}"
+        )
+        if self.max_abs_diff_vs_quantized is not None:
+            text += f"; {self.max_abs_diff_vs_quantized:.3g} vs the in-memory quantized model (bitsandbytes kernels)"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the fields.
@@ -132,6 +172,8 @@ def export(
     check_inputs: Mapping[str, Any] | None = None,
     check_atol: float | None = None,
     max_shard_size: str | int = "5GB",
+    card: bool = True,
+    card_report: CompressionSummary | Mapping[str, Any] | None = None,
 ) -> ExportReport | None:
     """Save ``model`` (and its tokenizer) as an ordinary checkpoint folder, atomically, and check it.
 
@@ -152,9 +194,14 @@ def export(
       ``orthogonal`` parametrizations, which stock models register themselves, are kept). Structurally
       pruned models already have an edited config and are saved as they are.
 
+    * a model that generates has ``use_cache: true`` in its saved configs (training turns it off);
+    * ``README.md``: the model card :func:`~hf_lite.hub.push_to_hub` would upload for this folder (built from
+      the files, this export and ``card_report``), without the repo name it only knows when pushing.
+
     The files go to a temporary sibling folder (``.tmp-<name>-<random>``); with ``check=True`` that folder
     is reloaded with stock ``AutoModel*.from_pretrained`` (or ``PeftModel.from_pretrained`` onto a copy of
-    the in-memory base, for a separate adapter) and the outputs compared with the in-memory model's; only
+    the in-memory base, for a separate adapter) and the outputs compared with the in-memory model's (for a
+    dequantized bitsandbytes model, also with the exact float32 reference: the report labels both); only
     then is it renamed to ``output_dir``. On any failure the temporary folder is removed and a previous
     ``output_dir`` is left intact. The in-memory model is not modified (a copy is transformed, so merging or
     dequantizing needs memory for the saved model once more); the one exception changes no output: 4-bit
@@ -177,6 +224,10 @@ def export(
             8 token ids (:func:`~hf_lite.exporting.check.default_check_inputs`).
         check_atol: when given, raise ``RuntimeError`` (and write nothing) if the largest difference exceeds it.
         max_shard_size: passed to ``save_pretrained``.
+        card: write the model card as ``README.md``.
+        card_report: the compression summary the card states (a :class:`~hf_lite.card.CompressionSummary` or
+            a dict with its field names, as ``push_to_hub(report=...)``); ``None``: the card states what the
+            files and the export show.
 
     Returns:
         An :class:`ExportReport`, or ``None`` on non-main processes of a distributed run (only the main
@@ -211,6 +262,15 @@ def export(
         raise TypeError(
             f"check_inputs must be a dict of forward() keyword arguments; got {type(check_inputs).__name__}."
         )
+    if not isinstance(card, bool):
+        raise TypeError(f"card must be True or False; got {type(card).__name__} {card!r}.")
+    if card_report is not None:
+        if not card:
+            raise ValueError(
+                "card_report is given but card=False: the summary is only written into the model card. Pass "
+                "card=True, or drop card_report."
+            )
+        card_report = CompressionSummary.from_dict(card_report)  # its own checks, before anything is written
     if check_atol is not None and (not isinstance(check_atol, (int, float)) or check_atol < 0):
         raise ValueError(f"check_atol={check_atol!r} must be a non-negative number or None.")
     if base_model is not None and not is_hub_id(base_model):
@@ -272,30 +332,44 @@ def export(
         kind = "adapter" if peft_model and not merge_adapter else "model"
         pruned: list[str] = []
         work: Any = None
+        exact = None  # outputs of the exact float32 reference of a dequantized bnb model
         if kind == "adapter":
             model.save_pretrained(tmp)
             _finish_adapter_folder(tmp, base_model)
         else:
             needs_copy = merge_adapter or target_dtype is not None or has_reparametrization(base)
             if needs_copy:
-                work, pruned = _transformed_copy(
-                    model, merge=merge_adapter, dtype=target_dtype, quantized=quantization is not None
+                work, pruned, exact = _transformed_copy(
+                    model,
+                    merge=merge_adapter,
+                    dtype=target_dtype,
+                    quantized=quantization is not None,
+                    inputs=inputs,
                 )
             else:
                 work = model
             work.save_pretrained(tmp, max_shard_size=max_shard_size)
+            if base.can_generate():
+                enable_kv_cache(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _refuse_pickles(tmp)
 
-        max_diff = check_output = None
+        max_diff = check_output = vs_quantized = None
+        reference_label = None
         if check:
-            max_diff, check_output = reload_and_compare(model, tmp, kind, inputs)
+            reloaded, check_output = reload_outputs(model, tmp, kind, inputs)
+            in_memory = max_abs_diff(reloaded, model_outputs(model, inputs)[0], check_output)
+            if exact is None:
+                max_diff, reference_label = in_memory, IN_MEMORY
+            else:
+                max_diff, vs_quantized = max_abs_diff(reloaded, exact, check_output), in_memory
+                reference_label = EXACT_MERGE if merge_adapter else EXACT_DEQUANTIZED
             if check_atol is not None and not max_diff <= check_atol:
                 raise RuntimeError(
-                    f"export check failed: the reloaded checkpoint's {check_output} differ from the in-memory "
-                    f"model's by up to {max_diff:.3g} > check_atol={check_atol}. Nothing was written to "
-                    f"{out.name!r}."
+                    f"export check failed: the reloaded checkpoint's {check_output} differ from the "
+                    f"{reference_label}'s by up to {max_diff:.3g} > check_atol={check_atol}. Nothing was "
+                    f"written to {out.name!r}."
                 )
         saved_quant = quantization if kind == "model" and work is model else None
         report = ExportReport(
@@ -315,25 +389,29 @@ def export(
             max_abs_diff=max_diff,
             check_output=check_output,
             check_inputs_shape=tuple(inputs["input_ids"].shape) if inputs and "input_ids" in inputs else None,
+            check_reference=reference_label,
+            max_abs_diff_vs_quantized=vs_quantized,
         )
         del work
+        info = inspect_checkpoint(tmp)
+        report.bytes_on_disk = info.bytes_on_disk
+        report.parameters = info.parameters
+        report.dtype = info.dtype if target_dtype is None else str(target_dtype).removeprefix("torch.")
+        if card:
+            write_card(tmp, info, report, card_report)
+        report.files = inspect_checkpoint(tmp).files
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    info = inspect_checkpoint(out)
-    report.files = info.files
-    report.bytes_on_disk = info.bytes_on_disk
-    report.parameters = info.parameters
-    report.dtype = info.dtype if target_dtype is None else str(target_dtype).removeprefix("torch.")
     logger.info(
         "exported %s to %r: %d files, %s parameters%s",
         report.kind,
         out.name,
         len(report.files),
         f"{report.parameters:,}" if report.parameters is not None else "?",
-        f", max |diff| {report.max_abs_diff:.3g} on reload" if report.max_abs_diff is not None else "",
+        f"; on reload, {report.check_text()}" if report.max_abs_diff is not None else "",
     )
     return report
 
@@ -373,20 +451,31 @@ def _config_dtype(model: Any) -> torch.dtype:
 
 
 def _transformed_copy(
-    model: Any, *, merge: bool, dtype: torch.dtype | None, quantized: bool
-) -> tuple[Any, list[str]]:
-    """A copy of ``model`` with the adapter merged, bnb layers dequantized, pruning permanent, cast to dtype."""
+    model: Any, *, merge: bool, dtype: torch.dtype | None, quantized: bool, inputs: Mapping[str, Any] | None
+) -> tuple[Any, list[str], torch.Tensor | None]:
+    """A copy of ``model`` with the adapter merged, bnb layers dequantized, pruning permanent, cast to dtype;
+    and, for a quantized model and check ``inputs``, the outputs of its exact float32 reference (the base
+    dequantized, the adapter not yet merged), computed on the copy before it is merged and cast."""
     work = deepcopy_model(model)
-    if merge:
-        work = merge_adapter_(work, dequantize=quantized)
-    elif quantized:
-        dequantize_bnb_(work)
-        strip_quantization_(work)
+    exact = None
+    if quantized:
+        if merge:
+            work = dequantized_adapter_model(work)
+        else:
+            dequantize_bnb_(work)
+            strip_quantization_(work)
+            work.to(torch.float32)
+        if inputs is not None:
+            exact = model_outputs(work, inputs)[0]
+        if merge:
+            work = work.merge_and_unload()
+    elif merge:
+        work = merge_adapter_(work)
     pruned = make_pruning_permanent_(work)
     if dtype is not None:
         work.to(dtype)
         work.config.dtype = dtype
-    return work, pruned
+    return work, pruned, exact
 
 
 def _finish_adapter_folder(folder: Path, base_model: str | None) -> None:

@@ -172,10 +172,11 @@ def test_lora_separate_and_merged(tiny_checkpoints, tmp_path):
 
     sep = export(model, tmp_path / "adapter", base_model="test-org/tiny-base")
     assert sep.kind == "adapter" and not sep.adapter_merged and sep.max_abs_diff == 0.0
-    assert sep.files == [
-        "adapter_config.json",
-        "adapter_model.safetensors",
-    ]  # PEFT's README (local paths) dropped
+    assert sep.files == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    card = (tmp_path / "adapter" / "README.md").read_text()  # hf-lite's card replaces PEFT's template
+    assert (
+        "library_name: peft" in card and str(tmp_path) not in card and tiny_checkpoints["llama"] not in card
+    )
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert (
         config["base_model_name_or_path"] == "test-org/tiny-base" and sep.base_model == "test-org/tiny-base"
@@ -329,3 +330,161 @@ def test_is_hub_id(tmp_path):
     assert (
         not is_hub_id("a/b/c") and not is_hub_id("bad..name") and not is_hub_id(None) and not is_hub_id("C:x")
     )
+
+
+# ------------------------------------------------------------------------------------------- labelled check
+
+
+def test_qlora_merge_reports_the_exact_reference_and_the_quantized_model_labelled(tiny_checkpoints, tmp_path):
+    """issue 14 item 9: the merged weights are exact; the figure users read must say so. The exact reference is
+    rebuilt here without hf-lite: a float32 model whose linear weights are transformers' dequantization of a
+    freshly loaded 4-bit base, with the same LoRA weights applied unmerged by PEFT."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from transformers.integrations.bitsandbytes import dequantize_bnb_weight
+
+    from hf_lite.exporting.writer import EXACT_MERGE
+
+    model = load_model(tiny_checkpoints["llama"], quantization="4bit", peft=_lora())
+    inputs = default_check_inputs(model.get_base_model().config)
+    report = export(model, tmp_path / "merged", merge_adapter=True)
+
+    fresh = load_model(tiny_checkpoints["llama"], quantization="4bit")
+    reference = load_model(tiny_checkpoints["llama"], dtype="float32")
+    for name, module in fresh.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            reference.get_submodule(name).weight.data = dequantize_bnb_weight(module.weight).float().cpu()
+    reference = get_peft_model(reference, _lora())
+    set_peft_model_state_dict(reference, get_peft_model_state_dict(model))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    exact = _logits(reference, inputs["input_ids"])
+    from_files = _logits(reloaded, inputs["input_ids"])
+    in_memory = _logits(model, inputs["input_ids"])
+
+    assert report.check_reference == EXACT_MERGE
+    assert report.max_abs_diff == pytest.approx(float((from_files - exact).abs().max()), abs=1e-6)
+    assert report.max_abs_diff < 1e-5  # float32 merge: rounding only
+    assert report.max_abs_diff_vs_quantized == pytest.approx(
+        float((from_files - in_memory).abs().max()), rel=1e-5
+    )
+    text = report.check_text()
+    assert "vs exact reference: dequantized base + adapter, float32" in text
+    assert "vs the in-memory quantized model (bitsandbytes kernels)" in text
+    assert report.to_dict()["max_abs_diff_vs_quantized"] == report.max_abs_diff_vs_quantized
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "the exact reference they stand for (dequantized base + adapter, float32" in card
+    assert f"differs from them by up to {report.max_abs_diff_vs_quantized:.3g}" in card
+
+    # check_atol judges the exact reference; bf16 weights differ from it by their rounding.
+    bf16 = export(model, tmp_path / "bf16", merge_adapter=True, dtype="bfloat16", check_atol=0.05)
+    assert bf16.check_reference == EXACT_MERGE and 0 < bf16.max_abs_diff < 0.05
+
+
+def test_dequantized_export_without_adapter_and_plain_exports_are_labelled(tiny_checkpoints, tmp_path):
+    from hf_lite.exporting.writer import EXACT_DEQUANTIZED, IN_MEMORY
+
+    quantized = load_model(tiny_checkpoints["llama"], quantization="8bit")
+    report = export(quantized, tmp_path / "int8-float", dtype="float32")
+    assert (
+        report.check_reference == EXACT_DEQUANTIZED and report.max_abs_diff == 0.0
+    )  # float32 in, float32 out
+    assert (
+        report.max_abs_diff_vs_quantized is not None and report.max_abs_diff_vs_quantized > 0
+    )  # int8 kernel
+
+    saved_as_is = export(
+        quantized, tmp_path / "int8"
+    )  # no dequantization: the in-memory model is the reference
+    assert saved_as_is.check_reference == IN_MEMORY and saved_as_is.max_abs_diff_vs_quantized is None
+    plain = export(load_model(tiny_checkpoints["llama"], dtype="float32"), tmp_path / "plain")
+    assert plain.check_reference == IN_MEMORY and plain.max_abs_diff_vs_quantized is None
+    assert plain.check_text() == "max |diff| of logits 0 vs in-memory model"
+    assert (
+        export(load_model(tiny_checkpoints["llama"]), tmp_path / "unchecked", check=False).check_text()
+        is None
+    )
+
+
+# ------------------------------------------------------------------------------------------- use_cache, card
+
+
+@pytest.mark.parametrize(
+    ("name", "task"), [("llama", "causal-lm"), ("gpt2", "causal-lm"), ("t5", "seq2seq-lm")]
+)
+def test_generative_exports_switch_the_kv_cache_back_on(tiny_checkpoints, tmp_path, name, task):
+    model = load_model(
+        tiny_checkpoints[name], task, dtype="float32", peft=_lora() if name == "llama" else None
+    )
+    base = model.get_base_model() if name == "llama" else model
+    base.config.use_cache = False  # what gradient checkpointing / k-bit preparation leave behind
+    export(model, tmp_path / name, merge_adapter=name == "llama")
+    assert json.loads((tmp_path / name / "config.json").read_text())["use_cache"] is True
+    generation = tmp_path / name / "generation_config.json"
+    if generation.exists():
+        assert json.loads(generation.read_text()).get("use_cache", True) is True
+    assert base.config.use_cache is False  # the in-memory model is not changed
+    if task == "causal-lm":
+        assert AutoModelForCausalLM.from_pretrained(tmp_path / name).config.use_cache is True
+
+
+def test_encoder_export_keeps_its_config(tiny_checkpoints, tmp_path):
+    model = load_model(tiny_checkpoints["bert"], "sequence-classification", dtype="float32")
+    model.config.use_cache = False
+    export(model, tmp_path / "bert")
+    assert json.loads((tmp_path / "bert" / "config.json").read_text()).get("use_cache", False) is False
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+def test_exported_card_is_the_pushed_card_without_the_repo_name(hub_server, tiny_checkpoints, tmp_path):
+    from hf_lite.hub import push_to_hub
+
+    summary = {
+        "teacher": "test-org/tiny-teacher",
+        "task": "text-generation",
+        "dataset": "test-org/tiny-corpus",
+        "student": {"parameters": 82_624, "metrics": {"perplexity": 40.5}},
+    }
+    model = load_model(tiny_checkpoints["llama"], dtype="float32", peft=_lora())
+    tokenizer = load_tokenizer(tiny_checkpoints["llama"])
+    for merge, repo in ((True, "test-user/tiny-merged"), (False, "test-user/tiny-adapter")):
+        out = tmp_path / repo.split("/")[1]
+        export(
+            model,
+            out,
+            tokenizer=tokenizer,
+            merge_adapter=merge,
+            base_model="test-org/tiny-base",
+            card_report=summary,
+        )
+        push_to_hub(
+            model,
+            repo,
+            tokenizer=tokenizer,
+            merge_adapter=merge,
+            base_model="test-org/tiny-base",
+            report=summary,
+        )
+        pushed = hub_server.files(repo)["README.md"].decode()
+        exported = (out / "README.md").read_text()
+        assert exported != pushed and repo not in exported  # the repo name is only known when pushing
+        hub_only = pushed.replace(repo, "your-org/your-model").replace(
+            repo.split("/")[1], "hf-lite compressed model"
+        )
+        assert exported == hub_only
+
+
+def test_card_options(tiny_checkpoints, tmp_path):
+    model = load_model(tiny_checkpoints["llama"], dtype="float32")
+    report = export(model, tmp_path / "bare", card=False)
+    assert "README.md" not in report.files and not (tmp_path / "bare" / "README.md").exists()
+    with_card = export(model, tmp_path / "card", card_report={"pruning": "magnitude", "sparsity": 0.5})
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "README.md" in with_card.files and "- **Pruning**: magnitude; 50.00%" in card
+    assert "# hf-lite compressed model" in card and 'from_pretrained("your-org/your-model")' in card
+    with pytest.raises(ValueError, match="card_report is given but card=False"):
+        export(model, tmp_path / "x", card=False, card_report={"pruning": "magnitude"})
+    with pytest.raises(TypeError, match="card must be True or False; got str 'yes'"):
+        export(model, tmp_path / "x", card="yes")
+    with pytest.raises(ValueError, match="unknown"):
+        export(model, tmp_path / "x", card_report={"prunning": "magnitude"})
+    assert not (tmp_path / "x").exists()
