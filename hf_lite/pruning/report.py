@@ -1,8 +1,10 @@
-"""Count sparsity: zeros per pruned layer, over the pruned layers, and over the whole model.
+"""Count sparsity: zeros per pruned layer, over the pruned layers, and over the whole model; and, given the
+parameter count before pruning, the parameters that structural pruning removed.
 
 Figures are counted from the weights (and from masks when given), never derived from a requested
 sparsity. Unstructured and N:M sparsity keep every tensor's shape, so they neither shrink a dense
-checkpoint nor speed up dense CPU kernels; only structural pruning (fewer heads, neurons or layers) does.
+checkpoint nor speed up dense CPU kernels; only structural pruning (fewer heads, neurons or layers) does,
+and it leaves no zeros behind: its effect shows as removed parameters, not as sparsity.
 
 >>> from hf_lite.testing import build_tiny_model
 >>> from hf_lite.pruning import magnitude_prune_
@@ -80,11 +82,13 @@ class SparsityReport:
         model_zeros / model_total: over all parameters of the model (biases, norms, embeddings, heads
             included; tied parameters counted once).
         body_zeros / body_total: over all parameters except embeddings and output heads.
+        original_total: the model's parameter count before pruning (tied parameters once), or ``None`` when
+            not given; then :attr:`removed_parameters` says how much structural pruning removed.
 
     >>> r = SparsityReport(layers={}, targeted_zeros=5, targeted_total=10, model_zeros=5, model_total=20,
-    ...                    body_zeros=5, body_total=15)
-    >>> r.targeted_sparsity, r.model_sparsity
-    (0.5, 0.25)
+    ...                    body_zeros=5, body_total=15, original_total=40)
+    >>> r.targeted_sparsity, r.model_sparsity, r.removed_parameters, r.removed_fraction
+    (0.5, 0.25, 20, 0.5)
     """
 
     layers: dict[str, LayerSparsity] = field(default_factory=dict)
@@ -94,6 +98,19 @@ class SparsityReport:
     model_total: int = 0
     body_zeros: int = 0
     body_total: int = 0
+    original_total: int | None = None
+
+    @property
+    def removed_parameters(self) -> int | None:
+        """Parameters removed (``original_total - model_total``): what structural pruning took out of the model;
+        ``None`` when ``original_total`` is not known."""
+        return None if self.original_total is None else self.original_total - self.model_total
+
+    @property
+    def removed_fraction(self) -> float | None:
+        """:attr:`removed_parameters` as a fraction of ``original_total`` (``None`` when not known)."""
+        removed = self.removed_parameters
+        return None if removed is None else _ratio(removed, self.original_total or 0)
 
     @property
     def targeted_sparsity(self) -> float:
@@ -111,7 +128,7 @@ class SparsityReport:
         return _ratio(self.body_zeros, self.body_total)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serializable dict (counts and the three sparsity ratios).
+        """Plain JSON-serializable dict (counts, the three sparsity ratios, removed parameters and fraction).
 
         >>> SparsityReport().to_dict()["targeted_sparsity"]
         0.0
@@ -124,11 +141,14 @@ class SparsityReport:
             targeted_sparsity=self.targeted_sparsity,
             model_sparsity=self.model_sparsity,
             body_sparsity=self.body_sparsity,
+            removed_parameters=self.removed_parameters,
+            removed_fraction=self.removed_fraction,
         )
         return out
 
     def to_markdown(self) -> str:
-        """A Markdown summary: totals, a per-layer table, and the note on what sparsity does not speed up.
+        """A Markdown summary: totals, the parameters removed (when the count before pruning is known), a
+        per-layer table, and the note on what sparsity does not speed up.
 
         >>> print(SparsityReport().to_markdown().splitlines()[0])
         ## Sparsity report
@@ -145,6 +165,22 @@ class SparsityReport:
             f"| {self.body_sparsity:.2%} |",
             f"| whole model | {self.model_zeros:,} | {self.model_total:,} | {self.model_sparsity:.2%} |",
             "",
+        ]
+        removed = self.removed_parameters
+        if removed is not None:
+            lines += [
+                f"Parameters before pruning: {self.original_total:,}; now: {self.model_total:,}; removed: "
+                f"{removed:,} ({self.removed_fraction:.2%}).",
+                "",
+            ]
+            if removed > 0:
+                lines += [
+                    "> The model shrank: structural pruning removed those parameters (heads, neurons or layers) "
+                    "outright, so they are not counted as zeros; the sparsity above is over the parameters "
+                    "that remain.",
+                    "",
+                ]
+        lines += [
             f"> {SPEED_NOTE}",
             "",
             "| layer | shape | zeros | weights | sparsity |" + (" masked |" if with_mask else ""),
@@ -189,8 +225,9 @@ def sparsity_report(
     *,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
+    original_parameters: int | nn.Module | None = None,
 ) -> SparsityReport:
-    """Count the zeros of a (pruned) model.
+    """Count the zeros of a (pruned) model, and the parameters structural pruning removed from it.
 
     Args:
         model: the model.
@@ -198,6 +235,10 @@ def sparsity_report(
             are the targeted ones and each layer also reports how many entries its mask prunes.
         include: without ``masks``, regexes of the targeted layers (see :func:`find_prunable_modules`).
         exclude: without ``masks``, regexes of layers not targeted; defaults to heads, embeddings, norms.
+        original_parameters: the parameter count before pruning (tied parameters once, as
+            ``sum(p.numel() for p in model.parameters())`` counts them), or the unpruned model itself; then
+            the report states the parameters removed (structural pruning shrinks the model without leaving
+            zeros, so its sparsity alone reads 0%).
 
     Returns:
         A :class:`SparsityReport`.
@@ -207,9 +248,20 @@ def sparsity_report(
     >>> _ = torch.nn.init.zeros_(model[0].weight[:2])
     >>> sparsity_report(model).targeted_sparsity
     0.5
+    >>> sparsity_report(model, original_parameters=32).removed_parameters
+    16
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    if isinstance(original_parameters, torch.nn.Module):
+        original_parameters = sum(p.numel() for p in original_parameters.parameters())
+    if original_parameters is not None and (
+        isinstance(original_parameters, bool) or not isinstance(original_parameters, int)
+    ):
+        raise TypeError(
+            "original_parameters must be the parameter count before pruning (an int) or the unpruned model; "
+            f"got {type(original_parameters).__name__} {original_parameters!r}."
+        )
     if masks is not None:
         if not isinstance(masks, Mapping):
             raise TypeError(
@@ -255,4 +307,10 @@ def sparsity_report(
         if id(param) not in outer:
             report.body_zeros += zeros
             report.body_total += total
+    if original_parameters is not None and original_parameters < report.model_total:
+        raise ValueError(
+            f"original_parameters={original_parameters} is smaller than the {report.model_total} parameters "
+            f"{type(model).__name__} has now; pass the count taken before pruning (or the unpruned model)."
+        )
+    report.original_total = original_parameters
     return report

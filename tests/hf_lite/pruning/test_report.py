@@ -90,3 +90,44 @@ def test_report_errors():
         ValueError, match=r"has shape \(64, 128\) but the layer's weight has shape \(128, 64\)"
     ):
         sparsity_report(model, {"model.layers.0.mlp.up_proj": torch.ones(64, 128, dtype=torch.bool)})
+
+
+def test_structural_prune_shows_as_removed_parameters_not_zeros():
+    """Issue 19 item 9: after a 50% FFN prune the sparsity is 0% but the model shrank; the report says so."""
+    from hf_lite.pruning import prune_ffn_
+
+    model = build_tiny_model("bert", "sequence-classification")[0]
+    before = sum(p.numel() for p in model.parameters())
+    ffn = sum(
+        layer.intermediate.dense.weight.numel()
+        + layer.intermediate.dense.bias.numel()
+        + layer.output.dense.weight.numel()
+        for layer in model.bert.encoder.layer
+    )
+    prune_ffn_(model, 0.5)
+    report = sparsity_report(model, original_parameters=before)
+    assert report.model_zeros == sum(int((p == 0).sum()) for p in model.parameters())
+    assert report.removed_parameters == before - sum(p.numel() for p in model.parameters()) == ffn // 2
+    assert report.removed_fraction == pytest.approx(ffn / 2 / before)
+    text = report.to_markdown()
+    assert (
+        f"Parameters before pruning: {before:,}; now: {report.model_total:,}; removed: {ffn // 2:,}" in text
+    )
+    assert "The model shrank" in text
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["removed_parameters"] == ffn // 2 and data["original_total"] == before
+    # the unpruned model itself can be passed; without a count nothing is claimed
+    fresh = build_tiny_model("bert", "sequence-classification")[0]
+    assert sparsity_report(fresh, original_parameters=fresh).removed_parameters == 0
+    assert "The model shrank" not in sparsity_report(fresh, original_parameters=fresh).to_markdown()
+    plain = sparsity_report(model)
+    assert plain.removed_parameters is None and "Parameters before pruning" not in plain.to_markdown()
+    assert plain.to_dict()["removed_parameters"] is None
+
+
+def test_original_parameters_errors():
+    model = build_tiny_model("llama")[0]
+    with pytest.raises(TypeError, match="original_parameters must be the parameter count before pruning"):
+        sparsity_report(model, original_parameters="1000")
+    with pytest.raises(ValueError, match=r"original_parameters=10 is smaller than the \d+ parameters"):
+        sparsity_report(model, original_parameters=10)
