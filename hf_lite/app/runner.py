@@ -308,8 +308,15 @@ def stage_prune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     info: dict[str, Any] = {"method": spec.method}
     if ctx.is_main:
         model = _load_plain(ctx, stage.model).eval()
+        before = sum(p.numel() for p in model.parameters())  # tied parameters once
         spec.prune_(model, _calibration(ctx, int(spec.calibration_samples)))
-        info["sparsity"] = sparsity_report(model).to_dict().get("body_sparsity")
+        counted = sparsity_report(model, original_parameters=before)  # structural pruning leaves no zeros:
+        removed, fraction = (
+            counted.removed_parameters,
+            counted.removed_fraction,
+        )  # it shows as removed parameters
+        info.update(sparsity=counted.body_sparsity, removed_parameters=removed, removed_fraction=fraction)
+        ctx.log(f"{stage.name}: {removed:,} of {before:,} parameters removed ({fraction:.1%})")
         _save_model(ctx, stage, model)
     ctx.state.wait_for_everyone()
     return info
@@ -340,6 +347,7 @@ def stage_evaluate(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
         atomic_write_text(folder / "report.md", report.to_markdown() + "\n")
         report.plot(folder / "report.png")
         info["report"] = "report.json"
+        info.update(teacher=report.teacher, load_average=report.load_average)
         print(report.to_markdown(), flush=True)
     ctx.state.wait_for_everyone()
     return info
@@ -360,6 +368,11 @@ def evaluate_models(
     report = CompressionReport(
         task=ctx.recipe.task, machine=machine_info(), title=f"{ctx.recipe.name}: compression report"
     )
+    # the reference row: "teacher", else the first model a distill stage learned from, else the first model
+    taught = ["teacher"] + [
+        getattr(s.spec, "teacher", None) for s in ctx.recipe.stages if s.type == "distill"
+    ]
+    report.teacher = next((ref for ref in refs if ref in taught), refs[0] if refs else None)
     stage_types = {s.name: s.type for s in ctx.recipe.stages}
     models, results = {}, {}
     for ref in refs:
