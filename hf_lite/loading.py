@@ -27,6 +27,9 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from hf_lite.logs import install_log_filters  # first: peft imports bitsandbytes, which logs at import
+
+# isort: split
 from hf_lite._utils import did_you_mean
 from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module_names re-exported)
     attach_adapter,
@@ -35,7 +38,6 @@ from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module
     linear_module_names,
     resolve_peft_config,
 )
-from hf_lite.logs import install_log_filters
 from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-exported)
     check_quantized,
     default_quantized_device_map,

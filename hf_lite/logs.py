@@ -3,10 +3,12 @@
 bitsandbytes logs ``MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization``
 through ``logger.warning`` on every 8-bit matmul (hundreds of lines per evaluation; a ``warnings`` filter
 does not see it), and, on CPUs with AVX512-BF16, a failed download of its fast 4-bit kernel from the Hub at
-import. :func:`install_log_filters` puts a :class:`OnceFilter` on those libraries' loggers: each message
-(its format string, whatever its arguments) passes once and its repeats are dropped; the kernel message is
-shortened and lowered to INFO, since the built-in CPU path gives the same results and nothing needs fixing.
-:func:`hf_lite.load_model` and the ``hf-lite`` command install the filters before bitsandbytes is imported.
+import (offline, the ``kernels`` package adds a line about skipping the kernel's trust check).
+:func:`install_log_filters` puts a :class:`OnceFilter` on those libraries' loggers: each message (its format
+string, whatever its arguments) passes once and its repeats are dropped; the kernel messages are shortened
+and lowered to INFO, since the built-in CPU path gives the same results and nothing needs fixing.
+:mod:`hf_lite.loading` installs the filters when it is imported (before PEFT imports bitsandbytes);
+:func:`hf_lite.load_model` and the ``hf-lite`` command install them again (idempotent) for loggers made since.
 
 >>> install_log_filters() is install_log_filters()
 True
@@ -32,11 +34,20 @@ FLOOD_LOGGERS = (
     "bitsandbytes.nn.modules",
     "bitsandbytes.utils",
     "kernels",
+    "kernels._internals.hf_hub",
+    "kernels._internals.importer",
+    "kernels._internals.resolver",
+    "kernels._internals.variants",
+    "kernels._internals.verify",
+    "kernels._internals.validate",
 )
 
 #: Start of bitsandbytes' message when its CPU 4-bit kernel cannot be fetched from the Hub (offline, or
 #: the kernels package refuses the repo); the built-in kernel is used instead.
 KERNEL_FALLBACK = "Failed to load CPU gemm_4bit_forward from kernels-community"
+#: The Hub repo of that kernel: the ``kernels`` package's messages about it (``Skipping publisher trust check
+#: for 'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode``) go to INFO.
+KERNEL_REPO = "kernels-community/quantization-bitsandbytes"
 SHORT_KERNEL_FALLBACK = (
     "bitsandbytes: the optional fast CPU 4-bit kernel (kernels-community/quantization-bitsandbytes) is not "
     "available; 4-bit layers use bitsandbytes' built-in CPU kernel (same results)."
@@ -76,8 +87,12 @@ class OnceFilter(logging.Filter):
                 self.suppressed += 1
                 return False
             self._seen.add(key)
-        if isinstance(record.msg, str) and record.msg.startswith(KERNEL_FALLBACK):
-            record.msg, record.args = SHORT_KERNEL_FALLBACK, ()
+        fallback = isinstance(record.msg, str) and record.msg.startswith(KERNEL_FALLBACK)
+        if fallback or (record.name.startswith("kernels") and KERNEL_REPO in str(record.msg)):
+            if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+                return False  # handlers do not check the level again: drop it here when INFO is off
+            if fallback:
+                record.msg, record.args = SHORT_KERNEL_FALLBACK, ()
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
         elif record.levelno >= logging.WARNING and isinstance(record.msg, str):
             record.msg = f"{record.msg} [shown once; hf-lite hides repeats]"
@@ -101,3 +116,6 @@ def install_log_filters() -> OnceFilter:
         if _FILTER not in log.filters:
             log.addFilter(_FILTER)
     return _FILTER
+
+
+install_log_filters()  # on import: hf_lite.loading imports this module before PEFT imports bitsandbytes

@@ -20,6 +20,7 @@ from typing import Any
 
 from hf_lite import __version__
 from hf_lite.app.recipe import Recipe, parse_cli_overrides
+from hf_lite.logs import install_log_filters
 
 # The commands' modules (demo, plan, runner, hub) import the toolkit, which imports torch and transformers
 # (seconds): they are imported in `_main` when a command needs them, so `--help`, `--version` and recipe
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    install_log_filters()  # bitsandbytes' repeated warnings once, before any command imports it
     parser = _build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
