@@ -488,3 +488,17 @@ def test_card_options(tiny_checkpoints, tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         export(model, tmp_path / "x", card_report={"prunning": "magnitude"})
     assert not (tmp_path / "x").exists()
+
+
+def test_reference_helpers_refuse_what_they_cannot_compare():
+    from hf_lite.exporting.adapters import dequantized_adapter_model
+    from hf_lite.exporting.check import max_abs_diff
+
+    with pytest.raises(TypeError, match=r"model must be a peft.PeftModel \(with an adapter to put back"):
+        dequantized_adapter_model(torch.nn.Linear(2, 2))
+    with pytest.raises(
+        RuntimeError, match=r"reloaded checkpoint's logits have shape \(2, 3\), the reference's \(2, 4\)"
+    ):
+        max_abs_diff(torch.zeros(2, 3), torch.zeros(2, 4), "logits")
+    assert max_abs_diff(torch.tensor([1.0, -2.0]), torch.tensor([1.5, 1.0]), "logits") == 3.0
+    assert max_abs_diff(torch.zeros(0), torch.zeros(0), "logits") == 0.0
