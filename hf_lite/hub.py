@@ -358,7 +358,7 @@ def _auth_error(err: BaseException, repo_id: str, token_sent: bool) -> ValueErro
 
 def _network_error(err: BaseException, repo_id: str, max_retries: int) -> ConnectionError | None:
     """A one-paragraph ``ConnectionError`` (an ``OSError``: ``hf-lite: error:`` on the command line) for a Hub
-    that cannot be reached or is switched off, else None; the repo is left as it was."""
+    that cannot be reached or is switched off, else None."""
     if isinstance(err, OfflineModeIsEnabled) or (
         constants.HF_HUB_OFFLINE and isinstance(err, ConnectionError)
     ):
@@ -371,8 +371,8 @@ def _network_error(err: BaseException, repo_id: str, max_retries: int) -> Connec
     tries = f"after {max_retries} retr{'y' if max_retries == 1 else 'ies'}" if max_retries else "no retry"
     return ConnectionError(
         f"Cannot reach the Hugging Face Hub at {constants.ENDPOINT} to push {repo_id!r} ({describe_error(err)}, "
-        f"{tries}); nothing was uploaded. Check the network connection and any proxy (HTTPS_PROXY), the "
-        "HF_ENDPOINT setting, then push again (files already on the Hub are not uploaded twice)."
+        f"{tries}). Check the network connection and any proxy (HTTPS_PROXY) and the HF_ENDPOINT setting, then "
+        "push again: that is safe, since a push is one commit and files already on the Hub are not sent twice."
     )
 
 

@@ -160,3 +160,28 @@ def test_cli_push_without_network_prints_one_error_line(unreachable_hub, checkpo
     lines = [line for line in err.splitlines() if line.startswith("hf-lite: error:")]
     assert len(lines) == 1 and "Cannot reach the Hugging Face Hub" in lines[0]
     assert "Traceback" not in err and "ConnectError(" not in err
+
+
+def test_push_losing_the_network_after_creating_the_repo_removes_it_and_says_so(
+    hub_server, checkpoint, monkeypatch
+):
+    from huggingface_hub import HfApi
+
+    from hf_lite._hub_commit import is_network_error
+
+    monkeypatch.setattr(hub_module, "RETRY_BASE_WAIT", 0.0)
+    calls = []
+
+    def drop(self, *args, **kwargs):  # the connection goes away once the repo exists
+        calls.append(args)
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(HfApi, "repo_info", drop)
+    assert is_network_error(ConnectionResetError())
+    with pytest.raises(
+        ConnectionError, match=r"Cannot reach the Hugging Face Hub.*after 2 retries.*push again"
+    ):
+        push_to_hub(checkpoint, "test-user/lost", max_retries=2)
+    assert len(calls) == 3  # first try + 2 retries
+    monkeypatch.undo()
+    assert not HfApi().repo_exists("test-user/lost")  # the repo this push created is gone again
