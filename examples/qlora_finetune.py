@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# hf-lite first: it puts its filters on bitsandbytes' loggers before transformers imports bitsandbytes
+from hf_lite import load_model, load_tokenizer, model_summary
+
+# isort: split
 from transformers import DataCollatorForLanguageModeling, HfArgumentParser, TrainingArguments, set_seed
 
-from hf_lite import load_model, load_tokenizer, model_summary
 from trainers import FinetuneTrainer, check_distributed_launch
 
 

@@ -13,6 +13,10 @@ argument, the value, the reason and the fix.
 
 from __future__ import annotations
 
+# First: transformers (training classes) and peft import bitsandbytes, which logs at import.
+from hf_lite.logs import install_log_filters
+
+# isort: split
 import copy
 import logging
 import os
@@ -27,9 +31,6 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from hf_lite.logs import install_log_filters  # first: peft imports bitsandbytes, which logs at import
-
-# isort: split
 from hf_lite._utils import did_you_mean
 from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module_names re-exported)
     attach_adapter,

@@ -132,3 +132,20 @@ def test_kernels_offline_trust_message_about_the_bnb_kernel_goes_to_info():
         assert OnceFilter().filter(other) is True and other.levelno == logging.WARNING
     finally:
         log.setLevel(before)
+
+
+@pytest.mark.parametrize(
+    ("code", "stock"),
+    [
+        ("from hf_lite import load_model; from transformers import TrainingArguments; import peft", False),
+        ("import hf_lite.app.cli; from transformers import TrainingArguments", False),
+        ("from transformers import TrainingArguments", True),  # the reference: bitsandbytes speaks at import
+    ],
+)
+def test_bitsandbytes_import_message_is_hidden_once_hf_lite_is_imported_first(code, stock):
+    from bitsandbytes.functional import has_avx512bf16
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = sum(KERNEL_FALLBACK in line or KERNEL_REPO in line for line in proc.stderr.splitlines())
+    assert shown == (1 if stock and has_avx512bf16() else 0)
