@@ -295,6 +295,9 @@ def test_pushed_card_states_the_figures_of_the_runs_report(tiny_run, tmp_path, h
     assert f"| parameters | {reference['parameters']:,} | {student['parameters']:,} |" in card
     perplexity = f"{student['metrics']['perplexity']:.4g}"
     assert f"| perplexity | {reference['metrics']['perplexity']:.4g} | {perplexity} |" in card
+    # the exported folder carries the same figures in its own card
+    exported = (out / "export" / "model" / "README.md").read_text()
+    assert f"| perplexity | {reference['metrics']['perplexity']:.4g} | {perplexity} |" in exported
 
 
 # ------------------------------------------------------- stale results are never reused (issue 19, item 1)

@@ -410,6 +410,7 @@ def stage_export(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     if ctx.is_main:
         model = _load_plain(ctx, stage.model)
         out = ctx.root / stage.name / "model"
+        summary = evaluated_summary(ctx, stage.model)  # the card states the figures the run's report measured
         report = export(
             model,
             out,
@@ -417,14 +418,12 @@ def stage_export(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
             merge_adapter=bool(spec.merge_adapter),
             dtype=spec.dtype,
             overwrite=True,
+            card_report=summary,
         )
         if report is not None:
             info["max_abs_logit_diff"] = getattr(report, "max_abs_diff", None)
         if spec.push:
-            push = dict(spec.push)
-            if "report" not in push:  # the card states the figures the run's report measured
-                push["report"] = evaluated_summary(ctx, stage.model)
-            result = push_to_hub(str(out), **push)
+            result = push_to_hub(str(out), **{"report": summary, **spec.push})
             info["pushed"] = getattr(result, "commit_url", None)
     ctx.state.wait_for_everyone()
     return info
