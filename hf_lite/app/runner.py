@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -362,8 +361,6 @@ def evaluate_models(
     (:func:`hf_lite.evaluation.measure_latency_side_by_side`: interleaved rounds, so background load on a
     shared machine skews no model's speedup). All evaluated models are held in memory together for that.
     """
-    # bitsandbytes warns on every 8-bit matmul that fp32 inputs are cast to fp16: once is enough.
-    warnings.filterwarnings("once", message="MatMul8bitLt: inputs will be cast")
     data = ctx.tokenized()["eval"]
     report = CompressionReport(
         task=ctx.recipe.task, machine=machine_info(), title=f"{ctx.recipe.name}: compression report"
