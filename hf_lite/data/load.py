@@ -172,7 +172,12 @@ def _resolve_columns(columns: Mapping[str, str] | None, available: list[str], wh
             raise ValueError(
                 f"columns={dict(columns)!r} has no 'text' entry; map 'text' to one of {available}."
             )
-        return dict(columns)
+        mapping = dict(columns)
+        # A mapping that renames only the text still keeps the source's own label column, as columns=None does.
+        label = next((c for c in _AUTO_LABEL if c in available and c not in mapping.values()), None)
+        if "label" not in mapping and label is not None:
+            mapping["label"] = label
+        return mapping
     mapping: dict[str, str] = {}
     for first, second in _AUTO_PAIRS:
         if first in available and second in available and "text" not in available:
@@ -257,7 +262,9 @@ def load_data(
         split: the split used for training.
         columns: ``{canonical: source column}``, e.g. ``{"text": "sentence", "label": "label"}``. Default:
             ``text`` from a column named text/sentence/content/review/document (or a pair such as
-            sentence1/sentence2), ``label`` from label/labels when present.
+            sentence1/sentence2), ``label`` from label/labels when present. A mapping without ``label``
+            still takes a label/labels column of the source (``{"text": "sentence"}`` on SST-2 keeps its
+            labels).
         eval_split: split used for evaluation. Default: the first of validation/eval/dev/valid that the
             source has; without one, ``eval_fraction`` of the training rows are held out.
         eval_fraction: fraction of training rows held out (seeded shuffle) when there is no evaluation

@@ -519,3 +519,14 @@ def test_padding_needs_a_pad_token():
         tokenize_data(
             Dataset.from_dict({"text": ["a b"]}), gpt, task="classification", max_length=4, padding=True
         )
+
+
+def test_a_mapping_of_the_text_only_keeps_the_sources_label_column(tmp_path):
+    f = tmp_path / "train.tsv"
+    f.write_text("sentence\tlabel\nthe cat runs\t1\na dog sleeps\t0\none tree\t1\n")
+    ds = load_data(f, columns={"text": "sentence"}, eval_fraction=0)
+    assert ds["train"].column_names == ["text", "label"] and ds["train"]["label"] == [1, 0, 1]
+    # without a label column in the source, the text alone
+    g = tmp_path / "plain.tsv"
+    g.write_text("sentence\tother\nthe cat runs\tx\na dog sleeps\ty\n")
+    assert load_data(g, columns={"text": "sentence"}, eval_fraction=0)["train"].column_names == ["text"]
