@@ -13,7 +13,8 @@ and keeps the bookkeeping right: exact under gradient accumulation (losses divid
 label tokens of the whole accumulated batch), the teacher placed through the accelerator in evaluation
 mode and never saved in checkpoints, hidden-state projections trained with the student but saved beside
 it (``distillation_projections.safetensors``) so the student stays a plain checkpoint, and each loss
-logged on its own (``loss_kd``, ``loss_ce``, ``loss_hidden``, ``loss_attention``).
+logged on its own (``loss_kd``, ``loss_ce``, ``loss_hidden``, ``loss_attention``; in evaluation
+``eval_loss`` stays the mixed loss, ``eval_loss_ce``/``eval_loss_kd`` beside it: :mod:`trainers.distillation_eval`).
 
 >>> from trainers import DistillationConfig, DistillationTrainer
 >>> args = DistillationConfig("out", temperature=2.0, alpha=0.5, hidden_weight=1.0)
@@ -42,6 +43,7 @@ from hf_lite.quantization import keep_bnb_layout_trainable_
 from hf_lite.summary import describe_adapter, describe_quantization
 from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
 from trainers.distillation_config import DistillationConfig, resolve_layer_map
+from trainers.distillation_eval import EvalLossMixin
 from trainers.distillation_models import (
     common_vocabulary,
     hidden_states,
@@ -59,7 +61,7 @@ from trainers.distillation_projections import (
 logger = logging.getLogger(__name__)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(EvalLossMixin, Trainer):
     """A ``Trainer`` whose loss distils one or several frozen teachers into the student.
 
     Args:
@@ -297,6 +299,8 @@ class DistillationTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         if training:
             self._record(components)
+        elif labels is not None:  # evaluation: eval_loss_ce (the plain CE, also with alpha=1), eval_loss_kd
+            self.eval_parts.add_batch(logit, s_logits, kd_labels, rows=labels.shape[0])
         return (loss, outputs) if return_outputs else loss
 
     def _split_inputs(

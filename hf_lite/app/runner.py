@@ -46,6 +46,7 @@ from hf_lite.app.run_folder import (  # noqa: F401 (RUN_MARKER, STAGE_MARKER: im
     stage_done,
 )
 from hf_lite.app.stages import MODEL_STAGES, TrainingStage
+from hf_lite.app.training_eval import final_evaluation
 from hf_lite.card import CompressionSummary
 from hf_lite.data import augment_data, load_data, tokenize_data
 from hf_lite.evaluation import evaluate_model, machine_info, measure_latency_side_by_side
@@ -209,7 +210,7 @@ def _train_and_save(ctx: RunContext, stage: StageConfig, trainer: Any) -> dict[s
     if last:
         ctx.log(f"{stage.name}: resuming from {Path(last).name}")
     result = trainer.train(resume_from_checkpoint=last)
-    eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    eval_metrics = final_evaluation(trainer, ctx.log, stage.name)  # only if asked, never twice
     model = trainer.model
     if hasattr(model, "peft_config"):
         model = _merged(model)
@@ -375,6 +376,7 @@ def evaluate_models(
     for ref in refs:
         path = ctx.model_path(ref)
         model = _load_plain_or_quantized(ctx, ref)
+        ctx.log(f"evaluating {ref} on {len(data):,} rows")
         with tempfile.TemporaryDirectory() as tmp:
             folder = path if Path(path).is_dir() else _saved_copy(model, tmp)
             results[ref] = evaluate_model(model, data, ctx.recipe.task, folder=folder, measure_speed=False)

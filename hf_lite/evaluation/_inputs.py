@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from datasets import Dataset, DatasetDict
 
+from hf_lite.progress import progress_bar
+
 #: Dataset columns passed to the model's forward (others, such as labels and text, are not).
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -56,11 +58,18 @@ def pad_id(model: Any) -> int:
 
 
 def batches(
-    dataset: Dataset, batch_size: int, columns: Sequence[str], pad_id: int, device: Any
+    dataset: Dataset,
+    batch_size: int,
+    columns: Sequence[str],
+    pad_id: int,
+    device: Any,
+    desc: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Right-padded tensors of ``columns`` for consecutive slices of ``dataset`` (labels padded with -100)."""
+    """Right-padded tensors of ``columns`` for consecutive slices of ``dataset`` (labels padded with -100); with
+    ``desc``, a progress bar of that name counts the batches (:func:`hf_lite.progress.progress_bar`)."""
     pad_values = {"input_ids": pad_id, "labels": -100}
-    for start in range(0, len(dataset), batch_size):
+    starts = range(0, len(dataset), batch_size)
+    for start in progress_bar(starts, desc=desc, unit="batch", disable=True if desc is None else None):
         rows = dataset[start : start + batch_size]
         batch = {}
         for col in columns:

@@ -33,7 +33,9 @@ def token_nll(model: Any, dataset: Dataset, batch_size: int) -> dict[str, Any]:
     try:
         with torch.inference_mode():
             columns = [*inputs, "labels"] if has_labels else inputs
-            for batch in batches(dataset, batch_size, columns, pad_id(model), model_device(model)):
+            for batch in batches(
+                dataset, batch_size, columns, pad_id(model), model_device(model), "evaluate"
+            ):
                 labels = batch.pop("labels", None)
                 if labels is None:  # score every attended token
                     mask = batch.get("attention_mask")

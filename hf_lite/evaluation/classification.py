@@ -142,7 +142,7 @@ def predict_classes(model: Any, dataset: Dataset, batch_size: int) -> tuple[list
     try:
         with torch.inference_mode():
             for batch in batches(
-                dataset, batch_size, [*inputs, "labels"], pad_id(model), model_device(model)
+                dataset, batch_size, [*inputs, "labels"], pad_id(model), model_device(model), "evaluate"
             ):
                 labels = batch.pop("labels")
                 logits = model(**batch).logits  # (batch, num_labels)

@@ -2,7 +2,8 @@
 
 Median of repeats after warm-up with its spread (interquartile range), ``torch.inference_mode``, CUDA
 synchronized on GPU; the thread count and the machine's load average at measurement are recorded beside the
-numbers (see :func:`hf_lite.evaluation.machine_info` and :func:`hf_lite.evaluation.busy_note`).
+numbers (see :func:`hf_lite.evaluation.machine_info` and :func:`hf_lite.evaluation.busy_note`). A progress bar
+(:func:`hf_lite.progress.progress_bar`) counts the forward passes; it moves between timed passes, never in one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from hf_lite.evaluation._inputs import MODEL_INPUTS, check_batch_size, model_device
 from hf_lite.evaluation.machine import load_average
+from hf_lite.progress import progress_bar
 
 
 def quartiles(times: Sequence[float]) -> tuple[float, float]:
@@ -169,6 +171,8 @@ def measure_latency_side_by_side(
     modes = {name: models[name].training for name in names}
     for model in models.values():
         model.eval()
+    # forward passes: the bar moves between timed passes, never inside one
+    bar = progress_bar(total=len(batch_sizes) * len(names) * (warmup + repeats), desc="latency", unit="pass")
     try:
         with torch.inference_mode():
             for b in batch_sizes:
@@ -183,6 +187,7 @@ def measure_latency_side_by_side(
                 for name in names:
                     for _ in range(warmup):
                         models[name](**batches[name])
+                        bar.update(1)
                 for r in range(repeats):
                     k = r % len(names)
                     for name in names[k:] + names[:k]:  # rotate who goes first
@@ -192,6 +197,7 @@ def measure_latency_side_by_side(
                         models[name](**batches[name])
                         sync()
                         times[name].append(time.perf_counter() - start)
+                        bar.update(1)
                 for name in names:
                     median = statistics.median(times[name])
                     q1, q3 = quartiles(times[name])
@@ -209,6 +215,7 @@ def measure_latency_side_by_side(
                         }
                     )
     finally:
+        bar.close()
         for name, training in modes.items():
             models[name].train(training)
     threads = torch.get_num_threads()

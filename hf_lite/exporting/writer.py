@@ -60,6 +60,7 @@ from hf_lite.exporting.sparsity import (
     make_pruning_permanent_,
 )
 from hf_lite.loading import resolve_dtype
+from hf_lite.progress import progress_bar
 from hf_lite.summary import describe_adapter, describe_quantization
 
 logger = logging.getLogger(__name__)
@@ -331,6 +332,7 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{secrets.token_hex(4)}"
     tmp.mkdir()
+    bar = progress_bar(total=3, desc=f"export {out.name}", unit="step")  # write, reload check, card
     try:
         kind = "adapter" if peft_model and not merge_adapter else "model"
         pruned: list[str] = []
@@ -357,6 +359,7 @@ def export(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         _refuse_pickles(tmp)
+        bar.update(1)
 
         max_diff = check_output = vs_quantized = None
         reference_label = None
@@ -374,6 +377,7 @@ def export(
                     f"{reference_label}'s by up to {max_diff:.3g} > check_atol={check_atol}. Nothing was "
                     f"written to {out.name!r}."
                 )
+        bar.update(1)
         saved_quant = quantization if kind == "model" and work is model else None
         report = ExportReport(
             output_dir=str(out),
@@ -404,9 +408,12 @@ def export(
             write_card(tmp, info, report, card_report)
         report.files = inspect_checkpoint(tmp).files
         replace_dir(tmp, out)
+        bar.update(1)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
 
     logger.info(
         "exported %s to %r: %d files, %s parameters%s",

@@ -2,7 +2,8 @@
 
 :func:`precompute_teacher_cache` works shard by shard (each shard a complete folder or absent, see
 :mod:`~hf_lite.teacher_cache.store`), so an interrupted run resumes from its last complete shard and gives the
-same result, byte for byte, as a run that was not interrupted.
+same result, byte for byte, as a run that was not interrupted. A progress bar
+(:func:`hf_lite.progress.progress_bar`, main process only) counts the examples scored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from hf_lite.loading import load_teacher
 from hf_lite.losses import teacher_topk
 from hf_lite.losses._checks import check_temperature
+from hf_lite.progress import progress_bar
 from hf_lite.tasks import normalize_task
 from hf_lite.teacher_cache.collate import check_positive_int, padding_id, stack_padded
 from hf_lite.teacher_cache.fingerprint import FORMAT_VERSION, check_k, combine, fingerprint_parts
@@ -204,6 +206,7 @@ def precompute_teacher_cache(
     features = cache_features(dataset.features, task, k, dtype, index_dtype)
     was_training = teacher.training
     teacher.eval()
+    bar = progress_bar(total=n, desc="teacher cache", unit="example")  # examples scored, done shards included
     try:
         for shard in range(num_shards):
             start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
@@ -223,9 +226,10 @@ def precompute_teacher_cache(
                         f"same dataset (same order), or delete {str(partial)!r} to start over."
                     )
                 logger.info("teacher cache: shard %d/%d already done", shard + 1, num_shards)
+                bar.update(stop - start)
                 continue
             columns = _run_teacher(
-                teacher, inputs, start, task, k, temperature, batch_size, vocab_size, pad_id
+                teacher, inputs, start, task, k, temperature, batch_size, vocab_size, pad_id, bar
             )
             num_tokens = _count_tokens(inputs["input_ids"], task)
             info = {"start": start, "stop": stop, "inputs_digest": digest, "num_tokens": num_tokens}
@@ -234,6 +238,7 @@ def precompute_teacher_cache(
                 "teacher cache: shard %d/%d written (%d examples)", shard + 1, num_shards, stop - start
             )
     finally:
+        bar.close()
         teacher.train(was_training)
 
     shard_infos = [read_json(partial / f"shard-{s:05d}" / SHARD_FILE) for s in range(num_shards)]
@@ -272,8 +277,10 @@ def _run_teacher(
     batch_size: int,
     vocab_size: int | None,
     pad_id: int,
+    bar: Any = None,
 ) -> dict[str, list]:
-    """Top-k log-probabilities, ids and tail mass of each example of ``inputs``, batch by batch."""
+    """Top-k log-probabilities, ids and tail mass of each example of ``inputs``, batch by batch (``bar``, a
+    progress bar, moves by each batch's examples)."""
     per_position = CACHE_TASKS[task]
     device = _input_device(teacher)
     out: dict[str, list] = {LOGPROBS_COLUMN: [], INDICES_COLUMN: [], TAIL_COLUMN: []}
@@ -309,6 +316,8 @@ def _run_teacher(
                 out[LOGPROBS_COLUMN].append(logprobs[i])
                 out[INDICES_COLUMN].append(indices[i])
                 out[TAIL_COLUMN].append(tail[i])
+        if bar is not None:
+            bar.update(len(rows))
     return out
 
 
