@@ -549,3 +549,86 @@ def test_help_of_run_and_plan_explains_overrides(capsys):
             main([command, "--help"])
         printed = capsys.readouterr().out
         assert "--distill.learning_rate 3e-5" in printed and "--teacher-ft.max_steps 5" in printed
+
+
+# ----------------------------------------------------- evaluation only when asked, never twice (issue 19, item 7)
+
+
+def _count_evaluations(monkeypatch) -> dict[str, int]:
+    """Counters of full passes over the evaluation split: the Trainer's ``evaluation_loop`` (a training stage's
+    evaluation) and ``evaluate_model`` (the evaluate stage, one call per model)."""
+    from transformers import Trainer
+
+    import hf_lite.app.runner as runner
+
+    counts = {"trainer": 0, "evaluate_model": 0}
+    loop, evaluate_model = Trainer.evaluation_loop, runner.evaluate_model
+
+    def counted_loop(self, *args, **kwargs):
+        counts["trainer"] += 1
+        return loop(self, *args, **kwargs)
+
+    def counted_evaluate_model(*args, **kwargs):
+        counts["evaluate_model"] += 1
+        return evaluate_model(*args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluation_loop", counted_loop)
+    monkeypatch.setattr(runner, "evaluate_model", counted_evaluate_model)
+    return counts
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("flags", "passes"),
+    [
+        ([], 0),  # eval_strategy "no" (the default): nothing evaluates in the training stage
+        (["--distill.eval_strategy", "epoch"], 1),  # the Trainer's evaluation of the last step is the stage's
+        (["--distill.eval_strategy", "steps", "--distill.eval_steps", "5"], 2),  # steps 5 and 10, none after
+        (
+            ["--distill.eval_strategy", "steps", "--distill.eval_steps", "4"],
+            3,
+        ),  # 4, 8, then the final model once
+        (["--distill.do_eval", "true"], 1),  # asked for at the end only
+    ],
+)
+def test_a_distill_stage_evaluates_only_when_asked_and_never_twice(
+    tiny_run, tmp_path, monkeypatch, flags, passes
+):
+    root, teacher = tiny_run
+    counts = _count_evaluations(monkeypatch)
+    out = tmp_path / "run"
+    # the stages `hf-lite distill` runs: a student from the teacher's layers, distil, evaluate teacher and student
+    raw = {
+        "name": "distill",
+        "task": "causal-lm",
+        "teacher": str(teacher),
+        "output_dir": str(out),
+        "data": {"train": str(root / "train.txt"), "eval": str(root / "eval.txt"), "max_length": 16},
+        "stages": [
+            {"name": "student", "type": "init_student", "model": "teacher", "layers": "every_other"},
+            {"name": "distill", "type": "distill", "model": "student", "teacher": "teacher"},
+            {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill"], "latency_repeats": 1},
+        ],
+    }
+    (tmp_path / "distill.yaml").write_text(yaml.safe_dump(raw))
+    argv = [
+        "run",
+        str(tmp_path / "distill.yaml"),
+        "--distill.max_steps",
+        "10",
+        "--distill.disable_tqdm",
+        "true",
+    ]
+    assert main([*argv, *flags]) == 0
+    assert counts == {
+        "trainer": passes,
+        "evaluate_model": 2,
+    }  # the evaluate stage: teacher and student, once each
+    info = json.loads((out / "distill" / "stage.json").read_text())
+    if passes == 0:
+        assert not any(key.startswith("eval_") for key in info)
+    else:  # the mixed loss the trainer minimises, and its parts: the CE part compares with a fine-tuned model's
+        assert {"eval_loss", "eval_loss_ce", "eval_loss_kd"} <= set(info)
+        assert info["eval_loss"] == pytest.approx(
+            0.5 * info["eval_loss_kd"] + 0.5 * info["eval_loss_ce"], rel=1e-5
+        )

@@ -728,3 +728,33 @@ def test_a_4bit_student_loaded_without_hf_lite_is_kept_trainable_after_evaluatio
         processing_class=tok,
     )
     assert keep_bnb_layout_trainable_(student) == 0  # every Linear4bit already carries the hook
+
+
+# ------------------------------------------------------------- evaluation: the mixed loss and its parts
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("alpha", [0.4, 1.0])
+def test_eval_loss_comes_with_a_ce_part_equal_to_a_plain_trainers_eval_loss(tmp_path, tok, alpha):
+    """``eval_loss`` stays what the trainer minimises (alpha * KD + (1 - alpha) * CE, as the training ``loss``);
+    ``eval_loss_ce`` equals a stock Trainer's ``eval_loss`` of the same student on the same batches (also with
+    alpha=1, where no CE is trained on); uneven batches (4, 4, 2) check the row weighting."""
+    teacher, student = _llama(tok, 1), _llama(tok, 2)
+    data = _token_data(tok, n=10, seed=3, variable=True)
+    args = _args(tmp_path, alpha=alpha, temperature=2.0, per_device_eval_batch_size=4)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, eval_dataset=data, data_collator=_collator(tok)
+    )
+    metrics = trainer.evaluate()
+    plain_args = TrainingArguments(
+        str(tmp_path / "plain"), per_device_eval_batch_size=4, use_cpu=True, report_to=[], disable_tqdm=True
+    )
+    plain = Trainer(model=student, args=plain_args, eval_dataset=data, data_collator=_collator(tok))
+    reference = plain.evaluate()["eval_loss"]
+    assert metrics["eval_loss_ce"] == pytest.approx(reference, rel=1e-5)
+    mixed = alpha * metrics["eval_loss_kd"] + (1 - alpha) * metrics["eval_loss_ce"]
+    assert metrics["eval_loss"] == pytest.approx(mixed, rel=1e-5)
+    assert metrics["eval_loss"] != pytest.approx(metrics["eval_loss_ce"], rel=1e-3)  # they do differ
+    # predict() uses its own prefix, and a second evaluation starts its sums afresh
+    assert trainer.predict(data).metrics["test_loss_ce"] == pytest.approx(reference, rel=1e-5)
+    assert trainer.evaluate()["eval_loss_ce"] == pytest.approx(reference, rel=1e-5)
