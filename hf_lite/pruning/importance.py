@@ -199,8 +199,9 @@ def taylor_products(
 def ffn_reduce(site: FfnSite, values: Mapping[nn.Module, torch.Tensor]) -> torch.Tensor:
     """Sum a weight-shaped quantity over each neuron's weights (expand rows + project columns): ``(width,)``."""
     total = _per_input(site.project, values[site.project])
-    for layer in site.expand:
-        total = total + _per_output(layer, values[layer]).to(total.device)
+    for layer in site.expand:  # a fused layer (gate_up_proj, Wi): each neuron owns one row in every chunk
+        rows = _per_output(layer, values[layer]).view(site.fused, -1).sum(0)
+        total = total + rows.to(total.device)
     return total
 
 
@@ -209,11 +210,14 @@ def heads_reduce(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum a weight-shaped quantity over each query head (q rows, o columns) and each group (its query
     heads plus its k and v rows): ``(heads,)``, ``(kv_heads,)``."""
-    query = _per_output(site.q, values[site.q]).view(heads, head_dim).sum(1)
+    if site.fused_qkv:  # rows [queries | keys | values]
+        rows = _per_output(site.q, values[site.q])
+        q_rows, k_rows, v_rows = rows.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+    else:
+        q_rows, k_rows, v_rows = (_per_output(p, values[p]) for p in (site.q, site.k, site.v))
+    query = q_rows.view(heads, head_dim).sum(1)
     query = query + _per_input(site.o, values[site.o]).view(heads, head_dim).sum(1).to(query.device)
-    kv = sum(
-        _per_output(p, values[p]).view(kv_heads, head_dim).sum(1).to(query.device) for p in (site.k, site.v)
-    )
+    kv = sum(r.view(kv_heads, head_dim).sum(1).to(query.device) for r in (k_rows, v_rows))
     group = query.view(kv_heads, heads // kv_heads).sum(1) + kv
     return query, group
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from hf_lite._utils import unwrap_model
 from hf_lite.pruning.importance import check_count
-from hf_lite.pruning.sites import base_layer, find_layer_list, model_config
+from hf_lite.pruning.sites import base_layer, build_block, find_layer_list, model_config
 from hf_lite.pruning.structural.plan import StructuralPlan
 from hf_lite.pruning.structural.reload import family_name, reload_mismatches
 
@@ -221,17 +221,6 @@ def config_error(config: PretrainedConfig, edits: Mapping[str, Any]) -> str | No
     except Exception as err:  # strict-dataclass validation raises its own error types
         message = " ".join(str(err).split()).rstrip(".")  # one line: validation errors span several
         return f"{type(err).__name__}: {message}"
-    return None
-
-
-def build_block(block: nn.Module, config: PretrainedConfig) -> nn.Module | None:
-    """A block of ``block``'s class built from ``config`` on the meta device, or ``None`` if that fails."""
-    for args, kwargs in (((config,), {"layer_idx": 0}), ((config, 0), {}), ((config,), {})):
-        try:
-            with torch.device("meta"):
-                return type(block)(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - an unknown constructor signature: skip the shape check
-            continue
     return None
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hf_lite.pruning.importance import check_count, check_importance, ffn_neuron_scores
-from hf_lite.pruning.sites import FfnSite, find_ffn_sites, model_config
+from hf_lite.pruning.sites import FfnSite, find_ffn_sites, model_config, neuron_rows
 from hf_lite.pruning.structural.checks import (
     IndexSpec,
     check_expressible,
@@ -42,8 +42,9 @@ def _ffn_slices(sites: list[FfnSite], index: torch.Tensor) -> StructuralPlan:
     """Neurons ``index`` of the FFNs ``sites``: rows of the expanding layers, columns of the projecting one."""
     plan = StructuralPlan()
     for site in sites:
+        rows = neuron_rows(index, site.width, site.fused)  # fused gate/up: the same neurons in each chunk
         for layer in site.expand:
-            plan.extend(output_slices(layer, index))
+            plan.extend(output_slices(layer, rows))
         plan.extend(input_slices(site.project, index))
         if isinstance(getattr(site.parent, "intermediate_size", None), int):
             plan.attributes.append((site.parent, "intermediate_size", len(index)))

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from hf_lite.pruning.importance import attention_head_scores, check_count, check_importance
-from hf_lite.pruning.sites import AttentionSite, find_attention_sites, head_layout, model_config
+from hf_lite.pruning.sites import (
+    AttentionSite,
+    find_attention_sites,
+    head_layout,
+    in_out_features,
+    model_config,
+    stored_head_dim,
+)
 from hf_lite.pruning.structural.checks import (
     IndexSpec,
     check_expressible,
@@ -100,9 +107,15 @@ def _head_slices(
     heads, kv_heads = len(q_kept), len(kv_kept)
     plan = StructuralPlan()
     for site in sites:
-        plan.extend(output_slices(site.q, q_rows))
-        plan.extend(output_slices(site.k, kv_rows))
-        plan.extend(output_slices(site.v, kv_rows))
+        if site.fused_qkv:  # rows [queries (H*d) | keys (G*d) | values (G*d)] of the heads before pruning
+            queries = in_out_features(site.o)[0]  # H * d
+            kv = (in_out_features(site.q)[1] - queries) // 2  # G * d
+            rows = torch.cat([q_rows, queries + kv_rows, queries + kv + kv_rows])
+            plan.extend(output_slices(site.q, rows))
+        else:
+            plan.extend(output_slices(site.q, q_rows))
+            plan.extend(output_slices(site.k, kv_rows))
+            plan.extend(output_slices(site.v, kv_rows))
         plan.extend(input_slices(site.o, q_rows))
         for name, value in (
             ("num_heads", heads),
@@ -180,6 +193,8 @@ def plan_attention_heads(
     check_sliceable(projections)
     edits = {"num_attention_heads": new_heads, "num_key_value_heads": groups}
     config = model_config(model)
+    if stored_head_dim(config) is None:
+        edits["head_dim"] = head_dim  # the attention reads it if present (Qwen2, Phi3): keep the head size
     if config_error(config, edits) is not None:
         valid = loadable_group_counts(config, kv_heads, queries)
         raise ValueError(
