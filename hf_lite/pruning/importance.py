@@ -197,7 +197,8 @@ def taylor_products(
 
 
 def ffn_reduce(site: FfnSite, values: Mapping[nn.Module, torch.Tensor]) -> torch.Tensor:
-    """Sum a weight-shaped quantity over each neuron's weights (expand rows + project columns): ``(width,)``."""
+    """Sum a weight-shaped quantity over each neuron's weights (expand rows + project columns): ``(width,)``.
+    A fused expanding layer (``site.fused`` chunks) contributes one row per chunk to each neuron."""
     total = _per_input(site.project, values[site.project])
     for layer in site.expand:  # a fused layer (gate_up_proj, Wi): each neuron owns one row in every chunk
         rows = _per_output(layer, values[layer]).view(site.fused, -1).sum(0)
@@ -209,7 +210,8 @@ def heads_reduce(
     site: AttentionSite, values: Mapping[nn.Module, torch.Tensor], heads: int, kv_heads: int, head_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum a weight-shaped quantity over each query head (q rows, o columns) and each group (its query
-    heads plus its k and v rows): ``(heads,)``, ``(kv_heads,)``."""
+    heads plus its k and v rows): ``(heads,)``, ``(kv_heads,)``. A fused ``qkv_proj`` (Phi3) holds the q, k
+    and v rows one after the other."""
     if site.fused_qkv:  # rows [queries | keys | values]
         rows = _per_output(site.q, values[site.q])
         q_rows, k_rows, v_rows = rows.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
@@ -299,7 +301,8 @@ def attention_head_scores(
     ``"taylor"``: ``|sum of w * dL/dw|`` over those weights.
 
     Args:
-        model: a decoder whose config carries ``head_dim`` (Llama family), or a PEFT model around one.
+        model: a decoder whose attention takes its head size from ``config.head_dim`` (Llama family, Qwen2,
+            Phi3; see :func:`~hf_lite.pruning.sites.head_layout`), or a PEFT model around one.
         importance: ``"magnitude"``, ``"activation"`` or ``"taylor"``.
         calibration_batches: batches of tokenized text (with ``labels`` for ``"taylor"``).
 

@@ -6,14 +6,21 @@ remote code).
 What the config can express decides what is supported:
 
 - **FFN neurons** (:func:`prune_ffn_`): every block keeps the same number of neurons, so one
-  ``intermediate_size`` (``n_inner`` for GPT-2) describes them. Llama-style gate/up/down, GPT-2's Conv1D
-  ``c_fc``/``c_proj`` and BERT's ``intermediate.dense``/``output.dense`` are sliced with their biases.
-- **Attention heads** (:func:`prune_attention_heads_`): only for decoders whose config carries ``head_dim``
-  (Llama family), so the head size survives a change of ``num_attention_heads``. Whole grouped-query
-  groups are removed (a key/value head and the query heads that read it), the same number in every block;
-  optionally each kept group also keeps fewer query heads (the same number in every group). BERT and GPT-2
-  derive the head size from ``hidden_size / num_attention_heads``: removing heads there cannot be saved
-  as a config, so it is refused.
+  ``intermediate_size`` (``n_inner`` for GPT-2, ``ffn_dim`` for OPT, ``hidden_dim`` for DistilBERT,
+  ``ffn_hidden_size`` for Falcon) describes them. Llama-style gate/up/down, GPT-2's Conv1D ``c_fc``/``c_proj``,
+  BERT's ``intermediate.dense``/``output.dense``, ``fc1``/``fc2``, GPT-NeoX's and Falcon's
+  ``dense_h_to_4h``/``dense_4h_to_h`` and DistilBERT's ``ffn.lin1``/``ffn.lin2`` are sliced with their
+  biases; fused gated layers (Phi3's ``gate_up_proj``, ModernBERT's ``Wi``) keep the same neurons in both
+  halves.
+- **Attention heads** (:func:`prune_attention_heads_`): for decoders whose attention takes its head size
+  from ``config.head_dim``: configs that carry it (Llama family, Qwen3, Gemma) and configs whose attention
+  reads it when present (Qwen2, Qwen2-MoE, Phi3: pruning writes ``head_dim`` into the config), so the head
+  size survives a change of ``num_attention_heads``. Separate ``q_proj``/``k_proj``/``v_proj`` and Phi3's
+  fused ``qkv_proj`` (rows: queries, keys, values) are sliced. Whole grouped-query groups are removed (a
+  key/value head and the query heads that read it), the same number in every block; optionally each kept
+  group also keeps fewer query heads (the same number in every group). BERT, GPT-2, GPT-NeoX, Falcon, OPT,
+  DistilBERT and ModernBERT derive the head size from ``hidden_size / num_attention_heads`` whatever the
+  config says: removing heads there cannot be saved as a config, so it is refused.
 - **Blocks** (:func:`prune_layers_`): explicit indices, or the blocks with the lowest block influence
   (ShortGPT). ``num_hidden_layers`` and per-layer config lists (``layer_types``, ...) are updated and the
   kept blocks' ``layer_idx`` attributes renumbered, so generation with a KV cache keeps working.

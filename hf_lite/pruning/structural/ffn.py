@@ -149,7 +149,8 @@ def prune_ffn_(
     columns) of removed neurons, weights and biases; the projecting layer loses the matching input columns.
 
     Args:
-        model: a decoder (Llama family, GPT-2) or encoder (BERT family), or a PEFT model with LoRA around one.
+        model: a decoder (Llama family, Phi3, GPT-2, GPT-NeoX, Falcon, OPT) or encoder (BERT family,
+            DistilBERT, ModernBERT), or a PEFT model with LoRA around one.
         keep_ratio: fraction of neurons to keep, in ``(0, 1]``; the count is ``round(keep_ratio * width)``,
             then rounded up to a multiple of ``multiple_of`` (never above the current width).
         intermediate_size: the new width, instead of ``keep_ratio``.

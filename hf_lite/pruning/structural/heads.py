@@ -254,13 +254,15 @@ def prune_attention_heads_(
     ``num_key_value_heads``. ``head_dim`` is unchanged. ``q_proj``/``k_proj``/``v_proj`` lose rows (and
     biases), ``o_proj`` loses columns; ``num_attention_heads``/``num_key_value_heads`` are updated.
 
-    Only configs that carry ``head_dim`` can express fewer heads (Llama, Mistral, Qwen2, ...). BERT and
-    GPT-2 imply ``head_dim = hidden_size / num_attention_heads``; they are refused (prune FFN neurons or
-    layers instead). Some configs also require ``hidden_size`` divisible by ``num_attention_heads``
+    Only attention that takes its head size from ``config.head_dim`` can express fewer heads: configs that
+    carry it (Llama, Mistral, Qwen3, Gemma, ...) and configs whose attention reads it when present (Qwen2,
+    Phi3: ``head_dim`` is written into the config). Phi3's fused ``qkv_proj`` loses the rows of removed query,
+    key and value heads. BERT, GPT-2, GPT-NeoX, Falcon, OPT, DistilBERT and ModernBERT always imply
+    ``head_dim = hidden_size / num_attention_heads``; they are refused (prune FFN neurons or layers instead). Some configs also require ``hidden_size`` divisible by ``num_attention_heads``
     (Llama's validation does): a head count violating that is refused with the counts that load.
 
     Args:
-        model: a decoder of the Llama family, or a PEFT model with LoRA around one.
+        model: a decoder of the Llama, Qwen2 or Phi3 family, or a PEFT model with LoRA around one.
         keep_ratio: fraction of key/value groups to keep, in ``(0, 1]`` (``round(keep_ratio * G)``).
         num_key_value_heads: number of groups to keep, instead of ``keep_ratio``.
         keep_groups: the groups (key/value heads) to keep, instead of scores: one list for every block or

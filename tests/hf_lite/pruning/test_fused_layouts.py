@@ -228,3 +228,20 @@ def test_head_pruning_refused_where_the_config_derives_the_head_size(family):
     ):
         prune_attention_heads_(model, 0.5)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_fused_taylor_scores_match_a_reference_gradient():
+    model = _model("phi3")
+    ids = _ids()
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    ffn, attn = find_ffn_sites(model)[0], find_attention_sites(model)[0]
+    weights = [ffn.expand[0].weight, ffn.project.weight, attn.q.weight, attn.o.weight]
+    grads = torch.autograd.grad(model(**batch).loss, weights)
+    gate_up, down, qkv, o = (w.detach() * g for w, g in zip(weights, grads, strict=True))
+    neuron = gate_up[:48].sum(1) + gate_up[48:].sum(1) + down.sum(0)
+    torch.testing.assert_close(ffn_neuron_scores(model, "taylor", [batch])[0], neuron.abs())
+    query = qkv[:32].view(4, -1).sum(1) + o.view(32, 4, 8).sum((0, 2))
+    group = query.view(2, 2).sum(1) + qkv[32:48].view(2, -1).sum(1) + qkv[48:].view(2, -1).sum(1)
+    scores = attention_head_scores(model, "taylor", [batch])[0]
+    torch.testing.assert_close(scores.query, query.abs())
+    torch.testing.assert_close(scores.group, group.abs())
