@@ -16,9 +16,12 @@ the model untouched.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import transformers
+from peft import LoraConfig, get_peft_model
 
 from hf_lite.pruning.importance import attention_head_scores, ffn_neuron_scores
 from hf_lite.pruning.sites import find_attention_sites, find_ffn_sites, head_layout, neuron_rows
@@ -245,3 +248,24 @@ def test_fused_taylor_scores_match_a_reference_gradient():
     scores = attention_head_scores(model, "taylor", [batch])[0]
     torch.testing.assert_close(scores.query, query.abs())
     torch.testing.assert_close(scores.group, group.abs())
+
+
+@pytest.mark.parametrize("family", ["phi3", "modernbert"])
+def test_lora_on_fused_layers_is_sliced_with_its_base(family):
+    # Pruning the LoRA-wrapped model then merging equals merging then pruning with the same indices.
+    model = _model(family)
+    torch.manual_seed(3)
+    wrapped = get_peft_model(
+        copy.deepcopy(model), LoraConfig(target_modules="all-linear", init_lora_weights=False, r=4)
+    )
+    reference = copy.deepcopy(wrapped).merge_and_unload()
+    keep = torch.tensor([2, 3, 11, 17, 40])
+    prune_ffn_(wrapped, keep_indices=keep)
+    prune_ffn_(reference, keep_indices=keep)
+    if family == "phi3":
+        prune_attention_heads_(wrapped, keep_groups=[1])
+        prune_attention_heads_(reference, keep_groups=[1])
+    ids = _ids()
+    torch.testing.assert_close(
+        _logits(wrapped.merge_and_unload(), ids), _logits(reference, ids), rtol=1e-5, atol=1e-5
+    )
