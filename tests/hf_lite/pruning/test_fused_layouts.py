@@ -8,7 +8,8 @@ DistilBERT (``ffn.lin1``/``ffn.lin2``, width in ``hidden_dim``), ModernBERT (fus
 
 Checked: each accepted pruning, on a tiny config made here, saves a checkpoint that stock
 ``AutoModelFor*.from_pretrained`` reloads with the state dict (names and shapes) the stock class builds from
-the saved config and with the same logits within 1e-5; pruning structures that provably contribute nothing
+the saved config and with the same logits within 1e-5, in this process and in one without hf-lite (no
+missing, unexpected or mismatched keys); pruning structures that provably contribute nothing
 (zeroed output columns) leaves the logits unchanged, so fused rows are sliced with the right neurons and heads;
 magnitude scores of fused layers match their formula; refusals name the family and the alternative and leave
 the model untouched.
@@ -17,11 +18,16 @@ the model untouched.
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import transformers
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 
 from hf_lite.pruning.importance import attention_head_scores, ffn_neuron_scores
 from hf_lite.pruning.sites import find_attention_sites, find_ffn_sites, head_layout, neuron_rows
@@ -269,3 +275,46 @@ def test_lora_on_fused_layers_is_sliced_with_its_base(family):
     torch.testing.assert_close(
         _logits(wrapped.merge_and_unload(), ids), _logits(reference, ids), rtol=1e-5, atol=1e-5
     )
+
+
+_LOADER = textwrap.dedent(
+    """
+    import json, sys
+    import torch, transformers
+    from safetensors.torch import load_file, save_file
+    jobs = json.loads(sys.argv[1])
+    ids = load_file(sys.argv[3])["input_ids"]
+    out, problems = {}, {}
+    for name, (folder, auto) in jobs.items():
+        model, info = getattr(transformers, auto).from_pretrained(folder, output_loading_info=True)
+        problems[name] = {k: sorted(v) for k, v in info.items() if v and k != "error_msgs"}
+        with torch.no_grad():
+            out[name] = model.eval()(input_ids=ids).logits.contiguous()
+    save_file(out, sys.argv[2])
+    loaded = any(m.split(".")[0] == "hf_lite" for m in sys.modules)
+    print(json.dumps({"hf_lite_loaded": loaded, "problems": problems}))
+    """
+)
+
+
+@pytest.mark.integration
+def test_every_accepted_pruning_reloads_in_a_process_without_hf_lite(tmp_path):
+    ids = _ids()
+    save_file({"input_ids": ids}, str(tmp_path / "ids.safetensors"))
+    cases = {f"{f}-ffn": (f, lambda m: prune_ffn_(m, 0.5)) for f in FFN_FAMILIES}
+    cases |= {f"{f}-heads": (f, lambda m: prune_attention_heads_(m, 0.5)) for f in HEAD_FAMILIES}
+    jobs, logits = {}, {}
+    for name, (family, prune) in cases.items():
+        model = _model(family)
+        prune(model)
+        model.save_pretrained(tmp_path / name)
+        logits[name] = _logits(model, ids)
+        jobs[name] = [str(tmp_path / name), FAMILIES[family][1]]
+    args = [json.dumps(jobs), str(tmp_path / "out.safetensors"), str(tmp_path / "ids.safetensors")]
+    proc = subprocess.run([sys.executable, "-c", _LOADER, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"hf_lite_loaded": False, "problems": dict.fromkeys(jobs, {})}
+    stock = load_file(str(tmp_path / "out.safetensors"))
+    for name in jobs:
+        torch.testing.assert_close(stock[name], logits[name], rtol=1e-5, atol=1e-5, msg=name)
