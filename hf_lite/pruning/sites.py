@@ -3,7 +3,9 @@
 Everything the pruning code needs to *find* in a transformers model lives here: the layers that hold weights
 (``nn.Linear`` and transformers' ``Conv1D``, whose weight is stored transposed), the layer a PEFT adapter
 wraps, the output embeddings, the model's config, its stack of transformer blocks, and per block the FFN
-(:class:`FfnSite`) and the self-attention projections (:class:`AttentionSite`).
+(:class:`FfnSite`, fused gate/up layers such as Phi3's ``gate_up_proj`` included) and the self-attention
+projections (:class:`AttentionSite`, separate or Phi3's fused ``qkv_proj``), and the head layout
+(:func:`head_layout`: is the head size in the config, or can it be written there?).
 
 >>> from hf_lite.testing import build_tiny_model
 >>> model, _ = build_tiny_model("llama")
