@@ -632,3 +632,34 @@ def test_a_distill_stage_evaluates_only_when_asked_and_never_twice(
         assert info["eval_loss"] == pytest.approx(
             0.5 * info["eval_loss_kd"] + 0.5 * info["eval_loss_ce"], rel=1e-5
         )
+
+
+@pytest.mark.multiprocess
+def test_two_processes_gather_a_distill_stages_eval_loss_parts_like_eval_loss(tiny_run, tmp_path):
+    """Under `accelerate launch` the CE/KD parts are gathered batch by batch as transformers gathers eval_loss
+    (the rows repeated to even out the last batches dropped), so eval_loss stays their alpha mix exactly."""
+    root, teacher = tiny_run
+    raw = {
+        "name": "d",
+        "task": "causal-lm",
+        "teacher": str(teacher),
+        "output_dir": str(tmp_path / "out"),
+        "data": {"train": str(root / "train.txt"), "eval": str(root / "eval.txt"), "max_length": 16},
+        "stages": [
+            {"name": "student", "type": "init_student", "model": "teacher", "layers": [0, 3]},
+            {
+                "name": "distill",
+                "type": "distill",
+                "model": "student",
+                "teacher": "teacher",
+                "args": {"max_steps": 4, "eval_strategy": "epoch", "alpha": 0.3, "disable_tqdm": True},
+            },
+        ],
+    }
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(raw))
+    launched = launch_two(["-m", "hf_lite", "run", str(tmp_path / "d.yaml")], env=ENV, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    info = json.loads((tmp_path / "out" / "distill" / "stage.json").read_text())
+    assert info["eval_loss"] == pytest.approx(
+        0.3 * info["eval_loss_kd"] + 0.7 * info["eval_loss_ce"], rel=1e-5
+    )

@@ -13,7 +13,7 @@ the temperature, so it is no yardstick between runs; beside it come
   compare directly;
 * ``eval_loss_kd``: the distillation term alone (with its ``T**2``).
 
-Sums run over every process (``accelerator.reduce``) before they are divided.
+Under several processes every batch is gathered as transformers gathers ``eval_loss`` (so the same rows count).
 
 >>> import torch
 >>> parts = EvalLossParts()
@@ -36,34 +36,36 @@ class EvalLossParts:
     """Row-weighted sums of per-batch loss parts over one evaluation, turned into ``{prefix}_{name}`` metrics."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, float] = {}
         self.rows = 0
 
-    def add(self, parts: dict[str, torch.Tensor], rows: int) -> None:
-        """One evaluation batch of ``rows`` examples: each part is that batch's mean."""
-        for name, value in parts.items():
-            value = value.detach().double().cpu() * rows
-            self.sums[name] = self.sums.get(name, torch.zeros((), dtype=torch.float64)) + value
-        self.rows += rows
+    def add(self, parts: dict[str, torch.Tensor], rows: int, gather: Any = None) -> None:
+        """One evaluation batch of ``rows`` examples, each part that batch's mean. ``gather`` (the Trainer's
+        ``gather_function``, ``accelerator.gather_for_metrics``) collects every process's batch as transformers
+        does for ``eval_loss``: the rows repeated to even out the processes' last batches are dropped."""
+        names = sorted(parts)
+        values = torch.stack([parts[n].detach().float().reshape(()) for n in names])  # (P,)
+        per_row = values.repeat(rows, 1)  # (rows, P)
+        if gather is not None:
+            per_row = gather(per_row)  # (rows of every process, P)
+        totals = per_row.double().sum(0).tolist()
+        for name, total in zip(names, totals, strict=True):
+            self.sums[name] = self.sums.get(name, 0.0) + total
+        self.rows += per_row.shape[0]
 
-    def add_batch(self, logit: Any, student_logits: torch.Tensor, labels: torch.Tensor, rows: int) -> None:
+    def add_batch(
+        self, logit: Any, student_logits: torch.Tensor, labels: torch.Tensor, rows: int, gather: Any = None
+    ) -> None:
         """One batch from the trainer: ``logit`` (:class:`hf_lite.losses.DistillationLosses`) and, when it has no
         CE part (``alpha == 1``), the CE of ``student_logits`` on ``labels`` (already aligned, ``-100`` left out)."""
         ce = logit.ce if logit.ce is not None else cross_entropy_loss(student_logits.detach(), labels)
-        self.add({"loss_ce": ce, "loss_kd": logit.kd}, rows)
+        self.add({"loss_ce": ce, "loss_kd": logit.kd}, rows, gather)
 
-    def metrics(self, prefix: str, accelerator: Any = None) -> dict[str, float]:
-        """``{f"{prefix}_{name}": row-weighted mean}``, summed over processes through ``accelerator`` when given."""
-        if not self.sums:
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """``{f"{prefix}_{name}": row-weighted mean}`` (``{}`` when no batch was added)."""
+        if not self.rows:
             return {}
-        names = sorted(self.sums)
-        totals = torch.stack(
-            [*(self.sums[n] for n in names), torch.tensor(float(self.rows), dtype=torch.float64)]
-        )
-        if accelerator is not None and accelerator.num_processes > 1:
-            totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
-        rows = totals[-1].item()
-        return {f"{prefix}_{name}": totals[i].item() / rows for i, name in enumerate(names)}
+        return {f"{prefix}_{name}": total / self.rows for name, total in sorted(self.sums.items())}
 
 
 class EvalLossMixin:
@@ -75,5 +77,5 @@ class EvalLossMixin:
     def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any) -> Any:
         self.eval_parts = EvalLossParts()
         output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)  # type: ignore[misc]
-        output.metrics.update(self.eval_parts.metrics(metric_key_prefix, getattr(self, "accelerator", None)))
+        output.metrics.update(self.eval_parts.metrics(metric_key_prefix))
         return output

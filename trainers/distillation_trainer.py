@@ -300,7 +300,7 @@ class DistillationTrainer(EvalLossMixin, Trainer):
         if training:
             self._record(components)
         elif labels is not None:  # evaluation: eval_loss_ce (the plain CE, also with alpha=1), eval_loss_kd
-            self.eval_parts.add_batch(logit, s_logits, kd_labels, rows=labels.shape[0])
+            self.eval_parts.add_batch(logit, s_logits, kd_labels, labels.shape[0], self.gather_function)
         return (loss, outputs) if return_outputs else loss
 
     def _split_inputs(
