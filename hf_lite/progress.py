@@ -16,6 +16,7 @@ lines, at most one each ``mininterval`` seconds): a log file shows that a long p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,10 +40,13 @@ def progress_bar(
         total: the number of steps (default: ``len(iterable)`` where it has one).
         desc: the label before the bar, e.g. ``"evaluate distill"``.
         unit: what one step is (``"batch"``, ``"pass"``, ``"example"``).
-        disable: ``True`` draws nothing; ``None`` (default) draws on the main process only.
+        disable: ``True`` draws nothing; ``None`` (default) draws on the main process only (rank 0 of the process
+            group, or, before one is set up, the process whose ``RANK`` the launcher set to 0).
     """
-    if disable is None:
-        disable = not is_main_process()
+    if (
+        disable is None
+    ):  # rank 0 of the process group; before one exists, the launcher's RANK (torchrun, accelerate)
+        disable = not is_main_process() or os.environ.get("RANK", "0") != "0"
     return hf_logging.tqdm(
         iterable, total=total, desc=desc, unit=unit, disable=disable, leave=False, dynamic_ncols=True
     )

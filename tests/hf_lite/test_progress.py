@@ -89,8 +89,12 @@ def test_side_by_side_latency_bar_counts_every_models_passes(bars):
     assert bar.kwargs["total"] == sum(bar.steps) == 2 * 2 * (2 + 3)  # batch sizes x models x passes
 
 
-def test_bars_are_drawn_by_the_main_process_only(bars, monkeypatch):
-    monkeypatch.setattr(hf_lite.progress, "is_main_process", lambda: False)
+@pytest.mark.parametrize("not_main", ["process group", "launcher"])
+def test_bars_are_drawn_by_the_main_process_only(bars, monkeypatch, not_main):
+    if not_main == "process group":
+        monkeypatch.setattr(hf_lite.progress, "is_main_process", lambda: False)
+    else:  # `accelerate launch` / torchrun set RANK before any process group exists
+        monkeypatch.setenv("RANK", "1")
     model, _ = build_tiny_model("gpt2", "causal-lm")
     evaluate_model(model, datasets.Dataset.from_dict({"input_ids": [[5, 6, 7]] * 3}), "causal-lm", repeats=1)
     assert {b.kwargs["desc"] for b in bars} == {"evaluate", "latency"}
