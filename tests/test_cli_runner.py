@@ -663,3 +663,17 @@ def test_two_processes_gather_a_distill_stages_eval_loss_parts_like_eval_loss(ti
     assert info["eval_loss"] == pytest.approx(
         0.3 * info["eval_loss_kd"] + 0.7 * info["eval_loss_ce"], rel=1e-5
     )
+
+
+@pytest.mark.integration
+def test_distill_command_on_plain_text_needs_no_label_column(tiny_run, tmp_path):
+    """`hf-lite distill --task causal-lm --data train.txt`: a text file has no label column, and none is asked."""
+    root, teacher = tiny_run
+    out = tmp_path / "d"
+    argv = ["distill", "--task", "causal-lm", "--teacher", str(teacher), "--data", str(root / "train.txt")]
+    argv += ["--eval_data", str(root / "eval.txt"), "--output_dir", str(out), "--student_layers", "[0, 3]"]
+    argv += ["--max_steps", "2", "--per_device_train_batch_size", "4"]
+    assert main(argv) == 0
+    assert (out / "distill" / "model" / "model.safetensors").is_file()
+    student = json.loads((out / "student" / "model" / "config.json").read_text())
+    assert student["num_hidden_layers"] == 2  # --student_layers "[0, 3]" read as indices

@@ -34,6 +34,7 @@ TRAIN_ARGS = {
     "logging_steps": 1,
     "disable_tqdm": True,
     "save_strategy": "no",
+    "do_eval": True,  # the stage evaluates only when asked
 }
 
 

@@ -18,6 +18,8 @@ import argparse
 import sys
 from typing import Any
 
+import yaml
+
 from hf_lite import __version__
 from hf_lite.app.recipe import Recipe, parse_cli_overrides
 from hf_lite.logs import install_log_filters
@@ -90,13 +92,22 @@ def _build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument("--eval_data", default=None, help="evaluation data (default: a split of --data)")
             p.add_argument("--text_column", default="text")
-            p.add_argument("--label_column", default="label")
+            p.add_argument(
+                "--label_column",
+                default=None,
+                help="label column (default: 'label'/'labels' when the data has one)",
+            )
         if name == "distill":
             p.add_argument("--teacher", required=True, help="teacher Hub id or folder")
             p.add_argument(
                 "--student", default=None, help="student Hub id or folder (default: teacher layers)"
             )
-            p.add_argument("--student_layers", default="every_other")
+            p.add_argument(
+                "--student_layers",
+                default="every_other",
+                type=_layers,
+                help="teacher layers the student keeps: every_other, a number (2) or indices ([0, 3])",
+            )
         if name == "finetune":
             p.add_argument("--peft", default=None, help="'lora' for a default LoRA adapter")
             p.add_argument("--quantization", default=None, help="'4bit' or '8bit'")
@@ -136,6 +147,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _layers(value: str) -> str | int | list[int]:
+    """``--student_layers``: ``every_other``, a number of layers (``2``) or a list of indices (``[0, 3]``)."""
+    parsed = yaml.safe_load(value)
+    return parsed if isinstance(parsed, (int, list)) and not isinstance(parsed, bool) else value
+
+
 def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe a one-stage subcommand stands for (followed by an evaluate stage where it makes sense)."""
     data = None
@@ -143,7 +160,10 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
         data = {
             "train": args.data,
             "eval": args.eval_data,
-            "columns": {"text": args.text_column, "label": args.label_column},
+            "columns": {
+                "text": args.text_column,
+                **({"label": args.label_column} if args.label_column else {}),
+            },
         }
     teacher = args.teacher if args.command == "distill" else args.model
     stages: list[dict[str, Any]]
