@@ -29,6 +29,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from hf_lite.pruning.calibration import check_calibration_batches, forward_kwargs
+from hf_lite.pruning.experts import (
+    ExpertInputNormCollector,
+    ExpertWeight,
+    expert_wanda_scores,
+    find_moe_routers,
+)
 from hf_lite.pruning.masks import (
     apply_mask_,
     check_nm,
@@ -42,7 +48,7 @@ from hf_lite.pruning.masks import (
     wanda_scores,
 )
 from hf_lite.pruning.sites import in_features_dim
-from hf_lite.pruning.targets import DEFAULT_EXCLUDE, find_prunable_modules
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, abbreviate_names, find_prunable_targets
 
 if TYPE_CHECKING:
     from torch import nn
@@ -146,11 +152,11 @@ def magnitude_prune_(
             f"scope='global' cannot apply to pattern={pattern!r}: N:M sparsity is decided inside each group "
             "of weights, so it has no global threshold. Use scope='layer' (the default) with N:M patterns."
         )
-    modules = find_prunable_modules(model, include=include, exclude=exclude)
-    check_nm_widths({n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}, nm)
+    modules, experts = find_prunable_targets(model, include=include, exclude=exclude)
+    _check_widths(modules, experts, nm)
     if scope == "global":
         masks = global_unstructured_masks(
-            {n: magnitude_scores(m.weight) for n, m in modules.items()}, sparsity
+            {n: magnitude_scores(m.weight) for n, m in {**modules, **experts}.items()}, sparsity
         )
     else:
         masks = {}
@@ -162,8 +168,11 @@ def magnitude_prune_(
                 masks[name] = unstructured_mask(
                     scores, sparsity, dim=in_features_dim(module) if scope == "row" else None
                 )
-    for name, module in modules.items():
-        apply_mask_(module.weight, masks[name])
+        for name, expert in experts.items():
+            masks[name] = _expert_mask(magnitude_scores(expert.weight), expert, sparsity, nm, scope)
+    for name, target in {**modules, **experts}.items():
+        apply_mask_(target.weight, masks[name])
+    _log_moe(model, experts)
     logger.info(
         "magnitude-pruned %d layers (%s, scope=%s): sparsity %.4f",
         len(masks),
@@ -172,6 +181,35 @@ def magnitude_prune_(
         mask_sparsity(masks),
     )
     return masks
+
+
+def _check_widths(modules: Mapping[str, nn.Module], experts: Mapping[str, ExpertWeight], nm) -> None:
+    widths = {n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}
+    widths.update({n: e.weight.shape[e.in_dim] for n, e in experts.items()})
+    check_nm_widths(widths, nm)
+
+
+def _expert_mask(
+    scores: torch.Tensor, expert: ExpertWeight, sparsity: float, nm: tuple[int, int] | None, scope: str
+) -> torch.Tensor:
+    """Mask of a 3-D expert weight, each expert's matrix pruned like one Linear layer: as a whole (scope
+    ``"layer"``), per output row (``"row"``), or in N:M groups along its input dimension."""
+    if nm is not None:
+        return nm_mask(scores, *nm, dim=expert.in_dim)
+    if scope == "row":
+        return unstructured_mask(scores, sparsity, dim=expert.in_dim)
+    flat = scores.reshape(scores.shape[0], -1)  # (E, out * in): one ranking per expert
+    return unstructured_mask(flat, sparsity, dim=1).reshape(scores.shape)
+
+
+def _log_moe(model: nn.Module, experts: Mapping[str, ExpertWeight]) -> None:
+    routers = find_moe_routers(model)
+    if experts or routers:
+        logger.info(
+            "MoE: pruned %d expert weights (each expert's matrix like a Linear layer); routers kept dense: %s",
+            len(experts),
+            abbreviate_names(routers) or "none",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,17 +276,20 @@ class _InputNormCollector:
 
 
 def _forward_calibration(
-    model: nn.Module, batches: list[Mapping[str, Any]], collector: _InputNormCollector
+    model: nn.Module,
+    batches: list[Mapping[str, Any]],
+    *collectors: _InputNormCollector | ExpertInputNormCollector,
 ) -> None:
     device = next(model.parameters()).device
     extra = forward_kwargs(model)  # no KV cache: it would only cost memory here
     for batch in batches:
         inputs = {k: v.to(device) for k, v in batch.items()}
-        collector.token_masks = [
-            inputs[k].bool() for k in ("attention_mask", "decoder_attention_mask") if k in inputs
-        ]
+        token_masks = [inputs[k].bool() for k in ("attention_mask", "decoder_attention_mask") if k in inputs]
+        for collector in collectors:
+            collector.token_masks = token_masks
         model(**inputs, **extra)
-    collector.token_masks = []
+    for collector in collectors:
+        collector.token_masks = []
 
 
 @torch.no_grad()
@@ -309,28 +350,49 @@ def wanda_prune_(
     if not isinstance(sequential, bool):
         raise TypeError(f"sequential must be True or False; got {sequential!r}.")
     batches = check_calibration_batches(calibration_batches)
-    modules = find_prunable_modules(model, include=include, exclude=exclude)
-    check_nm_widths({n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}, nm)
+    modules, experts = find_prunable_targets(model, include=include, exclude=exclude)
+    _check_widths(modules, experts, nm)
 
     groups: dict[str, dict[str, nn.Module]] = {}
+    expert_groups: dict[str, dict[str, ExpertWeight]] = {}
     for name, module in modules.items():
         groups.setdefault(_block_of(name) if sequential else "", {})[name] = module
+    for name, expert in experts.items():
+        expert_groups.setdefault(_block_of(name) if sequential else "", {})[name] = expert
+        groups.setdefault(_block_of(name) if sequential else "", {})
 
     was_training = model.training
     model.eval()
     masks: dict[str, torch.Tensor] = {}
     try:
         for block, members in groups.items():
-            with _InputNormCollector(members) as collector:
-                _forward_calibration(model, batches, collector)
+            block_experts = expert_groups.get(block, {})
+            with _InputNormCollector(members) as collector, ExpertInputNormCollector(block_experts) as routed:
+                _forward_calibration(model, batches, collector, routed)
             norms = collector.norms()
             for name, module in members.items():
                 dim = in_features_dim(module)
                 scores = wanda_scores(module.weight, norms[name], dim=dim)
                 masks[name] = _mask_from_scores(scores, sparsity, nm, dim)
                 apply_mask_(module.weight, masks[name])
-            logger.debug("wanda: pruned %s (%d layers)", block or "all layers", len(members))
+            expert_norms, unrouted = routed.norms()
+            for name, expert in block_experts.items():
+                scores = expert_wanda_scores(expert.weight, expert_norms[name], expert.in_dim)
+                for e in unrouted.get(name, []):  # no token reached expert e: rank its weights by magnitude
+                    scores[e] = magnitude_scores(expert.weight[e])
+                masks[name] = _mask_from_scores(scores, sparsity, nm, expert.in_dim)
+                apply_mask_(expert.weight, masks[name])
+            if unrouted:
+                logger.warning(
+                    "wanda: no calibration token was routed to some experts (%s); their weights were ranked "
+                    "by magnitude. More calibration data reaches more experts.",
+                    "; ".join(f"{n}: {u}" for n, u in unrouted.items()),
+                )
+            logger.debug(
+                "wanda: pruned %s (%d layers)", block or "all layers", len(members) + len(block_experts)
+            )
     finally:
         model.train(was_training)
+    _log_moe(model, experts)
     logger.info("wanda-pruned %d layers (%s): sparsity %.4f", len(masks), pattern, mask_sparsity(masks))
     return masks

@@ -4,7 +4,8 @@ parameter count before pruning, the parameters that structural pruning removed.
 Figures are counted from the weights (and from masks when given), never derived from a requested
 sparsity. Unstructured and N:M sparsity keep every tensor's shape, so they neither shrink a dense
 checkpoint nor speed up dense CPU kernels; only structural pruning (fewer heads, neurons or layers) does,
-and it leaves no zeros behind: its effect shows as removed parameters, not as sparsity.
+and it leaves no zeros behind: its effect shows as removed parameters, not as sparsity. In MoE models the
+experts' 3-D weights are targeted like layers; the routers stay dense and the report names them.
 
 >>> from hf_lite.testing import build_tiny_model
 >>> from hf_lite.pruning import magnitude_prune_
@@ -26,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hf_lite.pruning.experts import find_expert_weights, find_moe_routers
 from hf_lite.pruning.sites import output_embeddings
-from hf_lite.pruning.targets import DEFAULT_EXCLUDE, HEAD_PATTERNS, find_prunable_modules
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, HEAD_PATTERNS, abbreviate_names, find_prunable_targets
 
 if TYPE_CHECKING:
     from torch import nn
@@ -84,6 +86,8 @@ class SparsityReport:
         body_zeros / body_total: over all parameters except embeddings and output heads.
         original_total: the model's parameter count before pruning (tied parameters once), or ``None`` when
             not given; then :attr:`removed_parameters` says how much structural pruning removed.
+        dense_routers: ``{router name: parameters}`` of the MoE routers, which one-shot pruning keeps dense
+            (MoE expert weights are targeted, keyed by parameter name, and counted in the targeted totals).
 
     >>> r = SparsityReport(layers={}, targeted_zeros=5, targeted_total=10, model_zeros=5, model_total=20,
     ...                    body_zeros=5, body_total=15, original_total=40)
@@ -99,6 +103,7 @@ class SparsityReport:
     body_zeros: int = 0
     body_total: int = 0
     original_total: int | None = None
+    dense_routers: dict[str, int] = field(default_factory=dict)
 
     @property
     def removed_parameters(self) -> int | None:
@@ -180,6 +185,13 @@ class SparsityReport:
                     "that remain.",
                     "",
                 ]
+        if self.dense_routers:
+            lines += [
+                f"MoE routers kept dense ({len(self.dense_routers)}, {sum(self.dense_routers.values()):,} "
+                f"parameters): {abbreviate_names(self.dense_routers)}. They choose the experts "
+                "of every token; the experts' weights are pruned and counted in the pruned layers above.",
+                "",
+            ]
         lines += [
             f"> {SPEED_NOTE}",
             "",
@@ -231,9 +243,11 @@ def sparsity_report(
 
     Args:
         model: the model.
-        masks: ``{layer name: bool mask}`` as returned by the pruning functions. When given, its layers
-            are the targeted ones and each layer also reports how many entries its mask prunes.
-        include: without ``masks``, regexes of the targeted layers (see :func:`find_prunable_modules`).
+        masks: ``{layer name: bool mask}`` as returned by the pruning functions (MoE expert weights keyed
+            by parameter name). When given, its layers are the targeted ones and each layer also reports
+            how many entries its mask prunes.
+        include: without ``masks``, regexes of the targeted layers and MoE expert weights (see
+            :func:`~hf_lite.pruning.targets.find_prunable_targets`).
         exclude: without ``masks``, regexes of layers not targeted; defaults to heads, embeddings, norms.
         original_parameters: the parameter count before pruning (tied parameters once, as
             ``sum(p.numel() for p in model.parameters())`` counts them), or the unpruned model itself; then
@@ -268,19 +282,28 @@ def sparsity_report(
                 f"masks must be a dict of {{layer name: bool tensor}}; got {type(masks).__name__}."
             )
         named = dict(model.named_modules())
-        missing = [n for n in masks if n not in named or not hasattr(named[n], "weight")]
+        experts = find_expert_weights(model)
+        missing = [
+            n for n in masks if n not in experts and (n not in named or not hasattr(named[n], "weight"))
+        ]
         if missing:
             raise ValueError(
                 f"masks name layers that {type(model).__name__} does not have: {', '.join(missing[:5])}. "
                 "Pass the masks returned for this very model."
             )
-        targets = {n: named[n] for n in masks}
+        targets = {n: experts[n] if n in experts else named[n] for n in masks}
     else:
-        targets = find_prunable_modules(model, include=include, exclude=exclude)
+        layers, experts = find_prunable_targets(model, include=include, exclude=exclude)
+        targets = {**layers, **experts}
 
     report = SparsityReport()
+    report.dense_routers = {
+        name: sum(p.numel() for p in router.parameters())
+        for name, router in find_moe_routers(model).items()
+        if name not in targets
+    }
     for name, module in targets.items():
-        weight = module.weight
+        weight = module.weight  # an nn.Linear/Conv1D weight, or a 3-D MoE expert weight
         masked = None
         if masks is not None:
             mask = masks[name]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hf_lite.heads import HEAD_PATTERNS
+from hf_lite.pruning.experts import ExpertWeight, find_expert_weights, find_moe_routers
 from hf_lite.pruning.masks import check_patterns
 from hf_lite.pruning.sites import in_features_dim, is_prunable, output_embeddings
 
@@ -35,6 +36,7 @@ __all__ = [
     "HEAD_PATTERNS",
     "abbreviate_names",
     "find_prunable_modules",
+    "find_prunable_targets",
     "in_features_dim",
     "is_prunable",
 ]
@@ -75,8 +77,11 @@ def find_prunable_modules(
     A layer is kept when its name matches one of ``include`` (all layers if ``None``) and none of
     ``exclude``; patterns are regular expressions searched anywhere in the dotted module name
     (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``; anchor with ``^``/``$`` for more control).
-    The model's output embeddings (``get_output_embeddings()``) are never chosen unless an ``include``
-    pattern names them. Layers of bitsandbytes-quantized models are refused: prune before quantizing.
+    The model's output embeddings (``get_output_embeddings()``) and the routers of MoE blocks
+    (:func:`~hf_lite.pruning.experts.find_moe_routers`, e.g. Qwen2-MoE's ``shared_expert_gate``) are never
+    chosen unless an ``include`` pattern names them. Layers of bitsandbytes-quantized models are refused:
+    prune before quantizing. The 3-D expert weights of MoE blocks are not modules; see
+    :func:`find_prunable_targets`.
 
     Args:
         model: a transformers model (or any ``nn.Module``).
@@ -98,35 +103,74 @@ def find_prunable_modules(
     >>> len(find_prunable_modules(model)), len(no_attention)
     (8, 4)
     """
+    return _choose(model, include, exclude, with_experts=False)[0]
+
+
+def find_prunable_targets(
+    model: nn.Module,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
+) -> tuple[dict[str, nn.Module], dict[str, ExpertWeight]]:
+    """The layers (as :func:`find_prunable_modules`) and the 3-D MoE expert weights of ``model`` to prune.
+
+    Expert weights are chosen by their parameter name (``model.layers.0.mlp.experts.gate_up_proj``) with
+    the same ``include``/``exclude`` patterns; patterns are checked against layer and expert names together.
+
+    Returns:
+        ``({layer name: module}, {expert parameter name: ExpertWeight})``; the second is empty for dense models.
+
+    >>> from hf_lite.testing import build_tiny_model
+    >>> layers, experts = find_prunable_targets(build_tiny_model("llama")[0])
+    >>> len(layers), experts
+    (14, {})
+    """
+    return _choose(model, include, exclude, with_experts=True)
+
+
+def _choose(
+    model: nn.Module,
+    include: str | Iterable[str] | None,
+    exclude: str | Iterable[str] | None,
+    *,
+    with_experts: bool,
+) -> tuple[dict[str, nn.Module], dict[str, ExpertWeight]]:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     includes = check_patterns(include, "include") or []
     excludes = check_patterns(exclude, "exclude") or []
     candidates = {name: module for name, module in model.named_modules() if name and is_prunable(module)}
-    if not candidates:
+    experts = find_expert_weights(model) if with_experts else {}
+    what = "Linear/Conv1D layer or MoE expert weight" if experts else "Linear/Conv1D layer"
+    if not candidates and not experts:
         raise ValueError(f"{type(model).__name__} has no nn.Linear or Conv1D layer to prune.")
+    names = [*candidates, *experts]
     for kind, patterns in (
         ("include", includes),
         ("exclude", [p for p in excludes if p not in DEFAULT_EXCLUDE]),
     ):
         for pattern in patterns:
-            if not any(re.search(pattern, name) for name in candidates):
+            if not any(re.search(pattern, name) for name in names):
                 raise ValueError(
-                    f"{kind} pattern {pattern!r} matches no Linear/Conv1D layer of {type(model).__name__}. "
-                    f"Layers it has: {abbreviate_names(candidates)}. "
+                    f"{kind} pattern {pattern!r} matches no {what} of {type(model).__name__}. "
+                    f"Layers it has: {abbreviate_names(names)}. "
                     "Patterns are regexes searched in these names."
                 )
+
+    def wanted(name: str) -> bool:
+        if includes and not any(re.search(p, name) for p in includes):
+            return False
+        return not any(re.search(p, name) for p in excludes)
+
     head = output_embeddings(model)
+    routers = find_moe_routers(model)
     chosen: dict[str, nn.Module] = {}
     for name, module in candidates.items():
-        if includes and not any(re.search(p, name) for p in includes):
-            continue
-        if any(re.search(p, name) for p in excludes):
-            continue
-        if module is head and not any(re.search(p, name) for p in includes):
+        named = any(re.search(p, name) for p in includes)
+        if not wanted(name) or ((module is head or name in routers) and not named):
             continue
         chosen[name] = module
-    if not chosen:
+    chosen_experts = {name: e for name, e in experts.items() if wanted(name)}
+    if not chosen and not chosen_experts:
         shown = (
             "DEFAULT_EXCLUDE (heads, embeddings, norms, LoRA)"
             if exclude == DEFAULT_EXCLUDE
@@ -134,7 +178,7 @@ def find_prunable_modules(
         )
         raise ValueError(
             f"include={include!r} and exclude={shown} leave no layer of {type(model).__name__} to prune. "
-            f"Layers it has: {abbreviate_names(candidates)}."
+            f"Layers it has: {abbreviate_names(names)}."
         )
     quantized = [n for n, m in chosen.items() if type(m).__module__.startswith("bitsandbytes")]
     if quantized:
@@ -143,4 +187,4 @@ def find_prunable_modules(
             "cannot be pruned in place. Prune the full-precision model first, then quantize it "
             "(or exclude them)."
         )
-    return chosen
+    return chosen, chosen_experts
