@@ -46,6 +46,7 @@ __all__ = [
     "find_expert_weights",
     "find_moe_routers",
     "expert_wanda_scores",
+    "expert_down_input",
     "ExpertInputNormCollector",
 ]
 
@@ -158,6 +159,37 @@ def expert_wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor, in_dim:
     return weight.detach().abs().float() * norms
 
 
+def expert_down_input(module: nn.Module, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """The input of expert ``expert``'s ``down_proj`` for its tokens ``x`` ``(tokens, hidden)``, in float32.
+
+    ``module._apply_gate(x @ gate_up_proj[e]^T + gate_up_proj_bias[e])`` (transformers' gating of the
+    family: ``act_fn(gate) * up`` by default, GPT-OSS's clamped interleaved SwiGLU), or
+    ``act_fn(x @ up_proj[e]^T (+ bias))`` for experts without a gate; ``(E, in, out)`` storage when the
+    family is transposed.
+
+    >>> import torch
+    >>> from transformers import MixtralConfig
+    >>> from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+    >>> experts = MixtralExperts(MixtralConfig(hidden_size=8, intermediate_size=16, num_local_experts=4))
+    >>> expert_down_input(experts, 0, torch.zeros(3, 8)).shape   # (tokens, ffn)
+    torch.Size([3, 16])
+    """
+    first = "gate_up_proj" if "gate_up_proj" in _expert_attrs(module) else "up_proj"
+    weight = getattr(module, first)[expert].detach().float()  # (out, in), or (in, out) when transposed
+    x = x.float()
+    out = x @ weight if getattr(module, "is_transposed", False) else x @ weight.T  # (tokens, 2*ffn or ffn)
+    bias = getattr(module, f"{first}_bias", None)
+    if isinstance(bias, torch.Tensor):
+        out = out + bias[expert].detach().float()
+    if first == "up_proj":
+        return module.act_fn(out).float()  # (tokens, ffn)
+    gate = getattr(module, "_apply_gate", None)
+    if gate is None:
+        g, u = out.chunk(2, dim=-1)
+        return (module.act_fn(g) * u).float()  # (tokens, ffn)
+    return gate(out).float()  # (tokens, ffn)
+
+
 class ExpertInputNormCollector:
     """Forward pre-hooks on experts modules that accumulate, per expert, the squared inputs of each expert
     weight over the real tokens routed to that expert: ``(num_experts, in_features)`` per weight.
@@ -210,7 +242,7 @@ class ExpertInputNormCollector:
     def _hook(self, names: dict[str, str]):
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             hidden = args[0] if args else kwargs.get("hidden_states")
-            index = args[1] if len(args) > 1 else kwargs.get("top_k_index")
+            index = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
             if not isinstance(hidden, torch.Tensor) or not isinstance(index, torch.Tensor):
                 raise ValueError(
                     f"{type(module).__name__} is not called as experts(hidden_states, top_k_index, ...), so "
@@ -233,7 +265,7 @@ class ExpertInputNormCollector:
                 if first in names:
                     self._add(names[first], e, xe)
                 if "down_proj" in names:
-                    self._add(names["down_proj"], e, self._down_input(module, first, e, xe))
+                    self._add(names["down_proj"], e, expert_down_input(module, e, xe))
             for name in names.values():
                 self.calls[name] += 1
 
@@ -241,24 +273,6 @@ class ExpertInputNormCollector:
 
     def _add(self, name: str, e: int, x: torch.Tensor) -> None:
         self.sq_sums[name][e] += (x * x).sum(dim=0).to(self.sq_sums[name].device)
-
-    @staticmethod
-    def _down_input(module: nn.Module, first: str, e: int, x: torch.Tensor) -> torch.Tensor:
-        """The input of expert ``e``'s down projection for its tokens ``x`` ``(tokens, hidden)``."""
-        weight = getattr(module, first)[e].float()  # (out, in), or (in, out) when transposed
-        out = (
-            x @ weight if getattr(module, "is_transposed", False) else x @ weight.T
-        )  # (tokens, 2*ffn or ffn)
-        bias = getattr(module, f"{first}_bias", None)
-        if isinstance(bias, torch.Tensor):
-            out = out + bias[e].float()
-        if first == "gate_up_proj":
-            gate = getattr(module, "_apply_gate", None)
-            if gate is None:
-                g, u = out.chunk(2, dim=-1)
-                return module.act_fn(g) * u  # (tokens, ffn)
-            return gate(out).float()  # (tokens, ffn)
-        return module.act_fn(out).float()  # (tokens, ffn)
 
     def norms(self) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
         """``({name: (num_experts, in) input norms}, {name: experts no calibration token reached})``."""

@@ -11,6 +11,8 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    GptOssConfig,
+    GptOssForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     Qwen2MoeConfig,
@@ -19,6 +21,7 @@ from transformers import (
 
 from hf_lite.pruning.experts import (
     ExpertInputNormCollector,
+    expert_down_input,
     expert_wanda_scores,
     find_expert_weights,
     find_moe_routers,
@@ -65,6 +68,31 @@ def _qwen2_moe() -> Qwen2MoeForCausalLM:
     with torch.no_grad():  # Qwen2-MoE initialises its routers to zero: give them real weights
         for router in find_moe_routers(model).values():
             router.weight.normal_(0, 0.5)
+    return model
+
+
+def _gpt_oss() -> GptOssForCausalLM:
+    """Experts stored transposed, (E, in, out), with biases and an interleaved, clamped SwiGLU."""
+    torch.manual_seed(0)
+    config = GptOssConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    model = GptOssForCausalLM(config).eval()
+    with torch.no_grad():  # zero-initialised routers and biases: give them real values
+        for module in (
+            *find_moe_routers(model).values(),
+            *(e.module for e in find_expert_weights(model).values()),
+        ):
+            for param in module.parameters():
+                param.normal_(0, 0.5)
     return model
 
 
@@ -191,6 +219,8 @@ def test_wanda_expert_scores_match_formula():
             assert (norm > 0).all(), "every expert should see tokens in this test"
             scores = w.abs() * norm[:, None, :]  # |W[e]_ij| * ||X_e,j||
             assert torch.allclose(expert_wanda_scores(w, norm, 2), scores)
+            transposed = expert_wanda_scores(w.transpose(1, 2), norm, 1)  # (E, in, out) storage
+            assert torch.allclose(transposed, scores.transpose(1, 2))
             assert torch.equal(masks[name], unstructured_mask(scores, 0.5, dim=2))
             zeros = (find_expert_weights(model)[name].weight == 0).sum(dim=2)
             assert (zeros == pruned_count(w.shape[2], 0.5)).all()
@@ -266,3 +296,41 @@ def test_expert_errors():
     module = model.model.layers[0].mlp.experts
     with collector, pytest.raises(ValueError, match=r"is not called as experts\(hidden_states, top_k_index"):
         module(hidden_states=torch.zeros(3, 16))
+
+
+@pytest.mark.parametrize("build", [_mixtral, _qwen2_moe, _gpt_oss])
+def test_expert_down_input_matches_the_module_forward(build):
+    """Routing every token to expert e with weight 1, the module's output is down_proj[e] applied to
+    expert_down_input (plus the bias): so Wanda's down_proj norms are taken on the real inputs."""
+    model = build()
+    module = next(iter(find_expert_weights(model).values())).module
+    x = torch.randn(5, 16)  # (tokens, hidden)
+    for e in range(4):
+        with torch.no_grad():
+            out = module(x, torch.full((5, 1), e), torch.ones(5, 1))  # (tokens, hidden)
+        h = expert_down_input(module, e, x)  # (tokens, ffn)
+        down = module.down_proj[e].detach()
+        expected = h @ down if module.is_transposed else h @ down.T
+        if getattr(module, "down_proj_bias", None) is not None:
+            expected = expected + module.down_proj_bias[e].detach()
+        assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_transposed_experts_are_pruned_along_their_input_dim(tmp_path):
+    model = _gpt_oss()
+    experts = find_expert_weights(model)
+    assert {e.in_dim for e in experts.values()} == {1}  # (E, in, out)
+    routers = {n: copy.deepcopy(m.state_dict()) for n, m in find_moe_routers(model).items()}
+    assert sorted(routers) == ["model.layers.0.mlp.router", "model.layers.1.mlp.router"]
+    masks = wanda_prune_(model, _batches(), 0.5)
+    for name, expert in experts.items():
+        zeros = (expert.weight == 0).sum(dim=1)  # (E, out): zeros among each output's inputs
+        assert (zeros == pruned_count(expert.weight.shape[1], 0.5)).all()
+        assert torch.equal(masks[name], expert.weight != 0)
+    for name, router in find_moe_routers(model).items():
+        assert all(torch.equal(v, routers[name][k]) for k, v in router.state_dict().items())
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    batch = _batches(1, seed=3)[0]
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-5, rtol=0)
