@@ -3,6 +3,11 @@
 Both functions prune the chosen layers in place and return their masks (``{name: bool tensor}`` of each
 layer's weight shape, ``True`` = keep), which a caller keeps to re-apply after later optimizer steps.
 
+MoE models: the experts' 3-D weights (``mlp.experts.gate_up_proj``/``down_proj``, see
+:mod:`hf_lite.pruning.experts`) are pruned too, each expert's matrix like one ``nn.Linear`` (masks keyed by
+parameter name, of the 3-D shape); Wanda scores each expert on the tokens the router sends to it. Routers
+(``mlp.gate``, ``shared_expert_gate``, ``router``) stay dense unless ``include`` names them.
+
 Patterns: ``"unstructured"`` (any weights, ``sparsity`` says how many), or ``"n:m"`` such as ``"2:4"`` /
 ``"4:8"``: keep ``n`` of every ``m`` consecutive weights along the input dimension (sparsity ``1 - n/m``).
 Note the convention: here and in NVIDIA's 2:4, ``n`` is the number **kept**; the Wanda reference code
@@ -135,7 +140,10 @@ def magnitude_prune_(
         exclude: regexes of layer names to leave dense; defaults to heads, embeddings and norms.
 
     Returns:
-        ``{layer name: bool mask}`` of each weight's shape, on the weight's device.
+        ``{layer name: bool mask}`` of each weight's shape, on the weight's device; MoE expert weights are
+        keyed by parameter name (``model.layers.0.mlp.experts.down_proj``), each expert pruned on its own
+        (scope ``"layer"``), per output row (``"row"``), or in N:M groups; ``"global"`` ranks them with the
+        layers.
 
     >>> from hf_lite.testing import build_tiny_model
     >>> model, _ = build_tiny_model("bert", "sequence-classification")
@@ -322,6 +330,11 @@ def wanda_prune_(
 
     Padded positions are excluded using the batch's ``attention_mask`` (and ``decoder_attention_mask``) for
     layers whose input is laid out ``(batch, seq, features)`` with the mask's shape.
+
+    MoE experts: expert ``e``'s matrix of a 3-D expert weight is scored ``|W[e]_ij| * ||X_e,j||_2`` over the
+    real tokens routed to ``e`` (for ``down_proj``, the gated activations ``e`` computes from them) and
+    pruned per output row like a Linear. An expert that no calibration token reaches is ranked by
+    magnitude instead, with a warning. Routers stay dense.
 
     Args:
         model: the model to prune (kept in eval mode during calibration, then restored).

@@ -334,3 +334,13 @@ def test_transposed_experts_are_pruned_along_their_input_dim(tmp_path):
     batch = _batches(1, seed=3)[0]
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, reloaded(**batch).logits, atol=1e-5, rtol=0)
+
+
+def test_wanda_on_experts_only_leaves_other_layers_dense():
+    model = _qwen2_moe()
+    dense = {n: m.weight.detach().clone() for n, m in find_prunable_modules(model).items()}
+    masks = wanda_prune_(model, _batches(), 0.5, include=r"experts\.")
+    assert sorted(masks) == sorted(find_expert_weights(model))
+    for name, module in find_prunable_modules(model).items():
+        assert torch.equal(module.weight, dense[name])
+    assert sparsity_report(model, masks).targeted_sparsity == 0.5
