@@ -25,6 +25,7 @@ from hf_lite.heads import HEAD_PATTERNS
 from hf_lite.pruning.experts import ExpertWeight, find_expert_weights, find_moe_routers
 from hf_lite.pruning.masks import check_patterns
 from hf_lite.pruning.sites import in_features_dim, is_prunable, output_embeddings
+from hf_lite.summary import fold_layer_names
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,7 +63,7 @@ def abbreviate_names(names: Iterable[str], limit: int = _MAX_LISTED) -> str:
     >>> abbreviate_names(["model.layers.0.q_proj", "model.layers.1.q_proj", "lm_head"])
     'model.layers.*.q_proj, lm_head'
     """
-    folded = list(dict.fromkeys(re.sub(r"\.\d+(?=\.|$)", ".*", n) for n in names))
+    folded = fold_layer_names(names)
     shown = ", ".join(folded[:limit])
     return shown + (f", ... ({len(folded) - limit} more)" if len(folded) > limit else "")
 
