@@ -20,6 +20,7 @@ Modules, bottom up: ``sites`` (where blocks, FFNs, attention projections and the
 
 from __future__ import annotations
 
+from hf_lite.pruning.experts import ExpertWeight, find_expert_weights, find_moe_routers
 from hf_lite.pruning.importance import (
     IMPORTANCE_METHODS,
     HeadScores,
@@ -55,7 +56,12 @@ from hf_lite.pruning.structural import (
     prune_layers_,
     slice_optimizer_state_,
 )
-from hf_lite.pruning.targets import DEFAULT_EXCLUDE, HEAD_PATTERNS, find_prunable_modules
+from hf_lite.pruning.targets import (
+    DEFAULT_EXCLUDE,
+    HEAD_PATTERNS,
+    find_prunable_modules,
+    find_prunable_targets,
+)
 
 __all__ = [
     "magnitude_scores",
@@ -71,6 +77,10 @@ __all__ = [
     "DEFAULT_EXCLUDE",
     "HEAD_PATTERNS",
     "find_prunable_modules",
+    "find_prunable_targets",
+    "find_expert_weights",
+    "find_moe_routers",
+    "ExpertWeight",
     "in_features_dim",
     "is_prunable",
     "parse_pattern",
