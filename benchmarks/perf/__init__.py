@@ -42,7 +42,7 @@ classes, fp32. Memory: each variant runs forward + backward once in a fresh proc
 peak RSS during the call minus its RSS just before (the peak mark is reset then), so inputs are not
 counted but gradients and every temporary are. glibc is set to return freed blocks of 64 KiB or more to
 the system at once (:data:`benchmarks.perf.chunked_loss.MEMORY_ENV`) so that RSS follows live tensors. Variants on given logits:
-``distillation_loss`` (on the CPU it computes its rows in blocks of ``hf_lite.losses._fused.BLOCK_ELEMENTS``
+``distillation_loss`` (on the CPU it computes its rows in blocks of ``hf_lite.losses.fused.BLOCK_ELEMENTS``
 values); the same in one block of rows (whole ``(tokens, vocab)`` temporaries, as it runs on an accelerator:
 the baseline of the chunked variants); ``chunked_distillation_loss`` with chunks of ``loss_chunk_size`` and
 ``loss_chunk_size_small`` (its default) tokens; TRL's ``GKDTrainer.generalized_jsd_loss`` called as

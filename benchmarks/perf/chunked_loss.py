@@ -95,7 +95,7 @@ def describe_variant(variant: str) -> str:
 
 def baseline_variant(variant: str) -> str:
     """What a chunked variant is compared with: the plain loss holding whole (tokens, vocab) tensors. On the
-    CPU hf-lite's plain loss runs in blocks of rows (hf_lite.losses._fused.BLOCK_ELEMENTS), so its one-block
+    CPU hf-lite's plain loss runs in blocks of rows (hf_lite.losses.fused.BLOCK_ELEMENTS), so its one-block
     run (what it does on an accelerator) is the baseline; from hidden states, building the logits first."""
     return "plain-hidden" if variant.startswith(("plain-hidden", "chunked-hidden")) else "plain-oneblock"
 
@@ -147,7 +147,7 @@ def _loss_call(variant: str, x: dict[str, Any]) -> Any:
         if kind == "plain":
             loss = losses.distillation_loss(x["s"], x["t"], **kw)
         elif kind == "plain-oneblock":
-            from hf_lite.losses import _fused as divergences
+            from hf_lite.losses import fused as divergences
 
             blocks, divergences.BLOCK_ELEMENTS = divergences.BLOCK_ELEMENTS, x["s"].numel()
             try:

@@ -30,11 +30,11 @@ The house, one module per kind of loss (each re-exported here):
 - :mod:`~hf_lite.losses.mixed`: distillation plus hard-label cross-entropy in one pass,
   :func:`distillation_and_ce_loss` and :func:`topk_distillation_and_ce_loss`.
 - :mod:`~hf_lite.losses.intermediate`: intermediate layers, :func:`hidden_state_loss`, :func:`attention_loss`.
-- private: ``_checks`` (argument checks and the loss-type vocabulary), ``_maths`` (shared arithmetic),
-  ``_fused`` (closed-form-gradient kernels).
+- :mod:`~hf_lite.losses.fused`: the closed-form-gradient kernels behind them (no new API: the losses
+  above call them). Private: ``_checks`` (argument checks, the loss-type vocabulary), ``_maths`` (arithmetic).
 
 To add a loss type: add its name to :data:`LossType` and its per-row formula to ``_maths.token_divergence``
-(and a closed-form gradient to ``_fused`` if it is worth one); trainers and configs pick it up from here.
+(and a closed-form gradient to ``fused`` if it is worth one); trainers and configs pick it up from here.
 
 >>> import torch
 >>> from hf_lite.losses import distillation_loss, shift_labels

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hf_lite.losses import _fused
+from hf_lite.losses import fused
 from hf_lite.losses._checks import VOCAB_FIX, NumItems, check_num_items, check_tensor, valid_mask
 
 
@@ -36,11 +36,11 @@ def divergence_sum(
     """Sum over the ``valid`` positions of the divergence of ``(..., V)`` logits, before ``T**2`` and the
     normalisation."""
     dtype = compute_dtype(student.dtype)
-    if loss_type in _fused.FUSED_LOSS_TYPES and not teacher.requires_grad:
+    if loss_type in fused.FUSED_LOSS_TYPES and not teacher.requires_grad:
         # The usual case (a frozen teacher): value and closed-form gradient in one pass, on the logits as
         # they are (no copy of the valid rows, no index/scatter in backward): several times faster and lighter
         # than autograd through the formula, which stays below for a teacher that needs gradients.
-        rows = _fused.kl_rows(
+        rows = fused.kl_rows(
             student.to(dtype), teacher.to(dtype), loss_type, temperature, beta, valid, compiled
         )
         return rows.total.sum()

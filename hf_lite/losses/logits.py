@@ -2,7 +2,7 @@
 
 :func:`distillation_loss` computes every loss type (forward/reverse KL, generalized JSD, total variation,
 MSE on logits); :func:`forward_kl_loss` ... :func:`mse_logits_loss` fix one type each. With a frozen teacher
-the KL and JSD rows take the closed-form gradient of :mod:`hf_lite.losses._fused`.
+the KL and JSD rows take the closed-form gradient of :mod:`hf_lite.losses.fused`.
 
 >>> import torch
 >>> student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from hf_lite.losses import _fused
+from hf_lite.losses import fused
 from hf_lite.losses._checks import (
     LossType,
     NumItems,
@@ -103,7 +103,7 @@ def distillation_and_ce_loss(
     check_beta(beta)
     check_pair(student_logits, teacher_logits, "student_logits", "teacher_logits")
     valid = check_labels_in_range(student_logits, labels)
-    if loss_type not in _fused.FUSED_LOSS_TYPES or teacher_logits.requires_grad:
+    if loss_type not in fused.FUSED_LOSS_TYPES or teacher_logits.requires_grad:
         kd = distillation_loss(
             student_logits,
             teacher_logits,
@@ -118,7 +118,7 @@ def distillation_and_ce_loss(
         return DistillationLosses(combine_losses(kd, ce, alpha), kd.detach(), ce.detach())
     dtype = compute_dtype(student_logits.dtype)
     weight, share = _mix(alpha, temperature)
-    rows = _fused.kl_rows(
+    rows = fused.kl_rows(
         student_logits.to(dtype),
         teacher_logits.to(dtype),
         loss_type,
@@ -167,7 +167,7 @@ def topk_distillation_and_ce_loss(
         student_logits, teacher_topk_logprobs, teacher_topk_indices, None, labels
     )
     weight, share = _mix(alpha, temperature)
-    rows = _fused.topk_kl_rows(
+    rows = fused.topk_kl_rows(
         student_logits.to(logprobs_t.dtype),
         logprobs_t,
         indices,
@@ -188,7 +188,7 @@ def _mix(alpha: float, temperature: float) -> tuple[float, float]:
 
 
 def _mixed(
-    rows: _fused.Rows, count: torch.Tensor, num_items_in_batch: NumItems, weight: float, temperature: float
+    rows: fused.Rows, count: torch.Tensor, num_items_in_batch: NumItems, weight: float, temperature: float
 ) -> DistillationLosses:
     denom = denominator(count, num_items_in_batch)
     if isinstance(denom, torch.Tensor):

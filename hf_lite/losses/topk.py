@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hf_lite.losses import _fused
+from hf_lite.losses import fused
 from hf_lite.losses._checks import NumItems, check_temperature, check_tensor
 from hf_lite.losses._maths import compute_dtype, normalize, prepare_topk
 
@@ -120,8 +120,8 @@ def topk_distillation_loss(
     logprobs_t, indices, tail_t, valid = prepare_topk(
         student_logits, teacher_topk_logprobs, teacher_topk_indices, mask, labels
     )
-    # value and closed-form gradient in one pass (hf_lite.losses._fused; the formula above), on every row in place
-    rows = _fused.topk_kl_rows(
+    # value and closed-form gradient in one pass (hf_lite.losses.fused; the formula above), on every row in place
+    rows = fused.topk_kl_rows(
         student_logits.to(logprobs_t.dtype), logprobs_t, indices, tail_t, temperature, valid, compiled
     )
     count = valid.sum() if valid is not None else math.prod(student_logits.shape[:-1])

@@ -1,4 +1,4 @@
-"""The closed-form gradients of hf_lite.losses._fused against autograd through the textbook formulas."""
+"""The closed-form gradients of hf_lite.losses.fused against autograd through the textbook formulas."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_lite.losses import _fused as divergences
+from hf_lite.losses import fused as divergences
 
 
 def _xlogratio(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -218,7 +218,7 @@ def test_compile_failure_warns_once_and_computes_eagerly(monkeypatch, caplog):
     monkeypatch.setattr(divergences, "_COMPILE_FAILED", [])
     monkeypatch.setattr(torch, "compile", broken_compile)
     student, teacher = _pair(8)
-    with caplog.at_level("WARNING", logger="hf_lite.losses._fused"):
+    with caplog.at_level("WARNING", logger="hf_lite.losses.fused"):
         first = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True).total
         second = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5, None, True).total
     eager = divergences.kl_rows(student, teacher, "forward_kl", 1.0, 0.5).total

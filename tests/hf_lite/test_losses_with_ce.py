@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from hf_lite.losses import (
-    _fused,
     combine_losses,
     cross_entropy_loss,
     distillation_and_ce_loss,
     distillation_loss,
+    fused,
     shift_for_causal_lm,
     shift_labels,
     teacher_topk,
@@ -117,7 +117,7 @@ def test_blocks_give_the_same_result_as_one_block(monkeypatch):
     student, teacher, labels = _batch(5, vocab=16, dtype=torch.float32)
     results = {}
     for size in (16, 16 * 5, 16 * 1000):  # 1 row, 5 rows (a ragged last block), all rows per block
-        monkeypatch.setattr(_fused, "BLOCK_ELEMENTS", size)
+        monkeypatch.setattr(fused, "BLOCK_ELEMENTS", size)
         out = distillation_and_ce_loss(student, teacher, labels, alpha=0.3, temperature=1.5)
         results[size] = (out.loss.detach(), _grad(out.loss, student))
     for size in results:
