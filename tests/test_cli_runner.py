@@ -559,10 +559,10 @@ def _count_evaluations(monkeypatch) -> dict[str, int]:
     evaluation) and ``evaluate_model`` (the evaluate stage, one call per model)."""
     from transformers import Trainer
 
-    import hf_lite.app.runner as runner
+    import hf_lite.app.evaluate_stage as evaluate_stage
 
     counts = {"trainer": 0, "evaluate_model": 0}
-    loop, evaluate_model = Trainer.evaluation_loop, runner.evaluate_model
+    loop, evaluate_model = Trainer.evaluation_loop, evaluate_stage.evaluate_model
 
     def counted_loop(self, *args, **kwargs):
         counts["trainer"] += 1
@@ -573,7 +573,7 @@ def _count_evaluations(monkeypatch) -> dict[str, int]:
         return evaluate_model(*args, **kwargs)
 
     monkeypatch.setattr(Trainer, "evaluation_loop", counted_loop)
-    monkeypatch.setattr(runner, "evaluate_model", counted_evaluate_model)
+    monkeypatch.setattr(evaluate_stage, "evaluate_model", counted_evaluate_model)
     return counts
 
 

@@ -36,12 +36,10 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from hf_lite import losses
-from hf_lite._utils import is_hub_id, unwrap_model
-from hf_lite.card import CompressionSummary, build_model_card
 from hf_lite.loading import freeze, load_teacher
 from hf_lite.quantization import keep_bnb_layout_trainable_
-from hf_lite.summary import describe_adapter, describe_quantization
 from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
+from trainers.distillation_card import DistillationCardMixin
 from trainers.distillation_config import DistillationConfig, resolve_layer_map
 from trainers.distillation_eval import EvalLossMixin
 from trainers.distillation_models import (
@@ -61,7 +59,7 @@ from trainers.distillation_projections import (
 logger = logging.getLogger(__name__)
 
 
-class DistillationTrainer(EvalLossMixin, Trainer):
+class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
     """A ``Trainer`` whose loss distils one or several frozen teachers into the student.
 
     Args:
@@ -428,66 +426,6 @@ class DistillationTrainer(EvalLossMixin, Trainer):
                 logs[name] = round(total.item() / steps, 6)
             self._component_sums = {}
         super().log(logs, start_time)
-
-    def compression_summary(self) -> Any:
-        """What this run did, for the model card: teacher, distillation settings, pruning, adapter."""
-        args = self.args
-        teacher = None
-        if self.teachers:
-            names = [getattr(getattr(t, "config", None), "_name_or_path", "") for t in self.teachers]
-            teacher = ", ".join(n for n in names if is_hub_id(n)) or None
-        parts = [f"{args.loss_type} on logits, T={args.temperature}, alpha={args.alpha}"]
-        if self.cache_meta is not None:
-            parts.append(f"from cached top-{self.cache_meta['k']} teacher log-probs")
-        if args.hidden_weight > 0:
-            parts.append(
-                f"hidden states ({args.hidden_loss}, weight {args.hidden_weight}, layers {args.layer_map})"
-            )
-        if args.attention_weight > 0:
-            parts.append(f"attention maps ({args.attention_loss}, weight {args.attention_weight})")
-        if len(self.teachers) > 1:
-            parts.append(f"{len(self.teachers)} teachers, weights {self.teacher_weights}")
-        pruning, sparsity = None, None
-        for callback in self.callback_handler.callbacks:
-            if type(callback).__name__ == "PruningCallback":
-                cfg = callback.config
-                pruning = f"gradual {cfg.method} ({cfg.pattern}, {cfg.scope}), cubic schedule"
-                sparsity = float(callback.current_sparsity)
-        model = self.accelerator.unwrap_model(self.model)
-        return CompressionSummary(
-            teacher=teacher,
-            distillation="; ".join(parts),
-            pruning=pruning,
-            sparsity=sparsity,
-            quantization=describe_quantization(unwrap_model(model, peft_base=True)),
-            adapter=describe_adapter(model),
-        )
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: Any = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: Any = None,
-        dataset_tags: Any = None,
-        dataset: Any = None,
-        dataset_args: Any = None,
-    ) -> None:
-        """The hf-lite model card (the one :func:`hf_lite.push_to_hub` writes) instead of the Trainer's draft."""
-        if not self.is_world_process_zero():
-            return
-        card = build_model_card(
-            self.compression_summary(),
-            repo_id=self.hub_model_id,
-            checkpoint=self.args.output_dir,
-            license=license,
-            language=language,
-            datasets=dataset,
-            tags=[tags] if isinstance(tags, str) else tags,
-        )
-        card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

@@ -1,4 +1,5 @@
-"""The finishing touches of an exported folder: the KV cache switched back on, the model card written.
+"""The finishing touches of an exported folder: the KV cache switched back on, the model card written, an
+adapter pointed at its Hub base, no pickle file.
 
 Training turns ``use_cache`` off (gradient checkpointing, PEFT's k-bit preparation) and ``save_pretrained``
 writes what the config holds, so an exported decoder would generate without its KV cache:
@@ -23,8 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_lite._utils import PICKLE_SUFFIXES
 from hf_lite.card import CompressionSummary, build_model_card
 from hf_lite.checkpoint import CheckpointInfo
+from hf_lite.exporting.adapters import set_adapter_base
 
 if TYPE_CHECKING:
     from hf_lite.exporting.writer import ExportReport
@@ -98,3 +101,21 @@ def write_card(
     path = Path(folder) / "README.md"
     path.write_text(card.content, encoding="utf-8")
     return path
+
+
+def finish_adapter_folder(folder: Path, base_model: str | None) -> None:
+    """Point the adapter at its Hub base and drop the template README PEFT writes (it holds local paths)."""
+    readme = folder / "README.md"
+    if readme.exists():
+        readme.unlink()
+    if base_model is None:
+        return
+    for config_path in folder.rglob("adapter_config.json"):
+        set_adapter_base(config_path, base_model)
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Raise if the folder holds a pickle-based weight file (invariant 4)."""
+    found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
+    if found:  # pragma: no cover - save_pretrained writes safetensors only
+        raise RuntimeError(f"export wrote pickle files {found}; hf-lite saves safetensors only.")

@@ -41,17 +41,16 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from hf_lite._utils import PICKLE_SUFFIXES, has_bnb_layers, is_hub_id, is_main_process, replace_dir
+from hf_lite._utils import has_bnb_layers, is_hub_id, is_main_process, replace_dir
 from hf_lite.card import CompressionSummary
 from hf_lite.checkpoint import inspect_checkpoint
 from hf_lite.exporting.adapters import (
     dequantized_adapter_model,
     is_peft_model,
     merge_adapter_,
-    set_adapter_base,
 )
 from hf_lite.exporting.check import default_check_inputs, max_abs_diff, model_outputs, reload_outputs
-from hf_lite.exporting.files import enable_kv_cache, write_card
+from hf_lite.exporting.files import enable_kv_cache, finish_adapter_folder, refuse_pickles, write_card
 from hf_lite.exporting.quantization import dequantize_bnb_, strip_quantization_, unpack_bnb_cpu_weights_
 from hf_lite.exporting.sparsity import (
     counted_sparsity,
@@ -340,7 +339,7 @@ def export(
         exact = None  # outputs of the exact float32 reference of a dequantized bnb model
         if kind == "adapter":
             model.save_pretrained(tmp)
-            _finish_adapter_folder(tmp, base_model)
+            finish_adapter_folder(tmp, base_model)
         else:
             needs_copy = merge_adapter or target_dtype is not None or has_reparametrization(base)
             if needs_copy:
@@ -358,7 +357,7 @@ def export(
                 enable_kv_cache(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _refuse_pickles(tmp)
+        refuse_pickles(tmp)
         bar.update(1)
 
         max_diff = check_output = vs_quantized = None
@@ -486,21 +485,3 @@ def _transformed_copy(
         work.to(dtype)
         work.config.dtype = dtype
     return work, pruned, exact
-
-
-def _finish_adapter_folder(folder: Path, base_model: str | None) -> None:
-    """Point the adapter at its Hub base and drop the template README PEFT writes (it holds local paths)."""
-    readme = folder / "README.md"
-    if readme.exists():
-        readme.unlink()
-    if base_model is None:
-        return
-    for config_path in folder.rglob("adapter_config.json"):
-        set_adapter_base(config_path, base_model)
-
-
-def _refuse_pickles(folder: Path) -> None:
-    """Raise if the folder holds a pickle-based weight file (invariant 4)."""
-    found = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES)
-    if found:  # pragma: no cover - save_pretrained writes safetensors only
-        raise RuntimeError(f"export wrote pickle files {found}; hf-lite saves safetensors only.")
