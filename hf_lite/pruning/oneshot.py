@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hf_lite.pruning.calibration import check_calibration_batches, forward_kwargs
+from hf_lite.pruning.blockwise import calibration_passes
+from hf_lite.pruning.calibration import check_calibration_batches
 from hf_lite.pruning.experts import (
     ExpertInputNormCollector,
     ExpertWeight,
@@ -283,23 +284,6 @@ class _InputNormCollector:
         return {name: s.sqrt() for name, s in self.sq_sums.items()}  # ||X_j||_2 over all tokens
 
 
-def _forward_calibration(
-    model: nn.Module,
-    batches: list[Mapping[str, Any]],
-    *collectors: _InputNormCollector | ExpertInputNormCollector,
-) -> None:
-    device = next(model.parameters()).device
-    extra = forward_kwargs(model)  # no KV cache: it would only cost memory here
-    for batch in batches:
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        token_masks = [inputs[k].bool() for k in ("attention_mask", "decoder_attention_mask") if k in inputs]
-        for collector in collectors:
-            collector.token_masks = token_masks
-        model(**inputs, **extra)
-    for collector in collectors:
-        collector.token_masks = []
-
-
 @torch.no_grad()
 def wanda_prune_(
     model: nn.Module,
@@ -378,10 +362,12 @@ def wanda_prune_(
     model.eval()
     masks: dict[str, torch.Tensor] = {}
     try:
-        for block, members in groups.items():
-            block_experts = expert_groups.get(block, {})
+        # Block by block on cached block inputs where the blocks form one chain (about three forward passes in
+        # all), else one whole-model pass per group.
+        for block, calibrate in calibration_passes(model, batches, list(groups)):
+            members, block_experts = groups[block], expert_groups.get(block, {})
             with _InputNormCollector(members) as collector, ExpertInputNormCollector(block_experts) as routed:
-                _forward_calibration(model, batches, collector, routed)
+                calibrate((collector, routed))
             norms = collector.norms()
             for name, module in members.items():
                 dim = in_features_dim(module)
