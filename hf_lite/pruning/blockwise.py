@@ -53,11 +53,11 @@ def blockwise_supported(model: nn.Module) -> bool:
     >>> blockwise_supported(build_tiny_model("llama")[0]), blockwise_supported(build_tiny_model("t5", task="seq2seq-lm")[0])
     (True, False)
     """
-    if getattr(model_config(model), "is_encoder_decoder", False):
-        return False
     try:
+        if getattr(model_config(model), "is_encoder_decoder", False):
+            return False
         find_layer_list(model)
-    except ValueError:
+    except (TypeError, ValueError):  # not a transformers model, or no single block list
         return False
     return True
 
