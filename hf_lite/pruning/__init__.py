@@ -6,8 +6,9 @@ imports torch and transformers when imported; ``import hf_lite`` alone does not.
 
 Modules, bottom up: ``sites`` (where blocks, FFNs, attention projections and the config are),
 ``calibration`` (calibration batches and the hooks that read them), ``masks``, ``schedule``, ``targets``
-(layers chosen by name), ``importance`` (scores of neurons, heads, blocks), ``oneshot``, ``structural/``
-(one slicing plan applied to the weights and to the optimizer state), ``report``, ``peft_merge``.
+(layers chosen by name), ``importance`` (scores of neurons, heads, blocks), ``oneshot`` (magnitude, Wanda),
+``sparsegpt`` (OBS reconstruction), ``structural/`` (one slicing plan applied to the weights and to the
+optimizer state), ``report``, ``peft_merge``.
 
 >>> import torch
 >>> from hf_lite.pruning import magnitude_scores, nm_mask, unstructured_mask, CubicSchedule
@@ -16,6 +17,10 @@ Modules, bottom up: ``sites`` (where blocks, FFNs, attention projections and the
 32
 >>> CubicSchedule(final_sparsity=0.5, end_step=100).sparsity_at(100)
 0.5
+>>> x = torch.randn(16, 64)                       # calibration inputs (in, tokens)
+>>> new_w, keep = sparsegpt_update(w[:, :16], 2 * x @ x.T, 0.5)
+>>> keep.sum(dim=1).tolist()
+[8, 8, 8, 8, 8, 8, 8, 8]
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from hf_lite.pruning.peft_merge import SparseMergeReport, merge_adapter_keep_spa
 from hf_lite.pruning.report import SPEED_NOTE, LayerSparsity, SparsityReport, sparsity_report
 from hf_lite.pruning.schedule import CubicSchedule
 from hf_lite.pruning.sites import in_features_dim, is_prunable
+from hf_lite.pruning.sparsegpt import reconstruction_error, sparsegpt_prune_, sparsegpt_update
 from hf_lite.pruning.structural import (
     KeptHeads,
     StructuralPlan,
@@ -86,6 +92,9 @@ __all__ = [
     "parse_pattern",
     "magnitude_prune_",
     "wanda_prune_",
+    "sparsegpt_prune_",
+    "sparsegpt_update",
+    "reconstruction_error",
     "LayerSparsity",
     "SparsityReport",
     "sparsity_report",

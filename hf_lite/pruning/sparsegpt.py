@@ -1,0 +1,452 @@
+"""SparseGPT (Frantar & Alistarh 2023, "Massive Language Models Can Be Accurately Pruned in One-Shot").
+
+Each linear layer is pruned to minimize its reconstruction error on calibration inputs ``X`` ``(in, tokens)``:
+``||W X - W' X||^2`` over sparse ``W'``. With ``H = 2 X X^T`` (the Hessian of that error), removing weight
+``q`` of a row ``w`` costs ``w_q^2 / [H^-1]_qq`` when the row's other weights absorb it by the optimal
+brain surgeon (OBS) update ``delta = -(w_q / [H^-1]_qq) * H^-1[:, q]``. SparseGPT walks the input columns
+left to right, pruning and compensating column by column; the inverse Hessians of the shrinking sets of
+remaining columns are the rows of the upper Cholesky factor of ``H^-1``, so one factorization serves the
+whole layer. Updates to later columns are applied lazily per block of ``block_size`` columns.
+
+:func:`sparsegpt_update` is the maths on one weight matrix and its Hessian; :func:`sparsegpt_prune_` runs it
+over a model: block by block (``model.layers.0``, ``model.layers.1``, ...), each block's Hessians collected
+with forward pre-hooks on the outputs of the already-pruned blocks before it, over real (non-padded)
+calibration tokens. Memory: one ``(in, in)`` float64 matrix per layer of the current block.
+
+>>> import torch
+>>> from hf_lite.testing import build_tiny_model
+>>> model, tok = build_tiny_model("llama")
+>>> tok.pad_token = tok.eos_token
+>>> batches = [tok(["the cat sees a dog", "a bird"], return_tensors="pt", padding=True)]
+>>> masks = sparsegpt_prune_(model, batches, 0.5)
+>>> round(mask_sparsity(masks), 2)
+0.5
+>>> masks = sparsegpt_prune_(model, batches, pattern="2:4", block_size=32)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hf_lite.pruning.calibration import check_calibration_batches, forward_kwargs, real_tokens, to_device
+from hf_lite.pruning.masks import check_nm, check_nm_widths, check_sparsity, mask_sparsity, pruned_count
+from hf_lite.pruning.oneshot import parse_pattern
+from hf_lite.pruning.sites import in_features_dim
+from hf_lite.pruning.targets import DEFAULT_EXCLUDE, abbreviate_names, find_prunable_targets
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["sparsegpt_update", "sparsegpt_prune_", "reconstruction_error"]
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _check_block_size(block_size: object) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+        raise TypeError(
+            f"block_size must be an int (columns updated together, typical: 128); got "
+            f"{type(block_size).__name__} {block_size!r}."
+        )
+    if block_size < 1:
+        raise ValueError(
+            f"block_size={block_size!r} must be >= 1: it is the number of input columns pruned and updated "
+            "together (lazy batch updates). Use the paper's 128."
+        )
+    return int(block_size)
+
+
+def _check_dampening(dampening: object) -> float:
+    if isinstance(dampening, bool) or not isinstance(dampening, numbers.Real):
+        raise TypeError(
+            f"dampening must be a float (fraction of the mean Hessian diagonal added to it, typical: 0.01); "
+            f"got {type(dampening).__name__} {dampening!r}."
+        )
+    if not (math.isfinite(dampening) and dampening >= 0):
+        raise ValueError(
+            f"dampening={dampening!r} must be a finite number >= 0: lambda = dampening * mean(diag H) is added "
+            "to the Hessian's diagonal to keep it invertible. Use the paper's 0.01 (0.1 for few tokens)."
+        )
+    return float(dampening)
+
+
+def _resolve_sparsity(sparsity: float | None, nm: tuple[int, int] | None) -> float:
+    """The sparsity of an unstructured (``nm=None``) or N:M pattern, refusing a contradicting ``sparsity``."""
+    if nm is None:
+        if sparsity is None:
+            raise ValueError(
+                "sparsity is required with pattern='unstructured': pass the fraction of weights to zero, "
+                "e.g. sparsity=0.5."
+            )
+        return check_sparsity(sparsity)
+    implied = 1.0 - nm[0] / nm[1]
+    if sparsity is not None and abs(check_sparsity(sparsity) - implied) > 1e-9:
+        raise ValueError(
+            f"sparsity={sparsity!r} contradicts pattern '{nm[0]}:{nm[1]}', which always gives sparsity "
+            f"{implied:g}. Leave sparsity=None with an N:M pattern, or use pattern='unstructured'."
+        )
+    return implied
+
+
+def _check_nm_block(block_size: int, nm: tuple[int, int] | None) -> None:
+    if nm is not None and block_size % nm[1]:
+        raise ValueError(
+            f"block_size={block_size} is not a multiple of m={nm[1]} of pattern '{nm[0]}:{nm[1]}': each N:M "
+            f"group must lie inside one block of columns. Use block_size={max(nm[1], 128 // nm[1] * nm[1])}."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the maths on one matrix
+
+
+def _inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, dead)``: ``U`` upper triangular with ``U^T U = (H + lambda I)^-1`` (float64), ``dead`` the inputs
+    with ``H_jj = 0`` (given ``H_jj = 1``, as in the paper: their weights cost nothing to prune)."""
+    h = hessian.detach().to(torch.float64).clone()  # (in, in)
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError(
+            "hessian contains NaN or inf: the calibration activations overflowed (an fp16 model?). Run the "
+            "calibration in float32 or bfloat16."
+        )
+    dead = torch.diagonal(h) == 0  # (in,) inputs that were zero on every calibration token
+    h[dead, dead] = 1.0
+    damp = dampening * torch.diagonal(h).mean()
+    h.diagonal().add_(damp)
+    chol, info = torch.linalg.cholesky_ex(h)
+    if int(info) == 0:
+        h = torch.cholesky_inverse(chol)  # (in, in) = H^-1
+        chol, info = torch.linalg.cholesky_ex(h, upper=True)
+    if int(info) != 0:
+        raise ValueError(
+            f"the calibration Hessian is not positive definite with dampening={dampening:g} (its inputs are "
+            "linearly dependent on the calibration tokens). Raise dampening (e.g. 0.1) or calibrate on more "
+            "tokens."
+        )
+    return chol, dead
+
+
+@torch.no_grad()
+def sparsegpt_update(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float | None = None,
+    *,
+    nm: tuple[int, int] | None = None,
+    block_size: int = 128,
+    dampening: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune one weight matrix by SparseGPT and update its remaining weights: ``(new_weight, mask)``.
+
+    With ``U`` the upper Cholesky factor of ``(H + lambda I)^-1`` (``lambda = dampening * mean(diag H)``),
+    columns are processed left to right in blocks of ``block_size``. At the start of each block the weights
+    of that block are scored ``W_ij^2 / U_jj^2`` (``U_jj^2`` is ``[H^-1]_jj`` of the columns not processed
+    yet: the OBS cost of pruning ``W_ij``) and each row prunes its lowest scores: ``round(sparsity * i2) -
+    round(sparsity * i1)`` of columns ``i1:i2``, so every row ends with exactly ``round(sparsity * in)``
+    zeros. With ``nm=(n, m)`` each group of ``m`` columns is scored when the walk reaches it and each row
+    keeps its ``n`` best. Then column ``j``: the pruned weights' error ``e = W_:j / U_jj`` (zero for kept
+    weights) updates the later columns of the block at once, ``W_:,j: -= e U_j,j:``, and the later blocks
+    once per block, ``W_:,i2: -= E U_i1:i2,i2:`` (lazy batch updates). Inputs with ``H_jj = 0`` (zero on
+    every calibration token) get ``H_jj = 1`` and are pruned first.
+
+    Args:
+        weight: ``(out, in)`` weight (``nn.Linear`` layout; transpose a ``Conv1D`` weight first).
+        hessian: ``(in, in)``, ``2 X X^T`` over calibration inputs ``X`` ``(in, tokens)`` (any positive scale).
+        sparsity: fraction of each row to zero, in ``[0, 1)``; implied by (or equal to ``1 - n/m`` with) ``nm``.
+        nm: ``(n, m)`` to keep ``n`` of every ``m`` consecutive inputs, or ``None`` for unstructured.
+        block_size: columns per lazy-update block (the paper's 128); a multiple of ``m`` with ``nm``.
+        dampening: fraction of the mean Hessian diagonal added to the diagonal (the paper's 0.01).
+
+    Returns:
+        ``(new_weight, mask)``: the pruned and updated weight (``weight``'s dtype and device) and the
+        ``torch.bool`` mask of the kept weights (``True`` = keep); ``new_weight`` is zero where ``mask`` is not.
+
+    >>> import torch
+    >>> x = torch.randn(16, 256)                           # (in, tokens)
+    >>> w = torch.randn(4, 16)
+    >>> new_w, mask = sparsegpt_update(w, 2 * x @ x.T, 0.5)
+    >>> mask.sum(dim=1).tolist()                           # 8 of 16 kept in every row
+    [8, 8, 8, 8]
+    >>> bool(reconstruction_error(w, new_w, x) < reconstruction_error(w, w * mask, x))
+    True
+    """
+    if not isinstance(weight, torch.Tensor) or not isinstance(hessian, torch.Tensor):
+        raise TypeError(
+            f"weight and hessian must be torch.Tensors; got {type(weight).__name__} and {type(hessian).__name__}."
+        )
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"weight must be a 2-D float tensor (out, in); got shape {tuple(weight.shape)}, dtype {weight.dtype}. "
+            "Transpose a transformers Conv1D weight (in, out) first."
+        )
+    rows, cols = weight.shape
+    if tuple(hessian.shape) != (cols, cols):
+        raise ValueError(
+            f"hessian has shape {tuple(hessian.shape)} but weight {tuple(weight.shape)} has {cols} input "
+            f"features: pass the ({cols}, {cols}) matrix 2 X X^T of this layer's inputs."
+        )
+    if nm is not None:
+        nm = check_nm(*nm)
+        if cols % nm[1]:
+            raise ValueError(
+                f"nm={nm} needs a number of input features divisible by {nm[1]}; weight has {cols}. "
+                "Use nm=None (unstructured) for this layer."
+            )
+    sparsity = _resolve_sparsity(sparsity, nm)
+    block_size = _check_block_size(block_size)
+    _check_nm_block(block_size, nm)
+    dampening = _check_dampening(dampening)
+
+    u64, dead = _inverse_cholesky(hessian, dampening)
+    u = u64.to(device=weight.device, dtype=torch.float32)  # (in, in) upper
+    dead = dead.to(weight.device)
+    w = weight.detach().to(torch.float32).clone()  # (out, in)
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=weight.device)  # (out, in)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        w1 = w[:, i1:i2].clone()  # (out, B) the block, updated column by column
+        u1 = u[i1:i2, i1:i2]  # (B, B)
+        d1 = torch.diagonal(u1)  # (B,) sqrt([H^-1]_jj) of the remaining columns
+        err = torch.zeros_like(w1)  # (out, B)
+        if nm is None:
+            k = pruned_count(i2, sparsity) - pruned_count(i1, sparsity)  # zeros of each row in this block
+            if k:
+                scores = w1.pow(2) / d1.pow(2)  # (out, B) OBS cost of each weight
+                scores[:, dead[i1:i2]] = -1.0  # dead inputs first
+                order = scores.sort(dim=1, stable=True).indices[:, :k]  # stable: ties prune lower index first
+                keep[:, i1:i2].scatter_(1, order, False)
+        for j in range(i2 - i1):
+            if nm is not None and j % nm[1] == 0:
+                group = slice(j, j + nm[1])
+                scores = w1[:, group].pow(2) / d1[group].pow(2)  # (out, m)
+                scores[:, dead[i1:i2][group]] = -1.0
+                order = scores.sort(dim=1, stable=True).indices[:, : nm[1] - nm[0]]
+                keep[:, i1 + j : i1 + j + nm[1]].scatter_(1, order, False)
+            col = w1[:, j]  # (out,)
+            e = torch.where(keep[:, i1 + j], torch.zeros_like(col), col) / d1[j]  # (out,)
+            w1[:, j:] -= e.unsqueeze(1) * u1[j, j:].unsqueeze(0)  # OBS update of this block's later columns
+            err[:, j] = e
+        w[:, i1:i2] = w1.masked_fill(~keep[:, i1:i2], 0.0)
+        w[:, i2:] -= err @ u[i1:i2, i2:]  # lazy update of the later blocks
+    return w.to(weight.dtype), keep
+
+
+def reconstruction_error(weight: torch.Tensor, new_weight: torch.Tensor, inputs: torch.Tensor) -> float:
+    """``||(W - W') X||_F^2``, the error SparseGPT minimizes: ``weight``/``new_weight`` ``(out, in)``,
+    ``inputs`` ``X`` ``(in, tokens)``; computed in float64.
+
+    >>> import torch
+    >>> reconstruction_error(torch.ones(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0], [3.0]]))
+    9.0
+    """
+    delta = (weight.detach().double() - new_weight.detach().double()) @ inputs.detach().double()  # (out, tok)
+    return float(delta.pow(2).sum())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a whole model
+
+
+def _block_name(name: str) -> str:
+    """The transformer block a layer belongs to: its name up to the first numeric component
+    (``model.layers.3.mlp.up_proj`` -> ``model.layers.3``); a layer outside numbered blocks is its own."""
+    match = re.match(r"^(.*?\.\d+)(\.|$)", name)
+    return match.group(1) if match else name
+
+
+class _HessianCollector:
+    """Forward pre-hooks accumulating ``X^T X`` ``(in, in)`` (float64) of each layer's inputs over real tokens."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]):
+        self.modules = modules
+        self.sums = {
+            name: torch.zeros(
+                (m.weight.shape[in_features_dim(m)],) * 2, dtype=torch.float64, device=m.weight.device
+            )
+            for name, m in modules.items()
+        }
+        self.tokens = dict.fromkeys(modules, 0)
+        self.calls = dict.fromkeys(modules, 0)
+        self.token_masks: list[torch.Tensor] = []  # candidate (batch, seq) masks of the current batch
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _HessianCollector:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._hook(name), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = (args[0] if args else next(iter(kwargs.values()))).detach()  # (..., in)
+            for mask in self.token_masks:  # drop padded positions of (batch, seq, in) inputs
+                if x.dim() >= 3 and tuple(mask.shape) == tuple(x.shape[:2]):
+                    x = real_tokens(x, mask)  # (tokens, in)
+                    break
+            x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+            acc = self.sums[name]
+            acc += (x.T @ x).to(device=acc.device, dtype=torch.float64)  # (in, in): float32 product per batch
+            self.tokens[name] += x.shape[0]
+            self.calls[name] += 1
+
+        return hook
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """``{name: 2 X X^T / tokens}`` (float64) of every layer; ``ValueError`` for a layer never called."""
+        silent = [n for n, c in self.calls.items() if c == 0]
+        if silent:
+            raise ValueError(
+                f"layers {abbreviate_names(silent)} received no input during the calibration forward passes, so "
+                "SparseGPT has no Hessian for them. For an encoder-decoder model, include decoder inputs (labels "
+                "or decoder_input_ids) in the calibration batches; otherwise exclude these layers."
+            )
+        return {n: s.mul_(2.0 / max(self.tokens[n], 1)) for n, s in self.sums.items()}
+
+
+def _calibrate(model: nn.Module, batches: list[Mapping[str, Any]], collector: _HessianCollector) -> None:
+    device = next(model.parameters()).device
+    extra = forward_kwargs(model)  # no KV cache: it would only cost memory here
+    for batch in batches:
+        inputs = to_device(batch, device)
+        keys = ("attention_mask", "decoder_attention_mask")
+        collector.token_masks = [inputs[k].bool() for k in keys if k in inputs]
+        model(**inputs, **extra)
+    collector.token_masks = []
+
+
+@torch.no_grad()
+def sparsegpt_prune_(
+    model: nn.Module,
+    calibration_batches: Iterable[Mapping[str, torch.Tensor]] | None,
+    sparsity: float | None = None,
+    *,
+    pattern: str = "unstructured",
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = DEFAULT_EXCLUDE,
+    block_size: int = 128,
+    dampening: float = 0.01,
+    sequential: bool = True,
+) -> dict[str, torch.Tensor]:
+    """SparseGPT one-shot pruning of the chosen layers, in place: masks chosen and remaining weights updated
+    to reconstruct each layer's outputs on the calibration data (see :func:`sparsegpt_update`).
+
+    Layers are pruned block by block (``model.layers.0``, ``model.layers.1``, ...) with ``sequential=True``:
+    forward pre-hooks on the block's layers accumulate ``X^T X`` over the real tokens of every calibration
+    batch (padded positions excluded by ``attention_mask``/``decoder_attention_mask``), the hooks are
+    removed, and each layer is pruned and updated from its Hessian ``H = 2 X X^T / tokens``, so block ``b``
+    is calibrated on the outputs of the already-pruned blocks before it (one forward pass over the
+    calibration data per block, as :func:`~hf_lite.pruning.wanda_prune_`). Within a block every layer sees
+    the block's dense inputs, as in the reference code. ``sequential=False`` computes every Hessian from
+    one pass of the dense model (memory: one ``(in, in)`` matrix per layer of the whole model).
+
+    Args:
+        model: the model to prune (kept in eval mode during calibration, then restored).
+        calibration_batches: iterable of dicts of tensors passed as ``model(**batch)``: ``input_ids``,
+            ``attention_mask`` (and for encoder-decoder models ``labels`` or ``decoder_input_ids``).
+        sparsity: fraction of each output feature's weights to zero, in ``[0, 1)``; required for
+            ``"unstructured"``, implied by an N:M pattern.
+        pattern: ``"unstructured"`` or ``"n:m"`` (``"2:4"``, ``"4:8"``): keep ``n`` of every ``m`` inputs.
+        include: regexes of layer names to prune (see :func:`~hf_lite.pruning.find_prunable_modules`).
+        exclude: regexes of layer names to leave dense; defaults to heads, embeddings and norms.
+        block_size: input columns per lazy-update block (the paper's 128); a multiple of ``m`` for N:M.
+        dampening: fraction of the mean Hessian diagonal added to it (the paper's 0.01).
+        sequential: prune block by block on the pruned model's activations (``True``) or all layers from
+            the dense model's activations (``False``).
+
+    Returns:
+        ``{layer name: bool mask}`` of each weight's shape (``True`` = keep), on the weight's device; a
+        ``Conv1D`` mask is ``(in, out)`` like its weight.
+
+    Raises:
+        ValueError: for MoE expert weights (3-D), which SparseGPT does not prune here: use
+            :func:`~hf_lite.pruning.wanda_prune_` or exclude them.
+
+    >>> from hf_lite.testing import build_tiny_model
+    >>> model, tok = build_tiny_model("gpt2")
+    >>> tok.pad_token = tok.eos_token
+    >>> batch = tok(["the cat sees the dog", "a bird sings"], return_tensors="pt", padding=True)
+    >>> masks = sparsegpt_prune_(model, [batch], 0.5, block_size=16)
+    >>> masks["transformer.h.0.mlp.c_fc"].shape, masks["transformer.h.0.mlp.c_fc"].sum(dim=0).unique().tolist()
+    (torch.Size([64, 128]), [32])
+    """
+    nm = parse_pattern(pattern)
+    sparsity = _resolve_sparsity(sparsity, nm)
+    block_size = _check_block_size(block_size)
+    _check_nm_block(block_size, nm)
+    dampening = _check_dampening(dampening)
+    if not isinstance(sequential, bool):
+        raise TypeError(f"sequential must be True or False; got {sequential!r}.")
+    if isinstance(calibration_batches, Iterable) and not isinstance(
+        calibration_batches, (Mapping, str, bytes)
+    ):
+        calibration_batches = list(calibration_batches)  # also materializes generators, once
+    if calibration_batches is None or calibration_batches == []:
+        raise ValueError(
+            f"calibration_batches={calibration_batches!r}: SparseGPT reconstructs each layer's outputs on "
+            "calibration data, so it needs some. Pass a few batches of tokenized text (dicts with input_ids "
+            "and attention_mask), e.g. 128 sequences; or use magnitude_prune_ for data-free pruning."
+        )
+    batches = check_calibration_batches(calibration_batches)
+    modules, experts = find_prunable_targets(model, include=include, exclude=exclude)
+    if experts:
+        raise ValueError(
+            f"sparsegpt_prune_ does not prune MoE expert weights (3-D tensors: {abbreviate_names(experts)}). "
+            "Prune them with wanda_prune_ or magnitude_prune_ (method 'wanda' or 'magnitude'), or leave them "
+            "dense here with exclude=[*DEFAULT_EXCLUDE, 'experts']."
+        )
+    check_nm_widths({n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}, nm)
+
+    groups: dict[str, dict[str, nn.Module]] = {}
+    for name, module in modules.items():
+        groups.setdefault(_block_name(name) if sequential else "", {})[name] = module
+    was_training = model.training
+    model.eval()
+    masks: dict[str, torch.Tensor] = {}
+    try:
+        for block, members in groups.items():
+            with _HessianCollector(members) as collector:
+                _calibrate(model, batches, collector)
+            hessians = collector.hessians()
+            for name, module in members.items():
+                transposed = in_features_dim(module) == 0  # Conv1D: (in, out)
+                weight = module.weight.T if transposed else module.weight  # (out, in)
+                try:
+                    new, keep = sparsegpt_update(
+                        weight,
+                        hessians.pop(name),
+                        sparsity,
+                        nm=nm,
+                        block_size=block_size,
+                        dampening=dampening,
+                    )
+                except ValueError as err:
+                    raise ValueError(f"layer {name}: {err}") from err
+                module.weight.copy_(new.T if transposed else new)
+                masks[name] = keep.T if transposed else keep
+            logger.debug("sparsegpt: pruned %s (%d layers)", block or "all layers", len(members))
+    finally:
+        model.train(was_training)
+    logger.info(
+        "sparsegpt-pruned %d layers (%s, block_size=%d, dampening=%g): sparsity %.4f",
+        len(masks),
+        pattern,
+        block_size,
+        dampening,
+        mask_sparsity(masks),
+    )
+    return masks
