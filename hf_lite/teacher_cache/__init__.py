@@ -33,9 +33,29 @@ the labels aligned by :func:`hf_lite.losses.shift_labels` (or slice everything w
 ...                                  temperature=2.0)  # doctest: +SKIP
 >>> cache = load_teacher_cache("cache/teacher-k16", temperature=2.0)  # doctest: +SKIP
 >>> batch = TeacherCacheCollator(tok)([cache[0], cache[1]])  # doctest: +SKIP
+
+**Sequence-level distillation** (:mod:`~hf_lite.teacher_cache.generations`, with
+:mod:`~hf_lite.teacher_cache.sampling`): :func:`generate_teacher_completions` lets the teacher complete each
+prompt once (greedy or sampled, stopping at EOS) and saves TRL-style ``prompt``/``completion`` columns with
+``input_ids`` and ``labels`` (the prompt masked), fingerprinted and resumable like the cache above; with
+``topk=k`` it is a teacher cache of the teacher's own completions.
+
+>>> import tempfile
+>>> from hf_lite.teacher_cache import generate_teacher_completions
+>>> from hf_lite.testing import build_tiny_model
+>>> teacher, tok = build_tiny_model("llama", seed=0)
+>>> tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+>>> chats = [[{"role": "user", "content": "the cat sees"}], [{"role": "user", "content": "a big bird"}]]
+>>> ds = generate_teacher_completions(teacher, tok, chats, tempfile.mkdtemp() + "/gen", max_new_tokens=3,
+...                                   do_sample=True, seed=0, topk=4)
+>>> ds[0]["completion"][0]["role"], len(ds[0]["teacher_topk_logprobs"]) == len(ds[0]["input_ids"])
+('assistant', True)
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from hf_lite.teacher_cache.collate import TeacherCacheCollator, TeacherCacheRows
 from hf_lite.teacher_cache.fingerprint import FORMAT_VERSION, teacher_fingerprint
@@ -53,6 +73,7 @@ from hf_lite.teacher_cache.store import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "GENERATED_COLUMNS",
     "INDICES_COLUMN",
     "LOGPROBS_COLUMN",
     "METADATA_FILE",
@@ -61,8 +82,27 @@ __all__ = [
     "TeacherCacheCollator",
     "TeacherCacheRows",
     "cache_bytes_per_token",
+    "generate_teacher_completions",
     "load_teacher_cache",
     "precompute_teacher_cache",
     "teacher_cache_metadata",
     "teacher_fingerprint",
 ]
+
+# public name -> the module of this package that defines it, imported on first use
+_LAZY: dict[str, str] = {
+    "GENERATED_COLUMNS": "generations",
+    "generate_teacher_completions": "generations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -51,7 +51,13 @@ from hf_lite.teacher_cache.store import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["precompute_teacher_cache"]
+__all__ = [
+    "input_device",
+    "precompute_teacher_cache",
+    "score_with_teacher",
+    "teacher_name_of",
+    "teacher_vocab_size",
+]
 
 #: Positions per top-k chunk: bounds the fp32 temporaries to ``_CHUNK_ROWS x vocab`` (512 MB at 128k tokens).
 _CHUNK_ROWS = 1024
@@ -155,7 +161,7 @@ def precompute_teacher_cache(
         teacher = load_teacher(teacher, task)
     if not isinstance(teacher, torch.nn.Module):
         raise TypeError(f"teacher must be a model, a Hub id or a folder; got {type(teacher).__name__}.")
-    vocab_size = _vocab_size(teacher, tokenizer, task)
+    vocab_size = teacher_vocab_size(teacher, tokenizer, task)
     if vocab_size is not None and k > vocab_size:
         raise ValueError(
             f"k={k} is larger than the teacher's {vocab_size} outputs. Use k <= {vocab_size} (k = all outputs keeps "
@@ -228,7 +234,7 @@ def precompute_teacher_cache(
                 logger.info("teacher cache: shard %d/%d already done", shard + 1, num_shards)
                 bar.update(stop - start)
                 continue
-            columns = _run_teacher(
+            columns = score_with_teacher(
                 teacher, inputs, start, task, k, temperature, batch_size, vocab_size, pad_id, bar
             )
             num_tokens = _count_tokens(inputs["input_ids"], task)
@@ -244,7 +250,7 @@ def precompute_teacher_cache(
     shard_infos = [read_json(partial / f"shard-{s:05d}" / SHARD_FILE) for s in range(num_shards)]
     metadata = {
         **spec,
-        "teacher_name": teacher_name or _name_of(teacher),
+        "teacher_name": teacher_name or teacher_name_of(teacher),
         "num_tokens": sum(info["num_tokens"] for info in shard_infos),
         "inputs_digest": _combine_digests([info["inputs_digest"] for info in shard_infos]),
         "columns": {"logprobs": LOGPROBS_COLUMN, "indices": INDICES_COLUMN, "tail_mass": TAIL_COLUMN},
@@ -267,7 +273,7 @@ def _check_task(task: str) -> str:
     return task
 
 
-def _run_teacher(
+def score_with_teacher(
     teacher: torch.nn.Module,
     inputs: dict[str, list],
     offset: int,
@@ -282,7 +288,7 @@ def _run_teacher(
     """Top-k log-probabilities, ids and tail mass of each example of ``inputs``, batch by batch (``bar``, a
     progress bar, moves by each batch's examples)."""
     per_position = CACHE_TASKS[task]
-    device = _input_device(teacher)
+    device = input_device(teacher)
     out: dict[str, list] = {LOGPROBS_COLUMN: [], INDICES_COLUMN: [], TAIL_COLUMN: []}
     ids = inputs["input_ids"]
     for b in range(0, len(ids), batch_size):
@@ -355,14 +361,15 @@ def _pad(rows: Sequence[Sequence[int]], length: int, value: int) -> torch.Tensor
     return stack_padded([torch.tensor(r, dtype=torch.long) for r in rows], length, value)
 
 
-def _input_device(model: torch.nn.Module) -> torch.device:
+def input_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s input embeddings (where its ``input_ids`` go), else of its first parameter."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and hasattr(embeddings, "weight"):
         return embeddings.weight.device
     return next(model.parameters()).device
 
 
-def _vocab_size(teacher: torch.nn.Module, tokenizer: Any, task: str) -> int | None:
+def teacher_vocab_size(teacher: torch.nn.Module, tokenizer: Any, task: str) -> int | None:
     """Outputs the cache ranges over: the head's size, cut to the tokenizer's length for a language model."""
     config = getattr(teacher, "config", None)
     if task == "causal-lm":
@@ -375,7 +382,8 @@ def _vocab_size(teacher: torch.nn.Module, tokenizer: Any, task: str) -> int | No
     return getattr(config, "num_labels", None)
 
 
-def _name_of(teacher: torch.nn.Module) -> str:
+def teacher_name_of(teacher: torch.nn.Module) -> str:
+    """The teacher's ``name_or_path`` (recorded in the metadata), else its class name."""
     name = getattr(teacher, "name_or_path", None) or getattr(
         getattr(teacher, "config", None), "_name_or_path", ""
     )
