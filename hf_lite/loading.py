@@ -39,6 +39,13 @@ from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module
     linear_module_names,
     resolve_peft_config,
 )
+from hf_lite.gguf import (
+    check_gguf_architecture,
+    gguf_from_pretrained_kwargs,
+    read_gguf_info,
+    require_gguf,
+    split_gguf_source,
+)
 from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-exported)
     check_quantized,
     default_quantized_device_map,
@@ -46,7 +53,7 @@ from hf_lite.quantization import (  # noqa: F401 (resolve_quantization re-export
     plan_unquantized_modules,
     resolve_quantization,
 )
-from hf_lite.summary import model_summary
+from hf_lite.summary import SOURCE_ATTRIBUTE, model_summary
 from hf_lite.tasks import TASKS, normalize_task
 
 if TYPE_CHECKING:  # annotations only
@@ -101,7 +108,9 @@ def load_model(
     """Load a Hub checkpoint (repo id or local folder) for ``task``, optionally 4/8-bit and with an adapter.
 
     Args:
-        name_or_path: Hub repo id (``"org/name"``) or a folder written by ``save_pretrained``.
+        name_or_path: Hub repo id (``"org/name"``), a folder written by ``save_pretrained``, or a GGUF file
+            (``"model.Q4_K_M.gguf"``, or its folder with ``gguf_file=``): transformers dequantizes it (to
+            float32 with ``dtype="auto"``; needs ``pip install "hf-lite[gguf]"``), and the summary says so.
         task: One of ``causal-lm``, ``sequence-classification``, ``token-classification``,
             ``seq2seq-lm``, ``base``.
         quantization: ``None``, ``"4bit"`` (NF4 + double quantization), ``"fp4"``, ``"8bit"``, a dict of
@@ -116,8 +125,8 @@ def load_model(
         trust_remote_code: run model code shipped in the repo. Off unless you have read that code.
         revision: branch, tag or commit of the Hub repo.
         **from_pretrained_kwargs: anything else ``from_pretrained`` takes (``num_labels``, ``token``,
-            ``cache_dir``, ``attn_implementation``, ...). Only safetensors weights are loaded unless
-            ``use_safetensors`` says otherwise.
+            ``cache_dir``, ``attn_implementation``, ``gguf_file``, ...). Only safetensors (or GGUF) weights are
+            loaded unless ``use_safetensors`` says otherwise.
 
     Returns:
         A ``PreTrainedModel``, or a ``peft.PeftModel`` wrapping one when ``peft`` is given (only the
@@ -139,10 +148,20 @@ def load_model(
     bnb_config = resolve_quantization(quantization, torch_dtype)
     peft_config = resolve_peft_config(peft, task)
     hub_kwargs = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
-    config = load_checked_config(name_or_path, task, trust_remote_code, revision, hub_kwargs)
+    gguf_source = split_gguf_source(name_or_path, from_pretrained_kwargs.pop("gguf_file", None))
+    source, gguf_path = gguf_source or (name_or_path, None)
+    if gguf_path is not None and bnb_config is not None:
+        raise ValueError(
+            f"quantization={quantization!r} with the GGUF file {gguf_path!r}: transformers cannot quantize "
+            "with bitsandbytes while reading GGUF. Load it without quantization, export it as a safetensors "
+            "checkpoint (hf_lite.export(model, folder, tokenizer=...)), then load that folder with quantization."
+        )
+    config = load_checked_config(source, task, trust_remote_code, revision, hub_kwargs, gguf_file=gguf_path)
     from_pretrained_kwargs.update(decoder_overrides(config, task, from_pretrained_kwargs))
 
-    kwargs: dict[str, Any] = {"use_safetensors": True, **from_pretrained_kwargs}
+    # A GGUF file is parsed by transformers' GGUF reader, never unpickled: the safetensors-only rule is moot.
+    weights = gguf_from_pretrained_kwargs(gguf_path) if gguf_path else {"use_safetensors": True}
+    kwargs: dict[str, Any] = {**weights, **from_pretrained_kwargs}
     if revision is not None:
         kwargs["revision"] = revision
     if torch_dtype is not None:
@@ -166,8 +185,10 @@ def load_model(
     if device_map is not None:
         kwargs["device_map"] = device_map
 
-    model = auto_cls.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code, **kwargs)
+    model = auto_cls.from_pretrained(str(source), trust_remote_code=trust_remote_code, **kwargs)
     logger.debug("loaded %s (%s) for task %s", type(model).__name__, config.model_type, task)
+    if gguf_path is not None:  # for the summary: which quantization the weights were dequantized from
+        setattr(model, SOURCE_ATTRIBUTE, read_gguf_info(gguf_path).describe(model.dtype))
 
     if bnb_config is not None:
         check_quantized(model, bnb_config, source=os.fspath(name_or_path), task=task)
@@ -260,11 +281,16 @@ def load_tokenizer(
             f"padding_side={padding_side!r} must be 'left', 'right' or None (keep the tokenizer's)."
         )
     hub_kwargs = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
-    _check_source(name_or_path, revision, hub_kwargs)
+    gguf_source = split_gguf_source(name_or_path, from_pretrained_kwargs.pop("gguf_file", None))
+    if gguf_source is None:
+        _check_source(name_or_path, revision, hub_kwargs)
+    else:  # rebuilt by transformers from the file's metadata (vocabulary, merges, special ids, chat template)
+        from_pretrained_kwargs["gguf_file"] = gguf_source[1]
     if revision is not None:
         from_pretrained_kwargs["revision"] = revision
+    source = gguf_source[0] if gguf_source else str(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(
-        str(name_or_path), trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+        source, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
     )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
@@ -414,10 +440,24 @@ def _check_source(name_or_path: Any, revision: str | None, hub_kwargs: dict[str,
 
 
 def load_checked_config(
-    name_or_path: Any, task: str, trust_remote_code: bool, revision: str | None, hub_kwargs: dict[str, Any]
+    name_or_path: Any,
+    task: str,
+    trust_remote_code: bool,
+    revision: str | None,
+    hub_kwargs: dict[str, Any],
+    *,
+    gguf_file: str | None = None,
 ) -> Any:
-    """Read config.json (no code runs), then check remote code, architecture and task support."""
+    """Read config.json (no code runs), or a GGUF file's metadata, then check remote code, architecture and task
+    support."""
 
+    gguf_source = split_gguf_source(name_or_path, gguf_file)
+    if gguf_source is not None:
+        require_gguf()
+        check_gguf_architecture(read_gguf_info(gguf_source[1]))
+        config = AutoConfig.from_pretrained(gguf_source[0], gguf_file=gguf_source[1])
+        check_task(config, task, gguf_source[1])
+        return config
     name = _check_source(name_or_path, revision, hub_kwargs)
     rev_kwargs = {"revision": revision} if revision is not None else {}
     try:
@@ -451,13 +491,17 @@ def load_checked_config(
             )
     config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **rev_kwargs, **hub_kwargs)
     if model_type in CONFIG_MAPPING:
-        mapping = getattr(transformers, TASKS[task])._model_mapping
-        if type(config) not in mapping:
-            supported = [
-                t for t, cls in TASKS.items() if type(config) in getattr(transformers, cls)._model_mapping
-            ]
-            raise ValueError(
-                f"task={task!r} is not available for model_type={model_type!r} ({name!r}): transformers has no "
-                f"{TASKS[task]} class for it. Tasks this architecture supports: {', '.join(supported) or 'none'}."
-            )
+        check_task(config, task, name)
     return config
+
+
+def check_task(config: Any, task: str, name: str) -> None:
+    """Raise ``ValueError`` when transformers has no ``task`` class for ``config``'s architecture."""
+    if type(config) not in getattr(transformers, TASKS[task])._model_mapping:
+        supported = [
+            t for t, cls in TASKS.items() if type(config) in getattr(transformers, cls)._model_mapping
+        ]
+        raise ValueError(
+            f"task={task!r} is not available for model_type={config.model_type!r} ({name!r}): transformers has no "
+            f"{TASKS[task]} class for it. Tasks this architecture supports: {', '.join(supported) or 'none'}."
+        )

@@ -19,6 +19,11 @@ from hf_lite.heads import is_head
 if TYPE_CHECKING:
     import torch
 
+#: Attribute a loader sets on a model whose weights came from elsewhere than its own checkpoint format, read by
+#: :func:`model_summary`: :func:`hf_lite.load_model` writes e.g. ``"weights from a GGUF Q4_1 quantization (llama),
+#: dequantized to float32"`` there. An attribute of the object only: never saved with the model.
+SOURCE_ATTRIBUTE = "hf_lite_source"
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSummary:
@@ -40,6 +45,8 @@ class ModelSummary:
     #: Body layers a quantized model keeps in full precision (heads and output embeddings aside), with layer
     #: indices folded to ``*``: layers bitsandbytes could not pack here, or that the skip list named.
     unquantized: tuple[str, ...] = ()
+    #: Where the weights came from, when a loader said (:data:`SOURCE_ATTRIBUTE`), e.g. a dequantized GGUF file.
+    source: str | None = None
 
     @property
     def trainable_fraction(self) -> float:
@@ -54,6 +61,7 @@ class ModelSummary:
             f"{100 * self.trainable_fraction:.2f}%), {format_bytes(self.bytes_in_memory)} in memory, "
             f"{self.dtype}, {self.quantization or 'full precision'}, {self.adapter or 'no adapter'}"
             + (f", kept in full precision: {', '.join(self.unquantized)}" if self.unquantized else "")
+            + (f", {self.source}" if self.source else "")
         )
 
 
@@ -242,4 +250,5 @@ def model_summary(model: torch.nn.Module) -> ModelSummary:
         quantization=describe_quantization(inner),
         adapter=describe_adapter(model),
         unquantized=unquantized_layers(model),
+        source=getattr(inner, SOURCE_ATTRIBUTE, None),
     )

@@ -1,0 +1,360 @@
+"""GGUF checkpoints as sources (issue 15, deliverable 1): a tiny Llama written here with the ``gguf`` package's
+writer (F32 tensors, token embeddings and MLP matrices quantized to Q8_0, a byte-level BPE tokenizer with a
+chat template) loads through ``load_model``/``load_tokenizer``/``load_teacher``, the recipe and the CLI as the
+model that was written (dequantized weights equal to ``gguf.quants.dequantize``), and exports as an ordinary
+safetensors checkpoint that stock ``from_pretrained`` reloads with the same logits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from hf_lite import export, load_model, load_teacher, load_tokenizer, model_summary
+from hf_lite.gguf import (
+    GGUFInfo,
+    check_gguf_architecture,
+    find_packaged_gguf,
+    read_gguf_info,
+    require_gguf,
+    split_gguf_source,
+    supported_gguf_architectures,
+)
+from hf_lite.testing import build_tiny_model
+
+gguf = pytest.importorskip("gguf")
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TEXTS = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
+Q8_0 = gguf.GGMLQuantizationType.Q8_0
+# transformers' module name -> llama.cpp's tensor name inside a block
+LEAVES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+TOP["lm_head.weight"] = "output.weight"
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2 style, what ``tokenizer.ggml.model = gpt2`` describes) trained on TEXTS."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(TEXTS * 10, vocab_size=300, special_tokens=SPECIALS, show_progress=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token=None
+    )
+
+
+def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """The row order llama.cpp's converter gives q/k projections (rotary halves interleaved per head)."""
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def write_gguf(
+    path: Path, model, tokenizer, *, quantize: tuple[str, ...] = ("mlp", "embed_tokens"), arch: str = "llama"
+) -> dict[str, torch.Tensor]:
+    """Write ``model`` (a transformers Llama) and ``tokenizer`` as llama.cpp would; the weights with a name
+    containing one of ``quantize`` as Q8_0. Returns what loading must give back: the state dict with those
+    weights replaced by their dequantized Q8_0 values."""
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name("tiny llama")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantize else gguf.LlamaFileType.ALL_F32)
+    tokens = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    writer.add_token_types([3 if t in SPECIALS else 1 for t in tokens])  # 3: control (special) token
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    expected = {}
+    for name, tensor in model.state_dict().items():
+        value = tensor.detach().float().numpy()
+        if name in TOP:
+            gguf_name = TOP[name]
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            module, leaf = rest.rsplit(".", 1)
+            gguf_name = f"blk.{layer}.{LEAVES[module]}.{leaf}"
+        stored = value
+        if name.endswith("q_proj.weight"):
+            stored = llama_cpp_permute(value, cfg.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            stored = llama_cpp_permute(value, cfg.num_key_value_heads)
+        if value.ndim == 2 and any(key in name for key in quantize):
+            blocks = gguf.quants.quantize(stored, Q8_0)
+            writer.add_tensor(gguf_name, blocks, raw_dtype=Q8_0)
+            assert "q_proj" not in name and "k_proj" not in name  # no permutation to undo on these
+            expected[name] = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(blocks, Q8_0)))
+        else:
+            writer.add_tensor(gguf_name, np.ascontiguousarray(stored))
+            expected[name] = torch.from_numpy(value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    """(path of the written file, state dict loading must give, the tokenizer it was written from, the model)."""
+    tokenizer = byte_level_tokenizer()
+    model, tokenizer = build_tiny_model("llama", tokenizer=tokenizer, seed=0)
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf"
+    expected = write_gguf(path, model, tokenizer)
+    return path, expected, tokenizer, model
+
+
+IDS = torch.tensor([[5, 60, 13, 7, 111, 6, 8, 210, 12, 14]])
+
+
+def _logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+# ------------------------------------------------------------------------------------------ pure helpers
+
+
+def test_split_gguf_source_file_folder_and_other_sources(tmp_path):
+    file = tmp_path / "m.Q4_1.gguf"
+    file.write_bytes(b"GGUF")
+    expected = (str(tmp_path), str(file))
+    assert split_gguf_source(file) == split_gguf_source(str(file)) == expected
+    assert split_gguf_source(tmp_path, gguf_file="m.Q4_1.gguf") == expected
+    assert split_gguf_source(tmp_path, gguf_file=file) == expected  # an absolute file name is kept
+    assert split_gguf_source("org/model") is None and split_gguf_source(tmp_path) is None
+
+
+def test_split_gguf_source_errors(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(FileNotFoundError, match=r"names a GGUF file that does not exist"):
+        split_gguf_source(tmp_path / "missing.gguf")
+    with pytest.raises(
+        FileNotFoundError, match=r"gguf_file='other.gguf' is not a file in .*GGUF files there: m.gguf"
+    ):
+        split_gguf_source(tmp_path, gguf_file="other.gguf")
+    with pytest.raises(ValueError, match=r"gguf_file='model.safetensors' is not a .gguf file"):
+        split_gguf_source(tmp_path, gguf_file="model.safetensors")
+    with pytest.raises(TypeError, match=r"gguf_file must be a file name or path; got int"):
+        split_gguf_source(tmp_path, gguf_file=3)
+    with pytest.raises(ValueError, match=r"is a GGUF file and gguf_file='m.gguf' names another"):
+        split_gguf_source(tmp_path / "m.gguf", gguf_file="m.gguf")
+    with pytest.raises(ValueError, match=r"needs name_or_path to be a local folder.*hf download"):
+        split_gguf_source("org/model-GGUF", gguf_file="m.gguf")
+
+
+def test_require_gguf_names_the_extra(monkeypatch):
+    assert require_gguf() is gguf
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` now raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "hf-lite\[gguf\]"'):
+        require_gguf()
+
+
+def test_missing_gguf_package_stops_load_model_with_the_extra(tiny_gguf, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(ImportError, match=r"needs the gguf package.*hf-lite\[gguf\]"):
+        load_model(tiny_gguf[0])
+
+
+def test_read_gguf_info_predominant_type_over_matrices(tiny_gguf):
+    path, expected, _, model = tiny_gguf
+    info = read_gguf_info(path)
+    counts = {"Q8_0": 0, "F32": 0}
+    for name, tensor in model.state_dict().items():
+        if tensor.ndim == 2:
+            counts["Q8_0" if "mlp" in name or "embed_tokens" in name else "F32"] += tensor.numel()
+    assert info.tensor_types == counts and counts["Q8_0"] > counts["F32"]
+    assert (info.architecture, info.quantization, info.name, info.quantized) == (
+        "llama",
+        "Q8_0",
+        "tiny llama",
+        True,
+    )
+    assert (
+        info.describe(torch.float32)
+        == "weights from a GGUF Q8_0 quantization (llama), dequantized to float32"
+    )
+    assert GGUFInfo("x", "llama", "F16", {}).describe("float32") == (
+        "weights from a GGUF F16 file (llama), loaded as float32"
+    )
+
+
+def test_read_gguf_info_refuses_a_file_that_is_not_gguf(tmp_path):
+    bad = tmp_path / "not.gguf"
+    bad.write_bytes(b"PK\x03\x04 this is a zip, not a gguf file" * 4)
+    with pytest.raises(ValueError, match=r"is not a readable GGUF file"):
+        read_gguf_info(bad)
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    assert {"llama", "qwen2", "qwen2moe", "gemma3"} <= set(supported_gguf_architectures())
+    with pytest.raises(
+        ValueError, match=r"architecture 'rwkv6', which transformers .* cannot load from GGUF.*llama"
+    ):
+        check_gguf_architecture(GGUFInfo(str(tmp_path / "x.gguf"), "rwkv6", "Q4_0", {}))
+    path = tmp_path / "rwkv.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match=r"architecture 'rwkv6'.*Architectures it loads: .*llama"):
+        load_model(path)
+
+
+def test_find_packaged_gguf_does_not_import_the_package(tmp_path, monkeypatch):
+    package = tmp_path / "fake_model_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('importing this package is not allowed')\n")
+    (package / "Model.Q4_1.gguf").write_bytes(b"GGUF")
+    (package / "Model.Q8_0.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert find_packaged_gguf("fake_model_pkg", "*Q4_1.gguf") == package / "Model.Q4_1.gguf"
+    assert "fake_model_pkg" not in sys.modules
+    with pytest.raises(
+        ValueError, match=r"has 2 files matching pattern='\*.gguf'.*Model.Q4_1.gguf, Model.Q8_0.gguf"
+    ):
+        find_packaged_gguf("fake_model_pkg")
+    with pytest.raises(ImportError, match=r"not installed.*pip install no-such-pkg"):
+        find_packaged_gguf("no_such_pkg")
+    with pytest.raises(ValueError, match=r"must be the name of an installed top-level package"):
+        find_packaged_gguf("fake_model_pkg.sub")
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+@pytest.mark.integration
+def test_load_model_gives_the_written_weights_dequantized(tiny_gguf, caplog):
+    path, expected, _, _ = tiny_gguf
+    with caplog.at_level(logging.INFO, logger="hf_lite.loading"):
+        model = load_model(path)
+    state = model.state_dict()
+    assert set(state) == set(expected)
+    for name, value in expected.items():
+        assert torch.equal(state[name], value), name  # q/k un-permuted, Q8_0 exactly gguf's dequantization
+    assert model.dtype == torch.float32
+    # a plain dense model, not one transformers counts as quantized (which could not be trained or saved)
+    assert getattr(model.config, "quantization_config", None) is None and not getattr(
+        model, "is_quantized", False
+    )
+    summary = model_summary(model)
+    assert summary.source == "weights from a GGUF Q8_0 quantization (llama), dequantized to float32"
+    assert summary.quantization is None and summary.source in str(summary)
+    assert summary.source in caplog.text  # the load summary says it
+    # the folder + gguf_file spelling, and an explicit use_safetensors (GGUF is not pickle), load the same
+    same = load_model(path.parent, gguf_file=path.name, use_safetensors=True)
+    assert torch.equal(_logits(same), _logits(model))
+
+
+@pytest.mark.integration
+def test_load_model_refuses_bitsandbytes_on_gguf(tiny_gguf):
+    with pytest.raises(
+        ValueError, match=r"quantization='4bit' with the GGUF file .*export it as a safetensors"
+    ):
+        load_model(tiny_gguf[0], quantization="4bit")
+
+
+@pytest.mark.integration
+def test_load_tokenizer_from_gguf_round_trip_and_chat_template(tiny_gguf):
+    path, _, original, _ = tiny_gguf
+    tok = load_tokenizer(path)
+    same = load_tokenizer(path.parent, gguf_file=path.name)
+    text = "the lazy fox, or not to be the question"
+    ids = tok(text).input_ids
+    assert ids == original(text).input_ids == same(text).input_ids
+    assert tok.decode(ids) == text
+    assert len(tok) == len(original) and tok.eos_token == "<|im_end|>" and tok.pad_token == tok.eos_token
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "to be"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<|im_start|>user\nto be<|im_end|>\n<|im_start|>assistant\n"
+    assert tok("<|im_start|>user").input_ids[0] == original.convert_tokens_to_ids(
+        "<|im_start|>"
+    )  # kept whole
+
+
+@pytest.mark.integration
+def test_load_teacher_from_gguf_is_frozen_with_the_summary(tiny_gguf):
+    path, expected, _, _ = tiny_gguf
+    teacher = load_teacher(str(path))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert torch.equal(teacher.model.embed_tokens.weight, expected["model.embed_tokens.weight"])
+    assert "GGUF Q8_0 quantization" in str(model_summary(teacher))
+
+
+@pytest.mark.integration
+def test_gguf_model_exports_as_safetensors_that_stock_transformers_reloads(tiny_gguf, tmp_path):
+    path, _, _, _ = tiny_gguf
+    model, tok = load_model(path), load_tokenizer(path)
+    report = export(model, tmp_path / "out", tokenizer=tok)
+    assert report.max_abs_diff == 0.0 and report.kind == "model"
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "model.safetensors" in files and not any(name.endswith(".gguf") for name in files)
+    assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert torch.equal(_logits(stock), _logits(model))
+    stock_tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert stock_tok("to be or not").input_ids == tok("to be or not").input_ids
+    assert stock_tok.chat_template == CHAT_TEMPLATE
+
+
+# ------------------------------------------------------------------------------------------ CLI and recipes
+
+
+@pytest.mark.integration
+def test_cli_export_and_recipe_plan_take_a_gguf_model(tiny_gguf, tmp_path, capsys):
+    from hf_lite.app.cli import main
+
+    path, _, _, _ = tiny_gguf
+    assert main(["export", "--model", str(path), "--output_dir", str(tmp_path / "run")]) == 0
+    out = tmp_path / "run" / "export" / "model"
+    stock = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(_logits(stock), _logits(load_model(path)))
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"name: r\ntask: causal-lm\nteacher: {path}\noutput_dir: {tmp_path / 'plan'}\n"
+        "stages:\n  - {name: export, type: export, model: teacher}\n"
+    )
+    assert main(["plan", str(recipe)]) == 0
+    assert f"teacher: {path} (llama)" in capsys.readouterr().out
