@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hf_lite.pruning.calibration import check_calibration_batches, forward_kwargs, real_tokens, to_device
+from hf_lite.pruning.blockwise import calibration_passes
+from hf_lite.pruning.calibration import check_calibration_batches, real_tokens
+from hf_lite.pruning.experts import ExpertInputNormCollector, ExpertWeight
 from hf_lite.pruning.masks import check_nm, check_nm_widths, check_sparsity, mask_sparsity, pruned_count
 from hf_lite.pruning.oneshot import parse_pattern
 from hf_lite.pruning.sites import in_features_dim
@@ -318,15 +320,56 @@ class _HessianCollector:
         return {n: s.mul_(2.0 / max(self.tokens[n], 1)) for n, s in self.sums.items()}
 
 
-def _calibrate(model: nn.Module, batches: list[Mapping[str, Any]], collector: _HessianCollector) -> None:
-    device = next(model.parameters()).device
-    extra = forward_kwargs(model)  # no KV cache: it would only cost memory here
-    for batch in batches:
-        inputs = to_device(batch, device)
-        keys = ("attention_mask", "decoder_attention_mask")
-        collector.token_masks = [inputs[k].bool() for k in keys if k in inputs]
-        model(**inputs, **extra)
-    collector.token_masks = []
+class _ExpertHessianCollector(ExpertInputNormCollector):
+    """Per-expert ``X_e^T X_e`` ``(E, in, in)`` (float64) of each expert weight over the real tokens routed to
+    expert ``e``: the routing and the ``down_proj`` inputs of :class:`ExpertInputNormCollector`."""
+
+    def __init__(self, experts: Mapping[str, ExpertWeight]):
+        super().__init__(experts)
+        self.sums = {
+            n: torch.zeros(
+                e.num_experts, *(e.weight.shape[e.in_dim],) * 2, dtype=torch.float64, device=e.weight.device
+            )
+            for n, e in self.experts.items()
+        }
+        self.tokens = {n: [0] * e.num_experts for n, e in self.experts.items()}
+
+    def _add(self, name: str, e: int, x: torch.Tensor) -> None:
+        super()._add(name, e, x)
+        self.sums[name][e] += (x.T @ x).to(device=self.sums[name].device, dtype=torch.float64)  # (in, in)
+        self.tokens[name][e] += x.shape[0]
+
+    def hessians(self) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+        """``({name: (E, in, in) Hessians 2 X_e^T X_e / tokens_e}, {name: experts no token reached})``; an
+        unreached expert gets the identity, with which SparseGPT is magnitude pruning per row."""
+        silent = [n for n, c in self.calls.items() if c == 0]
+        if silent:
+            raise ValueError(
+                f"expert weights {abbreviate_names(silent)} received no input during the calibration forward "
+                "passes, so SparseGPT has no Hessian for them. Exclude them (exclude=[*DEFAULT_EXCLUDE, "
+                "'experts']) or prune them with magnitude_prune_."
+            )
+        unrouted: dict[str, list[int]] = {}
+        for name, sums in self.sums.items():
+            for e, count in enumerate(self.tokens[name]):
+                if count:
+                    sums[e].mul_(2.0 / count)
+                else:
+                    sums[e] = torch.eye(sums.shape[-1], dtype=sums.dtype, device=sums.device)
+                    unrouted.setdefault(name, []).append(e)
+        return self.sums, unrouted
+
+
+def _prune_experts_(expert: ExpertWeight, hessians: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """Prune each expert's matrix of a 3-D expert weight by :func:`sparsegpt_update`; the ``(E, ., .)`` mask."""
+    weight = expert.weight
+    keep = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+    transposed = expert.in_dim == 1  # (E, in, out)
+    for e in range(expert.num_experts):
+        new, mask = sparsegpt_update(weight[e].T if transposed else weight[e], hessians[e], **kwargs)
+        weight[e].copy_(new.T if transposed else new)
+        keep[e] = mask.T if transposed else mask
+    return keep
 
 
 @torch.no_grad()
@@ -349,10 +392,17 @@ def sparsegpt_prune_(
     forward pre-hooks on the block's layers accumulate ``X^T X`` over the real tokens of every calibration
     batch (padded positions excluded by ``attention_mask``/``decoder_attention_mask``), the hooks are
     removed, and each layer is pruned and updated from its Hessian ``H = 2 X X^T / tokens``, so block ``b``
-    is calibrated on the outputs of the already-pruned blocks before it (one forward pass over the
-    calibration data per block, as :func:`~hf_lite.pruning.wanda_prune_`). Within a block every layer sees
+    is calibrated on the outputs of the already-pruned blocks before it. As in
+    :func:`~hf_lite.pruning.wanda_prune_`, decoder-only and encoder-only models run one block at a time on
+    cached block inputs (about three forward passes in all, :mod:`hf_lite.pruning.blockwise`), other models
+    one whole-model pass per block. Within a block every layer sees
     the block's dense inputs, as in the reference code. ``sequential=False`` computes every Hessian from
     one pass of the dense model (memory: one ``(in, in)`` matrix per layer of the whole model).
+
+    MoE experts (3-D weights, see :mod:`hf_lite.pruning.experts`): each expert's matrix is pruned like a
+    Linear from its own Hessian over the real tokens the router sends to it (for ``down_proj``, the gated
+    activations it computes from them); memory ``num_experts * in * in`` per expert weight. An expert no
+    calibration token reaches gets ``H = I`` (magnitude pruning per row, no update), with a warning.
 
     Args:
         model: the model to prune (kept in eval mode during calibration, then restored).
@@ -370,11 +420,7 @@ def sparsegpt_prune_(
 
     Returns:
         ``{layer name: bool mask}`` of each weight's shape (``True`` = keep), on the weight's device; a
-        ``Conv1D`` mask is ``(in, out)`` like its weight.
-
-    Raises:
-        ValueError: for MoE expert weights (3-D), which SparseGPT does not prune here: use
-            :func:`~hf_lite.pruning.wanda_prune_` or exclude them.
+        ``Conv1D`` mask is ``(in, out)`` like its weight; expert weights keyed by parameter name.
 
     >>> from hf_lite.testing import build_tiny_model
     >>> model, tok = build_tiny_model("gpt2")
@@ -403,42 +449,52 @@ def sparsegpt_prune_(
         )
     batches = check_calibration_batches(calibration_batches)
     modules, experts = find_prunable_targets(model, include=include, exclude=exclude)
-    if experts:
-        raise ValueError(
-            f"sparsegpt_prune_ does not prune MoE expert weights (3-D tensors: {abbreviate_names(experts)}). "
-            "Prune them with wanda_prune_ or magnitude_prune_ (method 'wanda' or 'magnitude'), or leave them "
-            "dense here with exclude=[*DEFAULT_EXCLUDE, 'experts']."
-        )
-    check_nm_widths({n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}, nm)
+    widths = {n: m.weight.shape[in_features_dim(m)] for n, m in modules.items()}
+    check_nm_widths({**widths, **{n: e.weight.shape[e.in_dim] for n, e in experts.items()}}, nm)
 
     groups: dict[str, dict[str, nn.Module]] = {}
+    expert_groups: dict[str, dict[str, ExpertWeight]] = {}
     for name, module in modules.items():
         groups.setdefault(_block_name(name) if sequential else "", {})[name] = module
+    for name, expert in experts.items():
+        expert_groups.setdefault(_block_name(name) if sequential else "", {})[name] = expert
+        groups.setdefault(_block_name(name) if sequential else "", {})
+    options = {"sparsity": sparsity, "nm": nm, "block_size": block_size, "dampening": dampening}
     was_training = model.training
     model.eval()
     masks: dict[str, torch.Tensor] = {}
     try:
-        for block, members in groups.items():
-            with _HessianCollector(members) as collector:
-                _calibrate(model, batches, collector)
+        # Block by block on cached block inputs where the blocks form one chain (about three forward passes in
+        # all), else one whole-model pass per group (see hf_lite.pruning.blockwise).
+        for block, calibrate in calibration_passes(model, batches, list(groups)):
+            members, block_experts = groups[block], expert_groups.get(block, {})
+            with _HessianCollector(members) as collector, _ExpertHessianCollector(block_experts) as routed:
+                calibrate((collector, routed))
             hessians = collector.hessians()
+            expert_hessians, unrouted = routed.hessians()
             for name, module in members.items():
                 transposed = in_features_dim(module) == 0  # Conv1D: (in, out)
                 weight = module.weight.T if transposed else module.weight  # (out, in)
                 try:
-                    new, keep = sparsegpt_update(
-                        weight,
-                        hessians.pop(name),
-                        sparsity,
-                        nm=nm,
-                        block_size=block_size,
-                        dampening=dampening,
-                    )
+                    new, keep = sparsegpt_update(weight, hessians.pop(name), **options)
                 except ValueError as err:
                     raise ValueError(f"layer {name}: {err}") from err
                 module.weight.copy_(new.T if transposed else new)
                 masks[name] = keep.T if transposed else keep
-            logger.debug("sparsegpt: pruned %s (%d layers)", block or "all layers", len(members))
+            for name, expert in block_experts.items():
+                try:
+                    masks[name] = _prune_experts_(expert, expert_hessians.pop(name), **options)
+                except ValueError as err:
+                    raise ValueError(f"expert weight {name}: {err}") from err
+            if unrouted:
+                logger.warning(
+                    "sparsegpt: no calibration token was routed to some experts (%s); their weights were pruned "
+                    "by magnitude per row, without update. More calibration data reaches more experts.",
+                    "; ".join(f"{n}: {u}" for n, u in unrouted.items()),
+                )
+            logger.debug(
+                "sparsegpt: pruned %s (%d weights)", block or "all layers", len(members) + len(block_experts)
+            )
     finally:
         model.train(was_training)
     logger.info(

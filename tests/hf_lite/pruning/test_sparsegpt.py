@@ -4,12 +4,15 @@ on the same layer and data, exact sparsity and N:M structure, and whole tiny mod
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
 
 from hf_lite.pruning import (
     DEFAULT_EXCLUDE,
+    find_expert_weights,
+    find_moe_routers,
     magnitude_prune_,
     magnitude_scores,
     nm_mask,
@@ -277,21 +280,127 @@ def test_prune_errors(models):
         sparsegpt_prune_(model, one_token, 0.5, dampening=0.0)
 
 
-def test_moe_experts_refused_with_a_way_out():
+# ----------------------------------------------------------------------------------------------------------
+# MoE experts
+
+
+def _mixtral(top_k: int = 2):
     from transformers import MixtralConfig, MixtralForCausalLM
 
+    torch.manual_seed(0)
     config = MixtralConfig(
-        vocab_size=32,
+        vocab_size=64,
         hidden_size=16,
         intermediate_size=32,
-        num_hidden_layers=1,
+        num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
         num_local_experts=4,
+        num_experts_per_tok=top_k,
     )
-    model = MixtralForCausalLM(config)
-    batches = [{"input_ids": torch.randint(0, 32, (2, 8))}]
-    with pytest.raises(ValueError, match=r"does not prune MoE expert weights.*experts.*exclude="):
-        sparsegpt_prune_(model, batches, 0.5)
-    masks = sparsegpt_prune_(model, batches, 0.5, exclude=[*DEFAULT_EXCLUDE, "experts"])
+    return MixtralForCausalLM(config).eval()
+
+
+def _gpt_oss():
+    """Experts stored transposed, (E, in, out), with biases."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    torch.manual_seed(0)
+    config = GptOssConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    )
+    model = GptOssForCausalLM(config).eval()
+    with torch.no_grad():  # zero-initialised routers and biases: give them real values
+        for module in (
+            *find_moe_routers(model).values(),
+            *(e.module for e in find_expert_weights(model).values()),
+        ):
+            for param in module.parameters():
+                param.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("build", [_mixtral, _gpt_oss])
+def test_moe_experts_pruned_per_expert_below_magnitude(build):
+    dense = build()
+    batches = _batches(64)
+    pruned, magnitude = copy.deepcopy(dense), copy.deepcopy(dense)
+    masks = sparsegpt_prune_(pruned, batches, 0.5, block_size=8)
+    magnitude_prune_(magnitude, 0.5, scope="row")
+    experts = find_expert_weights(pruned)
+    assert set(experts) <= set(masks) and not set(find_moe_routers(pruned)) & set(masks)
+    for name, expert in experts.items():
+        weight = expert.weight
+        assert torch.all(weight[~masks[name]] == 0)
+        zeros = (~masks[name]).sum(dim=expert.in_dim)  # per expert and output row
+        assert torch.all(zeros == weight.shape[expert.in_dim] // 2)
+    err, err_mag = _output_error(pruned, dense, batches), _output_error(magnitude, dense, batches)
+    assert err < 0.8 * err_mag, (err, err_mag)
+
+
+def test_moe_expert_hessians_from_routed_tokens():
+    # Reference: block 0's experts see the dense model's inputs; each expert's Hessian is 2 X_e^T X_e / n_e over
+    # the real tokens routed to it (down_proj: act(gate) * up of them), gathered here by our own hook.
+    model = _mixtral()
+    batches = _batches(64)
+    experts = model.model.layers[0].mlp.experts
+    inputs: dict[str, list[list[torch.Tensor]]] = {
+        "gate_up_proj": [[] for _ in range(4)],
+        "down_proj": [[] for _ in range(4)],
+    }
+    state = {}
+
+    def hook(module, args):
+        hidden, index = args[0], args[1]  # (T, hidden), (T, k)
+        for e in range(4):
+            x = hidden[state["mask"].reshape(-1) & (index == e).any(-1)].float()  # (tokens_e, hidden)
+            gate, up = torch.nn.functional.linear(x, module.gate_up_proj[e]).chunk(2, dim=-1)
+            inputs["gate_up_proj"][e].append(x)
+            inputs["down_proj"][e].append(module.act_fn(gate) * up)  # (tokens_e, ffn)
+
+    handle = experts.register_forward_pre_hook(hook)
+    with torch.no_grad():
+        for batch in batches:
+            state["mask"] = batch["attention_mask"].bool()
+            model(**batch, use_cache=False)
+    handle.remove()
+    before = {attr: getattr(experts, attr).detach().clone() for attr in inputs}
+    masks = sparsegpt_prune_(model, batches, 0.5, block_size=8)
+    for attr, per_expert in inputs.items():
+        for e, chunks in enumerate(per_expert):
+            x = torch.cat(chunks)  # (tokens_e, in)
+            assert x.shape[0] > 0, "every expert should see tokens in this test"
+            new, keep = sparsegpt_update(
+                before[attr][e], 2 * x.T.double() @ x.double() / x.shape[0], 0.5, block_size=8
+            )
+            assert torch.equal(masks[f"model.layers.0.mlp.experts.{attr}"][e], keep)
+            torch.testing.assert_close(getattr(experts, attr)[e], new, rtol=1e-3, atol=1e-5)
+
+
+def test_moe_unrouted_expert_pruned_by_magnitude(caplog):
+    model = _mixtral(top_k=1)
+    batch = {"input_ids": torch.tensor([[5]]), "attention_mask": torch.tensor([[1]])}  # one token: one expert
+    weights = {n: e.weight.detach().clone() for n, e in find_expert_weights(model).items()}
+    with caplog.at_level(logging.WARNING, logger="hf_lite.pruning.sparsegpt"):
+        masks = sparsegpt_prune_(model, [batch], 0.5, dampening=0.1)
+    assert "no calibration token was routed" in caplog.text
+    for name, expert in find_expert_weights(model).items():
+        magnitude = unstructured_mask(weights[name].abs(), 0.5, dim=2)
+        same = [torch.equal(masks[name][e], magnitude[e]) for e in range(4)]
+        assert sum(same) >= 3  # the three unrouted experts: magnitude per row
+        unchanged = [torch.equal(expert.weight[e], weights[name][e] * magnitude[e]) for e in range(4)]
+        assert sum(unchanged) >= 3  # and no update (H = I)
+
+
+def test_moe_experts_excluded():
+    model = _mixtral()
+    masks = sparsegpt_prune_(model, _batches(64), 0.5, exclude=[*DEFAULT_EXCLUDE, "experts"])
     assert masks and not any("experts" in n for n in masks)
