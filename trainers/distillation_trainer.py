@@ -49,6 +49,13 @@ from trainers.distillation_models import (
     text_config,
     use_eager_attention,
 )
+from trainers.distillation_onpolicy import (
+    GENERATED_KEY,
+    NOT_MODEL_INPUTS,
+    OnPolicyBatches,
+    check_on_policy,
+    end_of_sequence,
+)
 from trainers.distillation_projections import (
     ProjectionSync,
     build_projections,
@@ -102,9 +109,13 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
                 "Both teacher_model and a train_dataset with cached teacher outputs were given: pass teacher_model=None "
                 "to train from the cache (no teacher in memory), or a dataset without the teacher_topk_* columns."
             )
+        if args.lmbda > 0 and self.cache_meta is not None:
+            check_on_policy(args, None, cached=True)
         super().__init__(model=model, args=args, **kwargs)
-        # A 4-bit student loaded elsewhere than load_model: keep evaluation from breaking its training (CPU).
+        # A 4-bit student loaded elsewhere than load_model: keep evaluation (and on-policy generation, also in
+        # eval mode) from breaking its training (CPU).
         keep_bnb_layout_trainable_(self.model)
+        self.on_policy: OnPolicyBatches | None = None
         if self.cache_meta is not None:
             self._init_from_cache(args)
             return
@@ -128,6 +139,9 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_last_step = 0
         self._step_counts: dict[str, torch.Tensor] | None = None
+        if args.lmbda > 0:  # on-policy distillation (trainers.distillation_onpolicy); lmbda=0 changes nothing
+            check_on_policy(args, self.task, cached=False)
+            self.on_policy = OnPolicyBatches(args, *end_of_sequence(self.processing_class, self.model))
 
     # ------------------------------------------------------------------------------------------- setup
 
@@ -179,9 +193,10 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if self.cache_meta is not None:
-            # Keep the cached teacher columns through remove_unused_columns: the collator needs them.
-            self._signature_columns = list(dict.fromkeys([*self._signature_columns, *TEACHER_COLUMNS]))
+        # Keep what the collators read through remove_unused_columns: the prompt length of prompt/completion
+        # data (CompletionCollator) and the cached teacher columns.
+        extra = ["prompt_length", *(TEACHER_COLUMNS if self.cache_meta is not None else ())]
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     def _prepare_teacher(self, teacher: Any) -> nn.Module:
         if isinstance(teacher, (str, os.PathLike)):
@@ -261,6 +276,8 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
         self.loss_is_scaled_for_ga = training
         s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
         kd_labels, kd_mask = self._kd_targets(labels, model_inputs)
+        # The student's own completions (lmbda > 0) are no target for cross-entropy: KD only, at its weight alpha.
+        generated = bool(inputs.get(GENERATED_KEY, False))
         logit = losses.logit_distillation_loss(
             s_logits,
             t_logits,
@@ -268,7 +285,7 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
             teacher_topk_indices=cached.get("teacher_topk_indices"),
             labels=kd_labels,
             mask=kd_mask,
-            alpha=args.alpha,
+            alpha=1.0 if generated else args.alpha,
             loss_type=args.loss_type,
             temperature=args.temperature,
             beta=args.beta,
@@ -276,7 +293,7 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
             num_items_in_batch=kd_items,
             compiled=args.compile_loss,
         )
-        loss, components = logit.loss, {"loss_kd": logit.kd}
+        loss, components = (logit.loss * args.alpha if generated else logit.loss), {"loss_kd": logit.kd}
         if logit.ce is not None:
             components["loss_ce"] = logit.ce
 
@@ -306,7 +323,7 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, bool]]:
         """``(model inputs, cached teacher columns, output flags)``: labels and cached teacher outputs are
         taken out of the models' inputs; the flags ask for the hidden states / attentions the losses need."""
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in NOT_MODEL_INPUTS}
         if self.task == "seq2seq-lm" and labels is not None and "decoder_input_ids" not in model_inputs:
             unwrapped = self.accelerator.unwrap_model(model)
             model_inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
@@ -389,6 +406,23 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
             )
         return total / max(1, len(pairs))
 
+    def get_batch_samples(
+        self, epoch_iterator: Any, num_batches: int, device: torch.device
+    ) -> tuple[list, Any]:
+        """The optimizer step's micro-batches; with ``lmbda > 0`` the drawn ones are first replaced by the
+        student's completions of their prompts, so the item counts below are those of what is trained on."""
+        if self.on_policy is None:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        student = self.accelerator.unwrap_model(self.model)
+        batch_samples = self.on_policy.prepare(student, batch_samples, self.state.global_step)
+        return batch_samples, self._get_num_items_in_batch(batch_samples, device)
+
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """The label count (Trainer's), plus the counts the other losses are normalized by: attention-mask
         tokens (hidden states, attention maps) and, without labels, the positions the KD loss covers."""
@@ -425,7 +459,12 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
                 total = self.accelerator.reduce(total.to(self.args.device), reduction="sum")
                 logs[name] = round(total.item() / steps, 6)
             self._component_sums = {}
+        if "loss" in logs and self.on_policy is not None:
+            logs.update(self.on_policy.logs(self._sum_over_processes))
         super().log(logs, start_time)
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor.to(self.args.device), reduction="sum").cpu()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)

@@ -1,0 +1,317 @@
+"""On-policy distillation (``lmbda > 0``): the student's completions, their loss, its normalisation, the logs,
+the errors, learning, and two processes against one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from safetensors.torch import load_file
+
+from hf_lite.testing import build_tiny_model, build_tokenizer
+from tests.launch import launch_two
+from trainers import DistillationConfig, DistillationTrainer
+from trainers.distillation_onpolicy import completion_batch, on_policy_draws
+
+SCRIPT = Path(__file__).parent / "scripts" / "distill_onpolicy_run.py"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tokenizer = build_tokenizer(style="gpt")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _llama(tok, seed: int, **overrides):
+    return build_tiny_model("llama", tokenizer=tok, seed=seed, **overrides)[0]
+
+
+def prompt_data(tok, n: int = 8, seed: int = 0) -> Dataset:
+    """Rows of ``prompt + completion + EOS`` token ids and their prompt lengths (random words)."""
+    g = torch.Generator().manual_seed(seed)
+    rows, lengths = [], []
+    for _ in range(n):
+        p, c = (int(x) for x in torch.randint(2, 7, (2,), generator=g))
+        rows.append([*torch.randint(2, len(tok), (p + c,), generator=g).tolist(), tok.eos_token_id])
+        lengths.append(p)
+    return Dataset.from_dict({"input_ids": rows, "prompt_length": lengths})
+
+
+def collate(tok, prompts: bool = True):
+    """The prompt/completion batch contract by hand: right-padded sequences, labels on the completion only,
+    and left-padded prompts (``prompt_input_ids``/``prompt_attention_mask``)."""
+
+    def fn(features):
+        n, width = len(features), max(len(f["input_ids"]) for f in features)
+        pwidth = max(f["prompt_length"] for f in features)
+        ids = torch.full((n, width), tok.pad_token_id)
+        mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+        pids, pmask = torch.full((n, pwidth), tok.pad_token_id), torch.zeros((n, pwidth), dtype=torch.long)
+        for i, f in enumerate(features):
+            row, p = torch.tensor(f["input_ids"]), f["prompt_length"]
+            ids[i, : len(row)], mask[i, : len(row)], labels[i, p : len(row)] = row, 1, row[p:]
+            pids[i, pwidth - p :], pmask[i, pwidth - p :] = row[:p], 1
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if prompts:
+            batch.update(prompt_input_ids=pids, prompt_attention_mask=pmask)
+        return batch
+
+    return fn
+
+
+def _args(tmp_path, **kw) -> DistillationConfig:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        max_new_tokens=5,
+    )
+    return DistillationConfig(**{**base, **kw})
+
+
+def _no_prompt_keys_reach(model):
+    def hook(module, args, kwargs):
+        assert not {"prompt_input_ids", "prompt_attention_mask", "prompt_length"} & set(kwargs), sorted(
+            kwargs
+        )
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+# ------------------------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("lmbda", -0.1, r"lmbda=-0.1 must be in \[0, 1\]"),
+        ("lmbda", 1.5, r"lmbda=1.5 must be in \[0, 1\]: the probability"),
+        ("max_new_tokens", 0, r"max_new_tokens=0 must be an integer >= 1: on-policy generation must be able"),
+        ("generation_temperature", -0.5, r"generation_temperature=-0.5 must be >= 0: 0 generates greedily"),
+        ("top_p", 0.0, r"top_p=0.0 must be in \(0, 1\]: .*0 would keep no token"),
+        ("top_p", 1.5, r"top_p=1.5 must be in \(0, 1\]"),
+    ],
+)
+def test_generation_settings_that_cannot_produce_a_token_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationConfig("out", report_to=[], **{"lmbda": 0.5, field: value})
+
+
+def test_draws_agree_for_the_same_seed_and_step_and_have_rate_lmbda():
+    assert on_policy_draws(3, 7, 5, 0.3) == on_policy_draws(3, 7, 5, 0.3)
+    rng_before = torch.get_rng_state()
+    draws = [d for step in range(2000) for d in on_policy_draws(0, step, 2, 0.3)]
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is not consumed
+    assert abs(sum(draws) / len(draws) - 0.3) < 0.03  # 4000 Bernoulli(0.3): 4 standard deviations = 0.029
+    assert on_policy_draws(0, 1, 64, 0.5) != on_policy_draws(0, 2, 64, 0.5)  # steps differ
+    assert on_policy_draws(0, 1, 64, 0.5) != on_policy_draws(1, 1, 64, 0.5)  # seeds differ
+
+
+def test_completion_batch_cuts_at_the_first_eos_and_labels_the_completion_only():
+    prompts = torch.tensor([[0, 0, 5], [6, 7, 8], [0, 9, 9]])
+    mask = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 1, 1]])
+    new = torch.tensor([[2, 0, 0, 0], [4, 4, 3, 2], [4, 1, 0, 0]])  # eos ids 1 and 2; 0 = padding
+    batch = completion_batch(prompts, mask, new, eos_ids=[1, 2], pad_id=0)
+    assert batch["input_ids"].tolist() == [
+        [5, 2, 0, 0, 0, 0, 0],
+        [6, 7, 8, 4, 4, 3, 2],
+        [9, 9, 4, 1, 0, 0, 0],
+    ]
+    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0, 0, 0, 0], [1] * 7, [1, 1, 1, 1, 0, 0, 0]]
+    assert batch["labels"].tolist() == [
+        [-100, 2, -100, -100, -100, -100, -100],
+        [-100, -100, -100, 4, 4, 3, 2],
+        [-100, -100, 4, 1, -100, -100, -100],
+    ]
+    no_eos = completion_batch(prompts[:1], mask[:1], torch.tensor([[4, 4, 4]]), eos_ids=[2], pad_id=0)
+    assert no_eos["labels"].tolist() == [[-100, 4, 4, 4]]  # all max_new_tokens count
+
+
+# --------------------------------------------------------------------------------- lmbda = 0 is today's
+
+
+def _train(tmp_path, tok, collator, **kw):
+    student = _llama(tok, 2)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=_llama(tok, 1, hidden_size=96),
+        args=_args(tmp_path, max_steps=3, alpha=0.5, hidden_weight=0.5, **kw),
+        train_dataset=prompt_data(tok),
+        data_collator=collator,
+        processing_class=tok,
+    )
+    handle = _no_prompt_keys_reach(student)
+    trainer.train()
+    handle.remove()
+    return trainer
+
+
+@pytest.mark.integration
+def test_lmbda_0_gives_the_losses_weights_and_rng_of_a_trainer_without_the_options(tmp_path, tok):
+    """Batches with prompts and lmbda=0 (generation options set) == the same batches without prompts and
+    the default config: same logged losses, weights and global RNG state, bit for bit."""
+    torch.manual_seed(0)
+    a = _train(tmp_path / "a", tok, collate(tok), lmbda=0.0)
+    rng_a = torch.get_rng_state()
+    torch.manual_seed(0)
+    b = _train(tmp_path / "b", tok, collate(tok, prompts=False))
+    assert torch.equal(torch.get_rng_state(), rng_a)
+    keys = ("loss", "loss_kd", "loss_ce", "loss_hidden", "grad_norm")
+    logs_a = [{k: log[k] for k in keys} for log in a.state.log_history if "loss" in log]
+    logs_b = [{k: log[k] for k in keys} for log in b.state.log_history if "loss" in log]
+    assert len(logs_a) == 3 and logs_a == logs_b
+    assert not any("on_policy_fraction" in log for log in a.state.log_history)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+# --------------------------------------------------------------------------------- lmbda = 1 generates
+
+
+def _reference_kd(student, teacher, batch, temperature):
+    """Forward KL * T**2 summed over the completion tokens' predictions, divided by their number."""
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:] != -100  # position i predicts token i + 1
+    log_ps = F.log_softmax(s[:, :-1] / temperature, -1)
+    log_pt = F.log_softmax(t[:, :-1] / temperature, -1)
+    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # (batch, seq - 1)
+    return temperature**2 * kl[targets].sum() / targets.sum()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("alpha", [1.0, 0.4])
+def test_lmbda_1_trains_on_the_students_greedy_completions_and_counts_only_them(tmp_path, tok, alpha):
+    student, teacher = _llama(tok, 2), _llama(tok, 1, hidden_size=96)
+    args = _args(tmp_path, lmbda=1.0, generation_temperature=0.0, alpha=alpha, temperature=2.0)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=prompt_data(tok),
+        data_collator=collate(tok),
+        processing_class=tok,
+    )
+    features = [prompt_data(tok)[i] for i in range(4)]
+    batches, num_items = trainer.get_batch_samples(iter([collate(tok)(features)]), 1, torch.device("cpu"))
+    batch = batches[0]
+    assert student.training  # generation left the student in training mode
+    assert "prompt_input_ids" not in batch and batch["generated_by_student"] is True
+    for i, f in enumerate(features):
+        # The same prompt alone (no padding) through plain generate: the rebuilt row is prompt + completion.
+        prompt = torch.tensor([f["input_ids"][: f["prompt_length"]]])
+        student.eval()
+        alone = student.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)[0]
+        student.train()
+        n = int(batch["attention_mask"][i].sum())
+        assert batch["input_ids"][i, :n].tolist() == alone.tolist()[:n]
+        completion = alone.tolist()[f["prompt_length"] :]
+        assert batch["labels"][i].tolist() == [-100] * f["prompt_length"] + completion + [-100] * (
+            batch["labels"].shape[1] - n
+        )
+    assert int(num_items) == int((batch["labels"] != -100).sum()) == 4 * 5  # no EOS sampled in 5 tokens
+
+    handles = [_no_prompt_keys_reach(student), _no_prompt_keys_reach(teacher)]
+    loss = trainer.compute_loss(student, batch, num_items_in_batch=num_items)
+    reference = _reference_kd(student, teacher, batch, temperature=2.0)
+    torch.testing.assert_close(loss, alpha * reference, rtol=1e-5, atol=1e-6)  # no CE on the student's text
+    assert set(trainer._component_sums) == {"loss_kd"}
+    trainer._component_sums = {}
+
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert [log["on_policy_fraction"] for log in logs] == [1.0, 1.0]
+    assert all(log["generated_length"] == 5.0 and 0 < log["generation_time_share"] < 1 for log in logs)
+    assert all(
+        "loss_ce" not in log and log["loss"] == pytest.approx(alpha * log["loss_kd"], rel=1e-5)
+        for log in logs
+    )
+    for handle in handles:
+        handle.remove()
+
+
+def _sgd_step_weights(tmp_path, tok, batch: int, accumulation: int, lmbda: float):
+    args = _args(
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        lmbda=lmbda,
+        generation_temperature=0.0,
+        alpha=0.5,
+        hidden_weight=0.5,
+    )
+    trainer = DistillationTrainer(
+        model=_llama(tok, 2),
+        teacher_model=[_llama(tok, 1, hidden_size=96), _llama(tok, 3)],
+        args=args,
+        train_dataset=prompt_data(tok, n=4),
+        data_collator=collate(tok),
+        processing_class=tok,
+    )
+    trainer.train()
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}, trainer.state.log_history
+
+
+@pytest.mark.integration
+def test_two_accumulated_on_policy_batches_equal_one_batch_of_double_size(tmp_path, tok):
+    """Generated lengths differ per row and per micro-batch; the losses are divided by the completion tokens of
+    the whole accumulated batch (counted after generation). Two teachers and the hidden-state term included."""
+    full, logs = _sgd_step_weights(tmp_path / "a", tok, batch=4, accumulation=1, lmbda=1.0)
+    accumulated, _ = _sgd_step_weights(tmp_path / "b", tok, batch=2, accumulation=2, lmbda=1.0)
+    off_policy, _ = _sgd_step_weights(tmp_path / "c", tok, batch=4, accumulation=1, lmbda=0.0)
+    assert logs[0]["on_policy_fraction"] == 1.0 and logs[0]["loss_hidden"] > 0
+    differs = max((full[n] - off_policy[n]).abs().max().item() for n in full)
+    assert differs > 1e-3  # the generated batch is not the data's
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------------ processes
+
+
+@pytest.mark.multiprocess
+def test_two_processes_on_policy_match_one_process_with_the_same_global_batch(tmp_path):
+    """Greedy generation, lmbda=1: each process generates for its half of the global batch, the counts of
+    completion tokens are summed over processes, so the weights match one process within float error."""
+    one = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "one"), "4"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch_two([str(SCRIPT), str(tmp_path / "two"), "2"], env=ENV, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "world_size=1" in one.stdout and "world_size=2" in two.stdout
+    assert "on_policy_fraction=1.0,1.0,1.0" in two.stdout
+
+    def figure(out, name):
+        return next(line for line in out.splitlines() if line.startswith(name + "="))
+
+    assert figure(one.stdout, "generated_length") == figure(two.stdout, "generated_length")
+    a = load_file(tmp_path / "one" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
