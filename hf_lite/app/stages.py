@@ -151,7 +151,8 @@ class PruneStage(StageSpec):
     """``prune``: prune ``model`` one-shot with ``method`` (a name of :data:`PRUNE_METHODS`) on
     ``calibration_samples`` training rows.
 
-    ``sparsity`` and ``pattern`` are for ``magnitude``/``wanda``, ``keep_ratio`` for ``ffn``/``layers`` (and
+    ``sparsity`` and ``pattern`` are for ``magnitude``/``wanda``/``sparsegpt`` (with ``block_size`` and
+    ``dampening`` for ``sparsegpt``), ``keep_ratio`` for ``ffn``/``layers`` (and
     ``heads`` unless ``heads_keep_ratio`` is given), ``num_layers`` for ``layers``.
     """
 
@@ -163,6 +164,8 @@ class PruneStage(StageSpec):
     keep_ratio: float | None = None
     num_layers: int | None = None
     heads_keep_ratio: float | None = None
+    block_size: int = 128
+    dampening: float = 0.01
     calibration_samples: int = 64
 
     def validate(self, where: str) -> None:
@@ -172,7 +175,7 @@ class PruneStage(StageSpec):
                 f"Use one of: {', '.join(PRUNE_METHODS)}."
             )
         # what each method needs, checked here so that a run does not find it after earlier stages trained
-        if self.method in ("magnitude", "wanda") and self.pattern == "unstructured" and self.sparsity is None:
+        if self.method in ONESHOT_METHODS and self.pattern == "unstructured" and self.sparsity is None:
             raise ValueError(
                 f"{where}: method={self.method!r} with pattern='unstructured' needs sparsity (the fraction of "
                 "weights set to zero, e.g. sparsity: 0.5), or an N:M pattern such as pattern: '2:4'."
@@ -285,6 +288,17 @@ def _wanda(model: Any, stage: PruneStage, calibration_batches: list[dict[str, An
     hf_lite.pruning.wanda_prune_(model, calibration_batches, stage.sparsity, pattern=stage.pattern)
 
 
+def _sparsegpt(model: Any, stage: PruneStage, calibration_batches: list[dict[str, Any]]) -> None:
+    hf_lite.pruning.sparsegpt_prune_(
+        model,
+        calibration_batches,
+        stage.sparsity,
+        pattern=stage.pattern,
+        block_size=stage.block_size,
+        dampening=stage.dampening,
+    )
+
+
 def _ffn(model: Any, stage: PruneStage, calibration_batches: list[dict[str, Any]]) -> None:
     hf_lite.pruning.prune_ffn_(
         model, stage.keep_ratio, importance="activation", calibration_batches=calibration_batches
@@ -305,12 +319,15 @@ def _layers(model: Any, stage: PruneStage, calibration_batches: list[dict[str, A
     )
 
 
+#: The one-shot (unstructured / N:M) methods: they take ``sparsity`` and ``pattern``.
+ONESHOT_METHODS = ("magnitude", "wanda", "sparsegpt")
 #: A prune method: ``(model, stage, calibration_batches)`` -> prunes ``model`` in place.
 PruneMethod = Callable[[Any, PruneStage, list[dict[str, Any]]], None]
 #: Methods of a ``prune`` stage: name -> the function that runs it (a new method is one entry here).
 PRUNE_METHODS: dict[str, PruneMethod] = {
     "magnitude": _magnitude,
     "wanda": _wanda,
+    "sparsegpt": _sparsegpt,
     "ffn": _ffn,
     "heads": _heads,
     "layers": _layers,

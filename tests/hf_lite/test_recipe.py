@@ -339,6 +339,10 @@ def test_stage_inputs_default_evaluate_reads_the_model_stages_before_it():
             {"method": "wanda", "pattern": "unstructured"},
             r"method='wanda' with pattern='unstructured' needs sparsity",
         ),
+        (
+            {"method": "sparsegpt", "pattern": "unstructured"},
+            r"method='sparsegpt' with pattern='unstructured' needs sparsity",
+        ),
         ({"method": "ffn"}, r"method='ffn' needs keep_ratio"),
         ({"method": "heads"}, r"method='heads' needs keep_ratio"),
         (
@@ -359,3 +363,23 @@ def test_prune_stages_missing_what_their_method_needs_fail_at_parse(options, mes
         {"method": "layers", "num_layers": 2},
     ):
         assert PruneStage.from_options("stage 'p'", good).method == good["method"]
+
+
+def test_sparsegpt_prune_stage_runs_sparsegpt_with_its_options():
+    import torch
+
+    from hf_lite.app.stages import PruneStage
+    from hf_lite.pruning import sparsegpt_prune_
+    from hf_lite.testing import build_tiny_model
+
+    stage = PruneStage.from_options(
+        "stage 'p'", {"method": "sparsegpt", "pattern": "2:4", "block_size": 16, "dampening": 0.05}
+    )
+    model, tok = build_tiny_model("llama")
+    reference = copy.deepcopy(model)
+    tok.pad_token = tok.eos_token
+    batches = [tok(["the cat sees the dog", "a bird"], return_tensors="pt", padding=True)]
+    stage.prune_(model, batches)
+    sparsegpt_prune_(reference, batches, pattern="2:4", block_size=16, dampening=0.05)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), name
