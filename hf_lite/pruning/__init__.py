@@ -7,8 +7,8 @@ imports torch and transformers when imported; ``import hf_lite`` alone does not.
 Modules, bottom up: ``sites`` (where blocks, FFNs, attention projections and the config are),
 ``calibration`` (calibration batches and the hooks that read them), ``masks``, ``schedule``, ``targets``
 (layers chosen by name), ``importance`` (scores of neurons, heads, blocks), ``oneshot`` (magnitude, Wanda),
-``sparsegpt`` (OBS reconstruction), ``structural/`` (one slicing plan applied to the weights and to the
-optimizer state), ``report``, ``peft_merge``.
+``obs`` and ``sparsegpt`` (SparseGPT: OBS reconstruction of one matrix, then of a model), ``structural/``
+(one slicing plan applied to the weights and to the optimizer state), ``report``, ``peft_merge``.
 
 >>> import torch
 >>> from hf_lite.pruning import magnitude_scores, nm_mask, unstructured_mask, CubicSchedule
@@ -44,12 +44,13 @@ from hf_lite.pruning.masks import (
     unstructured_mask,
     wanda_scores,
 )
+from hf_lite.pruning.obs import check_sparsegpt_options, reconstruction_error, sparsegpt_update
 from hf_lite.pruning.oneshot import magnitude_prune_, parse_pattern, wanda_prune_
 from hf_lite.pruning.peft_merge import SparseMergeReport, merge_adapter_keep_sparsity
 from hf_lite.pruning.report import SPEED_NOTE, LayerSparsity, SparsityReport, sparsity_report
 from hf_lite.pruning.schedule import CubicSchedule
 from hf_lite.pruning.sites import in_features_dim, is_prunable
-from hf_lite.pruning.sparsegpt import reconstruction_error, sparsegpt_prune_, sparsegpt_update
+from hf_lite.pruning.sparsegpt import sparsegpt_prune_
 from hf_lite.pruning.structural import (
     KeptHeads,
     StructuralPlan,
@@ -95,6 +96,7 @@ __all__ = [
     "sparsegpt_prune_",
     "sparsegpt_update",
     "reconstruction_error",
+    "check_sparsegpt_options",
     "LayerSparsity",
     "SparsityReport",
     "sparsity_report",

@@ -1,17 +1,11 @@
-"""SparseGPT (Frantar & Alistarh 2023, "Massive Language Models Can Be Accurately Pruned in One-Shot").
+"""SparseGPT one-shot pruning of a whole model (Frantar & Alistarh 2023): each layer pruned and its remaining
+weights updated to reconstruct its outputs on calibration data, block after block.
 
-Each linear layer is pruned to minimize its reconstruction error on calibration inputs ``X`` ``(in, tokens)``:
-``||W X - W' X||^2`` over sparse ``W'``. With ``H = 2 X X^T`` (the Hessian of that error), removing weight
-``q`` of a row ``w`` costs ``w_q^2 / [H^-1]_qq`` when the row's other weights absorb it by the optimal
-brain surgeon (OBS) update ``delta = -(w_q / [H^-1]_qq) * H^-1[:, q]``. SparseGPT walks the input columns
-left to right, pruning and compensating column by column; the inverse Hessians of the shrinking sets of
-remaining columns are the rows of the upper Cholesky factor of ``H^-1``, so one factorization serves the
-whole layer. Updates to later columns are applied lazily per block of ``block_size`` columns.
-
-:func:`sparsegpt_update` is the maths on one weight matrix and its Hessian; :func:`sparsegpt_prune_` runs it
-over a model: block by block (``model.layers.0``, ``model.layers.1``, ...), each block's Hessians collected
-with forward pre-hooks on the outputs of the already-pruned blocks before it, over real (non-padded)
-calibration tokens. Memory: one ``(in, in)`` float64 matrix per layer of the current block.
+The maths on one matrix is :func:`hf_lite.pruning.obs.sparsegpt_update`; :func:`sparsegpt_prune_` runs it
+over a model: block by block (``model.layers.0``, ``model.layers.1``, ...), each block's Hessians
+``2 X X^T`` collected with forward pre-hooks on the outputs of the already-pruned blocks before it, over
+real (non-padded) calibration tokens. Memory: one ``(in, in)`` float64 matrix per layer of the current block
+(per expert for MoE expert weights, each expert from the tokens routed to it).
 
 >>> import torch
 >>> from hf_lite.testing import build_tiny_model
@@ -27,8 +21,6 @@ calibration tokens. Memory: one ``(in, in)`` float64 matrix per layer of the cur
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -38,223 +30,17 @@ import torch
 from hf_lite.pruning.blockwise import calibration_passes
 from hf_lite.pruning.calibration import check_calibration_batches, real_tokens
 from hf_lite.pruning.experts import ExpertInputNormCollector, ExpertWeight
-from hf_lite.pruning.masks import check_nm, check_nm_widths, check_sparsity, mask_sparsity, pruned_count
-from hf_lite.pruning.oneshot import parse_pattern
+from hf_lite.pruning.masks import check_nm_widths, mask_sparsity
+from hf_lite.pruning.obs import check_sparsegpt_options, sparsegpt_update
 from hf_lite.pruning.sites import in_features_dim
 from hf_lite.pruning.targets import DEFAULT_EXCLUDE, abbreviate_names, find_prunable_targets
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["sparsegpt_update", "sparsegpt_prune_", "reconstruction_error"]
+__all__ = ["sparsegpt_prune_"]
 
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# argument checks
-
-
-def _check_block_size(block_size: object) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
-        raise TypeError(
-            f"block_size must be an int (columns updated together, typical: 128); got "
-            f"{type(block_size).__name__} {block_size!r}."
-        )
-    if block_size < 1:
-        raise ValueError(
-            f"block_size={block_size!r} must be >= 1: it is the number of input columns pruned and updated "
-            "together (lazy batch updates). Use the paper's 128."
-        )
-    return int(block_size)
-
-
-def _check_dampening(dampening: object) -> float:
-    if isinstance(dampening, bool) or not isinstance(dampening, numbers.Real):
-        raise TypeError(
-            f"dampening must be a float (fraction of the mean Hessian diagonal added to it, typical: 0.01); "
-            f"got {type(dampening).__name__} {dampening!r}."
-        )
-    if not (math.isfinite(dampening) and dampening >= 0):
-        raise ValueError(
-            f"dampening={dampening!r} must be a finite number >= 0: lambda = dampening * mean(diag H) is added "
-            "to the Hessian's diagonal to keep it invertible. Use the paper's 0.01 (0.1 for few tokens)."
-        )
-    return float(dampening)
-
-
-def _resolve_sparsity(sparsity: float | None, nm: tuple[int, int] | None) -> float:
-    """The sparsity of an unstructured (``nm=None``) or N:M pattern, refusing a contradicting ``sparsity``."""
-    if nm is None:
-        if sparsity is None:
-            raise ValueError(
-                "sparsity is required with pattern='unstructured': pass the fraction of weights to zero, "
-                "e.g. sparsity=0.5."
-            )
-        return check_sparsity(sparsity)
-    implied = 1.0 - nm[0] / nm[1]
-    if sparsity is not None and abs(check_sparsity(sparsity) - implied) > 1e-9:
-        raise ValueError(
-            f"sparsity={sparsity!r} contradicts pattern '{nm[0]}:{nm[1]}', which always gives sparsity "
-            f"{implied:g}. Leave sparsity=None with an N:M pattern, or use pattern='unstructured'."
-        )
-    return implied
-
-
-def _check_nm_block(block_size: int, nm: tuple[int, int] | None) -> None:
-    if nm is not None and block_size % nm[1]:
-        raise ValueError(
-            f"block_size={block_size} is not a multiple of m={nm[1]} of pattern '{nm[0]}:{nm[1]}': each N:M "
-            f"group must lie inside one block of columns. Use block_size={max(nm[1], 128 // nm[1] * nm[1])}."
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the maths on one matrix
-
-
-def _inverse_cholesky(hessian: torch.Tensor, dampening: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U, dead)``: ``U`` upper triangular with ``U^T U = (H + lambda I)^-1`` (float64), ``dead`` the inputs
-    with ``H_jj = 0`` (given ``H_jj = 1``, as in the paper: their weights cost nothing to prune)."""
-    h = hessian.detach().to(torch.float64).clone()  # (in, in)
-    if not bool(torch.isfinite(h).all()):
-        raise ValueError(
-            "hessian contains NaN or inf: the calibration activations overflowed (an fp16 model?). Run the "
-            "calibration in float32 or bfloat16."
-        )
-    dead = torch.diagonal(h) == 0  # (in,) inputs that were zero on every calibration token
-    h[dead, dead] = 1.0
-    damp = dampening * torch.diagonal(h).mean()
-    h.diagonal().add_(damp)
-    chol, info = torch.linalg.cholesky_ex(h)
-    if int(info) == 0:
-        h = torch.cholesky_inverse(chol)  # (in, in) = H^-1
-        chol, info = torch.linalg.cholesky_ex(h, upper=True)
-    if int(info) != 0:
-        raise ValueError(
-            f"the calibration Hessian is not positive definite with dampening={dampening:g} (its inputs are "
-            "linearly dependent on the calibration tokens). Raise dampening (e.g. 0.1) or calibrate on more "
-            "tokens."
-        )
-    return chol, dead
-
-
-@torch.no_grad()
-def sparsegpt_update(
-    weight: torch.Tensor,
-    hessian: torch.Tensor,
-    sparsity: float | None = None,
-    *,
-    nm: tuple[int, int] | None = None,
-    block_size: int = 128,
-    dampening: float = 0.01,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prune one weight matrix by SparseGPT and update its remaining weights: ``(new_weight, mask)``.
-
-    With ``U`` the upper Cholesky factor of ``(H + lambda I)^-1`` (``lambda = dampening * mean(diag H)``),
-    columns are processed left to right in blocks of ``block_size``. At the start of each block the weights
-    of that block are scored ``W_ij^2 / U_jj^2`` (``U_jj^2`` is ``[H^-1]_jj`` of the columns not processed
-    yet: the OBS cost of pruning ``W_ij``) and each row prunes its lowest scores: ``round(sparsity * i2) -
-    round(sparsity * i1)`` of columns ``i1:i2``, so every row ends with exactly ``round(sparsity * in)``
-    zeros. With ``nm=(n, m)`` each group of ``m`` columns is scored when the walk reaches it and each row
-    keeps its ``n`` best. Then column ``j``: the pruned weights' error ``e = W_:j / U_jj`` (zero for kept
-    weights) updates the later columns of the block at once, ``W_:,j: -= e U_j,j:``, and the later blocks
-    once per block, ``W_:,i2: -= E U_i1:i2,i2:`` (lazy batch updates). Inputs with ``H_jj = 0`` (zero on
-    every calibration token) get ``H_jj = 1`` and are pruned first.
-
-    Args:
-        weight: ``(out, in)`` weight (``nn.Linear`` layout; transpose a ``Conv1D`` weight first).
-        hessian: ``(in, in)``, ``2 X X^T`` over calibration inputs ``X`` ``(in, tokens)`` (any positive scale).
-        sparsity: fraction of each row to zero, in ``[0, 1)``; implied by (or equal to ``1 - n/m`` with) ``nm``.
-        nm: ``(n, m)`` to keep ``n`` of every ``m`` consecutive inputs, or ``None`` for unstructured.
-        block_size: columns per lazy-update block (the paper's 128); a multiple of ``m`` with ``nm``.
-        dampening: fraction of the mean Hessian diagonal added to the diagonal (the paper's 0.01).
-
-    Returns:
-        ``(new_weight, mask)``: the pruned and updated weight (``weight``'s dtype and device) and the
-        ``torch.bool`` mask of the kept weights (``True`` = keep); ``new_weight`` is zero where ``mask`` is not.
-
-    >>> import torch
-    >>> x = torch.randn(16, 256)                           # (in, tokens)
-    >>> w = torch.randn(4, 16)
-    >>> new_w, mask = sparsegpt_update(w, 2 * x @ x.T, 0.5)
-    >>> mask.sum(dim=1).tolist()                           # 8 of 16 kept in every row
-    [8, 8, 8, 8]
-    >>> bool(reconstruction_error(w, new_w, x) < reconstruction_error(w, w * mask, x))
-    True
-    """
-    if not isinstance(weight, torch.Tensor) or not isinstance(hessian, torch.Tensor):
-        raise TypeError(
-            f"weight and hessian must be torch.Tensors; got {type(weight).__name__} and {type(hessian).__name__}."
-        )
-    if weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(
-            f"weight must be a 2-D float tensor (out, in); got shape {tuple(weight.shape)}, dtype {weight.dtype}. "
-            "Transpose a transformers Conv1D weight (in, out) first."
-        )
-    rows, cols = weight.shape
-    if tuple(hessian.shape) != (cols, cols):
-        raise ValueError(
-            f"hessian has shape {tuple(hessian.shape)} but weight {tuple(weight.shape)} has {cols} input "
-            f"features: pass the ({cols}, {cols}) matrix 2 X X^T of this layer's inputs."
-        )
-    if nm is not None:
-        nm = check_nm(*nm)
-        if cols % nm[1]:
-            raise ValueError(
-                f"nm={nm} needs a number of input features divisible by {nm[1]}; weight has {cols}. "
-                "Use nm=None (unstructured) for this layer."
-            )
-    sparsity = _resolve_sparsity(sparsity, nm)
-    block_size = _check_block_size(block_size)
-    _check_nm_block(block_size, nm)
-    dampening = _check_dampening(dampening)
-
-    u64, dead = _inverse_cholesky(hessian, dampening)
-    u = u64.to(device=weight.device, dtype=torch.float32)  # (in, in) upper
-    dead = dead.to(weight.device)
-    w = weight.detach().to(torch.float32).clone()  # (out, in)
-    keep = torch.ones(rows, cols, dtype=torch.bool, device=weight.device)  # (out, in)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        w1 = w[:, i1:i2].clone()  # (out, B) the block, updated column by column
-        u1 = u[i1:i2, i1:i2]  # (B, B)
-        d1 = torch.diagonal(u1)  # (B,) sqrt([H^-1]_jj) of the remaining columns
-        err = torch.zeros_like(w1)  # (out, B)
-        if nm is None:
-            k = pruned_count(i2, sparsity) - pruned_count(i1, sparsity)  # zeros of each row in this block
-            if k:
-                scores = w1.pow(2) / d1.pow(2)  # (out, B) OBS cost of each weight
-                scores[:, dead[i1:i2]] = -1.0  # dead inputs first
-                order = scores.sort(dim=1, stable=True).indices[:, :k]  # stable: ties prune lower index first
-                keep[:, i1:i2].scatter_(1, order, False)
-        for j in range(i2 - i1):
-            if nm is not None and j % nm[1] == 0:
-                group = slice(j, j + nm[1])
-                scores = w1[:, group].pow(2) / d1[group].pow(2)  # (out, m)
-                scores[:, dead[i1:i2][group]] = -1.0
-                order = scores.sort(dim=1, stable=True).indices[:, : nm[1] - nm[0]]
-                keep[:, i1 + j : i1 + j + nm[1]].scatter_(1, order, False)
-            col = w1[:, j]  # (out,)
-            e = torch.where(keep[:, i1 + j], torch.zeros_like(col), col) / d1[j]  # (out,)
-            w1[:, j:] -= e.unsqueeze(1) * u1[j, j:].unsqueeze(0)  # OBS update of this block's later columns
-            err[:, j] = e
-        w[:, i1:i2] = w1.masked_fill(~keep[:, i1:i2], 0.0)
-        w[:, i2:] -= err @ u[i1:i2, i2:]  # lazy update of the later blocks
-    return w.to(weight.dtype), keep
-
-
-def reconstruction_error(weight: torch.Tensor, new_weight: torch.Tensor, inputs: torch.Tensor) -> float:
-    """``||(W - W') X||_F^2``, the error SparseGPT minimizes: ``weight``/``new_weight`` ``(out, in)``,
-    ``inputs`` ``X`` ``(in, tokens)``; computed in float64.
-
-    >>> import torch
-    >>> reconstruction_error(torch.ones(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0], [3.0]]))
-    9.0
-    """
-    delta = (weight.detach().double() - new_weight.detach().double()) @ inputs.detach().double()  # (out, tok)
-    return float(delta.pow(2).sum())
-
 
 # ----------------------------------------------------------------------------------------------------------
 # a whole model
@@ -386,7 +172,7 @@ def sparsegpt_prune_(
     sequential: bool = True,
 ) -> dict[str, torch.Tensor]:
     """SparseGPT one-shot pruning of the chosen layers, in place: masks chosen and remaining weights updated
-    to reconstruct each layer's outputs on the calibration data (see :func:`sparsegpt_update`).
+    to reconstruct each layer's outputs on the calibration data (see :func:`~hf_lite.pruning.obs.sparsegpt_update`).
 
     Layers are pruned block by block (``model.layers.0``, ``model.layers.1``, ...) with ``sequential=True``:
     forward pre-hooks on the block's layers accumulate ``X^T X`` over the real tokens of every calibration
@@ -430,11 +216,9 @@ def sparsegpt_prune_(
     >>> masks["transformer.h.0.mlp.c_fc"].shape, masks["transformer.h.0.mlp.c_fc"].sum(dim=0).unique().tolist()
     (torch.Size([64, 128]), [32])
     """
-    nm = parse_pattern(pattern)
-    sparsity = _resolve_sparsity(sparsity, nm)
-    block_size = _check_block_size(block_size)
-    _check_nm_block(block_size, nm)
-    dampening = _check_dampening(dampening)
+    sparsity, nm, block_size, dampening = check_sparsegpt_options(
+        sparsity, pattern=pattern, block_size=block_size, dampening=dampening
+    )
     if not isinstance(sequential, bool):
         raise TypeError(f"sequential must be True or False; got {sequential!r}.")
     if isinstance(calibration_batches, Iterable) and not isinstance(

@@ -11,6 +11,7 @@ import torch
 
 from hf_lite.pruning import (
     DEFAULT_EXCLUDE,
+    check_sparsegpt_options,
     find_expert_weights,
     find_moe_routers,
     magnitude_prune_,
@@ -175,6 +176,17 @@ def test_update_errors():
     with pytest.raises(ValueError, match=r"not positive definite with dampening=0.*Raise dampening"):
         sparsegpt_update(w, rank_deficient, 0.5, dampening=0.0)
     sparsegpt_update(w, rank_deficient, 0.5, dampening=0.01)  # dampening makes it invertible
+
+
+def test_check_sparsegpt_options_resolves_and_refuses():
+    assert check_sparsegpt_options(0.6) == (0.6, None, 128, 0.01)
+    assert check_sparsegpt_options(pattern="4:8", block_size=64, dampening=0) == (0.5, (4, 8), 64, 0.0)
+    with pytest.raises(ValueError, match=r"block_size=12 is not a multiple of m=8 .* Use block_size=128"):
+        check_sparsegpt_options(pattern="4:8", block_size=12)
+    with pytest.raises(ValueError, match=r"sparsity is required with pattern='unstructured'"):
+        check_sparsegpt_options(block_size=64)
+    with pytest.raises(ValueError, match=r"dampening=inf must be a finite number"):
+        check_sparsegpt_options(0.5, dampening=float("inf"))
 
 
 # ----------------------------------------------------------------------------------------------------------
