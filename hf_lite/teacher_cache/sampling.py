@@ -84,7 +84,7 @@ def prompts_dataset(prompts: Any, column: str) -> tuple[datasets.Dataset, bool]:
             kinds.add("conversational")
         else:
             raise TypeError(
-                f"prompt {i} is {type(prompt).__name__} {str(prompt)[:80]!r}: a prompt is a string or a non-empty list "
+                f"prompt {i} is {type(prompt).__name__} {repr(prompt)[:80]}: a prompt is a string or a non-empty list "
                 'of messages like {"role": "user", "content": "..."}.'
             )
     if len(kinds) > 1:
@@ -158,7 +158,7 @@ class SeededSampler(LogitsProcessor):
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         probs = (scores.float() / self.temperature).softmax(-1)  # (B, V)
         if self.top_p < 1.0:
-            sorted_p, order = probs.sort(-1, descending=True, stable=True)  # (B, V)
+            sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)  # (B, V)
             before = sorted_p.cumsum(-1) - sorted_p  # mass of the likelier tokens; the first is always kept
             probs = torch.zeros_like(probs).scatter(
                 -1, order, sorted_p.masked_fill(before >= self.top_p, 0.0)
