@@ -259,12 +259,21 @@ def test_conversational_prompts_use_the_chat_template(tmp_path):
 
 def test_a_dataset_of_prompts_keeps_its_other_columns(pair, tmp_path):
     teacher, tok = pair
-    source = datasets.Dataset.from_dict({"question": PROMPTS[:3], "answer": [1, 0, 1]})
-    ds = generate_teacher_completions(
-        teacher, tok, source, tmp_path / "gen", max_new_tokens=2, prompt_column="question"
-    )
-    assert ds["question"] == PROMPTS[:3] and ds["answer"] == [1, 0, 1]
-    assert ds["completion_ids"] == _reference(teacher, tok, tok(PROMPTS[:3])["input_ids"], 2, 8)
+    # a selection (indices mapping over a larger table), as shuffle/select/train_test_split give
+    source = datasets.Dataset.from_dict({"question": PROMPTS, "answer": [1, 0, 1, 0, 1]}).select([3, 0, 1])
+    expected = _reference(teacher, tok, tok([PROMPTS[3], PROMPTS[0], PROMPTS[1]])["input_ids"], 2, 8)
+    for topk in (None, 4):
+        ds = generate_teacher_completions(
+            teacher,
+            tok,
+            source,
+            tmp_path / f"gen{topk}",
+            max_new_tokens=2,
+            prompt_column="question",
+            topk=topk,
+        )
+        assert ds["question"] == [PROMPTS[3], PROMPTS[0], PROMPTS[1]] and ds["answer"] == [0, 1, 0]
+        assert ds["completion_ids"] == expected
 
 
 # ------------------------------------------------------------------------------------------- top-k cache
@@ -294,28 +303,48 @@ def test_topk_stores_a_teacher_cache_of_the_completions_that_trains(pair, tmp_pa
     loaded = load_teacher_cache(tmp_path / "gen", teacher=teacher, tokenizer=tok, k=4, temperature=2.0)
     assert loaded.to_list() == ds.to_list()
 
-    args = DistillationConfig(
-        output_dir=str(tmp_path / "out"),
-        max_steps=1,
-        per_device_train_batch_size=5,
-        temperature=2.0,
-        alpha=0.5,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
-    student = build_tiny_model("llama", tokenizer=tok, seed=2)[0]
-    trainer = DistillationTrainer(
-        model=student,
-        teacher_model=None,
-        args=args,
-        train_dataset=ds,
-        processing_class=tok,
-        data_collator=TeacherCacheCollator(tok),
-    )
-    trainer.train()
-    assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
+    def first_loss_kd(dataset):
+        args = DistillationConfig(
+            output_dir=str(tmp_path / "out"),
+            max_steps=1,
+            per_device_train_batch_size=5,
+            learning_rate=0.0,
+            logging_steps=1,
+            temperature=2.0,
+            alpha=0.5,
+            report_to=[],
+            use_cpu=True,
+            save_strategy="no",
+            disable_tqdm=True,
+        )
+        trainer = DistillationTrainer(
+            model=build_tiny_model("llama", tokenizer=tok, seed=2)[0],
+            teacher_model=None,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+            data_collator=TeacherCacheCollator(tok),
+        )
+        trainer.train()
+        return trainer.state.log_history[0]["loss_kd"]
+
+    def reverse_rows(where):
+        """The cache with the top-k entries of the rows ``where(i, prompt_length)`` reversed (another
+        distribution: the likeliest token gets the smallest probability)."""
+
+        def edit(row):
+            n = len(row["prompt_ids"])
+            rows = row["teacher_topk_logprobs"]  # the ids stay: their probabilities are swapped around
+            row["teacher_topk_logprobs"] = [r[::-1] if where(i, n) else r for i, r in enumerate(rows)]
+            return row
+
+        return ds.map(edit)
+
+    loss = first_loss_kd(ds)
+    assert loss > 0
+    # row i predicts token i + 1: rows before the last prompt position predict prompt tokens, which do not count
+    assert first_loss_kd(reverse_rows(lambda i, n: i < n - 1)) == pytest.approx(loss, rel=1e-6)
+    assert first_loss_kd(reverse_rows(lambda i, n: i >= n - 1)) != pytest.approx(loss, rel=1e-2)
 
 
 # --------------------------------------------------------------------------------------------- bad input
