@@ -68,6 +68,8 @@ class _HessianCollector:
         self.calls = dict.fromkeys(modules, 0)
         self.token_masks: list[torch.Tensor] = []  # candidate (batch, seq) masks of the current batch
         self._handles: list[Any] = []
+        # (input tensor, X^T X, tokens) of the last call: q/k/v (gate/up) read the same tensor, computed once
+        self._last: tuple[torch.Tensor, torch.Tensor, int] | None = None
 
     def __enter__(self) -> _HessianCollector:
         for name, module in self.modules.items():
@@ -78,18 +80,25 @@ class _HessianCollector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._last = None
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            x = (args[0] if args else next(iter(kwargs.values()))).detach()  # (..., in)
-            for mask in self.token_masks:  # drop padded positions of (batch, seq, in) inputs
-                if x.dim() >= 3 and tuple(mask.shape) == tuple(x.shape[:2]):
-                    x = real_tokens(x, mask)  # (tokens, in)
-                    break
-            x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+            raw = args[0] if args else next(iter(kwargs.values()))  # (..., in)
+            if self._last is not None and self._last[0] is raw:
+                _, product, count = self._last
+            else:
+                x = raw.detach()
+                for mask in self.token_masks:  # drop padded positions of (batch, seq, in) inputs
+                    if x.dim() >= 3 and tuple(mask.shape) == tuple(x.shape[:2]):
+                        x = real_tokens(x, mask)  # (tokens, in)
+                        break
+                x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+                product, count = x.T @ x, x.shape[0]  # (in, in): float32 product per batch
+                self._last = (raw, product, count)
             acc = self.sums[name]
-            acc += (x.T @ x).to(device=acc.device, dtype=torch.float64)  # (in, in): float32 product per batch
-            self.tokens[name] += x.shape[0]
+            acc += product.to(device=acc.device, dtype=torch.float64)
+            self.tokens[name] += count
             self.calls[name] += 1
 
         return hook

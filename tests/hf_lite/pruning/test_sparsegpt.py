@@ -243,6 +243,43 @@ def test_model_output_error_below_magnitude(models, family, pattern):
         assert torch.all((~mask).sum(dim=in_dim) == weight.shape[in_dim] // 2)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_first_block_matches_update_on_hooked_inputs(models, family):
+    # Reference: the real-token inputs of block 0's layers in the dense model, gathered by our own hooks; each
+    # layer must come out as sparsegpt_update(W, 2 X^T X / tokens) of them (Conv1D weights transposed).
+    dense = models[family]
+    batches = _batches(dense.config.vocab_size)
+    block = "model.layers.0." if family == "llama" else "transformer.h.0."
+    layers = {
+        n: m
+        for n, m in dense.named_modules()
+        if n.startswith(block) and hasattr(m, "weight") and m.weight.dim() == 2
+    }
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in layers if "ln" not in n and "norm" not in n}
+    state = {}
+    handles = [
+        layers[n].register_forward_pre_hook(lambda mod, args, n=n: seen[n].append(args[0][state["mask"]]))
+        for n in seen
+    ]
+    with torch.no_grad():
+        for batch in batches:
+            state["mask"] = batch["attention_mask"].bool()
+            dense(**batch, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    pruned = copy.deepcopy(dense)
+    masks = sparsegpt_prune_(pruned, batches, 0.5, block_size=16)
+    modules = dict(pruned.named_modules())
+    assert len(seen) in (4, 7)  # gpt2: c_attn, c_proj, c_fc, mlp.c_proj; llama: q k v o gate up down
+    for name, chunks in seen.items():
+        x = torch.cat(chunks).double()  # (tokens, in)
+        conv1d = family == "gpt2"
+        weight = layers[name].weight.T if conv1d else layers[name].weight  # (out, in)
+        new, keep = sparsegpt_update(weight, 2 * x.T @ x / x.shape[0], 0.5, block_size=16)
+        assert torch.equal(masks[name], keep.T if conv1d else keep), name
+        torch.testing.assert_close(modules[name].weight, new.T if conv1d else new, rtol=1e-3, atol=1e-5)
+
+
 def test_padded_tokens_do_not_count(models):
     # The same real tokens, once right-padded in one batch and once as separate unpadded batches: the same
     # Hessians, so the same masks and weights.
