@@ -269,7 +269,8 @@ def load_tokenizer(
     When the tokenizer has no pad token, its EOS token is used (the usual choice for decoders: padded
     positions are masked by the attention mask and by ``-100`` labels). A tokenizer with neither gets a
     new ``<pad>`` token; resize the model's embeddings then (``model.resize_token_embeddings(len(tok))``),
-    which is logged as a warning.
+    which is logged as a warning. A GGUF source (``"model.gguf"``, or a folder with ``gguf_file=``) gives the
+    tokenizer transformers rebuilds from the file's metadata, chat template included.
 
     >>> tok = load_tokenizer("gpt2")  # doctest: +SKIP
     >>> tok.pad_token == tok.eos_token  # doctest: +SKIP
@@ -285,6 +286,7 @@ def load_tokenizer(
     if gguf_source is None:
         _check_source(name_or_path, revision, hub_kwargs)
     else:  # rebuilt by transformers from the file's metadata (vocabulary, merges, special ids, chat template)
+        require_gguf()
         from_pretrained_kwargs["gguf_file"] = gguf_source[1]
     if revision is not None:
         from_pretrained_kwargs["revision"] = revision
@@ -323,7 +325,7 @@ def load_teacher(
 
     A model object is frozen in place and returned. Dropout probabilities are set to 0 as well as the
     model being put in eval mode, so a stray ``.train()`` (a Trainer switching modes, a user's loop)
-    cannot make the teacher's targets noisy.
+    cannot make the teacher's targets noisy. Sources are those of :func:`load_model` (a ``.gguf`` file too).
 
     >>> teacher = load_teacher("bert-base-uncased", task="sequence-classification", quantization="8bit")  # doctest: +SKIP
     >>> any(p.requires_grad for p in teacher.parameters())  # doctest: +SKIP

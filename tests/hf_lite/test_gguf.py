@@ -188,10 +188,12 @@ def test_require_gguf_names_the_extra(monkeypatch):
         require_gguf()
 
 
-def test_missing_gguf_package_stops_load_model_with_the_extra(tiny_gguf, monkeypatch):
+def test_missing_gguf_package_stops_loading_with_the_extra(tiny_gguf, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(ImportError, match=r"needs the gguf package.*hf-lite\[gguf\]"):
         load_model(tiny_gguf[0])
+    with pytest.raises(ImportError, match=r"needs the gguf package.*hf-lite\[gguf\]"):
+        load_tokenizer(tiny_gguf[0])
 
 
 def test_read_gguf_info_predominant_type_over_matrices(tiny_gguf):
