@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "distil a teacher into a student (initialised from the teacher's layers unless --student)",
         ),
         ("finetune", "fine-tune a model, optionally 4/8-bit with a LoRA adapter (QLoRA)"),
-        ("prune", "prune a model one-shot (magnitude, wanda, ffn, heads, layers)"),
+        ("prune", "prune a model one-shot (magnitude, wanda, sparsegpt, ffn, heads, layers)"),
         ("evaluate", "measure task metric, size and latency of models"),
         ("export", "export a model as an ordinary checkpoint folder (adapters merged, pruning permanent)"),
     ):
@@ -91,7 +91,11 @@ def _build_parser() -> argparse.ArgumentParser:
                 "--data", required=True, help="training/eval data: a file, folder or Hub dataset id"
             )
             p.add_argument("--eval_data", default=None, help="evaluation data (default: a split of --data)")
-            p.add_argument("--text_column", default="text")
+            p.add_argument(
+                "--text_column",
+                default=None,
+                help="text column (default: 'text'/'sentence'/...; chat data: 'messages' or 'prompt'/'completion')",
+            )
             p.add_argument(
                 "--label_column",
                 default=None,
@@ -160,8 +164,9 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
         data = {
             "train": args.data,
             "eval": args.eval_data,
+            # no column given: load_data finds text (and label) columns, or chat data's messages/prompt/completion
             "columns": {
-                "text": args.text_column,
+                **({"text": args.text_column or "text"} if args.text_column or args.label_column else {}),
                 **({"label": args.label_column} if args.label_column else {}),
             },
         }

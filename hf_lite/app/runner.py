@@ -47,7 +47,7 @@ from hf_lite.app.run_folder import (  # noqa: F401 (RUN_MARKER, STAGE_MARKER: im
 )
 from hf_lite.app.stages import MODEL_STAGES, TrainingStage
 from hf_lite.app.training_eval import final_evaluation
-from hf_lite.data import augment_data, load_data, tokenize_data
+from hf_lite.data import CompletionCollator, augment_data, load_data, tokenize_data
 from hf_lite.exporting import dequantize_bnb_, export, strip_quantization_, unpack_bnb_cpu_weights_
 from hf_lite.hub import push_to_hub
 from hf_lite.loading import load_model, load_teacher, load_tokenizer
@@ -229,9 +229,20 @@ def _merged(model: Any) -> Any:
     return model.merge_and_unload()
 
 
+def _check_labels(stage: StageConfig, data: Any, why: str) -> None:
+    """Prompt-only data has no labels: refuse a stage that trains on them before any model is loaded."""
+    columns = data["train"].column_names
+    if "labels" not in columns:
+        raise ValueError(
+            f"stage {stage.name!r} {why}, but the data has prompts only (tokenized columns {columns}): no "
+            "completion to learn. Add a 'completion' column (or give 'messages' with assistant turns)."
+        )
+
+
 def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     args = check_training_args(stage, TrainingArguments, _training_base(ctx, stage))
     data = ctx.tokenized()
+    _check_labels(stage, data, "trains cross-entropy on labels")
     model = _load_for_training(ctx, stage, stage.model)
     # FinetuneTrainer: the loss is the global-batch mean under DDP and gradient accumulation for every head
     return _train_and_save(ctx, stage, _trainer(ctx, stage, FinetuneTrainer, model, args, data))
@@ -240,6 +251,8 @@ def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
 def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     args = check_training_args(stage, DistillationConfig, _training_base(ctx, stage))
     data = ctx.tokenized(stage.spec.augment)
+    if args.alpha < 1:
+        _check_labels(stage, data, f"mixes in cross-entropy on labels (alpha={args.alpha}; 1.0 = KD only)")
     student = _load_for_training(ctx, stage, stage.model)
     teacher = load_teacher(
         ctx.model_path(stage.spec.teacher),
@@ -268,6 +281,8 @@ def _trainer(
 
 
 def _collator(ctx: RunContext) -> Any:
+    if ctx.recipe.task == "causal-lm" and "prompt_length" in ctx.tokenized()["train"].column_names:
+        return CompletionCollator(ctx.tokenizer)  # prompt/completion or chat rows: their labels kept as made
     if ctx.recipe.task == "causal-lm":
         return DataCollatorForLanguageModeling(ctx.tokenizer, mlm=False)
     if ctx.recipe.task == "token-classification":
@@ -296,7 +311,9 @@ def _calibration(ctx: RunContext, n: int) -> list[dict[str, Any]]:
     batches = []
     for i in range(0, len(rows), 8):
         batch = collate(rows[i : i + 8])
-        batches.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        batches.append(
+            {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and not k.startswith("prompt_")}
+        )
     return batches
 
 

@@ -7,7 +7,17 @@
   result is a ``DatasetDict`` with ``"train"`` and (unless disabled) ``"eval"``.
 * :mod:`~hf_lite.data.tokenize`: :func:`tokenize_data` tokenizes with the model's tokenizer: classification
   rows become ``input_ids``/``attention_mask``/``labels``; causal-LM text is concatenated and cut into blocks
-  of ``max_length`` tokens with ``labels = input_ids`` (as transformers' ``run_clm`` example does).
+  of ``max_length`` tokens with ``labels = input_ids`` (as transformers' ``run_clm`` example does);
+  prompt/completion, prompt-only and ``messages`` data (TRL's formats, detected from the columns) become one row
+  per example with the loss on the completion or the assistant turns only (:mod:`~hf_lite.data.chat`: chat
+  templates, loss masks, over-long rows) and a ``prompt_length``.
+* :mod:`~hf_lite.data.collate`: :class:`CompletionCollator` right-pads such rows for training and adds their
+  prompts left-padded (``prompt_input_ids``, ``prompt_attention_mask``) for generation.
+* :mod:`~hf_lite.data.alignment`: :func:`align_offsets` aligns two tokenizations of one text (a student's and a
+  teacher's with different tokenizers) into spans that cover the same characters; :func:`alignment_tensors`
+  turns a batch of them into the index tensors of the cross-tokenizer losses (:mod:`hf_lite.losses.cross_tokenizer`).
+* :mod:`~hf_lite.data.vocabulary`: :func:`compare_vocabularies` (identical, padding-only, same family or
+  different tokenizers) and :func:`shared_vocabulary` (the tokens two vocabularies spell the same).
 * :mod:`~hf_lite.data.augment`: :func:`augment_data` is EDA (Wei & Zou, 2019: synonym replacement, random
   insertion, random swap, random deletion) plus an optional vocabulary replacement, as a seeded,
   deterministic ``datasets.map``. The word-level operations are pure functions (:func:`synonym_replacement`,
@@ -29,6 +39,15 @@
 
 from __future__ import annotations
 
+from hf_lite.data.alignment import (
+    ALIGNMENT_KEYS,
+    AlignedSpan,
+    TokenAlignment,
+    align_offsets,
+    align_texts,
+    alignment_tensors,
+    encode_with_offsets,
+)
 from hf_lite.data.augment import (
     STOPWORDS,
     augment_data,
@@ -40,22 +59,61 @@ from hf_lite.data.augment import (
     tokenizer_vocabulary,
     vocabulary_replacement,
 )
+from hf_lite.data.chat import (
+    DATA_FORMATS,
+    detect_data_format,
+    encode_messages,
+    encode_prompt,
+    encode_prompt_completion,
+    tokenize_chat,
+)
+from hf_lite.data.collate import CompletionCollator
 from hf_lite.data.load import CANONICAL_COLUMNS, EXTENSIONS, load_data
 from hf_lite.data.synonyms import SYNONYMS
 from hf_lite.data.tokenize import tokenize_data
+from hf_lite.data.vocabulary import (
+    VOCABULARY_RELATIONS,
+    SharedVocabulary,
+    VocabularyComparison,
+    compare_vocabularies,
+    shared_vocabulary,
+    token_convention,
+    token_texts,
+)
 
 __all__ = [
+    "ALIGNMENT_KEYS",
+    "VOCABULARY_RELATIONS",
+    "AlignedSpan",
+    "SharedVocabulary",
+    "TokenAlignment",
+    "VocabularyComparison",
+    "align_offsets",
+    "align_texts",
+    "alignment_tensors",
+    "compare_vocabularies",
+    "encode_with_offsets",
+    "shared_vocabulary",
+    "token_convention",
+    "token_texts",
     "CANONICAL_COLUMNS",
+    "DATA_FORMATS",
     "EXTENSIONS",
     "STOPWORDS",
+    "CompletionCollator",
     "SYNONYMS",
     "augment_data",
     "corpus_vocabulary",
+    "detect_data_format",
+    "encode_messages",
+    "encode_prompt",
+    "encode_prompt_completion",
     "load_data",
     "random_deletion",
     "random_insertion",
     "random_swap",
     "synonym_replacement",
+    "tokenize_chat",
     "tokenize_data",
     "tokenizer_vocabulary",
     "vocabulary_replacement",

@@ -3,7 +3,7 @@
 :func:`load_data` reads a local ``csv``/``tsv``/``json``/``jsonl``/``parquet``/``txt`` file, a folder of such
 files (one split per file: ``train.tsv``, ``dev.tsv``), a ``{split: file}`` mapping, or a Hub dataset id, all
 through ``datasets.load_dataset``. Columns are renamed to the canonical ``text``, optional ``text_pair`` and
-optional ``label``; blank rows are dropped; string labels become class ids; the result has ``"train"`` and
+optional ``label`` (or kept as the chat columns ``prompt``/``completion``/``messages``); blank rows are dropped; string labels become class ids; the result has ``"train"`` and
 (unless disabled) ``"eval"``.
 """
 
@@ -24,7 +24,7 @@ from huggingface_hub import is_offline_mode
 
 from hf_lite._utils import did_you_mean, is_hub_id
 
-__all__ = ["CANONICAL_COLUMNS", "EVAL_SPLIT_NAMES", "EXTENSIONS", "load_data"]
+__all__ = ["CANONICAL_COLUMNS", "CHAT_COLUMNS", "EVAL_SPLIT_NAMES", "EXTENSIONS", "load_data"]
 
 #: File extension -> ``datasets`` builder. ``.tsv`` is read as csv with a tab delimiter and quoting disabled.
 EXTENSIONS: dict[str, str] = {
@@ -37,6 +37,9 @@ EXTENSIONS: dict[str, str] = {
 }
 #: Column names of a loaded dataset: ``text`` is required, ``text_pair`` and ``label`` are optional.
 CANONICAL_COLUMNS = ("text", "text_pair", "label")
+#: Columns of prompt/completion and conversational data (:mod:`hf_lite.data.chat`), loaded in place of ``text``:
+#: ``messages``, or ``prompt`` with an optional ``completion`` (strings or lists of messages).
+CHAT_COLUMNS = ("prompt", "completion", "messages")
 #: Split names taken as the evaluation split when the source has one (never "test": often unlabelled).
 EVAL_SPLIT_NAMES = ("validation", "eval", "dev", "valid")
 # Columns recognised when columns=None, in order of preference.
@@ -156,10 +159,11 @@ def _resolve_columns(columns: Mapping[str, str] | None, available: list[str], wh
                 f"{{'text': 'sentence', 'label': 'label'}}; got {type(columns).__name__}."
             )
         for key, value in columns.items():
-            if key not in CANONICAL_COLUMNS:
+            if key not in CANONICAL_COLUMNS + CHAT_COLUMNS:
                 raise ValueError(
-                    f"columns has key {key!r}{did_you_mean(str(key), CANONICAL_COLUMNS)}; keys are the canonical "
-                    f"names {list(CANONICAL_COLUMNS)} and values the columns of the source."
+                    f"columns has key {key!r}{did_you_mean(str(key), CANONICAL_COLUMNS + CHAT_COLUMNS)}; keys are "
+                    f"the canonical names {list(CANONICAL_COLUMNS + CHAT_COLUMNS)} and values the columns of the "
+                    "source."
                 )
             if not isinstance(value, str):
                 raise TypeError(f"columns[{key!r}] must be a column name (str); got {type(value).__name__}.")
@@ -168,16 +172,23 @@ def _resolve_columns(columns: Mapping[str, str] | None, available: list[str], wh
                     f"columns[{key!r}]={value!r} is not a column of {where}{did_you_mean(value, available)}; its "
                     f"columns are {available}."
                 )
-        if "text" not in columns:
+        if not {"text", "messages", "prompt"} & set(columns):
             raise ValueError(
-                f"columns={dict(columns)!r} has no 'text' entry; map 'text' to one of {available}."
+                f"columns={dict(columns)!r} has no 'text' entry; map 'text' (or, for chat data, 'messages' or "
+                f"'prompt' and 'completion') to one of {available}."
             )
         mapping = dict(columns)
+        if "text" not in mapping:
+            return mapping  # chat data: no labels
         # A mapping that renames only the text still keeps the source's own label column, as columns=None does.
         label = next((c for c in _AUTO_LABEL if c in available and c not in mapping.values()), None)
         if "label" not in mapping and label is not None:
             mapping["label"] = label
         return mapping
+    if "messages" in available:
+        return {"messages": "messages"}
+    if "prompt" in available:
+        return {c: c for c in ("prompt", "completion") if c in available}
     mapping: dict[str, str] = {}
     for first, second in _AUTO_PAIRS:
         if first in available and second in available and "text" not in available:
@@ -200,7 +211,7 @@ def _resolve_columns(columns: Mapping[str, str] | None, available: list[str], wh
 
 
 def _is_blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
+    return value is None or (isinstance(value, str) and not value.strip()) or value == []
 
 
 def _encode_labels(splits: dict[str, Dataset]) -> dict[str, Dataset]:
@@ -252,6 +263,10 @@ def load_data(
     breaks kept for language modelling). A Hub id is loaded with ``load_dataset(source, name)``; offline it
     must be in the local cache.
 
+    Chat data keeps its ``messages`` column (lists of ``{"role", "content"}`` messages, e.g. a ``.jsonl`` file),
+    or its ``prompt`` and optional ``completion`` columns (strings or message lists); it has no labels
+    (:func:`hf_lite.data.tokenize_data` makes them from the completion or the assistant turns).
+
     Rows whose text is empty or whitespace only, or whose label is missing, are dropped. String labels
     become class ids (integers written as text are parsed; other strings become a ``ClassLabel`` whose
     sorted names are shared by all splits). Columns other than the canonical ones are dropped.
@@ -262,7 +277,8 @@ def load_data(
         split: the split used for training.
         columns: ``{canonical: source column}``, e.g. ``{"text": "sentence", "label": "label"}``. Default:
             ``text`` from a column named text/sentence/content/review/document (or a pair such as
-            sentence1/sentence2), ``label`` from label/labels when present. A mapping without ``label``
+            sentence1/sentence2), ``label`` from label/labels when present; a ``messages`` or ``prompt`` column
+            (with ``completion``) is taken as chat data first. A mapping without ``label``
             still takes a label/labels column of the source (``{"text": "sentence"}`` on SST-2 keeps its
             labels).
         eval_split: split used for evaluation. Default: the first of validation/eval/dev/valid that the
@@ -358,7 +374,8 @@ def load_data(
         text_cols = [c for c in ("text", "text_pair") if c in ds.column_names]
         has_label = "label" in ds.column_names
 
-        checked = [*text_cols, *(["label"] if has_label else [])]
+        chat_cols = [c for c in CHAT_COLUMNS if c in ds.column_names]
+        checked = [*text_cols, *chat_cols, *(["label"] if has_label else [])]
 
         def keep(batch: dict[str, list[Any]], checked: list[str] = checked) -> list[bool]:
             return [
@@ -369,7 +386,7 @@ def load_data(
         ds = ds.filter(keep, batched=True)
         if ds.num_rows == 0:
             raise ValueError(
-                f"{where} has no usable rows: all {before} rows have an empty text"
+                f"{where} has no usable rows: all {before} rows have an empty {'/'.join(text_cols + chat_cols)}"
                 f"{' or label' if has_label else ''} (blank lines are removed). Check the file and columns="
                 f"{mapping!r}."
             )

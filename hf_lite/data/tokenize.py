@@ -1,8 +1,10 @@
-"""Tokenize canonical ``text`` columns for a task: classification rows, or causal-LM blocks of ``max_length``.
+"""Tokenize data for a task: classification rows, causal-LM blocks of ``max_length``, or chat/completion rows.
 
 :func:`tokenize_data` tokenizes with the model's tokenizer: classification rows become
 ``input_ids``/``attention_mask``/``labels``; causal-LM text is concatenated and cut into blocks of
-``max_length`` tokens with ``labels = input_ids`` (as transformers' ``run_clm`` example does).
+``max_length`` tokens with ``labels = input_ids`` (as transformers' ``run_clm`` example does); causal-LM
+prompt/completion, prompt-only and ``messages`` data is tokenized row by row with loss masks
+(:mod:`hf_lite.data.chat`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, DatasetDict
 
+from hf_lite.data.chat import check_data_format, detect_data_format, tokenize_chat
 from hf_lite.tasks import normalize_task
 
 if TYPE_CHECKING:
@@ -33,6 +36,9 @@ def tokenize_data(
     add_eos: bool = False,
     batch_size: int = 1000,
     num_proc: int | None = None,
+    data_format: str | None = None,
+    completion_only_loss: bool = True,
+    assistant_only_loss: bool = True,
 ) -> Dataset | DatasetDict:
     """Tokenize canonical ``text`` (and ``text_pair``/``label``) columns for ``task`` with ``datasets.map``.
 
@@ -44,6 +50,12 @@ def tokenize_data(
       token after each text when ``add_eos``), the ids of each map batch of ``batch_size`` texts are
       concatenated and cut into blocks of exactly ``max_length`` tokens; the remainder of each map batch is
       dropped. ``labels`` = ``input_ids`` (the model shifts them), ``attention_mask`` is all ones.
+    * ``"causal-lm"`` with ``prompt``/``completion``, ``prompt`` only or ``messages`` columns (TRL's formats;
+      ``data_format`` or detected from the columns, ``messages`` first, then ``prompt``, then ``text``): one row
+      per example with ``input_ids``, ``attention_mask``, ``labels`` (``-100`` outside the completion or the
+      assistant turns; no labels for prompt-only data) and ``prompt_length``; conversations through the
+      tokenizer's chat template; over-long rows lose prompt tokens from the left
+      (:func:`hf_lite.data.chat.tokenize_chat`). Batch them with :class:`hf_lite.data.CompletionCollator`.
 
     Token classification is not supported yet. All original columns are removed.
 
@@ -56,6 +68,10 @@ def tokenize_data(
         add_eos: append ``tokenizer.eos_token_id`` after each text (causal LM; use it for document datasets).
         batch_size: texts per ``map`` batch.
         num_proc: processes for ``map``.
+        data_format: causal LM only: ``"text"``, ``"prompt-completion"``, ``"prompt"`` or ``"messages"``;
+            ``None`` detects it from the columns.
+        completion_only_loss: prompt-completion rows: labels on the completion only (else on every token).
+        assistant_only_loss: ``messages`` rows: labels on the assistant turns only (else on every token).
 
     >>> from datasets import Dataset
     >>> from hf_lite.testing import build_tokenizer
@@ -89,6 +105,36 @@ def tokenize_data(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
     splits = dataset.values() if isinstance(dataset, DatasetDict) else [dataset]
+    if task == "causal-lm":
+        formats = set()
+        for ds in splits:
+            fmt = data_format if data_format is not None else detect_data_format(ds.column_names)
+            check_data_format(fmt, ds.column_names)
+            formats.add(fmt)
+        if formats != {"text"}:
+            if padding or add_eos:
+                raise ValueError(
+                    f"padding/add_eos apply to text blocks; {sorted(formats - {'text'})} rows are tokenized one by "
+                    "one (EOS after each plain completion) and padded per batch by hf_lite.data.CompletionCollator."
+                )
+            if "text" in formats:
+                raise ValueError(
+                    f"the splits mix data formats {sorted(formats)}; give every split the same columns."
+                )
+            return tokenize_chat(
+                dataset,
+                tokenizer,
+                data_format=data_format,
+                max_length=max_length,
+                completion_only_loss=completion_only_loss,
+                assistant_only_loss=assistant_only_loss,
+                num_proc=num_proc,
+            )
+    elif data_format is not None:
+        raise ValueError(
+            f"data_format={data_format!r} applies to causal-LM data; task={task!r} reads a 'text' column. "
+            "Leave data_format=None."
+        )
     for ds in splits:
         if "text" not in ds.column_names:
             raise ValueError(
