@@ -356,7 +356,12 @@ def test_cli_export_and_recipe_plan_take_a_gguf_model(tiny_gguf, tmp_path, capsy
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"name: r\ntask: causal-lm\nteacher: {path}\noutput_dir: {tmp_path / 'plan'}\n"
-        "stages:\n  - {name: export, type: export, model: teacher}\n"
+        f"stages:\n  - {{name: export, type: export, model: teacher}}\n  - {{name: again, type: export, model: {path}}}\n"
     )
     assert main(["plan", str(recipe)]) == 0
-    assert f"teacher: {path} (llama)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"teacher: {path} (llama)" in printed
+    assert (
+        f"again (export) reads {path}: {sum(p.numel() for p in load_model(path).parameters()):,} parameters"
+        in printed
+    )
