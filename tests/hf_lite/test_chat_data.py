@@ -4,6 +4,7 @@ and Llama-3 templates), over-long rows, the collator, the errors, and one distil
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -375,3 +376,64 @@ def test_distillation_counts_completion_tokens_only(chatml, tmp_path):
     )
     changed, _ = logged([*pairs[:3], ("hi", "no yes")])  # one completion token changed
     assert abs(changed[1] - got[1]) > 1e-4
+
+
+# ------------------------------------------------------------------------------------------- from the CLI
+
+
+@pytest.fixture(scope="module")
+def chat_teacher(tmp_path_factory, chatml):
+    """A tiny Llama saved with the ChatML tokenizer (template included), and chat data as .jsonl files."""
+    from hf_lite.testing import build_tiny_model
+
+    root = tmp_path_factory.mktemp("chat-run")
+    model = build_tiny_model("llama", tokenizer=chatml, seed=0, num_hidden_layers=4)[0]
+    model.save_pretrained(root / "teacher")
+    chatml.save_pretrained(root / "teacher")
+    g = torch.Generator().manual_seed(0)
+    content = WORDS[4:]
+
+    def say(n: int) -> str:
+        return " ".join(content[int(i)] for i in torch.randint(len(content), (n,), generator=g))
+
+    chats = [
+        [{"role": "user", "content": say(3)}, {"role": "assistant", "content": say(4)}] for _ in range(40)
+    ]
+    (root / "chats.jsonl").write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    prompts = "".join(json.dumps({"prompt": c[:1]}) + "\n" for c in chats)
+    (root / "prompts.jsonl").write_text(prompts)
+    return root
+
+
+@pytest.mark.integration
+def test_distill_command_on_chat_jsonl(chat_teacher, tmp_path):
+    """`hf-lite distill --task causal-lm --data chats.jsonl`: messages found, assistant turns learned, evaluated."""
+    from hf_lite.app.cli import main
+
+    out = tmp_path / "d"
+    argv = ["distill", "--task", "causal-lm", "--teacher", str(chat_teacher / "teacher")]
+    argv += [
+        "--data",
+        str(chat_teacher / "chats.jsonl"),
+        "--output_dir",
+        str(out),
+        "--student_layers",
+        "[0, 3]",
+    ]
+    argv += ["--max_steps", "2", "--per_device_train_batch_size", "4"]
+    assert main(argv) == 0
+    assert (out / "distill" / "model" / "model.safetensors").is_file()
+    report = json.loads((out / "evaluate" / "report.json").read_text())
+    assert [row["name"] for row in report["rows"]] == ["teacher", "distill"]
+    assert all(math.isfinite(row["metrics"]["perplexity"]) for row in report["rows"])
+
+
+def test_finetune_command_refuses_prompt_only_data(chat_teacher, tmp_path, capsys):
+    from hf_lite.app.cli import main
+
+    argv = ["finetune", "--task", "causal-lm", "--model", str(chat_teacher / "teacher")]
+    argv += ["--data", str(chat_teacher / "prompts.jsonl"), "--output_dir", str(tmp_path / "f")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "stage 'finetune' trains cross-entropy on labels, but the data has prompts only" in err
+    assert "Add a 'completion' column" in err
