@@ -21,6 +21,14 @@ What the config can express decides what is supported:
   group also keeps fewer query heads (the same number in every group). BERT, GPT-2, GPT-NeoX, Falcon, OPT,
   DistilBERT and ModernBERT derive the head size from ``hidden_size / num_attention_heads`` whatever the
   config says: removing heads there cannot be saved as a config, so it is refused.
+- **Experts** of mixture-of-experts blocks (:func:`prune_experts_`): the experts with the lowest router load
+  on calibration data (:func:`expert_load`) are dropped, the same number in every MoE block: router rows and
+  every per-expert tensor sliced, ``num_local_experts`` (Mixtral, GPT-OSS) or ``num_experts`` (Qwen2-MoE,
+  Qwen3-MoE, OLMoE) set; at least ``num_experts_per_tok`` remain. **Expert FFN width**
+  (:func:`prune_expert_ffn_`): every expert keeps its own most important neurons, the same number in each,
+  written to ``moe_intermediate_size`` (Qwen2-MoE...) or ``intermediate_size`` (Mixtral); Qwen2-MoE's shared
+  expert with ``shared_keep_ratio`` (``shared_expert_intermediate_size``). :func:`prune_ffn_` refuses MoE
+  models and names these two.
 - **Blocks** (:func:`prune_layers_`): explicit indices, or the blocks with the lowest block influence
   (ShortGPT). ``num_hidden_layers`` and per-layer config lists (``layer_types``, ...) are updated and the
   kept blocks' ``layer_idx`` attributes renumbered, so generation with a KV cache keeps working.
@@ -42,10 +50,10 @@ optimizers alone: prune before creating one, or, to prune while training, use
 :class:`trainers.StructuralPruningCallback`, which slices the Trainer's optimizer state with the weights.
 
 Each function first computes a :class:`~hf_lite.pruning.structural.plan.StructuralPlan` (``plan_ffn``,
-``plan_attention_heads``, ``plan_layers``: the parameters to slice with their kept indices, the config
+``plan_attention_heads``, ``plan_layers``, ``plan_experts``, ``plan_expert_ffn``: the parameters to slice with their kept indices, the config
 entries to set) and then applies it (``apply_plan_``); ``slice_optimizer_state_`` applies the same plan to
 an optimizer. Modules: ``plan`` (the slicing rule), ``checks`` (argument and config checks), ``ffn``,
-``heads``, ``layers``, ``reload`` (what the pruned model saves against what stock transformers builds).
+``heads``, ``layers``, ``experts``, ``expert_ffn``, ``reload`` (what the pruned model saves against what stock transformers builds).
 
 >>> from hf_lite.testing import build_tiny_model
 >>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
@@ -61,6 +69,19 @@ an optimizer. Modules: ``plan`` (the slicing rule), ``checks`` (argument and con
 from __future__ import annotations
 
 from hf_lite.pruning.structural.checks import config_error, keep_count, round_up, top_indices
+from hf_lite.pruning.structural.expert_ffn import (
+    KeptExpertNeurons,
+    expert_neuron_scores,
+    plan_expert_ffn,
+    prune_expert_ffn_,
+)
+from hf_lite.pruning.structural.experts import (
+    MoeSite,
+    expert_load,
+    find_moe_sites,
+    plan_experts,
+    prune_experts_,
+)
 from hf_lite.pruning.structural.ffn import plan_ffn, prune_ffn_
 from hf_lite.pruning.structural.heads import (
     KeptHeads,
@@ -81,6 +102,7 @@ from hf_lite.pruning.structural.plan import (
     input_slices,
     output_slices,
     slice_optimizer_state_,
+    take,
 )
 from hf_lite.pruning.structural.reload import reload_mismatches, saved_shapes
 
@@ -92,11 +114,21 @@ __all__ = [
     "plan_ffn",
     "plan_attention_heads",
     "plan_layers",
+    "prune_experts_",
+    "plan_experts",
+    "expert_load",
+    "find_moe_sites",
+    "MoeSite",
+    "prune_expert_ffn_",
+    "plan_expert_ffn",
+    "expert_neuron_scores",
+    "KeptExpertNeurons",
     "StructuralPlan",
     "ParamSlice",
     "apply_plan_",
     "slice_optimizer_state_",
     "output_slices",
+    "take",
     "input_slices",
     "config_error",
     "keep_count",

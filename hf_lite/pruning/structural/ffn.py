@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from hf_lite._utils import unwrap_model
+from hf_lite.pruning.experts import find_expert_weights
 from hf_lite.pruning.importance import check_count, check_importance, ffn_neuron_scores
 from hf_lite.pruning.sites import FfnSite, find_ffn_sites, model_config, neuron_rows
 from hf_lite.pruning.structural.checks import (
@@ -34,6 +36,7 @@ from hf_lite.pruning.structural.plan import (
     output_slices,
     parameters_by_id,
 )
+from hf_lite.pruning.structural.reload import family_name
 
 __all__ = ["plan_ffn", "prune_ffn_"]
 
@@ -76,6 +79,14 @@ def plan_ffn(
     if multiple < 1:
         raise ValueError(
             f"multiple_of={multiple_of!r} must be >= 1 (1 = no rounding; 8 or 64 suit GPU kernels)."
+        )
+    if find_expert_weights(unwrap_model(model, peft_base=True)):
+        config = model_config(model)
+        raise ValueError(
+            f"{family_name(config)} is a mixture-of-experts model: prune_ffn_ prunes one dense FFN per block, but "
+            "its FFN widths are the experts' (and a shared expert's) in their own config entries. Shrink every "
+            "expert's FFN with prune_expert_ffn_ (shared expert: shared_keep_ratio=), drop whole experts with "
+            "prune_experts_, or prune attention heads or whole layers."
         )
     sites = find_ffn_sites(model)
     widths = sorted({s.width for s in sites})

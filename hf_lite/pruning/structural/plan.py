@@ -37,6 +37,7 @@ __all__ = [
     "output_slices",
     "parameters_by_id",
     "slice_optimizer_state_",
+    "take",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 class ParamSlice(NamedTuple):
     """Keep ``index`` along ``dim`` of the parameter ``owner.<attr>``.
+
+    ``index`` is ``(kept,)``: the same indices for the whole tensor; or ``(n, kept)`` with ``dim >= 1``: row
+    ``i`` of ``index`` for entry ``i`` of dimension 0 (each expert of a 3-D experts tensor keeps its own FFN
+    neurons, the same number in every expert); see :func:`take`.
 
     >>> import torch
     >>> ParamSlice(torch.nn.Linear(2, 3), "weight", 0, torch.tensor([1])).dim
@@ -58,7 +63,7 @@ class ParamSlice(NamedTuple):
     def shape(self, old: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
         """The shape of a tensor of shape ``old`` after this slice."""
         new = list(old)
-        new[self.dim] = len(self.index)
+        new[self.dim] = self.index.shape[-1]
         return tuple(new)
 
 
@@ -111,6 +116,25 @@ def parameters_by_id(model: nn.Module) -> dict[int, nn.Parameter]:
     2
     """
     return {id(p): p for p in model.parameters()}
+
+
+def take(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``tensor`` keeping ``index`` along ``dim``: ``index_select`` for a ``(kept,)`` index; for an ``(n, kept)``
+    index (``n = tensor.shape[0]``, ``dim >= 1``) entry ``i`` of dimension 0 keeps ``index[i]``.
+
+    >>> import torch
+    >>> x = torch.arange(12).reshape(2, 3, 2)   # (experts, neurons, hidden)
+    >>> take(x, 1, torch.tensor([[0, 2], [1, 2]])).tolist()
+    [[[0, 1], [4, 5]], [[8, 9], [10, 11]]]
+    """
+    index = index.to(tensor.device)
+    if index.dim() == 1:
+        return tensor.index_select(dim, index)
+    view = [1] * tensor.dim()
+    view[0], view[dim] = index.shape
+    shape = list(tensor.shape)
+    shape[dim] = index.shape[1]
+    return tensor.gather(dim, index.reshape(view).expand(shape))
 
 
 def _slice(param: nn.Parameter, owner: nn.Module, attr: str, dim: int, index: torch.Tensor):
@@ -200,7 +224,7 @@ def apply_plan_(model: nn.Module, plan: StructuralPlan) -> None:
     ((3, 1), 1)
     """
     for param, edit in plan.slices.values():
-        value = param.index_select(edit.dim, edit.index.to(param.device))
+        value = take(param, edit.dim, edit.index)
         setattr(edit.owner, edit.attr, nn.Parameter(value.contiguous(), requires_grad=param.requires_grad))
     if plan.drop:
         blocks = find_layer_list(model)
@@ -225,7 +249,7 @@ def _slice_state(key: str, value: Any, old: torch.Tensor, edit: ParamSlice) -> A
             "it cannot be sliced with the parameter (quantized 8-bit or factored optimizer states). Use a torch "
             "optimizer such as optim='adamw_torch' with StructuralPruningCallback."
         )
-    return value.index_select(edit.dim, edit.index.to(value.device)).contiguous()
+    return take(value, edit.dim, edit.index).contiguous()
 
 
 @torch.no_grad()
