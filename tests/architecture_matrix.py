@@ -335,6 +335,8 @@ def prune_heads(key: str, ctx: Context) -> None:
     layout = head_layout(model) if _recognized(model, head_layout) else None
     model = _pruned_and_reloaded(key, ctx, "prune_heads", lambda m: prune_attention_heads_(m, 0.5), model)
     heads, groups, head_dim = layout
+    stored = FAMILIES[key].config().to_dict().get("head_dim")
+    assert head_dim == (stored or FAMILIES[key].config().hidden_size // heads), "head size misread"
     config = model.config
     assert (config.num_attention_heads, getattr(config, "num_key_value_heads", heads)) == (
         heads // 2,
