@@ -307,9 +307,7 @@ def generate_teacher_completions(
                     teacher, rows, b, generation_config, eos_ids, pad_id, do_sample, temperature, top_p, seed
                 )
                 bar.update(len(rows))
-            columns = _generated_columns(
-                tokenizer, values[start:stop], prompt_ids[start:stop], completions, conversational
-            )
+            columns = _generated_columns(tokenizer, prompt_ids[start:stop], completions, conversational)
             num_tokens = sum(len(ids) for ids in columns["input_ids"])
             info = {"start": start, "stop": stop, "num_tokens": num_tokens}
             rows = datasets.concatenate_datasets(
@@ -351,7 +349,6 @@ def generate_teacher_completions(
 
 def _generated_columns(
     tokenizer: Any,
-    prompts: Sequence[Any],
     prompt_ids: Sequence[list[int]],
     completions: Sequence[list[int]],
     conversational: bool,

@@ -146,7 +146,16 @@ class SeededSampler(LogitsProcessor):
     """Samples each row's next token with its own generator and returns logits that make it the argmax.
 
     ``generate`` runs greedy around it (KV cache, left padding, EOS handling unchanged), so the only
-    randomness is these generators: ``softmax(scores / temperature)`` cut to the ``top_p`` nucleus.
+    randomness is these generators: ``softmax(scores / temperature)`` cut to the ``top_p`` nucleus (the
+    likeliest tokens whose probabilities before each reach less than ``top_p``; the first is always kept).
+
+    Example:
+
+    >>> import torch
+    >>> scores = torch.tensor([[2.0, 1.0, -1.0], [0.0, 0.0, 5.0]])  # (B, V)
+    >>> picks = SeededSampler([example_seed(0, 0), example_seed(0, 1)], temperature=1.0, top_p=0.5)(None, scores)
+    >>> picks.argmax(-1).tolist(), torch.isinf(picks).sum(-1).tolist()  # top_p=0.5 keeps the likeliest only
+    ([0, 2], [2, 2])
     """
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
