@@ -29,6 +29,9 @@ The house, one module per kind of loss (each re-exported here):
   and :func:`topk_distillation_loss`.
 - :mod:`~hf_lite.losses.mixed`: distillation plus hard-label cross-entropy in one pass,
   :func:`distillation_and_ce_loss` and :func:`topk_distillation_and_ce_loss`.
+- :mod:`~hf_lite.losses.cross_tokenizer`: a student and a teacher with different tokenizers, compared on aligned
+  spans (:func:`hf_lite.data.alignment_tensors`): :func:`uld_loss` (sorted probabilities, Boizard et al. 2024)
+  and :func:`hybrid_uld_loss` (GOLD: the shared vocabulary one to one, ULD for the rest).
 - :mod:`~hf_lite.losses.intermediate`: intermediate layers, :func:`hidden_state_loss`, :func:`attention_loss`.
 - :mod:`~hf_lite.losses.fused`: the closed-form-gradient kernels behind them (no new API: the losses
   above call them). Private: ``_checks`` (argument checks, the loss-type vocabulary), ``_maths`` (arithmetic).
@@ -58,6 +61,7 @@ from hf_lite.losses._checks import (
     NumItems,
 )
 from hf_lite.losses.chunked import chunked_distillation_loss, chunked_distillation_loss_from_hidden
+from hf_lite.losses.cross_tokenizer import HYBRID_LOSS_TYPES, hybrid_uld_loss, uld_loss
 from hf_lite.losses.dispatch import TOPK_LOSS_TYPES, logit_distillation_loss, mix_teacher_logits
 from hf_lite.losses.intermediate import attention_loss, hidden_state_loss
 from hf_lite.losses.logits import (
@@ -78,6 +82,7 @@ from hf_lite.losses.topk import teacher_topk, topk_distillation_loss
 __all__ = [
     "ATTENTION_LOSS_KINDS",
     "HIDDEN_LOSS_KINDS",
+    "HYBRID_LOSS_TYPES",
     "IGNORE_INDEX",
     "LOSS_TYPES",
     "TOPK_LOSS_TYPES",
@@ -96,6 +101,7 @@ __all__ = [
     "forward_kl_loss",
     "generalized_jsd_loss",
     "hidden_state_loss",
+    "hybrid_uld_loss",
     "logit_distillation_loss",
     "mix_teacher_logits",
     "mse_logits_loss",
@@ -106,4 +112,5 @@ __all__ = [
     "topk_distillation_and_ce_loss",
     "topk_distillation_loss",
     "total_variation_loss",
+    "uld_loss",
 ]
