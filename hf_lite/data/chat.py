@@ -11,9 +11,10 @@ The formats (TRL's names, recognised from the columns by :func:`detect_data_form
 
 Conversational rows are rendered with the tokenizer's own chat template (``apply_chat_template``; prompts with
 ``add_generation_prompt=True``) and tokenized without adding special tokens again (the template writes BOS if
-the model wants one). Plain strings: ``tokenizer(prompt)`` (special tokens as the tokenizer adds them) followed
-by ``tokenizer(completion, add_special_tokens=False)`` and the EOS token, tokenized apart so that
-``input_ids[:prompt_length]`` is exactly the prompt a model would be given to generate from.
+the model wants one). Plain strings: ``tokenizer(prompt)`` (special tokens as the tokenizer adds them), then the
+completion as ``tokenizer(prompt + completion)`` continues it (tokenized alone where a token would straddle the
+boundary) and the EOS token, so that ``input_ids[:prompt_length]`` is always exactly ``tokenizer(prompt)``: the
+prompt a model is given to generate from.
 
 Which tokens count (label ``!= -100``): the completion only (``completion_only_loss=True``, the default; the
 completion's EOS, or for conversations the template's end-of-turn marker, included) and, for ``messages``, every
@@ -260,8 +261,10 @@ def encode_prompt_completion(
 ) -> dict[str, Any]:
     """One prompt/completion pair as ``input_ids``, ``attention_mask``, ``labels`` and ``prompt_length``.
 
-    Plain strings: ``tokenizer(prompt)`` + ``tokenizer(completion, add_special_tokens=False)`` + EOS (not
-    doubled when the completion already ends with it). Conversational (lists of messages): the template's
+    Plain strings: the prompt is ``tokenizer(prompt)``; the completion is the rest of
+    ``tokenizer(prompt + completion)`` when the prompt's ids are a prefix of it (as TRL tokenizes), else (a token
+    would straddle the boundary) ``tokenizer(completion, add_special_tokens=False)``; then EOS (not doubled when
+    the completion already ends with it). Either way ``input_ids[:prompt_length]`` is ``tokenizer(prompt)``. Conversational (lists of messages): the template's
     ``render(prompt, add_generation_prompt=True)`` is the prompt and the rest of ``render(prompt + completion)``
     the completion (its end-of-turn marker included). ``labels`` are the completion's ids and ``-100`` on the
     prompt (every id with ``completion_only_loss=False``). Longer than ``max_length``: prompt tokens are dropped
@@ -282,7 +285,11 @@ def encode_prompt_completion(
         )
     if plain:
         prompt_ids = list(tokenizer(prompt)["input_ids"])
-        completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+        joint = list(tokenizer(prompt + completion)["input_ids"])
+        if len(joint) > len(prompt_ids) and joint[: len(prompt_ids)] == prompt_ids:
+            completion_ids = joint[len(prompt_ids) :]  # the completion as tokenized in context (" 4" -> "Ġ4")
+        else:  # a token spans the boundary (prompt "A: " + "4"): the prompt's own tokens stay the prompt
+            completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
         eos = _eos(tokenizer)
         if not completion_ids or completion_ids[-1] != eos:
             completion_ids.append(eos)

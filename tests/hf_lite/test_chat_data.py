@@ -123,6 +123,26 @@ def test_plain_prompt_completion_counts_the_completion_and_its_eos(chatml, llama
     assert every["labels"] == every["input_ids"] and every["prompt_length"] == 2
 
 
+def test_plain_completion_is_tokenized_in_context_unless_a_token_straddles_the_prompt():
+    """Byte-level BPE (GPT-2/Llama-3/SmolLM2 style), where a space joins the next word: " 4" after the prompt is
+    one token, as in the whole text; a prompt that ends with the space keeps its own tokens."""
+    from tokenizers import decoders
+
+    chars = ["<|endoftext|>", "A", ":", "4", "Ġ"]
+    vocab = {t: i for i, t in enumerate([*chars, "Ġ4"])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "4")]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    row = encode_prompt_completion(tok, "A:", " 4", max_length=8)
+    assert tok.convert_ids_to_tokens(row["input_ids"]) == ["A", ":", "Ġ4", "<|endoftext|>"]
+    assert row["prompt_length"] == 2 and row["input_ids"][:3] == tok("A: 4")["input_ids"]
+    row = encode_prompt_completion(tok, "A: ", "4", max_length=8)  # "A: 4" would merge "Ġ4" across the prompt
+    assert tok.convert_ids_to_tokens(row["input_ids"]) == ["A", ":", "Ġ", "4", "<|endoftext|>"]
+    assert row["input_ids"][: row["prompt_length"]] == tok("A: ")["input_ids"]
+    assert row["labels"] == [-100, -100, -100, vocab["4"], 0]
+
+
 @pytest.mark.parametrize(("name", "ref", "cut"), [("chatml", CHATML_REF, 10), ("llama3", LLAMA3_REF, 13)])
 def test_conversational_prompt_completion_counts_the_reply(request, name, ref, cut):
     tok = request.getfixturevalue(name)
