@@ -20,6 +20,7 @@ from hf_lite.logs import install_log_filters
 import copy
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,7 +111,8 @@ def load_model(
     Args:
         name_or_path: Hub repo id (``"org/name"``), a folder written by ``save_pretrained``, or a GGUF file
             (``"model.Q4_K_M.gguf"``, or its folder with ``gguf_file=``): transformers dequantizes it (to
-            float32 with ``dtype="auto"``; needs ``pip install "hf-lite[gguf]"``), and the summary says so.
+            float32 with ``dtype="auto"``; needs ``pip install "hf-lite[gguf]"``), and the summary says so. With
+            ``quantization``, the dequantized weights pass through a temporary safetensors folder first.
         task: One of ``causal-lm``, ``sequence-classification``, ``token-classification``,
             ``seq2seq-lm``, ``base``.
         quantization: ``None``, ``"4bit"`` (NF4 + double quantization), ``"fp4"``, ``"8bit"``, a dict of
@@ -150,12 +152,15 @@ def load_model(
     hub_kwargs = {k: from_pretrained_kwargs[k] for k in _HUB_KWARGS if k in from_pretrained_kwargs}
     gguf_source = split_gguf_source(name_or_path, from_pretrained_kwargs.pop("gguf_file", None))
     source, gguf_path = gguf_source or (name_or_path, None)
-    if gguf_path is not None and bnb_config is not None:
-        raise ValueError(
-            f"quantization={quantization!r} with the GGUF file {gguf_path!r}: transformers cannot quantize "
-            "with bitsandbytes while reading GGUF. Load it without quantization, export it as a safetensors "
-            "checkpoint (hf_lite.export(model, folder, tokenizer=...)), then load that folder with quantization."
-        )
+    if gguf_path is not None and bnb_config is not None:  # bnb cannot quantize while transformers reads GGUF:
+        dense = load_model(gguf_path, task, dtype=dtype, **from_pretrained_kwargs)  # dequantize, save, load
+        with tempfile.TemporaryDirectory(prefix="hf-lite-gguf-", ignore_cleanup_errors=True) as folder:
+            dense.save_pretrained(folder)
+            source_note, dense = getattr(dense, SOURCE_ATTRIBUTE), None
+            model = load_model(folder, task, quantization=quantization, peft=peft, dtype=dtype, device_map=device_map,
+                               gradient_checkpointing=gradient_checkpointing, **from_pretrained_kwargs)  # fmt: skip
+        setattr(model.get_base_model() if peft_config is not None else model, SOURCE_ATTRIBUTE, source_note)
+        return model
     config = load_checked_config(source, task, trust_remote_code, revision, hub_kwargs, gguf_file=gguf_path)
     from_pretrained_kwargs.update(decoder_overrides(config, task, from_pretrained_kwargs))
 

@@ -289,11 +289,17 @@ def test_load_model_gives_the_written_weights_dequantized(tiny_gguf, caplog):
 
 
 @pytest.mark.integration
-def test_load_model_refuses_bitsandbytes_on_gguf(tiny_gguf):
-    with pytest.raises(
-        ValueError, match=r"quantization='4bit' with the GGUF file .*export it as a safetensors"
-    ):
-        load_model(tiny_gguf[0], quantization="4bit")
+def test_gguf_with_bitsandbytes_and_lora_is_quantized_from_the_dequantized_weights(tiny_gguf, tmp_path):
+    path = tiny_gguf[0]
+    load_model(path).save_pretrained(tmp_path / "dense")  # the reference: the same weights through a folder
+    reference = load_model(tmp_path / "dense", quantization="4bit", peft="lora")
+    model = load_model(path, quantization="4bit", peft="lora")
+    assert torch.equal(_logits(model), _logits(reference))  # LoRA's B starts at 0: the quantized base decides
+    assert not Path(model.get_base_model().config.name_or_path).exists()  # the temporary folder is gone
+    summary = model_summary(model)
+    assert summary.quantization.startswith("bnb-4bit") and summary.adapter.startswith("LORA")
+    assert summary.source == "weights from a GGUF Q8_0 quantization (llama), dequantized to float32"
+    assert summary.trainable_params == model_summary(reference).trainable_params > 0
 
 
 @pytest.mark.integration
