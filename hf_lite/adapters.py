@@ -196,4 +196,17 @@ def attach_adapter(
     elif gradient_checkpointing:
         enable_checkpointing(model)
         model.enable_input_require_grads()
-    return get_peft_model(model, peft_config)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:
+        if targets or getattr(peft_config, "target_parameters", None):
+            raise
+        # PEFT falls back to a per-model-type list of layer names, which many families lack (Phi3, DistilBERT,
+        # ModernBERT, Qwen2-MoE) or no longer match (Mixtral's fused experts); its error names neither.
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise ValueError(
+            f"peft: a {type(peft_config).__name__} without target_modules cannot adapt {type(model).__name__} "
+            f"(model_type={model_type!r}): PEFT has no default list of layers that fits it ({err}). Pass "
+            "target_modules='all-linear' (what peft='lora' uses: every linear layer except the heads) or a list "
+            "of layer names, e.g. {'r': 8, 'target_modules': 'all-linear'}."
+        ) from err

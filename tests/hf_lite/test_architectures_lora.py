@@ -257,3 +257,18 @@ def test_falcon_4bit_refusal_names_its_linear_subclass(tmp_path):
         r"torch.nn.Linear.*without quantization",
     ):
         load_model(tmp_path / "falcon", quantization="4bit")
+
+
+@pytest.mark.parametrize("family", ["distilbert", "mixtral"])
+def test_a_lora_dict_without_targets_where_peft_has_no_default_names_the_fix(checkpoints, family):
+    name = {"distilbert": "DistilBertForSequenceClassification", "mixtral": "MixtralForCausalLM"}[family]
+    with pytest.raises(
+        ValueError,
+        match=rf"peft: a LoraConfig without target_modules cannot adapt {name} \(model_type='{family}'\): PEFT "
+        r"has no default list of layers that fits it .* Pass target_modules='all-linear'",
+    ):
+        load_model(checkpoints[family], TASK[family], peft={"r": 4, "lora_dropout": 0.0})
+    model = load_model(
+        checkpoints[family], TASK[family], peft={"r": 4, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    )
+    assert model.peft_config["default"].r == 4 and any("lora_A" in n for n, _ in model.named_parameters())
