@@ -53,7 +53,7 @@ Each function first computes a :class:`~hf_lite.pruning.structural.plan.Structur
 ``plan_attention_heads``, ``plan_layers``, ``plan_experts``, ``plan_expert_ffn``: the parameters to slice with their kept indices, the config
 entries to set) and then applies it (``apply_plan_``); ``slice_optimizer_state_`` applies the same plan to
 an optimizer. Modules: ``plan`` (the slicing rule), ``checks`` (argument and config checks), ``ffn``,
-``heads``, ``layers``, ``experts``, ``expert_ffn``, ``reload`` (what the pruned model saves against what stock transformers builds).
+``heads``, ``layers``, ``moe_sites`` (where MoE blocks are), ``experts``, ``expert_ffn``, ``reload`` (what the pruned model saves against what stock transformers builds).
 
 >>> from hf_lite.testing import build_tiny_model
 >>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
@@ -75,13 +75,7 @@ from hf_lite.pruning.structural.expert_ffn import (
     plan_expert_ffn,
     prune_expert_ffn_,
 )
-from hf_lite.pruning.structural.experts import (
-    MoeSite,
-    expert_load,
-    find_moe_sites,
-    plan_experts,
-    prune_experts_,
-)
+from hf_lite.pruning.structural.experts import expert_load, plan_experts, prune_experts_
 from hf_lite.pruning.structural.ffn import plan_ffn, prune_ffn_
 from hf_lite.pruning.structural.heads import (
     KeptHeads,
@@ -95,6 +89,7 @@ from hf_lite.pruning.structural.layers import (
     plan_layers,
     prune_layers_,
 )
+from hf_lite.pruning.structural.moe_sites import MoeSite, find_moe_sites
 from hf_lite.pruning.structural.plan import (
     ParamSlice,
     StructuralPlan,

@@ -55,11 +55,7 @@ from hf_lite.pruning.structural.checks import (
     target_count,
     top_indices,
 )
-from hf_lite.pruning.structural.experts import (
-    MoeSite,
-    config_key,
-    moe_sites_or_refuse,
-)
+from hf_lite.pruning.structural.moe_sites import MoeSite, config_key, moe_block_indices, moe_sites_or_refuse
 from hf_lite.pruning.structural.plan import (
     ParamSlice,
     StructuralPlan,
@@ -169,6 +165,14 @@ class _ExpertActivations:
             handle.remove()
 
 
+def _check_importance(importance: object) -> None:
+    if importance not in ("magnitude", "activation"):
+        raise ValueError(
+            f"importance={importance!r} is not available for expert neurons; use 'magnitude' (weight norms, no "
+            "data) or 'activation' (mean |activation| over the tokens routed to each expert)."
+        )
+
+
 @torch.no_grad()
 def expert_neuron_scores(
     model: nn.Module,
@@ -195,11 +199,7 @@ def expert_neuron_scores(
     >>> expert_neuron_scores(model)[0].shape
     torch.Size([4, 16])
     """
-    if importance not in ("magnitude", "activation"):
-        raise ValueError(
-            f"importance={importance!r} is not available for expert neurons; use 'magnitude' (weight norms, no "
-            "data) or 'activation' (mean |activation| over the tokens routed to each expert)."
-        )
+    _check_importance(importance)
     sites = moe_sites_or_refuse(model, "expert FFN scores")
     magnitude = {s.layer: _magnitude(s) for s in sites}
     if importance == "magnitude":
@@ -324,15 +324,12 @@ def plan_expert_ffn(
     ({'intermediate_size': 8}, (4, 8), 16)
     """
     given = [
-        n
-        for n, v in dict(
-            keep_ratio=keep_ratio, intermediate_size=intermediate_size, keep_indices=keep_indices
-        ).items()
-        if v is not None
+        n for n, v in (("keep_ratio", keep_ratio), ("intermediate_size", intermediate_size)) if v is not None
     ]
+    given += ["keep_indices"] if keep_indices is not None else []
     shared_given = [
         n
-        for n, v in dict(shared_keep_ratio=shared_keep_ratio, shared_keep_indices=shared_keep_indices).items()
+        for n, v in (("shared_keep_ratio", shared_keep_ratio), ("shared_keep_indices", shared_keep_indices))
         if v is not None
     ]
     if len(given) > 1 or len(shared_given) > 1 or not given + shared_given:
@@ -341,13 +338,12 @@ def plan_expert_ffn(
             f"of shared_keep_ratio, shared_keep_indices (the shared expert's width), at least one in all; got "
             f"{', '.join(given + shared_given) or 'none'}."
         )
+    _check_importance(importance)
     multiple = check_count(multiple_of, "multiple_of")
     if multiple < 1:
-        raise ValueError(
-            f"multiple_of={multiple_of!r} must be >= 1 (1 = no rounding; 8 or 64 suit GPU kernels)."
-        )
+        raise ValueError(f"multiple_of={multiple_of!r} must be >= 1 (8 suits transformers' experts kernel).")
     sites = moe_sites_or_refuse(model, "expert FFN pruning")
-    config, placeholder, kept = {}, StructuralPlan(), KeptExpertNeurons(None, None)
+    config, placeholder = {}, StructuralPlan()
     if given:
         widths = sorted({s.width for s in sites})
         if len(widths) != 1:
@@ -360,12 +356,9 @@ def plan_expert_ffn(
         if keep_ratio is not None:
             count = round_up(checked_keep_count(keep_ratio, width, "expert FFN neurons"), multiple, width)
         elif intermediate_size is not None:
+            hint = "pruning removes neurons, it cannot add any."
             count = target_count(
-                intermediate_size,
-                "intermediate_size",
-                width,
-                "the experts' current width",
-                "pruning removes neurons, it cannot add any.",
+                intermediate_size, "intermediate_size", width, "the experts' current width", hint
             )
         else:
             explicit = _expert_indices(keep_indices, sites, width)
@@ -388,24 +381,15 @@ def plan_expert_ffn(
             model, ("shared_expert_intermediate_size",), shared_width, "the shared expert's width"
         )
         check_sliceable([m for _, expand, project in shared_sites for m in (*expand, project)])
+        shared_explicit = None
         if shared_keep_ratio is not None:
             shared_count = checked_keep_count(shared_keep_ratio, shared_width, "shared expert neurons")
-            shared_explicit = None
         else:
-            layers = [s.layer for s in sites]
-            if sorted(shared_keep_indices) != layers:  # type: ignore[arg-type]
-                raise ValueError(
-                    f"shared_keep_indices gives blocks {sorted(shared_keep_indices)}; give every MoE block {layers}."
-                )  # type: ignore[arg-type]
-            shared_explicit = {
-                b: index_list(shared_keep_indices[b], shared_width, f"shared_keep_indices[{b}]")
-                for b in layers
-            }  # type: ignore[index]
-            if len({len(v) for v in shared_explicit.values()}) != 1:
-                raise ValueError(
-                    "shared_keep_indices keeps different numbers of neurons in different blocks; keep the same number in each."
-                )
-            shared_count = len(shared_explicit[layers[0]])
+            what = "shared expert neurons"
+            shared_explicit = moe_block_indices(
+                shared_keep_indices, sites, shared_width, "shared_keep_indices", what
+            )
+            shared_count = len(shared_explicit[sites[0].layer])
         config[shared_key] = shared_count
         for s in sites:
             placeholder.extend(_shared_slices(s, torch.arange(shared_count)))
@@ -418,6 +402,7 @@ def plan_expert_ffn(
         "layers (prune_layers_) instead.",
     )
     plan = StructuralPlan(config=config, params=parameters_by_id(model))
+    kept = KeptExpertNeurons(None, None)
     if given:
         if explicit is None:
             scores = expert_neuron_scores(model, importance, calibration_batches)

@@ -20,7 +20,7 @@ are the same up to one factor per token; top-k weights renormalized to 1 (Mixtra
 gets the same output. Qwen2-MoE with ``norm_topk_prob=False`` weights its experts by the full softmax,
 which now runs over fewer experts: every token's expert weights grow slightly.
 
-The plan goes through :class:`~hf_lite.pruning.structural.plan.StructuralPlan` (``plan_experts``), so
+The MoE blocks are found by :mod:`~hf_lite.pruning.structural.moe_sites`. The plan goes through :class:`~hf_lite.pruning.structural.plan.StructuralPlan` (``plan_experts``), so
 ``slice_optimizer_state_`` slices an optimizer's state with the weights, and is checked before anything
 changes to reload with the stock class as the same model (``check_expressible``).
 
@@ -40,9 +40,7 @@ changes to reload with the stock class as the same model (``check_expressible``)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,166 +48,26 @@ from torch import nn
 
 from hf_lite._utils import unwrap_model
 from hf_lite.pruning.calibration import check_calibration, forward_kwargs, to_device, token_mask
-from hf_lite.pruning.experts import find_expert_weights, find_moe_routers
 from hf_lite.pruning.importance import check_count
-from hf_lite.pruning.sites import find_layer_list, model_config
+from hf_lite.pruning.sites import model_config
 from hf_lite.pruning.structural.checks import (
     check_expressible,
     checked_keep_count,
-    explicit_indices,
     top_indices,
 )
+from hf_lite.pruning.structural.moe_sites import (
+    EXPERT_COUNT_KEYS,
+    MoeSite,
+    config_key,
+    moe_block_indices,
+    moe_sites_or_refuse,
+)
 from hf_lite.pruning.structural.plan import ParamSlice, StructuralPlan, apply_plan_, parameters_by_id
-from hf_lite.pruning.structural.reload import family_name
 
-__all__ = [
-    "EXPERT_COUNT_KEYS",
-    "LOAD_MEASURES",
-    "MoeSite",
-    "expert_load",
-    "find_moe_sites",
-    "plan_experts",
-    "prune_experts_",
-]
+__all__ = ["LOAD_MEASURES", "expert_load", "plan_experts", "prune_experts_"]
 
-logger = logging.getLogger(__name__)
-
-#: Config entries that may hold the number of routed experts per MoE block, first matching one wins.
-EXPERT_COUNT_KEYS: tuple[str, ...] = ("num_local_experts", "num_experts", "n_routed_experts")
-#: Module attributes holding the number of experts (experts modules, routers, the ``*ForCausalLM`` aux loss).
-_COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts")
 #: What :func:`expert_load` measures.
 LOAD_MEASURES = ("tokens", "probability")
-
-
-@dataclass(frozen=True)
-class MoeSite:
-    """The MoE block of one transformer block.
-
-    Args:
-        layer: block index.
-        block: the module holding router and experts (``mlp`` for Mixtral and Qwen2-MoE).
-        router: the router; its ``weight`` is ``(num_experts, hidden)``.
-        experts: the experts module holding the 3-D expert weights.
-        shared: Qwen2-MoE's ``shared_expert`` (a dense gated FFN every token passes), or ``None``.
-
-    >>> from transformers import MixtralConfig, MixtralForCausalLM
-    >>> model = MixtralForCausalLM(MixtralConfig(vocab_size=32, hidden_size=8, intermediate_size=16,
-    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, num_local_experts=4))
-    >>> site = find_moe_sites(model)[0]
-    >>> site.layer, site.num_experts, site.width, type(site.router).__name__
-    (0, 4, 16, 'MixtralTopKRouter')
-    """
-
-    layer: int
-    block: nn.Module
-    router: nn.Module
-    experts: nn.Module
-    shared: nn.Module | None = None
-
-    @property
-    def num_experts(self) -> int:
-        """Number of routed experts (rows of the router's weight)."""
-        return int(self.router.weight.shape[0])
-
-    @property
-    def width(self) -> int:
-        """Each expert's FFN width (the input features of ``down_proj``)."""
-        down = find_expert_weights(self.experts)["down_proj"]
-        return int(down.weight.shape[down.in_dim])
-
-
-def find_moe_sites(model: nn.Module) -> list[MoeSite]:
-    """The MoE block of every transformer block that has one, in block order (``[]`` for dense models).
-
-    Raises:
-        ValueError: a block holds several experts modules, an experts module whose router (a sibling
-            ``gate``/``router`` with a ``(num_experts, hidden)`` weight) is not found, or adapter (LoRA) weights
-            on the experts or the router.
-
-    >>> from hf_lite.testing import build_tiny_model
-    >>> find_moe_sites(build_tiny_model("llama")[0])
-    []
-    """
-    sites = []
-    for i, block in enumerate(find_layer_list(model)):
-        holders = {id(e.module): e.module for e in find_expert_weights(block).values()}
-        if not holders:
-            continue
-        found = []
-        for _, parent in block.named_modules():
-            children = dict(parent.named_children())
-            experts = [c for c in children.values() if id(c) in holders]
-            if not experts:
-                continue
-            adapters = [
-                n for n, _ in parent.named_parameters() if "lora_" in n and not n.startswith("shared_expert.")
-            ]
-            if adapters:
-                raise ValueError(
-                    f"block {i}'s experts or router carry adapter weights ({', '.join(adapters[:2])}); expert pruning "
-                    "slices plain expert weights only. Merge the adapter first (model = model.merge_and_unload()) "
-                    "or prune before attaching it."
-                )
-            count = next(iter(find_expert_weights(experts[0]).values())).num_experts
-            routers = [
-                r
-                for r in find_moe_routers(parent).values()
-                if r in children.values() and r.weight.shape[0] == count
-            ]
-            if len(experts) != 1 or len(routers) != 1:
-                raise ValueError(
-                    f"block {i} ({type(block).__name__}) has {len(experts)} experts modules and {len(routers)} "
-                    f"routers with {count} rows in {type(parent).__name__}; expert pruning supports one experts "
-                    "module with one router (a child named gate or router whose weight is (num_experts, hidden)). "
-                    "Prune whole layers (prune_layers_) instead."
-                )
-            shared = children.get("shared_expert")
-            found.append(MoeSite(i, parent, routers[0], experts[0], shared))
-        if len(found) != 1:
-            raise ValueError(
-                f"block {i} ({type(block).__name__}) has {len(found)} MoE blocks; expert pruning supports one per "
-                "transformer block. Prune whole layers (prune_layers_) instead."
-            )
-        sites.append(found[0])
-    return sites
-
-
-def moe_sites_or_refuse(model: nn.Module, what: str) -> list[MoeSite]:
-    """:func:`find_moe_sites`, refusing a model without MoE blocks (``what`` names the operation)."""
-    sites = find_moe_sites(model)
-    if not sites:
-        family = family_name(model_config(model))
-        raise ValueError(
-            f"{what}: {family} ({type(unwrap_model(model, peft_base=True)).__name__}) has no mixture-of-experts "
-            "blocks (an experts module of 3-D weights with a router). For a dense model prune FFN neurons "
-            "(prune_ffn_), attention heads or whole layers instead."
-        )
-    return sites
-
-
-def config_key(model: nn.Module, keys: Iterable[str], value: int, what: str) -> str:
-    """The first of ``keys`` the model's config holds with ``value``; ``ValueError`` naming the family if none.
-
-    >>> from transformers import MixtralConfig, MixtralForCausalLM
-    >>> model = MixtralForCausalLM(MixtralConfig(vocab_size=32, hidden_size=8, intermediate_size=16,
-    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, num_local_experts=4))
-    >>> config_key(model, EXPERT_COUNT_KEYS, 4, "the number of experts")
-    'num_local_experts'
-    """
-    config = model_config(model)
-    keys = tuple(keys)
-    for key in keys:
-        current = getattr(config, key, None)
-        if isinstance(current, int) and not isinstance(current, bool) and current == value:
-            return key
-    present = {k: getattr(config, k) for k in keys if hasattr(config, k)}
-    raise ValueError(
-        f"{family_name(config)} ({type(config).__name__}) has no config entry for {what} ({value}) among "
-        f"{', '.join(keys)} (found {present or 'none'}), so stock from_pretrained could not rebuild the pruned "
-        "model from its config. This family cannot express this pruning; prune whole layers (prune_layers_) "
-        "instead."
-    )
 
 
 def _router_output(output: Any, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +184,7 @@ def _count_attributes(root: nn.Module, old: int, new: int) -> list[tuple[nn.Modu
     return [
         (module, attr, new)
         for module in root.modules()
-        for attr in _COUNT_ATTRS
+        for attr in EXPERT_COUNT_KEYS
         if isinstance(vars(module).get(attr), int) and vars(module)[attr] == old
     ]
 
@@ -390,18 +248,7 @@ def plan_experts(
     elif keep_ratio is not None:
         kept = checked_keep_count(keep_ratio, total, "experts")
     else:
-        spec = (
-            {layers.index(b): v for b, v in keep_indices.items()}
-            if isinstance(keep_indices, Mapping)
-            else keep_indices
-        )
-        if isinstance(keep_indices, Mapping) and sorted(keep_indices) != layers:
-            raise ValueError(
-                f"keep_indices gives blocks {sorted(keep_indices)} but the MoE blocks are {layers}; give every MoE "
-                "block (the same number of experts in each), or one list used for all of them."
-            )
-        by_position = explicit_indices(spec, len(sites), total, "keep_indices", "experts")
-        explicit = {layers[i]: v for i, v in by_position.items()}
+        explicit = moe_block_indices(keep_indices, sites, total, "keep_indices", "experts")
         kept = len(explicit[layers[0]])
     if not top_k <= kept <= total:
         raise ValueError(

@@ -300,7 +300,9 @@ def test_optimizer_state_is_sliced_with_the_experts():
         rtol=0,
         atol=0,
     )
-    model(**_batches()[0], labels=_batches()[0]["input_ids"]).loss.backward()
+    out = model(**_batches()[0], labels=_batches()[0]["input_ids"], output_router_logits=True)
+    assert out.router_logits[0].shape[-1] == 3 and torch.isfinite(out.aux_loss)  # load-balancing loss of 3
+    out.loss.backward()
     optimizer.step()  # trains on with the sliced state
 
 
@@ -692,10 +694,13 @@ def test_expert_ffn_argument_errors():
     with pytest.raises(ValueError, match=r"keep_indices gives blocks \[1\] but the MoE blocks are \[0, 1\]"):
         prune_expert_ffn_(model, keep_indices={1: [[0]] * 4})
     with pytest.raises(
-        ValueError, match=r"shared_keep_indices gives blocks \[0\]; give every MoE block \[0, 1\]"
+        ValueError, match=r"shared_keep_indices gives blocks \[0\] but the MoE blocks are \[0, 1\]"
     ):
         prune_expert_ffn_(model, shared_keep_indices={0: [1, 2]})
-    with pytest.raises(ValueError, match=r"shared_keep_indices keeps different numbers of neurons"):
+    with pytest.raises(
+        ValueError,
+        match=r"shared_keep_indices keeps \[1, 2\] shared expert neurons in different blocks \(non-uniform\)",
+    ):
         prune_expert_ffn_(model, shared_keep_indices={0: [1, 2], 1: [1]})
     with pytest.raises(
         ValueError, match=r"block 0 has no shared expert laid out as gate_proj/up_proj/down_proj"
