@@ -11,10 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_lite import export, load_model, load_teacher, load_tokenizer, model_summary
 from hf_lite.gguf import (
@@ -26,119 +25,16 @@ from hf_lite.gguf import (
     split_gguf_source,
     supported_gguf_architectures,
 )
-from hf_lite.testing import build_tiny_model
+from tests.gguf_writer import CHAT_TEMPLATE, save_tiny_gguf, write_minimal_gguf
 
 gguf = pytest.importorskip("gguf")
-
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-TEXTS = ["the quick brown fox jumps over the lazy dog", "to be or not to be, that is the question"]
-Q8_0 = gguf.GGMLQuantizationType.Q8_0
-# transformers' module name -> llama.cpp's tensor name inside a block
-LEAVES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
-TOP["lm_head.weight"] = "output.weight"
-
-
-def byte_level_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (GPT-2 style, what ``tokenizer.ggml.model = gpt2`` describes) trained on TEXTS."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(TEXTS * 10, vocab_size=300, special_tokens=SPECIALS, show_progress=False)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token=None
-    )
-
-
-def llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
-    """The row order llama.cpp's converter gives q/k projections (rotary halves interleaved per head)."""
-    return (
-        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
-
-
-def write_gguf(
-    path: Path, model, tokenizer, *, quantize: tuple[str, ...] = ("mlp", "embed_tokens"), arch: str = "llama"
-) -> dict[str, torch.Tensor]:
-    """Write ``model`` (a transformers Llama) and ``tokenizer`` as llama.cpp would; the weights with a name
-    containing one of ``quantize`` as Q8_0. Returns what loading must give back: the state dict with those
-    weights replaced by their dequantized Q8_0 values."""
-    cfg = model.config
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name("tiny llama")
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_rope_dimension_count(cfg.head_dim)
-    writer.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_vocab_size(cfg.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantize else gguf.LlamaFileType.ALL_F32)
-    tokens = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(tokens)
-    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
-    writer.add_token_types([3 if t in SPECIALS else 1 for t in tokens])  # 3: control (special) token
-    writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_chat_template(CHAT_TEMPLATE)
-
-    expected = {}
-    for name, tensor in model.state_dict().items():
-        value = tensor.detach().float().numpy()
-        if name in TOP:
-            gguf_name = TOP[name]
-        else:
-            _, _, layer, rest = name.split(".", 3)
-            module, leaf = rest.rsplit(".", 1)
-            gguf_name = f"blk.{layer}.{LEAVES[module]}.{leaf}"
-        stored = value
-        if name.endswith("q_proj.weight"):
-            stored = llama_cpp_permute(value, cfg.num_attention_heads)
-        elif name.endswith("k_proj.weight"):
-            stored = llama_cpp_permute(value, cfg.num_key_value_heads)
-        if value.ndim == 2 and any(key in name for key in quantize):
-            blocks = gguf.quants.quantize(stored, Q8_0)
-            writer.add_tensor(gguf_name, blocks, raw_dtype=Q8_0)
-            assert "q_proj" not in name and "k_proj" not in name  # no permutation to undo on these
-            expected[name] = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(blocks, Q8_0)))
-        else:
-            writer.add_tensor(gguf_name, np.ascontiguousarray(stored))
-            expected[name] = torch.from_numpy(value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return expected
 
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     """(path of the written file, state dict loading must give, the tokenizer it was written from, the model)."""
-    tokenizer = byte_level_tokenizer()
-    model, tokenizer = build_tiny_model("llama", tokenizer=tokenizer, seed=0)
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.Q8_0.gguf"
-    expected = write_gguf(path, model, tokenizer)
+    expected, tokenizer, model = save_tiny_gguf(path)
     return path, expected, tokenizer, model
 
 
@@ -233,12 +129,7 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path):
     ):
         check_gguf_architecture(GGUFInfo(str(tmp_path / "x.gguf"), "rwkv6", "Q4_0", {}))
     path = tmp_path / "rwkv.gguf"
-    writer = gguf.GGUFWriter(str(path), "rwkv6")
-    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_minimal_gguf(path, "rwkv6")
     with pytest.raises(ValueError, match=r"architecture 'rwkv6'.*Architectures it loads: .*llama"):
         load_model(path)
 
@@ -286,6 +177,21 @@ def test_load_model_gives_the_written_weights_dequantized(tiny_gguf, caplog):
     # the folder + gguf_file spelling, and an explicit use_safetensors (GGUF is not pickle), load the same
     same = load_model(path.parent, gguf_file=path.name, use_safetensors=True)
     assert torch.equal(_logits(same), _logits(model))
+
+
+@pytest.mark.integration
+def test_every_matrix_in_q8_0_loads_as_gguf_dequantizes_it(tmp_path):
+    path = tmp_path / "all.Q8_0.gguf"
+    expected, _, model = save_tiny_gguf(path, quantize=("proj", "embed_tokens", "lm_head"))
+    assert read_gguf_info(path).tensor_types == {
+        "Q8_0": sum(p.numel() for p in model.parameters() if p.ndim == 2)
+    }
+    state = load_model(path).state_dict()
+    for name, value in expected.items():
+        assert torch.equal(state[name], value), name  # q/k quantized after llama.cpp's row permutation too
+    assert not torch.equal(
+        state["model.layers.0.self_attn.q_proj.weight"], model.model.layers[0].self_attn.q_proj.weight
+    )
 
 
 @pytest.mark.integration
