@@ -164,9 +164,10 @@ def _messages(value: Any, where: str) -> list[dict[str, Any]]:
         )
     out = []
     for k, message in enumerate(value):
-        if not isinstance(message.get("role"), str) or "content" not in message:
+        if not isinstance(message.get("role"), str) or not {"content", "tool_calls"} & set(message):
             raise ValueError(
-                f"{where}[{k}]={dict(message)!r} is not a message: each needs a 'role' string and a 'content'."
+                f"{where}[{k}]={dict(message)!r} is not a message: each needs a 'role' string and a 'content' "
+                "(or the 'tool_calls' of an assistant)."
             )
         out.append({key: v for key, v in message.items() if v is not None})
     return out

@@ -398,6 +398,34 @@ def test_distillation_counts_completion_tokens_only(chatml, tmp_path):
     assert abs(changed[1] - got[1]) > 1e-4
 
 
+@pytest.mark.integration
+def test_prompt_only_data_cannot_train_cross_entropy(chatml, tmp_path):
+    from hf_lite.testing import build_tiny_model
+    from trainers import DistillationConfig, DistillationTrainer
+
+    data = Dataset.from_dict({"prompt": ["the cat", "red"]})
+    data = tokenize_data(data, chatml, task="causal-lm", max_length=8)
+    args = DistillationConfig(
+        str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        alpha=0.5,
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = DistillationTrainer(
+        model=build_tiny_model("llama", tokenizer=chatml, seed=2)[0],
+        teacher_model=build_tiny_model("llama", tokenizer=chatml, seed=1)[0],
+        args=args,
+        train_dataset=data,
+        data_collator=CompletionCollator(chatml),
+    )
+    with pytest.raises(
+        ValueError, match=r"alpha=0.5 mixes in cross-entropy on the labels, but the batch has no"
+    ):
+        trainer.train()
+
+
 # ------------------------------------------------------------------------------------------- from the CLI
 
 
