@@ -21,6 +21,7 @@ from hf_lite.pruning import (
     sparsegpt_prune_,
     sparsegpt_update,
     unstructured_mask,
+    wanda_prune_,
     wanda_scores,
 )
 from hf_lite.testing import build_tiny_model
@@ -81,7 +82,7 @@ def test_reconstruction_error_below_magnitude_and_wanda(sparsity, nm):
     err = reconstruction_error(w, new, x)
     err_mag = reconstruction_error(w, w * baseline(magnitude_scores(w)), x)
     err_wanda = reconstruction_error(w, w * baseline(wanda_scores(w, x.norm(dim=1), dim=1)), x)
-    # measured: 0.11 / 0.66 at 50%, 0.14 / 0.76 at 70%, 0.31 / 0.33 at 2:4 (vs magnitude / Wanda)
+    # measured (vs magnitude / Wanda): 0.14 / 0.71 at 50%, 0.17 / 0.80 at 70%, 0.28 / 0.28 at 2:4, 0.11 / 0.51 at 4:8
     assert err < 0.5 * err_mag
     assert err < 0.9 * err_wanda
     # and below the same mask without the weight update
@@ -223,7 +224,7 @@ def _output_error(model, dense, batches) -> float:
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_model_output_error_below_magnitude(models, family, pattern):
+def test_model_output_error_below_magnitude_and_wanda(models, family, pattern):
     dense = models[family].eval()
     batches = _batches(dense.config.vocab_size)
     sparsity = 0.5 if pattern == "unstructured" else None
@@ -233,7 +234,12 @@ def test_model_output_error_below_magnitude(models, family, pattern):
     magnitude_prune_(magnitude, sparsity, pattern=pattern, scope="row")
     assert pruned.training  # mode restored
     err, err_mag = _output_error(pruned.eval(), dense, batches), _output_error(magnitude, dense, batches)
-    assert err < 0.8 * err_mag, (err, err_mag)
+    assert err < 0.7 * err_mag, (err, err_mag)  # measured: 0.32 / 0.33 (llama), 0.51 / 0.38 (gpt2)
+    wanda = copy.deepcopy(dense)
+    wanda_prune_(wanda, batches, sparsity, pattern=pattern)
+    assert err < 0.7 * _output_error(
+        wanda, dense, batches
+    )  # measured: 0.35 / 0.36 (llama), 0.54 / 0.42 (gpt2)
     modules = dict(pruned.named_modules())
     for name, mask in masks.items():
         weight = modules[name].weight
@@ -392,7 +398,7 @@ def test_moe_experts_pruned_per_expert_below_magnitude(build):
         zeros = (~masks[name]).sum(dim=expert.in_dim)  # per expert and output row
         assert torch.all(zeros == weight.shape[expert.in_dim] // 2)
     err, err_mag = _output_error(pruned, dense, batches), _output_error(magnitude, dense, batches)
-    assert err < 0.8 * err_mag, (err, err_mag)
+    assert err < 0.9 * err_mag, (err, err_mag)  # measured: 0.73 (Mixtral), 0.77 (GPT-OSS)
 
 
 def test_moe_expert_hessians_from_routed_tokens():
