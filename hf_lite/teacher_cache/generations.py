@@ -97,6 +97,7 @@ def generate_teacher_completions(
     batch_size: int = 8,
     shard_size: int = 1024,
     prompt_column: str = "prompt",
+    max_prompt_length: int | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     topk: int | None = None,
     kd_temperature: float = 1.0,
@@ -107,8 +108,9 @@ def generate_teacher_completions(
 
     **Prompts** are plain strings (tokenized with the tokenizer's special tokens, as ``tokenizer(prompt)``) or
     conversations, lists of ``{"role", "content"}`` messages, rendered with the tokenizer's own chat template
-    and ``add_generation_prompt=True`` (then tokenized without adding special tokens again). Give a list, or a
-    ``datasets.Dataset`` whose ``prompt_column`` holds them (its other columns are kept).
+    and ``add_generation_prompt=True`` (then tokenized without adding special tokens again), exactly as
+    :func:`hf_lite.data.chat.encode_prompt` renders them for training. Give a list, or a ``datasets.Dataset``
+    whose ``prompt_column`` holds them (its other columns are kept).
 
     **Generation**: ``teacher.generate`` in evaluation mode under ``no_grad``, ``batch_size`` prompts at a time,
     padded on the left, with the KV cache, at most ``max_new_tokens`` new tokens, stopping at EOS
@@ -145,6 +147,8 @@ def generate_teacher_completions(
         batch_size: prompts per ``generate`` call.
         shard_size: prompts per resumable shard.
         prompt_column: the prompts' column when ``prompts`` is a dataset (and the column name in the output).
+        max_prompt_length: longer prompts keep their last ``max_prompt_length`` tokens (the start of a conversation
+            goes first, as in :func:`hf_lite.data.chat.encode_prompt`); ``None`` keeps them whole.
         eos_token_id: the id(s) that end a completion, instead of the teacher's and tokenizer's.
         topk: also store the teacher's ``topk`` most likely tokens per position (``None``: no logits stored).
         kd_temperature: the distillation temperature of the stored log-probabilities (the training run's).
@@ -167,6 +171,8 @@ def generate_teacher_completions(
     check_positive_int("max_new_tokens", max_new_tokens)
     check_positive_int("batch_size", batch_size)
     check_positive_int("shard_size", shard_size)
+    if max_prompt_length is not None:
+        check_positive_int("max_prompt_length", max_prompt_length)
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be True or False; got {type(do_sample).__name__} {do_sample!r}.")
     if do_sample:
@@ -199,7 +205,7 @@ def generate_teacher_completions(
             f"prompts.remove_columns({clash})."
         )
     values = list(source[prompt_column])
-    prompt_ids = render_prompts(tokenizer, values, conversational)
+    prompt_ids = render_prompts(tokenizer, values, max_prompt_length)
     eos_ids = eos_token_ids(teacher, tokenizer, eos_token_id)
     pad_id = padding_id(tokenizer)
     vocab_size = teacher_vocab_size(teacher, tokenizer, "causal-lm")

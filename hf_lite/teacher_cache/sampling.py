@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import datasets
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from hf_lite.data.chat import encode_prompt
 from hf_lite.teacher_cache.precompute import input_device
 
 __all__ = [
@@ -97,29 +99,26 @@ def prompts_dataset(prompts: Any, column: str) -> tuple[datasets.Dataset, bool]:
     return source, kinds == {"conversational"}
 
 
-def render_prompts(tokenizer: Any, prompts: Sequence[Any], conversational: bool) -> list[list[int]]:
-    """Token ids of each prompt: the chat template with the generation prompt, or the tokenizer's own call."""
-    if conversational:
-        if not getattr(tokenizer, "chat_template", None):
+def render_prompts(tokenizer: Any, prompts: Sequence[Any], max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each prompt as :func:`hf_lite.data.chat.encode_prompt` gives them (the one home of prompt
+    rendering, so the teacher generates from the prompt ids training uses): ``tokenizer(prompt)`` for a string,
+    the chat template with the generation prompt for a conversation; longer than ``max_length``, the last
+    ``max_length`` tokens.
+
+    >>> from hf_lite.testing import build_tokenizer
+    >>> render_prompts(build_tokenizer(["the cat sat"]), ["the cat sat", "cat"], max_length=2)
+    [[2, 3], [2]]
+    """
+    ids = []
+    for i, prompt in enumerate(prompts):
+        row = encode_prompt(tokenizer, prompt, max_length=max_length or sys.maxsize, where=f"prompt {i}")
+        if not row["input_ids"]:
             raise ValueError(
-                f"the prompts are conversations but the tokenizer ({type(tokenizer).__name__}) has no chat_template to "
-                "render them. Use the chat (instruct) model's tokenizer, or set tokenizer.chat_template to a Jinja "
-                "template; or pass plain-text prompts."
-            )
-        texts = [
-            tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer(list(prompts))["input_ids"]
-    for i, row in enumerate(ids):
-        if not row:
-            raise ValueError(
-                f"prompt {i} ({str(prompts[i])[:80]!r}) has no tokens: there is nothing to condition the teacher on. "
+                f"prompt {i} ({str(prompt)[:80]!r}) has no tokens: there is nothing to condition the teacher on. "
                 "Remove empty prompts first."
             )
-    return [list(map(int, row)) for row in ids]
+        ids.append([int(t) for t in row["input_ids"]])
+    return ids
 
 
 def eos_token_ids(teacher: Any, tokenizer: Any, eos_token_id: Any) -> list[int]:

@@ -255,6 +255,12 @@ def test_conversational_prompts_use_the_chat_template(tmp_path):
     texts = tok.batch_decode(list(ds["completion_ids"]), skip_special_tokens=True)
     assert ds["completion"] == [[{"role": "assistant", "content": t}] for t in texts]
     assert ds["prompt"] == chats
+    # over-long prompts keep their last tokens (the start of the conversation goes first)
+    cut = generate_teacher_completions(
+        teacher, tok, chats, tmp_path / "cut", max_new_tokens=3, max_prompt_length=4
+    )
+    assert cut["prompt_ids"] == [ids[-4:] for ids in ds["prompt_ids"]]
+    assert cut["completion_ids"] == _reference(teacher, tok, list(cut["prompt_ids"]), 3, 8)
 
 
 def test_a_dataset_of_prompts_keeps_its_other_columns(pair, tmp_path):
@@ -359,9 +365,15 @@ def _t5():
     [
         ([], {}, ValueError, r"prompts is empty: there is nothing to complete"),
         (PROMPTS, {"max_new_tokens": 0}, ValueError, r"max_new_tokens=0 must be >= 1"),
+        (PROMPTS, {"max_prompt_length": 0}, ValueError, r"max_prompt_length=0 must be >= 1"),
         (PROMPTS, {"batch_size": 1.5}, TypeError, r"batch_size must be an int"),
         (datasets.Dataset.from_dict({"text": PROMPTS}), {}, ValueError, r"no column prompt_column='prompt'"),
-        ([[{"role": "user", "content": "the cat"}]], {}, ValueError, r"has no chat_template to render them"),
+        (
+            [[{"role": "user", "content": "the cat"}]],
+            {},
+            ValueError,
+            r"has no chat template, which conversational data \(lists of messages\) needs",
+        ),
         (
             PROMPTS,
             {"do_sample": True, "temperature": 0.0},
