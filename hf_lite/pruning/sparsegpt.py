@@ -181,7 +181,7 @@ def sparsegpt_prune_(
     sequential: bool = True,
 ) -> dict[str, torch.Tensor]:
     """SparseGPT one-shot pruning of the chosen layers, in place: masks chosen and remaining weights updated
-    to reconstruct each layer's outputs on the calibration data (see :func:`~hf_lite.pruning.obs.sparsegpt_update`).
+    to reconstruct each layer's outputs on the calibration data (:func:`~hf_lite.pruning.obs.sparsegpt_update`).
 
     Layers are pruned block by block (``model.layers.0``, ``model.layers.1``, ...) with ``sequential=True``:
     forward pre-hooks on the block's layers accumulate ``X^T X`` over the real tokens of every calibration
@@ -190,9 +190,10 @@ def sparsegpt_prune_(
     is calibrated on the outputs of the already-pruned blocks before it. As in
     :func:`~hf_lite.pruning.wanda_prune_`, decoder-only and encoder-only models run one block at a time on
     cached block inputs (about three forward passes in all, :mod:`hf_lite.pruning.blockwise`), other models
-    one whole-model pass per block. Within a block every layer sees
-    the block's dense inputs, as in the reference code. ``sequential=False`` computes every Hessian from
-    one pass of the dense model (memory: one ``(in, in)`` matrix per layer of the whole model).
+    one whole-model pass per block. Within a block every layer sees the block's dense inputs, as in the
+    reference code; layers reading the same tensor (``q/k/v_proj``, ``gate/up_proj``) share one product.
+    ``sequential=False`` computes every Hessian from one pass of the dense model (memory: one ``(in, in)``
+    matrix per layer of the whole model).
 
     MoE experts (3-D weights, see :mod:`hf_lite.pruning.experts`): each expert's matrix is pruned like a
     Linear from its own Hessian over the real tokens the router sends to it (for ``down_proj``, the gated
