@@ -16,6 +16,10 @@ The rules, in order:
 2. **Tokens covering nothing** (``start == end``: BOS/EOS/CLS/SEP added by a post-processor, offsets trimmed
    to nothing) match nothing: before the first span and after the last they stay unmatched (so a BOS on one
    side only is harmless); between two spans they join the later one (spans tile the tokens between them).
+   Special tokens written in the text (a chat template's ``<|im_start|>``) cover their characters and align
+   like any token; a tokenizer that does not know them splits them into pieces, which then form one span
+   with the other side's single token. Tokenize the rendered conversation (``apply_chat_template(...,
+   tokenize=False)``) with both tokenizers, so that both offset mappings index the same string.
 3. **Overlapping tokens form one unit.** Byte-fallback tokens (``<0xF0>`` ``<0x9F>`` ...) and byte-level
    pieces of one character share that character's offsets; consecutive tokens whose offsets overlap are kept
    together, so no span boundary falls inside a character.
@@ -99,6 +103,33 @@ class TokenAlignment:
     spans: tuple[AlignedSpan, ...]
     student_length: int
     teacher_length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and ints (a ``datasets`` column can hold it: compute the alignment once per example).
+
+        >>> alignment = align_offsets("a b", [(0, 1), (1, 3)], [(0, 1), (2, 3)])
+        >>> alignment.to_dict()
+        {'spans': [[0, 1, 0, 1, 0, 1], [1, 2, 1, 2, 1, 3]], 'student_length': 2, 'teacher_length': 2}
+        >>> TokenAlignment.from_dict(alignment.to_dict()) == alignment
+        True
+        """
+        return {
+            "spans": [[*span.student, *span.teacher, *span.chars] for span in self.spans],
+            "student_length": self.student_length,
+            "teacher_length": self.teacher_length,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenAlignment:
+        """The alignment :meth:`to_dict` wrote."""
+        try:
+            spans = tuple(AlignedSpan((a, b), (c, d), (e, f)) for a, b, c, d, e, f in data["spans"])
+            return cls(spans, int(data["student_length"]), int(data["teacher_length"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"data is not a TokenAlignment.to_dict() result ({err}): expected {{'spans': [[s0, s1, t0, t1, c0, "
+                "c1], ...], 'student_length': int, 'teacher_length': int}."
+            ) from None
 
     def unmatched_student(self) -> list[int]:
         """Student token indices in no span."""

@@ -141,6 +141,7 @@ def _span_vectors(
     batch, seq, vocab = logits.shape
     dtype = compute_dtype(logits.dtype)
     device = logits.device
+    counted = counted.to(device)  # a teacher may sit on another device than the student
     rows, ks = counted.nonzero(as_tuple=True)  # (n,), (n,)
     index = alignment[f"{side}_index"].to(device)
     positions = index[rows, ks]  # (n,)
@@ -219,7 +220,7 @@ def uld_loss(
     log_first_t, log_c_t = _span_vectors(teacher_logits, alignment, "teacher", counted, temperature)
     q_s = (log_first_s + log_c_s[:, None]).exp()  # (n, V_s)
     q_t = (log_first_t + log_c_t[:, None]).exp()  # (n, V_t)
-    total = _sorted_l1(q_s, q_t).sum()
+    total = _sorted_l1(q_s, q_t.to(q_s.device)).sum()
     return normalize(total, counted.sum(), num_items_in_batch) * float(temperature) ** 2
 
 

@@ -367,3 +367,12 @@ def test_compare_vocabularies_errors(tokenizers):
         compare_vocabularies({"a": 0}, tokenizers["byte_level"])
     with pytest.raises(ValueError, match="teacher_head_size=0 must be a positive int"):
         compare_vocabularies(tokenizers["byte_level"], tokenizers["byte_level"], teacher_head_size=0)
+
+
+def test_alignment_round_trips_through_plain_lists(tokenizers, texts):
+    alignment = align_texts(texts[-1], tokenizers["metaspace"], tokenizers["wordpiece"])[0]
+    data = alignment.to_dict()
+    assert all(type(x) is int for span in data["spans"] for x in span)
+    assert TokenAlignment.from_dict(data) == alignment
+    with pytest.raises(ValueError, match="data is not a TokenAlignment.to_dict\\(\\) result"):
+        TokenAlignment.from_dict({"spans": [[0, 1, 0]], "student_length": 1, "teacher_length": 1})
