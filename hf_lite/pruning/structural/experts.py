@@ -63,6 +63,7 @@ from hf_lite.pruning.structural.moe_sites import (
     moe_sites_or_refuse,
 )
 from hf_lite.pruning.structural.plan import ParamSlice, StructuralPlan, apply_plan_, parameters_by_id
+from hf_lite.pruning.structural.reload import family_name
 
 __all__ = ["LOAD_MEASURES", "expert_load", "plan_experts", "prune_experts_"]
 
@@ -240,6 +241,14 @@ def plan_experts(
     total = counts[0]
     key = config_key(model, EXPERT_COUNT_KEYS, total, "the number of experts")
     config = model_config(model)
+    groups = getattr(config, "n_group", None)
+    if isinstance(groups, int) and groups > 1:
+        raise ValueError(
+            f"{family_name(config)} routes each token within the best topk_group of n_group={groups} groups of "
+            "consecutive experts; dropping experts would regroup the others, so the pruned model would route "
+            "differently. Expert pruning supports ungrouped routers (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, "
+            "GPT-OSS); prune whole layers (prune_layers_) instead."
+        )
     top_k = getattr(config, "num_experts_per_tok", None) or getattr(sites[0].router, "top_k", None) or 1
     layers = [s.layer for s in sites]
     explicit = None

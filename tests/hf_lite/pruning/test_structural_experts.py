@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 import torch
+import transformers
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import (
@@ -613,6 +614,44 @@ def test_config_that_cannot_express_the_edit_is_refused():
     model.config.intermediate_size = 99
     with pytest.raises(ValueError, match=r"has no config entry for the experts' FFN width \(32\) among"):
         prune_expert_ffn_(model, 0.5)
+
+
+def _deepseek_v3(n_group: int) -> torch.nn.Module:
+    config = transformers.DeepseekV3Config(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        moe_intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=n_group,
+        topk_group=1,
+        first_k_dense_replace=0,
+        kv_lora_rank=8,
+        q_lora_rank=8,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+    )
+    return transformers.DeepseekV3ForCausalLM(config).eval()
+
+
+def test_grouped_routing_and_correction_bias_buffers_are_refused():
+    with pytest.raises(
+        ValueError, match=r"DeepseekV3 routes each token within the best topk_group of n_group=2"
+    ):
+        prune_experts_(_deepseek_v3(n_group=2), keep=2, calibration_batches=_batches())
+    model = _deepseek_v3(n_group=1)  # ungrouped, but the router's e_score_correction_bias is a buffer
+    with pytest.raises(
+        ValueError,
+        match=r"keeping 2 of 4 experts: DeepseekV3Config .*shapes \(model\.layers\.0\.mlp\.gate\.e_score_correction_bias: "
+        r"pruned \(4,\) vs config \(2,\).*This family cannot express fewer experts",
+    ):
+        prune_experts_(model, keep=2, calibration_batches=_batches())
+    assert model.config.n_routed_experts == 4
 
 
 def test_experts_wrapped_by_lora_are_refused():
