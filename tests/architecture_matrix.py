@@ -18,6 +18,9 @@ What "works" means, per operation:
   reloads with the stock ``AutoModelFor*`` class with exactly the tensors (names and shapes) that class builds
   from the saved config, and the same logits within 1e-5 in fp32 (also in a process without hf-lite: the test
   file reloads every saved folder there).
+- ``prune_experts`` / ``prune_expert_ffn`` (mixture-of-experts families): half of the experts dropped by router
+  load on calibration data, or every expert's FFN (and a shared expert's) halved; checked as the other
+  structural edits, with the config's expert count or width halved. Dense families refuse them ("—").
 - ``distill``: ``DistillationTrainer`` with a teacher of the same family trains two steps; each logged loss is
   ``alpha * loss_kd + (1 - alpha) * loss_ce`` and the teacher is unchanged.
 - ``export_merged``: ``export(merge_adapter=True)`` of a LoRA model reloads with stock ``from_pretrained`` as a
@@ -383,6 +386,36 @@ def prune_layers(key: str, ctx: Context) -> str | None:
     return None
 
 
+def prune_experts(key: str, ctx: Context) -> None:
+    from hf_lite.pruning import prune_experts_
+
+    family = FAMILIES[key]
+    batches = calibration_batches()
+    model = _pruned_and_reloaded(
+        key, ctx, "prune_experts", lambda m: prune_experts_(m, keep_ratio=0.5, calibration_batches=batches)
+    )
+    count = "num_local_experts" if "num_local_experts" in family.extra else "num_experts"
+    assert getattr(model.config, count) == family.extra[count] // 2, f"config {count} not halved"
+
+
+def prune_expert_ffn(key: str, ctx: Context) -> None:
+    from hf_lite.pruning import prune_expert_ffn_
+
+    family = FAMILIES[key]
+    width = "moe_intermediate_size" if "moe_intermediate_size" in family.extra else "intermediate_size"
+    shared = "shared_expert_intermediate_size" in family.extra
+    model = _pruned_and_reloaded(
+        key,
+        ctx,
+        "prune_expert_ffn",
+        lambda m: prune_expert_ffn_(m, 0.5, **({"shared_keep_ratio": 0.5} if shared else {})),
+    )
+    before = family.config()
+    assert getattr(model.config, width) == getattr(before, width) // 2, f"config {width} not halved"
+    if shared:
+        assert model.config.shared_expert_intermediate_size == before.shared_expert_intermediate_size // 2
+
+
 def distill(key: str, ctx: Context) -> None:
     from datasets import Dataset
 
@@ -485,13 +518,25 @@ OPERATIONS: dict[str, tuple[str, Callable[[str, Context], str | None]]] = {
     "prune_ffn": ("FFN pruning", prune_ffn),
     "prune_heads": ("head pruning", prune_heads),
     "prune_layers": ("layer pruning", prune_layers),
+    "prune_experts": ("expert dropping", prune_experts),
+    "prune_expert_ffn": ("expert FFN pruning", prune_expert_ffn),
     "distill": ("distillation", distill),
     "export_merged": ("merged LoRA export", export_merged),
     "wanda": ("Wanda", wanda),
 }
 
+#: The reason of a refusal that only says the operation does not apply (a dense model has no experts): cell "—".
+NOT_APPLICABLE = "not applicable"
 #: The documented refusals: (operation, regex the message matches, the reason the README shows).
 REFUSALS: list[tuple[str, str, str]] = [
+    *(
+        (
+            op,
+            r"has no mixture-of-experts blocks .* For a dense model prune FFN neurons \(prune_ffn_\)",
+            NOT_APPLICABLE,
+        )
+        for op in ("prune_experts", "prune_expert_ffn")
+    ),
     (
         "lora_4bit",
         r"quantized no layer of .*: its linear layers are \w+, subclasses of torch.nn.Linear.*without quantization",
@@ -536,6 +581,8 @@ class Outcome:
 
     @property
     def cell(self) -> str:
+        if self.refused == NOT_APPLICABLE:
+            return "—"
         if self.refused is not None:
             return f"refused: {self.refused}"
         return "yes" if self.note is None else f"yes ({self.note})"
