@@ -235,6 +235,20 @@ def check_gguf_architecture(info: GGUFInfo) -> None:
         )
 
 
+def load_gguf_config(folder: str, path: str) -> Any:
+    """The transformers config of the GGUF file ``path`` in ``folder``, after checking the ``gguf`` package and the
+    architecture (:func:`check_gguf_architecture`).
+
+    >>> load_gguf_config("/models", "/models/llama.Q4_1.gguf").model_type  # doctest: +SKIP
+    'llama'
+    """
+    require_gguf()
+    check_gguf_architecture(read_gguf_info(path))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(folder, gguf_file=path)
+
+
 def find_packaged_gguf(package: str, pattern: str = "*.gguf") -> Path:
     """The one file matching ``pattern`` inside the installed top-level ``package``, found without importing it.
 

@@ -41,8 +41,8 @@ from hf_lite.adapters import (  # noqa: F401 (resolve_peft_config, linear_module
     resolve_peft_config,
 )
 from hf_lite.gguf import (
-    check_gguf_architecture,
     gguf_from_pretrained_kwargs,
+    load_gguf_config,
     read_gguf_info,
     require_gguf,
     split_gguf_source,
@@ -423,9 +423,11 @@ def _check_source(name_or_path: Any, revision: str | None, hub_kwargs: dict[str,
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            ggufs = ", ".join(sorted(p.name for p in path.glob("*.gguf")))
             raise ValueError(
                 f"name_or_path={name!r} is a folder without config.json: not a checkpoint saved with "
-                "save_pretrained. Point at the folder that holds config.json and the *.safetensors files."
+                "save_pretrained. Point at the folder that holds config.json and the *.safetensors files"
+                f"{f', or pass gguf_file= naming one of its GGUF files ({ggufs})' if ggufs else ''}."
             )
         return name
     if path.exists():
@@ -460,9 +462,7 @@ def load_checked_config(
 
     gguf_source = split_gguf_source(name_or_path, gguf_file)
     if gguf_source is not None:
-        require_gguf()
-        check_gguf_architecture(read_gguf_info(gguf_source[1]))
-        config = AutoConfig.from_pretrained(gguf_source[0], gguf_file=gguf_source[1])
+        config = load_gguf_config(*gguf_source)
         check_task(config, task, gguf_source[1])
         return config
     name = _check_source(name_or_path, revision, hub_kwargs)

@@ -77,6 +77,16 @@ def test_split_gguf_source_errors(tmp_path):
         split_gguf_source("org/model-GGUF", gguf_file="m.gguf")
 
 
+def test_a_folder_of_gguf_files_without_config_points_at_gguf_file(tmp_path):
+    (tmp_path / "m.Q4_1.gguf").write_bytes(b"GGUF")
+    (tmp_path / "m.Q8_0.gguf").write_bytes(b"GGUF")
+    with pytest.raises(
+        ValueError,
+        match=r"without config.json.*pass gguf_file= naming one of its GGUF files \(m.Q4_1.gguf, m.Q8_0.gguf\)",
+    ):
+        load_tokenizer(tmp_path)
+
+
 def test_require_gguf_names_the_extra(monkeypatch):
     assert require_gguf() is gguf
     monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` now raises ImportError
