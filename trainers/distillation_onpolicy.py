@@ -62,9 +62,10 @@ def on_policy_draws(seed: int, step: int, num_batches: int, lmbda: float) -> lis
     return [bool(u < lmbda) for u in torch.rand(num_batches, generator=generator)]
 
 
-def check_on_policy(args: Any, task: str | None, cached: bool) -> None:
-    """Refuse settings on-policy distillation (``args.lmbda > 0``) cannot run with: a teacher cache, or a task
-    other than causal LM.
+def check_on_policy(args: Any, task: str | None, cached: bool, sharding: str | None = None) -> None:
+    """Refuse settings on-policy distillation (``args.lmbda > 0``) cannot run with: a teacher cache, a task
+    other than causal LM, or a student sharded over processes (``sharding``: ``"FSDP"``, ``"DeepSpeed ZeRO-3"``),
+    which the student's unwrapped ``generate`` cannot run on.
 
     >>> from types import SimpleNamespace
     >>> check_on_policy(SimpleNamespace(lmbda=0.5), "causal-lm", cached=False)
@@ -79,6 +80,12 @@ def check_on_policy(args: Any, task: str | None, cached: bool) -> None:
         raise ValueError(
             f"lmbda={args.lmbda} needs a causal language model student that generates text; this student's task "
             f"is {task!r}. Set lmbda=0 (off-policy distillation) for other tasks."
+        )
+    if sharding is not None:
+        raise ValueError(
+            f"lmbda={args.lmbda} generates with the student on each process, but {sharding} shards its weights "
+            "over the processes. Train on-policy with DDP or DeepSpeed ZeRO-1/2 (the student whole on each "
+            "process), or set lmbda=0."
         )
 
 

@@ -16,6 +16,10 @@ it (``distillation_projections.safetensors``) so the student stays a plain check
 logged on its own (``loss_kd``, ``loss_ce``, ``loss_hidden``, ``loss_attention``; in evaluation
 ``eval_loss`` stays the mixed loss, ``eval_loss_ce``/``eval_loss_kd`` beside it: :mod:`trainers.distillation_eval`).
 
+On-policy distillation (``lmbda > 0``, :mod:`trainers.distillation_onpolicy`): before each optimizer step's
+counts, the drawn micro-batches become the student's completions of their prompts; the teachers score
+them and the logit loss covers the completion tokens only, without cross-entropy.
+
 >>> from trainers import DistillationConfig, DistillationTrainer
 >>> args = DistillationConfig("out", temperature=2.0, alpha=0.5, hidden_weight=1.0)
 >>> trainer = DistillationTrainer(model=student, teacher_model="org/teacher", args=args,
@@ -140,7 +144,7 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
         self._component_last_step = 0
         self._step_counts: dict[str, torch.Tensor] | None = None
         if args.lmbda > 0:  # on-policy distillation (trainers.distillation_onpolicy); lmbda=0 changes nothing
-            check_on_policy(args, self.task, cached=False)
+            check_on_policy(args, self.task, cached=False, sharding=self._sharding())
             self.on_policy = OnPolicyBatches(args, *end_of_sequence(self.processing_class, self.model))
 
     # ------------------------------------------------------------------------------------------- setup
@@ -172,6 +176,12 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
         self._component_sums = {}
         self._component_last_step = 0
         self._step_counts = None
+
+    def _sharding(self) -> str | None:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_fsdp_enabled:
+            return "FSDP"
+        return "DeepSpeed ZeRO-3" if plugin is not None and plugin.zero_stage == 3 else None
 
     def get_train_dataloader(self) -> Any:
         """Training from a teacher cache reads it a batch of rows at a time
