@@ -295,10 +295,15 @@ def _expert_indices(spec: Any, sites: list[MoeSite], width: int) -> dict[int, to
                 f"keep_indices for block {s.layer} has {len(rows)} rows but the block has {s.num_experts} experts: "
                 "give one list of kept neurons per expert."
             )
-        out[s.layer] = torch.stack(
-            [index_list(r, width, f"keep_indices[{s.layer}][{e}]") for e, r in enumerate(rows)]
+        kept = [index_list(r, width, f"keep_indices[{s.layer}][{e}]") for e, r in enumerate(rows)]
+        out[s.layer] = kept
+    lengths = sorted({len(k) for kept in out.values() for k in kept})
+    if len(lengths) > 1:
+        raise ValueError(
+            f"keep_indices keeps {lengths} neurons in different experts, but the config stores one expert width: "
+            "keep the same number in every expert of every MoE block."
         )
-    return out
+    return {layer: torch.stack(kept) for layer, kept in out.items()}
 
 
 def plan_expert_ffn(

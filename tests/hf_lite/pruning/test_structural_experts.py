@@ -730,6 +730,8 @@ def test_expert_ffn_argument_errors():
         prune_expert_ffn_(model, 0.5, importance="activation")
     with pytest.raises(ValueError, match=r"keep_indices for block 0 has 2 rows but the block has 4 experts"):
         prune_expert_ffn_(model, keep_indices=[[0, 1], [0, 1]])
+    with pytest.raises(ValueError, match=r"keep_indices keeps \[2, 8\] neurons in different experts"):
+        prune_expert_ffn_(model, keep_indices={0: [list(range(8))] * 4, 1: [[0, 1]] + [list(range(8))] * 3})
     with pytest.raises(ValueError, match=r"keep_indices gives blocks \[1\] but the MoE blocks are \[0, 1\]"):
         prune_expert_ffn_(model, keep_indices={1: [[0]] * 4})
     with pytest.raises(
