@@ -27,7 +27,8 @@ The rules, in order:
    ``world`` does not, some tokenizers emit whitespace runs as their own tokens. Boundaries are therefore
    compared by the number of non-whitespace characters before them (``str.isspace``): a span closes when both
    sides end after the same non-whitespace character. A span with no non-whitespace character closes only
-   where both sides end at the very same character; otherwise whitespace-only tokens join the next span (and
+   where both sides end at the very same character (whitespace runs are walked character by character to find
+   one); otherwise whitespace-only tokens join the next span (and
    those after the last span stay unmatched). A span's ``chars`` range ends where both sides end when they
    agree, else just after its last non-whitespace character (the whitespace between two spans then goes to
    the later one, the ``Ġ``/``▁`` convention); the two sides' tokens of a span cover exactly the
@@ -246,17 +247,21 @@ def align_offsets(text: str, student_offsets: Any, teacher_offsets: Any) -> Toke
                 i += 1
             elif t_end < s_end:
                 j += 1
-            else:
-                same = s_units[i].stop_char == t_units[j].stop_char  # the same boundary, whitespace included
-                if (
-                    s_end > closed or same
-                ):  # else whitespace only, up to different places: keep going (rule 4)
-                    c_to = s_units[i].stop_char if same else after[s_end]
-                    spans.append(
-                        AlignedSpan((s_from, s_units[i].stop), (t_from, t_units[j].stop), (c_from, c_to))
-                    )
-                    s_from, t_from, c_from, closed = s_units[i].stop, t_units[j].stop, c_to, s_end
+            elif s_end > closed or s_units[i].stop_char == t_units[j].stop_char:
+                # both end after the same non-whitespace character, or at the very same character (rule 4)
+                same = s_units[i].stop_char == t_units[j].stop_char
+                c_to = s_units[i].stop_char if same else after[s_end]
+                spans.append(
+                    AlignedSpan((s_from, s_units[i].stop), (t_from, t_units[j].stop), (c_from, c_to))
+                )
+                s_from, t_from, c_from, closed = s_units[i].stop, t_units[j].stop, c_to, s_end
                 i += 1
+                j += 1
+            elif (
+                s_units[i].stop_char < t_units[j].stop_char
+            ):  # whitespace only on both sides: walk it by character
+                i += 1
+            else:
                 j += 1
     if not spans:
         raise ValueError(

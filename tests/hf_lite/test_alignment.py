@@ -146,6 +146,13 @@ def test_whitespace_conventions_align_by_non_space_characters():
         (0, 1),
         (1, 2),
     ]
+    # whitespace runs split differently: a whitespace-only span where both sides end on the same character
+    spans = align_offsets("A   B", [(0, 1), (1, 2), (2, 3), (3, 5)], [(0, 1), (1, 3), (3, 4), (4, 5)]).spans
+    assert [(s.student, s.teacher, s.chars) for s in spans] == [
+        ((0, 1), (0, 1), (0, 1)),
+        ((1, 3), (1, 2), (1, 3)),
+        ((3, 4), (2, 4), (3, 5)),
+    ]
     # a whitespace token on one side only joins the next span; trailing whitespace stays unmatched
     alignment = align_offsets(" a \n", [(0, 1), (1, 2), (2, 4)], [(1, 2)])
     assert [(s.student, s.teacher) for s in alignment.spans] == [((0, 2), (0, 1))]
@@ -239,7 +246,7 @@ def test_align_errors(tokenizers):
     with pytest.raises(ValueError, match="no span of student and teacher tokens covers the same characters"):
         align_offsets("abc", [(0, 0)], [(0, 3)])  # one side holds only a special token
     with pytest.raises(ValueError, match="no span of student and teacher tokens"):
-        align_offsets("   ", [(0, 1), (1, 3)], [(0, 3)])  # whitespace only, ending at different places
+        align_offsets("   ", [(0, 1), (1, 2)], [(0, 3)])  # whitespace only, ending at different places
     with pytest.raises(ValueError, match="no span of student and teacher tokens"):
         align_offsets("hello world", [(0, 5)], [(6, 11)])  # offsets of different parts
     with pytest.raises(ValueError, match=r"student_offsets\[1\]=\(3, 9\) is outside the text"):
