@@ -28,11 +28,11 @@ The rules, in order:
    compared by the number of non-whitespace characters before them (``str.isspace``): a span closes when both
    sides end after the same non-whitespace character. A span with no non-whitespace character closes only
    where both sides end at the very same character (whitespace runs are walked character by character to find
-   one); otherwise whitespace-only tokens join the next span (and
-   those after the last span stay unmatched). A span's ``chars`` range ends where both sides end when they
-   agree, else just after its last non-whitespace character (the whitespace between two spans then goes to
-   the later one, the ``Ġ``/``▁`` convention); the two sides' tokens of a span cover exactly the
-   non-whitespace characters of its range. So two identical tokenizers give one span per token (per unit).
+   one); otherwise whitespace-only tokens join the next span (and those after the last span stay unmatched).
+   A span's ``chars`` range ends where both sides end when they agree, else just after its last
+   non-whitespace character (the whitespace between two spans then goes to the later one, the ``Ġ``/``▁``
+   convention); the two sides' tokens of a span cover exactly the non-whitespace characters of its range.
+   So two identical tokenizers give one span per token (per unit).
 5. **Greedy, two pointers.** Walk both sides' units, advancing the one that ends earlier; a span closes as soon
    as both end at the same place, so spans are as short as possible. Units left when one side runs out
    (truncation) stay unmatched.
