@@ -20,9 +20,11 @@ are the same up to one factor per token; top-k weights renormalized to 1 (Mixtra
 gets the same output. Qwen2-MoE with ``norm_topk_prob=False`` weights its experts by the full softmax,
 which now runs over fewer experts: every token's expert weights grow slightly.
 
-The MoE blocks are found by :mod:`~hf_lite.pruning.structural.moe_sites`. The plan goes through :class:`~hf_lite.pruning.structural.plan.StructuralPlan` (``plan_experts``), so
-``slice_optimizer_state_`` slices an optimizer's state with the weights, and is checked before anything
-changes to reload with the stock class as the same model (``check_expressible``).
+The MoE blocks are found by :mod:`~hf_lite.pruning.structural.moe_sites`. The plan goes through
+:class:`~hf_lite.pruning.structural.plan.StructuralPlan` (``plan_experts``), so ``slice_optimizer_state_``
+slices an optimizer's state with the weights, and is checked before anything changes to reload with the
+stock class as the same model (``check_expressible``). Group-limited routing (DeepSeek-V3's ``n_group > 1``)
+and routers with per-expert buffers (``e_score_correction_bias``) are refused.
 
 >>> import torch
 >>> from transformers import MixtralConfig, MixtralForCausalLM
