@@ -202,6 +202,12 @@ class OnPolicyBatches:
                     "completion or chat data with hf_lite.data and collate with hf_lite.data.CompletionCollator, "
                     "or set lmbda=0 for plain text."
                 )
+            if self.args.lmbda < 1 and "labels" not in batch:
+                raise ValueError(
+                    f"lmbda={self.args.lmbda} trains the batches it does not draw on the data's completions, but "
+                    "this batch has no labels (prompt-only data: nothing to distil on but the prompts). Set "
+                    "lmbda=1.0 to distil on the student's completions only, or give prompt/completion data."
+                )
         draws = on_policy_draws(self.args.seed, step, len(batches), self.args.lmbda)
         self.batches += len(batches)
         return [self._generate(model, b) if drawn else b for b, drawn in zip(batches, draws, strict=True)]

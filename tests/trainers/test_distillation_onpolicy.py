@@ -291,6 +291,48 @@ def test_lmbda_half_mixes_generated_and_data_batches_as_drawn(tmp_path, tok):
         handle.remove()
 
 
+@pytest.mark.integration
+def test_text_data_through_hf_lite_data_prompt_completion_and_prompt_only(tmp_path, tok):
+    """tokenize_data + CompletionCollator: prompt/completion rows train with lmbda=0.5; prompt-only rows (GKD
+    on prompts alone) need lmbda=1, where every batch is the student's completions."""
+    from hf_lite.data import CompletionCollator, tokenize_data
+
+    prompts = ["the cat sees", "a dog", "two birds sing to", "the old house is", "she likes", "we run"]
+    completions = [" the bird", " runs fast", " the tree", " very big", " red fish", " with it"]
+    pairs = tokenize_data(
+        Dataset.from_dict({"prompt": prompts, "completion": completions}), tok, task="causal-lm"
+    )
+    only = tokenize_data(Dataset.from_dict({"prompt": prompts}), tok, task="causal-lm")
+    assert "labels" not in only.column_names and "prompt_length" in only.column_names
+
+    def trainer(data, lmbda, out):
+        args = _args(tmp_path / out, lmbda=lmbda, alpha=0.5, per_device_train_batch_size=3, max_steps=2)
+        return DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=_llama(tok, 1),
+            args=args,
+            train_dataset=data,
+            data_collator=CompletionCollator(tok),
+            processing_class=tok,
+        )
+
+    trained = trainer(pairs, 0.5, "pairs")
+    trained.train()
+    assert [log["on_policy_fraction"] for log in trained.state.log_history if "loss" in log] == [
+        float(on_policy_draws(0, step, 1, 0.5)[0]) for step in range(2)
+    ]
+    on_prompts = trainer(only, 1.0, "only")
+    on_prompts.train()
+    logs = [log for log in on_prompts.state.log_history if "loss" in log]
+    assert len(logs) == 2 and all(
+        log["loss"] == pytest.approx(0.5 * log["loss_kd"], rel=1e-5) for log in logs
+    )
+    with pytest.raises(
+        ValueError, match=r"lmbda=0.5 trains the batches it does not draw .* no labels .*lmbda=1.0"
+    ):
+        trainer(only, 0.5, "refused").train()
+
+
 def _sgd_step_weights(tmp_path, tok, batch: int, accumulation: int, lmbda: float):
     args = _args(
         tmp_path,
