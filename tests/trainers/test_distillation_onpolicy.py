@@ -333,6 +333,47 @@ def test_text_data_through_hf_lite_data_prompt_completion_and_prompt_only(tmp_pa
         trainer(only, 0.5, "refused").train()
 
 
+@pytest.mark.integration
+def test_a_resumed_on_policy_run_draws_and_samples_as_the_uninterrupted_one(tmp_path, tok):
+    """lmbda=0.5 with sampling: the draws depend on (seed, step) and the sampling on the RNG state the
+    checkpoint restores, so steps 3-4 after a resume from checkpoint-2 repeat the uninterrupted run's."""
+    teacher, data = _llama(tok, 1), prompt_data(tok, n=16)
+
+    def make():
+        args = _args(
+            tmp_path,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=2,
+            lmbda=0.5,
+            seed=4,
+            generation_temperature=1.0,
+            alpha=0.5,
+        )
+        return DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data,
+            data_collator=collate(tok),
+            processing_class=tok,
+        )
+
+    straight = make()
+    straight.train()
+    resumed = make()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    keys = ("loss", "loss_kd", "on_policy_fraction", "generated_length")
+
+    def late(trainer):
+        return [{k: log.get(k) for k in keys} for log in trainer.state.log_history if log.get("step", 0) > 2]
+
+    assert sorted(float(d) for step in (2, 3) for d in on_policy_draws(4, step, 1, 0.5)) == [0.0, 1.0]
+    assert len(late(straight)) == 3 and late(resumed) == late(straight)  # 2 steps' logs and the summary
+    for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def _sgd_step_weights(tmp_path, tok, batch: int, accumulation: int, lmbda: float):
     args = _args(
         tmp_path,
