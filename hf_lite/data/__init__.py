@@ -18,11 +18,6 @@
   turns a batch of them into the index tensors of the cross-tokenizer losses (:mod:`hf_lite.losses.cross_tokenizer`).
 * :mod:`~hf_lite.data.vocabulary`: :func:`compare_vocabularies` (identical, padding-only, same family or
   different tokenizers) and :func:`shared_vocabulary` (the tokens two vocabularies spell the same).
-* :mod:`~hf_lite.data.alignment`: :func:`align_offsets` aligns two tokenizations of one text (a student's and a
-  teacher's with different tokenizers) into spans that cover the same characters; :func:`alignment_tensors`
-  turns a batch of them into the index tensors of the cross-tokenizer losses (:mod:`hf_lite.losses.cross_tokenizer`).
-* :mod:`~hf_lite.data.vocabulary`: :func:`compare_vocabularies` (identical, padding-only, same family or
-  different tokenizers) and :func:`shared_vocabulary` (the tokens two vocabularies spell the same).
 * :mod:`~hf_lite.data.augment`: :func:`augment_data` is EDA (Wei & Zou, 2019: synonym replacement, random
   insertion, random swap, random deletion) plus an optional vocabulary replacement, as a seeded,
   deterministic ``datasets.map``. The word-level operations are pure functions (:func:`synonym_replacement`,
@@ -44,15 +39,6 @@
 
 from __future__ import annotations
 
-from hf_lite.data.alignment import (
-    ALIGNMENT_KEYS,
-    AlignedSpan,
-    TokenAlignment,
-    align_offsets,
-    align_texts,
-    alignment_tensors,
-    encode_with_offsets,
-)
 from hf_lite.data.alignment import (
     ALIGNMENT_KEYS,
     AlignedSpan,
@@ -94,31 +80,8 @@ from hf_lite.data.vocabulary import (
     token_convention,
     token_texts,
 )
-from hf_lite.data.vocabulary import (
-    VOCABULARY_RELATIONS,
-    SharedVocabulary,
-    VocabularyComparison,
-    compare_vocabularies,
-    shared_vocabulary,
-    token_convention,
-    token_texts,
-)
 
 __all__ = [
-    "ALIGNMENT_KEYS",
-    "VOCABULARY_RELATIONS",
-    "AlignedSpan",
-    "SharedVocabulary",
-    "TokenAlignment",
-    "VocabularyComparison",
-    "align_offsets",
-    "align_texts",
-    "alignment_tensors",
-    "compare_vocabularies",
-    "encode_with_offsets",
-    "shared_vocabulary",
-    "token_convention",
-    "token_texts",
     "ALIGNMENT_KEYS",
     "VOCABULARY_RELATIONS",
     "AlignedSpan",
