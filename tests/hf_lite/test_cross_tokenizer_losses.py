@@ -300,3 +300,15 @@ def test_cross_tokenizer_loss_errors(tokenizers):
         uld_loss(s_logits, t_logits, tensors, mask=torch.ones(3))
     with pytest.raises(ValueError, match="temperature=0 must be a finite number > 0"):
         uld_loss(s_logits, t_logits, tensors, temperature=0)
+
+
+def test_half_precision_logits_are_computed_in_fp32(tokenizers):
+    s_tok, t_tok = tokenizers["byte_level"], tokenizers["wordpiece"]
+    _, _, _, tensors, s_logits, t_logits = make_batch(ASCII, s_tok, t_tok, seed=7)
+    shared = shared_vocabulary(s_tok, t_tok)
+    s16, t16 = s_logits.bfloat16(), t_logits.bfloat16()
+    for fn in (uld_loss, lambda s, t, a: hybrid_uld_loss(s, t, a, shared)):
+        low = fn(s16, t16, tensors)
+        assert low.dtype == torch.float32
+        assert low.item() == pytest.approx(fn(s16.float(), t16.float(), tensors).item(), rel=1e-5)
+        assert fn(s_logits.double(), t_logits.double(), tensors).dtype == torch.float64
