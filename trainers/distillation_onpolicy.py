@@ -122,8 +122,8 @@ def completion_batch(
     what ``generate`` wrote after it (padding) is left out.
 
     Args:
-        prompt_ids: ``(batch, prompt_len)`` left-padded prompts.
-        prompt_mask: ``(batch, prompt_len)`` 1 on prompt tokens.
+        prompt_ids: ``(batch, prompt_len)`` left-padded prompts (each ends in the last column).
+        prompt_mask: ``(batch, prompt_len)`` 1 on prompt tokens, 0 on the padding before them.
         new_tokens: ``(batch, new_len)`` what ``generate`` appended.
         eos_ids: the end-of-sequence ids; pad_id: the padding id of ``input_ids``.
 
@@ -134,21 +134,22 @@ def completion_batch(
     is_eos = torch.isin(new_tokens, torch.tensor(list(eos_ids), device=new_tokens.device))
     # Completion length: the first EOS included, or every token when there is none.
     after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # (batch, new_len) positions past the first EOS
-    completion_lengths = (~after_eos).sum(-1)
-    prompt_lengths = prompt_mask.sum(-1)
-    width = int((prompt_lengths + completion_lengths).max())
-    batch = len(prompt_ids)
-    input_ids = torch.full((batch, width), pad_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
-    labels = torch.full_like(input_ids, -100)
-    attention_mask = torch.zeros_like(input_ids)
-    for row in range(batch):
-        prompt = prompt_ids[row][prompt_mask[row].bool()]
-        completion = new_tokens[row, : int(completion_lengths[row])].to(prompt_ids.dtype)
-        p, c = len(prompt), len(completion)
-        input_ids[row, :p] = prompt
-        input_ids[row, p : p + c] = completion
-        labels[row, p : p + c] = completion
-        attention_mask[row, : p + c] = 1
+    completion_lengths = (~after_eos).sum(-1, keepdim=True)  # (batch, 1)
+    prompt_lengths = prompt_mask.sum(-1, keepdim=True)  # (batch, 1)
+    lengths = prompt_lengths + completion_lengths
+    # Left padding puts each prompt right before its completion in [prompts | new tokens]: row i's sequence
+    # starts at column prompt_width - prompt_length_i, so one gather shifts every row to the left edge.
+    joined = torch.cat(
+        [prompt_ids, new_tokens.to(prompt_ids.dtype)], dim=1
+    )  # (batch, prompt_width + new_len)
+    positions = torch.arange(int(lengths.max()), device=prompt_ids.device)  # (width,)
+    source = (prompt_ids.shape[1] - prompt_lengths + positions).clamp(
+        max=joined.shape[1] - 1
+    )  # (batch, width)
+    attention_mask = (positions < lengths).long()  # (batch, width)
+    input_ids = torch.where(attention_mask.bool(), joined.gather(1, source), pad_id)
+    completion = attention_mask.bool() & (positions >= prompt_lengths)
+    labels = torch.where(completion, input_ids, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, GENERATED_KEY: True}
 
 
