@@ -11,9 +11,10 @@ table:
 
 What "works" means, per operation:
 
-- ``lora_4bit`` / ``lora_8bit``: ``load_model(quantization=..., peft=...)`` quantizes the body, and three LoRA
-  training steps with an evaluation pass (eval mode, no grad) before each later step give the LoRA gradients of
-  the same steps without evaluation (rtol 1e-4), every one finite and the adapters moving.
+- ``lora_4bit`` / ``lora_8bit``: ``load_model(quantization=..., peft="lora")`` quantizes the body, and a
+  ``Trainer`` that evaluates after every step (each evaluation repacks every 4-bit layer for bitsandbytes' CPU
+  kernel where it does) trains three steps with the LoRA gradients of the same run without evaluation (rtol
+  1e-4), every one finite and the adapters moving.
 - ``prune_ffn`` / ``prune_heads`` / ``prune_layers``: the structural edit shrinks the model, the saved folder
   reloads with the stock ``AutoModelFor*`` class with exactly the tensors (names and shapes) that class builds
   from the saved config, and the same logits within 1e-5 in fp32 (also in a process without hf-lite: the test
@@ -220,6 +221,7 @@ def _assert_untouched(model: torch.nn.Module, before: tuple[dict[str, torch.Tens
 
 def _lora_with_evaluation(key: str, ctx: Context, quantization: str) -> None:
     import bitsandbytes as bnb
+    from datasets import Dataset
 
     from hf_lite import load_model
     from hf_lite.quantization import bnb_repacks_on_cpu
@@ -228,47 +230,78 @@ def _lora_with_evaluation(key: str, ctx: Context, quantization: str) -> None:
     torch.manual_seed(0)
     model = load_model(ctx.checkpoint(key), family.task, quantization=quantization, peft="lora")
     kind = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
-    assert any(isinstance(m, kind) for m in model.modules()), f"no {kind.__name__} layer"
-    lora = {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n}
-    assert lora, "no trainable LoRA parameter"
-    start = {n: p.detach().clone() for n, p in lora.items()}
-    batch = training_batch(family)
+    quantized = [m for m in model.modules() if isinstance(m, kind)]
+    assert quantized, f"no {kind.__name__} layer"
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # LoRA, a classifier head
+    assert any("lora_" in n for n in trainable), "no trainable LoRA parameter"
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    data = Dataset.from_dict({k: v.tolist() for k, v in training_batch(family).items()})
+    repacks = quantization == "4bit" and bnb_repacks_on_cpu() and not torch.cuda.is_available()
 
-    def run(evaluate: bool) -> list[dict[str, torch.Tensor]]:
+    class Record(transformers.TrainerCallback):
+        """Gradients at every optimizer step; how many 4-bit layers were repacked at each evaluation."""
+
+        def __init__(self):
+            self.grads, self.packed = [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            torch.manual_seed(
+                state.global_step
+            )  # the same dropout masks in both runs, whatever evaluation draws
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self.grads.append({n: p.grad.detach().clone() for n, p in trainable.items()})
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.packed.append(
+                sum(
+                    bool(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False))
+                    for m in quantized
+                )
+            )
+
+    def run(evaluate: bool) -> Record:
         with torch.no_grad():
-            for n, p in lora.items():
+            for n, p in trainable.items():
                 p.copy_(start[n])
-        optimizer = torch.optim.AdamW(lora.values(), lr=1e-2)
-        grads = []
-        for step in range(3):
-            if evaluate and step > 0:
-                model.eval()
-                with torch.no_grad():
-                    model(input_ids=batch["input_ids"])
-                if quantization == "4bit" and bnb_repacks_on_cpu() and not torch.cuda.is_available():
-                    packed = [
-                        m
-                        for m in model.modules()
-                        if isinstance(m, bnb.nn.Linear4bit)
-                        and getattr(m.weight.quant_state, "packing_format_for_cpu", False)
-                    ]
-                    assert packed, "the evaluation did not repack (the situation under test)"
-            model.train()
-            torch.manual_seed(step)  # the same dropout masks in both runs, whatever an evaluation draws
-            loss = model(**batch).loss
-            assert torch.isfinite(loss), f"step {step}: loss {loss}"
-            loss.backward()
-            grads.append({n: p.grad.detach().clone() for n, p in lora.items()})
-            optimizer.step()
-            optimizer.zero_grad()
-        return grads
+        args = transformers.TrainingArguments(
+            output_dir=str(ctx.output(key, f"lora_{quantization}") / ("evaluated" if evaluate else "plain")),
+            max_steps=3,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            learning_rate=1e-2,
+            eval_strategy="steps" if evaluate else "no",
+            eval_steps=1,
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            seed=0,
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        record = Record()
+        trainer = transformers.Trainer(
+            model=model,
+            args=args,
+            train_dataset=data,
+            eval_dataset=data if evaluate else None,
+            callbacks=[record],
+        )
+        trainer.remove_callback(transformers.PrinterCallback)
+        trainer.train()
+        return record
 
     plain, evaluated = run(False), run(True)
-    for step, (a, b) in enumerate(zip(plain, evaluated, strict=True)):
+    # Every evaluation repacked every 4-bit layer where bitsandbytes does (the situation under test).
+    assert evaluated.packed == [len(quantized) if repacks else 0] * 3, evaluated.packed
+    assert len(plain.grads) == len(evaluated.grads) == 3
+    for step, (a, b) in enumerate(zip(plain.grads, evaluated.grads, strict=True)):
         for name in a:
             assert torch.isfinite(a[name]).all(), f"step {step} {name}: non-finite gradient"
             torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-8, msg=f"step {step} {name}")
-    assert any(not torch.equal(p, start[n]) for n, p in lora.items() if "lora_A" in n), "no adapter moved"
+    assert any(not torch.equal(p, start[n]) for n, p in trainable.items() if "lora_A" in n), (
+        "no adapter moved"
+    )
 
 
 def lora_4bit(key: str, ctx: Context) -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from hf_lite.quantization import bnb_repacks_on_cpu
 from tests import architecture_matrix as mx
 
 pytestmark = [
@@ -154,3 +155,21 @@ def test_render_and_replace_the_readme_block(tmp_path, monkeypatch):
     assert mx.readme_table(text) == mx.render_table(outcomes)
     with pytest.raises(ValueError, match="README.md has no <!-- architecture-matrix:start -->"):
         mx.readme_table("# no block\n")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not bnb_repacks_on_cpu() or torch.cuda.is_available(),
+    reason="bitsandbytes repacks 4-bit weights only on CPUs with AVX512-BF16 (this one has none)",
+)
+def test_the_qlora_check_fails_without_the_layout_hook(tmp_path, monkeypatch):
+    import hf_lite.loading
+
+    monkeypatch.setattr(hf_lite.loading, "keep_bnb_layout_trainable_", lambda model: 0)
+    ctx = mx.Context(tmp_path)
+    # No biases (Mistral): the evaluated run's gradients are silently wrong.
+    with pytest.raises(AssertionError, match=r"step 1 base_model\.model\..*lora_"):
+        mx.measure("mistral", "lora_4bit", ctx)
+    # Biases (Qwen2): bitsandbytes' inference kernel adds the bias in place, and training crashes.
+    with pytest.raises(RuntimeError, match="in-place operation"):
+        mx.measure("qwen2", "lora_4bit", ctx)
