@@ -183,23 +183,52 @@ def test_lmbda_0_gives_the_losses_weights_and_rng_of_a_trainer_without_the_optio
 # --------------------------------------------------------------------------------- lmbda = 1 generates
 
 
-def _reference_kd(student, teacher, batch, temperature):
-    """Forward KL * T**2 summed over the completion tokens' predictions, divided by their number."""
+def _reference_kd(student, teacher, batch, temperature, loss_type="forward_kl", beta=0.5):
+    """The divergence * T**2 summed over the completion tokens' predictions, divided by their number."""
     with torch.no_grad():
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:] != -100  # position i predicts token i + 1
     log_ps = F.log_softmax(s[:, :-1] / temperature, -1)
     log_pt = F.log_softmax(t[:, :-1] / temperature, -1)
-    kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # (batch, seq - 1)
-    return temperature**2 * kl[targets].sum() / targets.sum()
+    p_s, p_t = log_ps.exp(), log_pt.exp()
+    if loss_type == "forward_kl":
+        d = (p_t * (log_pt - log_ps)).sum(-1)  # (batch, seq - 1)
+    elif loss_type == "reverse_kl":
+        d = (p_s * (log_ps - log_pt)).sum(-1)
+    elif loss_type == "jsd":
+        log_m = (beta * p_t + (1 - beta) * p_s).log()
+        d = beta * (p_t * (log_pt - log_m)).sum(-1) + (1 - beta) * (p_s * (log_ps - log_m)).sum(-1)
+    else:  # tv
+        d = 0.5 * (p_t - p_s).abs().sum(-1)
+    return temperature**2 * d[targets].sum() / targets.sum()
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("alpha", [1.0, 0.4])
-def test_lmbda_1_trains_on_the_students_greedy_completions_and_counts_only_them(tmp_path, tok, alpha):
+@pytest.mark.parametrize(
+    ("alpha", "loss_type", "chunk_size"),
+    [
+        (1.0, "forward_kl", None),
+        (0.4, "forward_kl", None),
+        (1.0, "reverse_kl", 4),
+        (0.4, "jsd", None),
+        (1.0, "tv", 3),
+    ],
+)
+def test_lmbda_1_trains_on_the_students_greedy_completions_and_counts_only_them(
+    tmp_path, tok, alpha, loss_type, chunk_size
+):
     student, teacher = _llama(tok, 2), _llama(tok, 1, hidden_size=96)
-    args = _args(tmp_path, lmbda=1.0, generation_temperature=0.0, alpha=alpha, temperature=2.0)
+    args = _args(
+        tmp_path,
+        lmbda=1.0,
+        generation_temperature=0.0,
+        alpha=alpha,
+        temperature=2.0,
+        loss_type=loss_type,
+        beta=0.3 if loss_type == "jsd" else 0.5,
+        chunk_size=chunk_size,
+    )
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -229,7 +258,7 @@ def test_lmbda_1_trains_on_the_students_greedy_completions_and_counts_only_them(
 
     handles = [_no_prompt_keys_reach(student), _no_prompt_keys_reach(teacher)]
     loss = trainer.compute_loss(student, batch, num_items_in_batch=num_items)
-    reference = _reference_kd(student, teacher, batch, temperature=2.0)
+    reference = _reference_kd(student, teacher, batch, 2.0, loss_type, beta=0.3)
     torch.testing.assert_close(loss, alpha * reference, rtol=1e-5, atol=1e-6)  # no CE on the student's text
     assert set(trainer._component_sums) == {"loss_kd"}
     trainer._component_sums = {}
@@ -239,7 +268,7 @@ def test_lmbda_1_trains_on_the_students_greedy_completions_and_counts_only_them(
     assert [log["on_policy_fraction"] for log in logs] == [1.0, 1.0]
     assert all(log["generated_length"] == 5.0 and 0 < log["generation_time_share"] < 1 for log in logs)
     assert all(
-        "loss_ce" not in log and log["loss"] == pytest.approx(alpha * log["loss_kd"], rel=1e-5)
+        "loss_ce" not in log and log["loss"] == pytest.approx(alpha * log["loss_kd"], rel=1e-5, abs=1e-6)
         for log in logs
     )
     for handle in handles:
