@@ -26,6 +26,8 @@ What "works" means, per operation:
   ``alpha * loss_kd + (1 - alpha) * loss_ce`` and the teacher is unchanged.
 - ``export_merged``: ``export(merge_adapter=True)`` of a LoRA model reloads with stock ``from_pretrained`` as a
   plain checkpoint with the LoRA model's logits within 1e-5.
+- ``export_merged_4bit``: the same from a 4-bit base evaluated once (bitsandbytes' CPU repacking): every merged
+  weight equals the dequantized 4-bit weight plus the LoRA update, and the reload matches that exact reference.
 - ``wanda``: ``wanda_prune_`` at 50% zeros half of every row of every body layer (and of every expert matrix
   of MoE blocks), and leaves heads, embeddings, norms and MoE routers untouched.
 
@@ -513,6 +515,44 @@ def export_merged(key: str, ctx: Context) -> None:
     torch.testing.assert_close(logits(reloaded, ids), adapted, rtol=1e-5, atol=1e-5)
 
 
+def export_merged_4bit(key: str, ctx: Context) -> None:
+    """QLoRA merge: every merged weight is the dequantized 4-bit weight plus the LoRA update, the reload matches
+    that exact reference, and the difference from the 4-bit model in memory is reported apart."""
+    import bitsandbytes as bnb
+
+    from hf_lite import load_model
+    from hf_lite.exporting import export
+    from hf_lite.exporting.writer import EXACT_MERGE
+
+    family = FAMILIES[key]
+    torch.manual_seed(0)
+    model = load_model(
+        ctx.checkpoint(key),
+        family.task,
+        quantization="4bit",
+        peft={"target_modules": "all-linear", "lora_dropout": 0.0, "init_lora_weights": False},
+    ).eval()
+    ids = input_ids()
+    logits(model, ids)  # an evaluation first: bitsandbytes repacks the 4-bit weights for its CPU kernel
+    folder = ctx.output(key, "export_merged_4bit")
+    report = export(
+        model, folder, merge_adapter=True, check_inputs={"input_ids": ids}, check_atol=1e-5, card=False
+    )
+    assert report.check_reference == EXACT_MERGE and report.max_abs_diff_vs_quantized is not None
+    assert report.quantization is None and report.dequantized_from is not None
+    reloaded = getattr(transformers, family.auto_class).from_pretrained(folder).eval()
+    assert getattr(reloaded.config, "quantization_config", None) is None
+    saved, merged = reloaded.state_dict(), 0
+    for name, module in model.get_base_model().named_modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, bnb.nn.Linear4bit):
+            exact = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).float()
+            exact = exact + module.get_delta_weight("default").float()
+            torch.testing.assert_close(saved[f"{name}.weight"], exact, rtol=1e-5, atol=1e-6, msg=name)
+            merged += 1
+    assert merged, "no 4-bit layer with an adapter"
+
+
 def wanda(key: str, ctx: Context) -> None:
     from hf_lite.heads import is_head
     from hf_lite.pruning import find_moe_routers, wanda_prune_
@@ -555,11 +595,17 @@ OPERATIONS: dict[str, tuple[str, Callable[[str, Context], str | None]]] = {
     "prune_expert_ffn": ("expert FFN pruning", prune_expert_ffn),
     "distill": ("distillation", distill),
     "export_merged": ("merged LoRA export", export_merged),
+    "export_merged_4bit": ("merged QLoRA export", export_merged_4bit),
     "wanda": ("Wanda", wanda),
 }
 
 #: The reason of a refusal that only says the operation does not apply (a dense model has no experts): cell "—".
 NOT_APPLICABLE = "not applicable"
+#: bitsandbytes replaces exact torch.nn.Linear layers only (Falcon's are FalconLinear).
+_NOT_NN_LINEAR = (
+    r"quantized no layer of .*: its linear layers are \w+, subclasses of torch.nn.Linear.*without quantization",
+    "nn.Linear subclasses, which bitsandbytes does not replace",
+)
 #: The documented refusals: (operation, regex the message matches, the reason the README shows).
 REFUSALS: list[tuple[str, str, str]] = [
     *(
@@ -570,16 +616,7 @@ REFUSALS: list[tuple[str, str, str]] = [
         )
         for op in ("prune_experts", "prune_expert_ffn")
     ),
-    (
-        "lora_4bit",
-        r"quantized no layer of .*: its linear layers are \w+, subclasses of torch.nn.Linear.*without quantization",
-        "nn.Linear subclasses, which bitsandbytes does not replace",
-    ),
-    (
-        "lora_8bit",
-        r"quantized no layer of .*: its linear layers are \w+, subclasses of torch.nn.Linear.*without quantization",
-        "nn.Linear subclasses, which bitsandbytes does not replace",
-    ),
+    *((op, *_NOT_NN_LINEAR) for op in ("lora_4bit", "lora_8bit", "export_merged_4bit")),
     (
         "prune_heads",
         r"head pruning is not possible for .*no head_dim that its attention reads.*"
