@@ -1,6 +1,7 @@
 """The architecture matrix: fifteen families users load from the Hub every day, times what hf-lite does to them.
 
-Each operation, on a tiny random model of each family (configs made here: hidden 64, 2 blocks, vocabulary 128),
+Each operation, on a tiny random model of each family (configs made here: hidden 64, 3 blocks so that
+dropping each block tests every position, vocabulary 128),
 either works, checked against a reference computation, or is refused before anything is written with an error
 that names the family and what cannot be expressed. ``tests/test_architecture_matrix.py`` runs every pair and
 compares the README's support table with the one rendered from what it measured; this module regenerates that

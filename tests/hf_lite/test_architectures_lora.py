@@ -12,7 +12,6 @@ import transformers
 
 from hf_lite import load_model, model_summary
 from hf_lite.adapters import adapted_parameters
-from hf_lite.exporting import export
 from hf_lite.heads import HEAD_NAMES, is_head
 from hf_lite.loading import build_skeleton
 from hf_lite.quantization import bnb_repacks_on_cpu, cpu_unpackable_layers, plan_unquantized_modules
@@ -173,9 +172,7 @@ def test_unpackable_layers_are_those_off_the_cpu_kernels_grid():
 
 
 @pytest.mark.integration
-def test_qwen2_moe_4bit_keeps_the_one_output_gate_in_full_precision_and_evaluates(
-    checkpoints, caplog, tmp_path
-):
+def test_qwen2_moe_4bit_keeps_the_one_output_gate_in_full_precision_and_evaluates(checkpoints, caplog):
     repacks = bnb_repacks_on_cpu() and not torch.cuda.is_available()
     with caplog.at_level(logging.WARNING, logger="hf_lite.loading"):
         model = load_model(checkpoints["qwen2_moe"], quantization="4bit", peft="lora")
@@ -192,20 +189,12 @@ def test_qwen2_moe_4bit_keeps_the_one_output_gate_in_full_precision_and_evaluate
         assert "kept in full precision: model.layers.*.mlp.shared_expert_gate" in str(summary)
     else:
         assert isinstance(gate, bnb.nn.Linear4bit) and summary.unquantized == ()
-    # Evaluation (bitsandbytes' CPU repacking on AVX512-BF16) and training after it both run.
+    # Evaluation runs (bitsandbytes' CPU repacking on AVX512-BF16 crashed on the one-output gate). Training with
+    # evaluations in between and the merged export: the architecture matrix (tests/test_architecture_matrix.py).
     model.eval()
     with torch.no_grad():
         logits = model(**{k: v for k, v in _batch("qwen2_moe").items() if k != "labels"}).logits
     assert torch.isfinite(logits).all()
-    moved = _train_step(model, "qwen2_moe")
-    assert all(v > 0 for n, v in moved.items() if "lora_A" in n)
-    # ...and so does a merged export (it crashed in bitsandbytes' repacking with the gate quantized).
-    model.eval()
-    with torch.no_grad():
-        model(input_ids=_batch("qwen2_moe")["input_ids"])
-    report = export(model, tmp_path / "merged", merge_adapter=True, check_inputs=_batch("qwen2_moe"))
-    assert report.adapter_merged and report.quantization is None
-    assert report.max_abs_diff < 0.05  # vs the in-memory 4-bit model (bf16 CPU kernel in eval mode)
 
 
 def test_planning_without_a_skeleton_falls_back_to_the_head_names():
