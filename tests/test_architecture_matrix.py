@@ -80,12 +80,12 @@ def test_every_pruned_checkpoint_reloads_in_a_process_without_hf_lite(ctx, tmp_p
         torch.testing.assert_close(stock[name], expected, rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_readme_table_is_the_measured_matrix():
+def test_readme_block_is_the_measured_matrix():
     missing = [(f, op) for f in mx.FAMILIES for op in mx.OPERATIONS if (f, op) not in OUTCOMES]
     if missing:
         pytest.skip(f"{len(missing)} pairs of the matrix were not measured in this run (e.g. {missing[0]})")
     table = mx.render_table(OUTCOMES)
-    assert mx.readme_table(mx.README.read_text(encoding="utf-8")) == table, (
+    assert mx.readme_block(mx.README.read_text(encoding="utf-8")) == mx.render_block(OUTCOMES), (
         "README.md's architecture table differs from what the matrix measured; if the change is intended, run "
         "`python -m tests.architecture_matrix --write-readme`. Measured:\n" + table
     )
@@ -151,10 +151,12 @@ def test_render_and_replace_the_readme_block(tmp_path, monkeypatch):
     monkeypatch.setattr(mx, "run_matrix", lambda root, log: {k: v for k, v in outcomes.items()})
     assert mx.main(["--write-readme"]) == 0
     text = readme.read_text()
-    assert text == f"# title\n\n{mx.START}\n{mx.render_table(outcomes)}{mx.END}\n\nafter\n"
-    assert mx.readme_table(text) == mx.render_table(outcomes)
+    block = mx.render_block(outcomes)
+    assert block == f"{mx.LEGEND}\n{mx.render_table(outcomes)}" and mx.LEGEND.endswith(".\n")
+    assert text == f"# title\n\n{mx.START}\n{block}{mx.END}\n\nafter\n"
+    assert mx.readme_block(text) == block
     with pytest.raises(ValueError, match="README.md has no <!-- architecture-matrix:start -->"):
-        mx.readme_table("# no block\n")
+        mx.readme_block("# no block\n")
 
 
 @pytest.mark.integration
