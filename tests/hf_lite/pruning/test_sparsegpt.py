@@ -122,7 +122,13 @@ def test_nm_result_does_not_depend_on_block_size():
 def test_deterministic_dtype_and_zero_sparsity():
     w, x = _layer(inn=32, out=4)
     h = 2 * x @ x.T
-    a = sparsegpt_update(w, h, 0.5, block_size=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = sparsegpt_update(w, h, 0.5, block_size=8)  # the column loop runs on one CPU thread ...
+        assert torch.get_num_threads() == 2  # ... and the caller's thread count is restored
+    finally:
+        torch.set_num_threads(threads)
     b = sparsegpt_update(w, h, 0.5, block_size=8)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     new, mask = sparsegpt_update(w, h, 0.0)
