@@ -25,7 +25,7 @@ What "works" means, per operation:
   structural edits, with the config's expert count or width halved. Dense families refuse them ("—").
 - ``distill``: ``DistillationTrainer`` with a teacher of the same family trains two steps; each logged loss is
   ``alpha * loss_kd + (1 - alpha) * loss_ce`` and the teacher is unchanged.
-- ``export_merged``: ``export(merge_adapter=True)`` of a LoRA model reloads with stock ``from_pretrained`` as a
+- ``export_merged``: ``export(merge_adapter=True)`` of a model with the default LoRA (``peft="lora"``) reloads with stock ``from_pretrained`` as a
   plain checkpoint with the LoRA model's logits within 1e-5.
 - ``export_merged_4bit``: the same from a 4-bit base evaluated once (bitsandbytes' CPU repacking): every merged
   weight equals the dequantized 4-bit weight plus the LoRA update, and the reload matches that exact reference.
@@ -496,13 +496,13 @@ def export_merged(key: str, ctx: Context) -> None:
 
     family = FAMILIES[key]
     torch.manual_seed(0)
-    # Random B as well as A: the adapter changes the outputs, so the merge is tested.
     model = load_model(
-        ctx.checkpoint(key),
-        family.task,
-        dtype="float32",
-        peft={"target_modules": "all-linear", "lora_dropout": 0.0, "init_lora_weights": False},
-    ).eval()
+        ctx.checkpoint(key), family.task, dtype="float32", peft="lora"
+    ).eval()  # the default LoRA
+    with torch.no_grad():  # random B as well as A: the adapter changes the outputs, so the merge is tested
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
     ids = input_ids()
     folder = ctx.output(key, "export_merged")
     report = export(
@@ -696,14 +696,14 @@ LEGEND = """\
 What hf-lite does on fifteen families users load from the Hub every day, measured on a tiny random model of
 each by `tests/test_architecture_matrix.py`, which fails when this table differs from what it measures
 (`python -m tests.architecture_matrix --write-readme` rewrites it). "yes": it works, checked against a
-reference: 4/8-bit + LoRA trains with evaluation passes in between and the same LoRA gradients as without
-them; structural pruning saves a checkpoint that stock `from_pretrained` reloads with the same logits (within
-1e-5, fp32); distillation trains against a teacher of the same family; the merged LoRA export reloads with the
-LoRA model's logits (from a 4-bit base: every merged weight is the dequantized weight plus the LoRA update);
-Wanda zeros half of every row of the body layers (and of each MoE expert) and leaves heads, embeddings, norms
-and routers untouched. "refused": hf-lite raises before anything is written or changed, with an error that
-names the family, what cannot be expressed and what to do instead; "—": the operation does not apply (no
-experts).
+reference: 4/8-bit + the default LoRA (`peft="lora"`) trains with evaluation passes in between and the same
+LoRA gradients as without them; structural pruning saves a checkpoint that stock `from_pretrained` reloads
+with the same logits (within 1e-5, fp32); distillation trains against a teacher of the same family; the merged
+export of the default LoRA reloads with the LoRA model's logits (from a 4-bit base: every merged weight is the
+dequantized weight plus the LoRA update); Wanda zeros half of every row of the body layers (and of each MoE
+expert) and leaves heads, embeddings, norms and routers untouched. "refused": hf-lite raises before anything
+is written or changed, with an error that names the family, what cannot be expressed and what to do instead;
+"—": the operation does not apply (no experts).
 """
 
 
