@@ -465,3 +465,32 @@ def test_moe_experts_excluded():
     model = _mixtral()
     masks = sparsegpt_prune_(model, _batches(64), 0.5, exclude=[*DEFAULT_EXCLUDE, "experts"])
     assert masks and not any("experts" in n for n in masks)
+
+
+def test_layers_and_experts_that_see_no_input():
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 8)
+            self.used = torch.nn.Linear(8, 8)
+            self.unused = torch.nn.Linear(8, 8)
+            self.experts = torch.nn.Module()
+            self.experts.down_proj = torch.nn.Parameter(torch.randn(4, 8, 8))  # never called
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.used(self.embed(input_ids))
+
+    batches = [{"input_ids": torch.randint(0, 10, (2, 5))}]
+    with pytest.raises(ValueError, match=r"layers unused received no input .* SparseGPT has no Hessian"):
+        sparsegpt_prune_(Toy(), batches, 0.5, exclude="experts")
+    with pytest.raises(ValueError, match=r"expert weights experts.down_proj received no input .* no Hessian"):
+        sparsegpt_prune_(Toy(), batches, 0.5, include=["^used", "experts"])
+
+
+def test_expert_hessian_error_names_the_expert_weight():
+    model = _mixtral(top_k=1)
+    one_token = [{"input_ids": torch.tensor([[5]]), "attention_mask": torch.tensor([[1]])}]
+    with pytest.raises(
+        ValueError, match=r"expert weight model.layers.0.mlp.experts.gate_up_proj: .*dampening=0"
+    ):
+        sparsegpt_prune_(model, one_token, 0.5, include="experts", dampening=0.0)
