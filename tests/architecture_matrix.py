@@ -356,8 +356,10 @@ def prune_ffn(key: str, ctx: Context) -> None:
     model = build_model(FAMILIES[key])
     site = find_ffn_sites(model)[0] if _recognized(model, find_ffn_sites) else None
     width_key, width = (site.config_key, site.width) if site is not None else (None, 0)
-    model = _pruned_and_reloaded(key, ctx, "prune_ffn", lambda m: prune_ffn_(m, 0.5), model)
+    kept = {}
+    model = _pruned_and_reloaded(key, ctx, "prune_ffn", lambda m: kept.update(prune_ffn_(m, 0.5)), model)
     assert getattr(model.config, width_key) == width // 2, f"config {width_key} is not {width // 2}"
+    assert len(kept) == model.config.num_hidden_layers and all(len(k) == width // 2 for k in kept.values())
     assert all(s.width == width // 2 for s in find_ffn_sites(model))
 
 
@@ -375,8 +377,12 @@ def prune_heads(key: str, ctx: Context) -> None:
 
     model = build_model(FAMILIES[key])
     layout = head_layout(model) if _recognized(model, head_layout) else None
-    model = _pruned_and_reloaded(key, ctx, "prune_heads", lambda m: prune_attention_heads_(m, 0.5), model)
+    kept = {}
+    model = _pruned_and_reloaded(
+        key, ctx, "prune_heads", lambda m: kept.update(prune_attention_heads_(m, 0.5)), model
+    )
     heads, groups, head_dim = layout
+    assert all(len(k.query) == heads // 2 for k in kept.values()), kept
     stored = FAMILIES[key].config().to_dict().get("head_dim")
     assert head_dim == (stored or FAMILIES[key].config().hidden_size // heads), "head size misread"
     config = model.config
