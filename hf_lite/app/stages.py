@@ -151,6 +151,8 @@ class PruneStage(StageSpec):
     """``prune``: prune ``model`` one-shot with ``method`` (a name of :data:`PRUNE_METHODS`) on
     ``calibration_samples`` training rows.
 
+    ``experts`` (MoE: drop the least-loaded experts on the calibration rows) and ``expert_ffn`` (MoE: shrink
+    every expert's FFN width) take ``keep_ratio``.
     ``sparsity`` and ``pattern`` are for ``magnitude``/``wanda``/``sparsegpt`` (with ``block_size`` and
     ``dampening`` for ``sparsegpt``), ``keep_ratio`` for ``ffn``/``layers`` (and
     ``heads`` unless ``heads_keep_ratio`` is given), ``num_layers`` for ``layers``.
@@ -185,7 +187,26 @@ class PruneStage(StageSpec):
             if self.method == "heads" and self.heads_keep_ratio is not None
             else self.keep_ratio
         )
-        if self.method in ("ffn", "heads") and keep is None:
+        if self.method == "sparsegpt":
+            if (
+                isinstance(self.block_size, bool)
+                or not isinstance(self.block_size, int)
+                or self.block_size < 1
+            ):
+                raise ValueError(
+                    f"{where}: block_size={self.block_size!r} must be a positive int (the columns SparseGPT "
+                    "updates together; the paper's 128)."
+                )
+            if (
+                isinstance(self.dampening, bool)
+                or not isinstance(self.dampening, (int, float))
+                or not (0 < self.dampening < 1)
+            ):
+                raise ValueError(
+                    f"{where}: dampening={self.dampening!r} must be a number in (0, 1) (the fraction of the "
+                    "Hessian's mean diagonal added to it; the paper's 0.01)."
+                )
+        if self.method in ("ffn", "heads", "experts", "expert_ffn") and keep is None:
             raise ValueError(
                 f"{where}: method={self.method!r} needs keep_ratio (the fraction kept, e.g. 0.5)."
             )
@@ -305,6 +326,18 @@ def _ffn(model: Any, stage: PruneStage, calibration_batches: list[dict[str, Any]
     )
 
 
+def _experts(model: Any, stage: PruneStage, calibration_batches: list[dict[str, Any]]) -> None:
+    hf_lite.pruning.prune_experts_(
+        model, keep_ratio=stage.keep_ratio, calibration_batches=calibration_batches
+    )
+
+
+def _expert_ffn(model: Any, stage: PruneStage, calibration_batches: list[dict[str, Any]]) -> None:
+    hf_lite.pruning.prune_expert_ffn_(
+        model, stage.keep_ratio, importance="activation", calibration_batches=calibration_batches
+    )
+
+
 def _heads(model: Any, stage: PruneStage, calibration_batches: list[dict[str, Any]]) -> None:
     keep = stage.keep_ratio if stage.heads_keep_ratio is None else stage.heads_keep_ratio
     hf_lite.pruning.prune_attention_heads_(model, keep)
@@ -331,4 +364,6 @@ PRUNE_METHODS: dict[str, PruneMethod] = {
     "ffn": _ffn,
     "heads": _heads,
     "layers": _layers,
+    "experts": _experts,
+    "expert_ffn": _expert_ffn,
 }

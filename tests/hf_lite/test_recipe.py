@@ -344,6 +344,12 @@ def test_stage_inputs_default_evaluate_reads_the_model_stages_before_it():
             r"method='sparsegpt' with pattern='unstructured' needs sparsity",
         ),
         ({"method": "ffn"}, r"method='ffn' needs keep_ratio"),
+        ({"method": "experts"}, r"method='experts' needs keep_ratio"),
+        ({"method": "sparsegpt", "pattern": "2:4", "block_size": 0}, r"block_size=0 must be a positive int"),
+        (
+            {"method": "sparsegpt", "pattern": "2:4", "dampening": 1.5},
+            r"dampening=1.5 must be a number in \(0, 1\)",
+        ),
         ({"method": "heads"}, r"method='heads' needs keep_ratio"),
         (
             {"method": "layers"},
@@ -381,5 +387,26 @@ def test_sparsegpt_prune_stage_runs_sparsegpt_with_its_options():
     batches = [tok(["the cat sees the dog", "a bird"], return_tensors="pt", padding=True)]
     stage.prune_(model, batches)
     sparsegpt_prune_(reference, batches, pattern="2:4", block_size=16, dampening=0.05)
-    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_expert_prune_stages_run_the_expert_functions():
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from hf_lite.app.stages import PruneStage
+
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    model = MixtralForCausalLM(config).eval()
+    batches = [
+        {"input_ids": torch.randint(0, 64, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    ]
+    PruneStage.from_options("stage 'p'", {"method": "experts", "keep_ratio": 0.5}).prune_(model, batches)
+    PruneStage.from_options("stage 'p'", {"method": "expert_ffn", "keep_ratio": 0.5}).prune_(model, batches)
+    assert model.config.num_local_experts == 2 and model.config.intermediate_size == 16
+    assert model.model.layers[0].mlp.gate.weight.shape[0] == 2
