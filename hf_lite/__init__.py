@@ -54,11 +54,12 @@ _LAZY: dict[str, str] = {
     "run_recipe": "hf_lite.app.runner",
     "precompute_teacher_cache": "hf_lite.teacher_cache",
     "load_teacher_cache": "hf_lite.teacher_cache",
+    "generate_teacher_completions": "hf_lite.teacher_cache",
 }
 
 # subpackages/modules reachable as attributes (``hf_lite.losses.forward_kl_loss``), imported on first use
 _SUBMODULES = (
-    "adapters", "app", "card", "data", "evaluation", "exporting", "hub", "loading", "losses", "metrics", "pruning",
+    "adapters", "app", "card", "data", "evaluation", "exporting", "gguf", "hub", "loading", "losses", "metrics", "pruning",
     "quantization", "report", "student", "summary", "tasks", "teacher_cache", "testing",
 )  # fmt: skip
 

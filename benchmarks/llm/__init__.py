@@ -122,7 +122,7 @@ def run(ctx: Any) -> dict[str, Any]:
     """Build every row, save and reload it, measure it, and return the tables (see the module docstring)."""
     import torch
 
-    from hf_lite import load_model, load_teacher
+    from hf_lite import load_model, load_teacher, load_tokenizer
     from hf_lite.evaluation import perplexity
 
     s = ctx.settings(DEFAULTS, QUICK if ctx.quick else None)
@@ -136,9 +136,7 @@ def run(ctx: Any) -> dict[str, Any]:
         start = time.perf_counter()
         teacher = load_teacher(gguf, dtype=torch.float32)
         load_s = time.perf_counter() - start
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = load_tokenizer(gguf)
         teacher_dir = models_dir / "teacher"
         teacher.save_pretrained(teacher_dir)
         tokenizer.save_pretrained(teacher_dir)
