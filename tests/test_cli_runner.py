@@ -677,3 +677,27 @@ def test_distill_command_on_plain_text_needs_no_label_column(tiny_run, tmp_path)
     assert (out / "distill" / "model" / "model.safetensors").is_file()
     student = json.loads((out / "student" / "model" / "config.json").read_text())
     assert student["num_hidden_layers"] == 2  # --student_layers "[0, 3]" read as indices
+
+
+@pytest.mark.integration
+def test_the_chat_recipe_runs_on_policy_on_a_gguf_teacher(tmp_path, capsys, monkeypatch):
+    """examples/recipes/distill_chat.yaml as shipped (its conversations, on-policy with lmbda 0.5), two steps,
+    with a tiny GGUF teacher that carries a chat template."""
+    from tests.gguf_writer import save_tiny_gguf
+
+    gguf = tmp_path / "teacher.gguf"
+    save_tiny_gguf(gguf)
+    raw = yaml.safe_load((ROOT / "examples/recipes/distill_chat.yaml").read_text())
+    raw["data"]["train"] = str(ROOT / raw["data"]["train"])
+    raw["stages"][1]["args"].update(
+        max_steps=2, per_device_train_batch_size=2, lmbda=1.0, max_new_tokens=4, logging_steps=1
+    )
+    raw["stages"] = [st for st in raw["stages"] if st["type"] != "export"]
+    recipe = tmp_path / "chat.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    common = ["--teacher", str(gguf), "--output_dir", str(tmp_path / "out")]
+    assert main(["plan", str(recipe), *common]) == 0
+    assert "plan OK" in capsys.readouterr().out
+    assert main(["run", str(recipe), *common]) == 0
+    logs = json.loads((next((tmp_path / "out").rglob("trainer_state.json"))).read_text())["log_history"]
+    assert any(e.get("on_policy_fraction") == 1.0 and e.get("generated_length", 0) > 0 for e in logs)

@@ -55,6 +55,9 @@ SKIPPED = {
     "(network); the 2-process runs are tests/test_launch.py and tests/test_finetune_ddp_runs.py",
     "Benchmarks [bash 1]": "installs extras and downloads benchmark models (network); tests/test_benchmarks.py",
     "Development [bash 1]": "runs the test suite",
+    "Distil a chat model [python 1]": "needs the SmolLM2 GGUF file and a chat dataset; the same calls run in "
+    "tests/hf_lite/test_chat_data.py (formats, masks, CompletionCollator, distillation on chat data), "
+    "tests/trainers/test_distillation_onpolicy.py (lmbda, generation) and tests/hf_lite/test_teacher_generations.py",
 }
 #: Command lines of the run blocks that are not run, by their first words, and why.
 SKIPPED_LINES = {
