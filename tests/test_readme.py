@@ -9,6 +9,7 @@ are listed in SKIPPED by name with the reason, and every block of the README is 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -38,6 +39,9 @@ SUBSTITUTIONS = {
     '"../shared/data/sst2/train.tsv"': '"{tmp}/sst2/train.tsv"',
     '"../shared/data/tinyshakespeare/input.txt"': '"{tmp}/input.txt"',
     '"my-org/student"': '"test-org/student"',  # an organisation of the local Hub server
+    '"SmolLM2-135M-Instruct.Q4_1.gguf"': '"{gguf}"',  # a tiny Llama GGUF with a chat template
+    '"chats.jsonl"': '"{tmp}/chats.jsonl"',
+    '"prompts.jsonl"': '"{tmp}/prompts.jsonl"',
 }
 #: The same for command lines (shell words).
 CLI_SUBSTITUTIONS = {
@@ -55,9 +59,6 @@ SKIPPED = {
     "(network); the 2-process runs are tests/test_launch.py and tests/test_finetune_ddp_runs.py",
     "Benchmarks [bash 1]": "installs extras and downloads benchmark models (network); tests/test_benchmarks.py",
     "Development [bash 1]": "runs the test suite",
-    "Distil a chat model [python 1]": "needs the SmolLM2 GGUF file and a chat dataset; the same calls run in "
-    "tests/hf_lite/test_chat_data.py (formats, masks, CompletionCollator, distillation on chat data), "
-    "tests/trainers/test_distillation_onpolicy.py (lmbda, generation) and tests/hf_lite/test_teacher_generations.py",
 }
 #: Command lines of the run blocks that are not run, by their first words, and why.
 SKIPPED_LINES = {
@@ -112,8 +113,25 @@ def values(tiny_checkpoints, tmp_path, monkeypatch) -> dict[str, str]:
         (tmp_path / "sst2" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
     passages = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(12)) for i in range(40)]
     (tmp_path / "input.txt").write_text("\n\n".join(passages) + "\n")
+    chats = [
+        {"messages": [{"role": "user", "content": " ".join(WORDS[i : i + 4])},
+                      {"role": "assistant", "content": " ".join(WORDS[i + 4 : i + 7])}]}
+        for i in range(8)
+    ]  # fmt: skip
+    (tmp_path / "chats.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    (tmp_path / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": " ".join(WORDS[i : i + 5])}) + "\n" for i in range(4))
+    )
+    from tests.gguf_writer import save_tiny_gguf
+
+    save_tiny_gguf(tmp_path / "chat.gguf")
     monkeypatch.chdir(tmp_path)
-    return {"llama": tiny_checkpoints["llama"], "bert": tiny_checkpoints["bert"], "tmp": str(tmp_path)}
+    return {
+        "llama": tiny_checkpoints["llama"],
+        "bert": tiny_checkpoints["bert"],
+        "tmp": str(tmp_path),
+        "gguf": str(tmp_path / "chat.gguf"),
+    }
 
 
 def test_every_block_is_run_or_skipped_with_a_reason():
@@ -137,6 +155,7 @@ def test_quickstart_python_blocks_run_as_written(values, hub_server, capsys):
         "Load the lightweight way",
         "Distil",
         "Prune",
+        "Distil a chat model",
         "Export and push",
     ]
     for name, text in blocks:
@@ -151,6 +170,9 @@ def test_quickstart_python_blocks_run_as_written(values, hub_server, capsys):
     AutoModelForSequenceClassification.from_pretrained(student_out)
     reloaded = AutoModelForCausalLM.from_pretrained(Path(values["tmp"]) / "qwen-merged")
     assert reloaded.config.use_cache is True and "quantization_config" not in reloaded.config.to_dict()
+    assert namespace["chat_trainer"].state.global_step > 0 and len(namespace["answers"]) == len(
+        namespace["prompts"]
+    )
     printed = capsys.readouterr().out
     assert "vs in-memory model" in printed  # the student's export check
     assert "vs exact reference: dequantized base + adapter, float32" in printed  # the QLoRA merge's
