@@ -74,8 +74,8 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "val_fraction": 0.1,
     "seq_len": 256,
-    "val_windows": 24,  # validation windows of seq_len Tiny Shakespeare tokens (0 = the whole split)
-    "val_sentences": 200,  # SST-2 dev sentences (0 = all 872)
+    "val_windows": 16,  # validation windows of seq_len Tiny Shakespeare tokens (0 = the whole split)
+    "val_sentences": 128,  # SST-2 dev sentences (0 = all 872)
     "eval_batch_size": 8,
     "calibration_windows": 128,
     "calibration_seq_len": 128,
@@ -84,7 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "kv_heads": 2,
     "minitron_layers": 20,
     "minitron_ffn_keep": 0.5,
-    "train_steps": 40,
+    "train_steps": 32,
     "train_batch": 4,
     "train_lr": 2e-4,
     "warmup_ratio": 0.05,
