@@ -30,6 +30,7 @@ True
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +40,25 @@ from torch import nn
 from hf_lite.pruning.calibration import forward_kwargs
 from hf_lite.pruning.sites import find_layer_list, model_config
 
-__all__ = ["BlockInputs", "blockwise_supported", "block_names", "calibration_passes", "forward_calibration"]
+__all__ = [
+    "BlockInputs",
+    "block_of",
+    "blockwise_supported",
+    "block_names",
+    "calibration_passes",
+    "forward_calibration",
+]
+
+
+def block_of(name: str) -> str:
+    """The transformer block a layer belongs to: its name up to the first numeric component; a layer
+    outside numbered blocks is its own group.
+
+    >>> block_of("model.layers.3.mlp.up_proj"), block_of("lm_head")
+    ('model.layers.3', 'lm_head')
+    """
+    match = re.match(r"^(.*?\.\d+)(\.|$)", name)
+    return match.group(1) if match else name
 
 
 class _Stop(Exception):

@@ -27,8 +27,8 @@ from contextlib import contextmanager
 
 import torch
 
-from hf_lite.pruning.masks import check_nm, check_sparsity, pruned_count
-from hf_lite.pruning.oneshot import parse_pattern
+from hf_lite.pruning.masks import check_nm, pruned_count
+from hf_lite.pruning.oneshot import parse_pattern, resolve_sparsity
 
 __all__ = ["check_sparsegpt_options", "sparsegpt_update", "reconstruction_error"]
 
@@ -64,24 +64,6 @@ def _check_dampening(dampening: object) -> float:
     return float(dampening)
 
 
-def _resolve_sparsity(sparsity: float | None, nm: tuple[int, int] | None) -> float:
-    """The sparsity of an unstructured (``nm=None``) or N:M pattern, refusing a contradicting ``sparsity``."""
-    if nm is None:
-        if sparsity is None:
-            raise ValueError(
-                "sparsity is required with pattern='unstructured': pass the fraction of weights to zero, "
-                "e.g. sparsity=0.5."
-            )
-        return check_sparsity(sparsity)
-    implied = 1.0 - nm[0] / nm[1]
-    if sparsity is not None and abs(check_sparsity(sparsity) - implied) > 1e-9:
-        raise ValueError(
-            f"sparsity={sparsity!r} contradicts pattern '{nm[0]}:{nm[1]}', which always gives sparsity "
-            f"{implied:g}. Leave sparsity=None with an N:M pattern, or use pattern='unstructured'."
-        )
-    return implied
-
-
 def _check_nm_block(block_size: int, nm: tuple[int, int] | None) -> None:
     if nm is not None and block_size % nm[1]:
         raise ValueError(
@@ -107,7 +89,7 @@ def check_sparsegpt_options(
     (0.5, (2, 4), 64, 0.01)
     """
     nm = parse_pattern(pattern)
-    sparsity = _resolve_sparsity(sparsity, nm)
+    sparsity = resolve_sparsity(sparsity, nm)
     block_size = _check_block_size(block_size)
     _check_nm_block(block_size, nm)
     return sparsity, nm, block_size, _check_dampening(dampening)
@@ -225,7 +207,7 @@ def sparsegpt_update(
                 f"nm={nm} needs a number of input features divisible by {nm[1]}; weight has {cols}. "
                 "Use nm=None (unstructured) for this layer."
             )
-    sparsity = _resolve_sparsity(sparsity, nm)
+    sparsity = resolve_sparsity(sparsity, nm)
     block_size = _check_block_size(block_size)
     _check_nm_block(block_size, nm)
     dampening = _check_dampening(dampening)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hf_lite.pruning.blockwise import calibration_passes
+from hf_lite.pruning.blockwise import block_of, calibration_passes
 from hf_lite.pruning.calibration import check_calibration_batches
 from hf_lite.pruning.experts import (
     ExpertInputNormCollector,
@@ -93,7 +93,8 @@ def parse_pattern(pattern: str) -> tuple[int, int] | None:
     return check_nm(int(match.group(1)), int(match.group(2)))
 
 
-def _resolve_sparsity(sparsity: float | None, nm: tuple[int, int] | None) -> float:
+def resolve_sparsity(sparsity: float | None, nm: tuple[int, int] | None) -> float:
+    """The sparsity of an unstructured (``nm=None``) or N:M pattern, refusing a contradicting ``sparsity``."""
     if nm is None:
         if sparsity is None:
             raise ValueError(
@@ -153,7 +154,7 @@ def magnitude_prune_(
     0.3
     """
     nm = parse_pattern(pattern)
-    sparsity = _resolve_sparsity(sparsity, nm)
+    sparsity = resolve_sparsity(sparsity, nm)
     if scope not in ("layer", "row", "global"):
         raise ValueError(f"scope={scope!r} must be 'layer', 'row' or 'global'.")
     if nm is not None and scope == "global":
@@ -223,13 +224,6 @@ def _log_moe(model: nn.Module, experts: Mapping[str, ExpertWeight]) -> None:
 
 # ----------------------------------------------------------------------------------------------------------
 # Wanda
-
-
-def _block_of(name: str) -> str:
-    """The transformer block a layer belongs to: its name up to the first numeric component
-    (``model.layers.3.mlp.up_proj`` -> ``model.layers.3``); a layer outside numbered blocks is its own."""
-    match = re.match(r"^(.*?\.\d+)(\.|$)", name)
-    return match.group(1) if match else name
 
 
 class _InputNormCollector:
@@ -343,7 +337,7 @@ def wanda_prune_(
     torch.Size([64, 128])
     """
     nm = parse_pattern(pattern)
-    sparsity = _resolve_sparsity(sparsity, nm)
+    sparsity = resolve_sparsity(sparsity, nm)
     if not isinstance(sequential, bool):
         raise TypeError(f"sequential must be True or False; got {sequential!r}.")
     batches = check_calibration_batches(calibration_batches)
@@ -353,10 +347,10 @@ def wanda_prune_(
     groups: dict[str, dict[str, nn.Module]] = {}
     expert_groups: dict[str, dict[str, ExpertWeight]] = {}
     for name, module in modules.items():
-        groups.setdefault(_block_of(name) if sequential else "", {})[name] = module
+        groups.setdefault(block_of(name) if sequential else "", {})[name] = module
     for name, expert in experts.items():
-        expert_groups.setdefault(_block_of(name) if sequential else "", {})[name] = expert
-        groups.setdefault(_block_of(name) if sequential else "", {})
+        expert_groups.setdefault(block_of(name) if sequential else "", {})[name] = expert
+        groups.setdefault(block_of(name) if sequential else "", {})
 
     was_training = model.training
     model.eval()

@@ -21,13 +21,12 @@ real (non-padded) calibration tokens. Memory: one ``(in, in)`` float64 matrix pe
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hf_lite.pruning.blockwise import calibration_passes
+from hf_lite.pruning.blockwise import block_of, calibration_passes
 from hf_lite.pruning.calibration import check_calibration_batches, real_tokens
 from hf_lite.pruning.experts import ExpertInputNormCollector, ExpertWeight
 from hf_lite.pruning.masks import check_nm_widths, mask_sparsity
@@ -44,13 +43,6 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------
 # a whole model
-
-
-def _block_name(name: str) -> str:
-    """The transformer block a layer belongs to: its name up to the first numeric component
-    (``model.layers.3.mlp.up_proj`` -> ``model.layers.3``); a layer outside numbered blocks is its own."""
-    match = re.match(r"^(.*?\.\d+)(\.|$)", name)
-    return match.group(1) if match else name
 
 
 class _HessianCollector:
@@ -249,10 +241,10 @@ def sparsegpt_prune_(
     groups: dict[str, dict[str, nn.Module]] = {}
     expert_groups: dict[str, dict[str, ExpertWeight]] = {}
     for name, module in modules.items():
-        groups.setdefault(_block_name(name) if sequential else "", {})[name] = module
+        groups.setdefault(block_of(name) if sequential else "", {})[name] = module
     for name, expert in experts.items():
-        expert_groups.setdefault(_block_name(name) if sequential else "", {})[name] = expert
-        groups.setdefault(_block_name(name) if sequential else "", {})
+        expert_groups.setdefault(block_of(name) if sequential else "", {})[name] = expert
+        groups.setdefault(block_of(name) if sequential else "", {})
     options = {"sparsity": sparsity, "nm": nm, "block_size": block_size, "dampening": dampening}
     was_training = model.training
     model.eval()
