@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import TrainingArguments
 
@@ -24,7 +25,10 @@ from hf_lite.losses import AttentionLossKind, HiddenLossKind, LossType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistillationConfig", "parse_layer_map", "resolve_layer_map"]
+__all__ = ["CROSS_TOKENIZER_LOSSES", "DistillationConfig", "parse_layer_map", "resolve_layer_map"]
+
+#: ``cross_tokenizer_loss`` values: GOLD's hybrid (shared tokens one to one, ULD for the rest) or plain ULD.
+CROSS_TOKENIZER_LOSSES = ("hybrid", "uld")
 
 
 @dataclass
@@ -129,8 +133,41 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": "On-policy generation (lmbda > 0): nucleus sampling mass in (0, 1] (1 = off)."},
     )
 
+    teacher_tokenizer: str | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher's tokenizer (Hub id or folder) when it differs from the student's: distil across "
+            "tokenizers (each text tokenized for both models, aligned spans, ULD or the hybrid loss). With the "
+            "student's own tokenizer the ordinary token-level path is used."
+        },
+    )
+    cross_tokenizer_loss: Literal["hybrid", "uld"] = field(
+        default="hybrid",
+        metadata={
+            "help": "Across tokenizers: 'hybrid' (GOLD: tokens both vocabularies spell the same compared with "
+            "loss_type, the rest by sorted probabilities) or 'uld' (sorted probabilities only, Boizard et al. 2024)."
+        },
+    )
+    hybrid_matched_weight: float = field(
+        default=1.0,
+        metadata={"help": "cross_tokenizer_loss='hybrid': weight >= 0 of the shared-vocabulary part."},
+    )
+    hybrid_unmatched_weight: float = field(
+        default=1.0,
+        metadata={"help": "cross_tokenizer_loss='hybrid': weight >= 0 of the ULD part on the other tokens."},
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.cross_tokenizer_loss not in CROSS_TOKENIZER_LOSSES:
+            raise ValueError(
+                f"cross_tokenizer_loss={self.cross_tokenizer_loss!r} must be one of {', '.join(CROSS_TOKENIZER_LOSSES)}."
+            )
+        for name in ("hybrid_matched_weight", "hybrid_unmatched_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be >= 0 (1.0 by default; 0 drops that part)."
+                )
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0 (typical: 1 to 4).")
         if not isinstance(self.compile_loss, bool):

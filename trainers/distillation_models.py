@@ -145,8 +145,9 @@ def common_vocabulary(
             raise ValueError(
                 f"Vocabulary mismatch: the student's head has {student_n} outputs and the teacher's {teacher_n}, "
                 f"and the tokenizer has {real} tokens, so they are not the same vocabulary padded differently. "
-                "Distil between models that share a tokenizer (e.g. the same family), or pass the tokenizer as "
-                "processing_class if the extra rows are only padding."
+                "If the teacher has a tokenizer of its own, pass it as teacher_tokenizer= (DistillationTrainer or "
+                "DistillationConfig) to distil across tokenizers (aligned spans, ULD or the hybrid loss, on text "
+                "data); if the extra rows are only padding, pass the tokenizer as processing_class."
             )
         raise ValueError(
             f"The teacher has {teacher_n} outputs and the student {student_n}: the heads are incompatible. "

@@ -44,15 +44,10 @@ from hf_lite.loading import freeze, load_teacher
 from hf_lite.quantization import keep_bnb_layout_trainable_
 from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
 from trainers.distillation_card import DistillationCardMixin
-from trainers.distillation_config import DistillationConfig, resolve_layer_map
+from trainers.distillation_config import DistillationConfig
 from trainers.distillation_eval import EvalLossMixin
-from trainers.distillation_models import (
-    common_vocabulary,
-    hidden_states,
-    model_task,
-    text_config,
-    use_eager_attention,
-)
+from trainers.distillation_intermediate import IntermediateLossMixin
+from trainers.distillation_models import common_vocabulary, model_task, use_eager_attention
 from trainers.distillation_onpolicy import (
     GENERATED_KEY,
     NOT_MODEL_INPUTS,
@@ -70,7 +65,7 @@ from trainers.distillation_projections import (
 logger = logging.getLogger(__name__)
 
 
-class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
+class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCardMixin, Trainer):
     """A ``Trainer`` whose loss distils one or several frozen teachers into the student.
 
     Args:
@@ -371,50 +366,6 @@ class DistillationTrainer(EvalLossMixin, DistillationCardMixin, Trainer):
             logits, self.teacher_weights, loss_type=self.args.loss_type, temperature=self.args.temperature
         )
         return student_logits, teacher
-
-    def _hidden_loss(
-        self, outputs: Any, teacher_out: Any, attention_mask: torch.Tensor | None, items: Any = None
-    ) -> torch.Tensor:
-        s_hidden, t_hidden = hidden_states(outputs), hidden_states(teacher_out)
-        total = 0.0
-        for s, t in self.layer_pairs:
-            h = s_hidden[s]
-            if self.projections is not None:
-                h = self.projections[f"{s}_{t}"](h)
-            total = total + losses.hidden_state_loss(
-                h,
-                t_hidden[t].to(h.device),
-                kind=self.args.hidden_loss,
-                mask=attention_mask,
-                num_items_in_batch=items,
-            )
-        return total / len(self.layer_pairs)
-
-    def _attention_loss(
-        self, outputs: Any, teacher_out: Any, attention_mask: torch.Tensor | None, items: Any = None
-    ) -> torch.Tensor:
-        if outputs.attentions is None or teacher_out.attentions is None:
-            raise ValueError(
-                "attention_weight > 0 but the models returned no attentions; load them with attn_implementation='eager'."
-            )
-        s_cfg, t_cfg = text_config(self.model), text_config(self.teachers[0])
-        pairs = [
-            (s, t)
-            for s, t in resolve_layer_map(
-                self.args.layer_map, s_cfg.num_hidden_layers, t_cfg.num_hidden_layers
-            )
-            if s > 0 and t > 0
-        ]
-        total = 0.0
-        for s, t in pairs:
-            total = total + losses.attention_loss(
-                outputs.attentions[s - 1],
-                teacher_out.attentions[t - 1].to(outputs.attentions[s - 1].device),
-                kind=self.args.attention_loss,
-                mask=attention_mask,
-                num_items_in_batch=items,
-            )
-        return total / max(1, len(pairs))
 
     def get_batch_samples(
         self, epoch_iterator: Any, num_batches: int, device: torch.device

@@ -1,8 +1,10 @@
-"""Batches of prompt/completion rows: right-padded for training, prompts left-padded for generation.
+"""Batches of prompt/completion rows: right-padded for training, prompts left-padded for generation; and
+batches tokenized twice, for a student and a teacher with different tokenizers.
 
 :class:`CompletionCollator` takes the rows of :func:`hf_lite.data.tokenize_data` (or
 :func:`~hf_lite.data.chat.tokenize_chat`): ``input_ids``, optional ``attention_mask``, ``labels`` and
-``prompt_length``.
+``prompt_length``. :class:`CrossTokenizerCollator` takes text rows (``text``, or ``prompt`` + ``completion``),
+tokenizes each with both tokenizers and adds the span alignment the cross-tokenizer losses read.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hf_lite.data.alignment import TokenAlignment, align_offsets, alignment_tensors, encode_with_offsets
+from hf_lite.losses.cross_tokenizer import ALIGNMENT_KEYS
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["CompletionCollator"]
+__all__ = ["CROSS_TOKENIZER_KEYS", "CompletionCollator", "CrossTokenizerCollator"]
 
 _KNOWN = ("input_ids", "attention_mask", "labels", "prompt_length")
 
@@ -106,6 +111,147 @@ class CompletionCollator:
             )  # (batch, p_width)
             batch["prompt_attention_mask"] = _pad(p_masks, p_width, 0, left=True)
         return batch
+
+
+#: What :class:`CrossTokenizerCollator` adds to a batch beside the student's ``input_ids``/``attention_mask``/
+#: ``labels``: the teacher's own tokens and the alignment tensors (no model input of the student's).
+CROSS_TOKENIZER_KEYS = ("teacher_input_ids", "teacher_attention_mask", *ALIGNMENT_KEYS)
+#: The columns an encoded row holds (:meth:`CrossTokenizerCollator.encode`), and the text columns it reads.
+_ENCODED = ("input_ids", "attention_mask", "labels", "teacher_input_ids", "teacher_labels", "alignment")
+_TEXT = ("text", "prompt", "completion")
+
+
+class CrossTokenizerCollator:
+    """Tokenize each text for the student *and* the teacher, align the two, and pad both into one batch.
+
+    Rows are text: ``{"text": str}`` (every token a target) or ``{"prompt": str, "completion": str}`` (the
+    targets are the tokens that cover completion characters; both are concatenated as they are). Each text is
+    tokenized by both fast tokenizers with offsets (:func:`hf_lite.data.encode_with_offsets`), truncated to
+    ``max_length`` tokens on each side if given, and aligned (:func:`hf_lite.data.align_offsets`). Rows that
+    :meth:`encode` already turned into token ids (``dataset.map(collator.encode)``: the alignment computed once
+    per example and kept in the dataset) are padded as they are.
+
+    The batch: ``input_ids``, ``attention_mask``, ``labels`` (the student's, right-padded, ``-100`` on padding and
+    non-targets), ``teacher_input_ids``, ``teacher_attention_mask`` and the alignment tensors
+    (:data:`hf_lite.data.ALIGNMENT_KEYS`, from :func:`hf_lite.data.alignment_tensors`: a span counts when all of
+    its tokens are targets on both sides); :data:`CROSS_TOKENIZER_KEYS` are those beyond the student's.
+
+    Args:
+        tokenizer: the student's tokenizer (fast).
+        teacher_tokenizer: the teacher's tokenizer (fast).
+        max_length: cut each side to this many tokens (None: no truncation).
+        pad_to_multiple_of: round both padded lengths up to a multiple of this.
+
+    Raises:
+        TypeError: a tokenizer without offset mappings (a slow, pure-Python tokenizer).
+        ValueError: a row with neither ``text`` nor ``prompt``/``completion`` strings; a text where no span of
+            the two tokenizations covers the same characters (empty or whitespace-only text).
+
+    >>> from hf_lite.testing import build_tokenizer
+    >>> gpt, bert = build_tokenizer(["the cat sat"]), build_tokenizer(["the cat sat"], style="bert")
+    >>> batch = CrossTokenizerCollator(gpt, bert)([{"text": "the cat sat"}, {"text": "the cat"}])
+    >>> batch["input_ids"].tolist(), batch["teacher_input_ids"].tolist()
+    ([[4, 2, 3], [4, 2, 1]], [[2, 7, 5, 6, 3], [2, 7, 5, 3, 0]])
+    >>> batch["span_mask"].tolist()  # 'the' has no predicting student position (no BOS): not counted
+    [[False, True, True], [False, True, False]]
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        teacher_tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+    ) -> None:
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
+            raise ValueError(f"max_length={max_length!r} must be a positive number of tokens or None.")
+        for name, tok in (("tokenizer", tokenizer), ("teacher_tokenizer", teacher_tokenizer)):
+            if not getattr(tok, "is_fast", False):
+                encode_with_offsets(tok, "", name=name)  # raises the TypeError that names the fix
+        self.student = CompletionCollator(tokenizer, pad_to_multiple_of)
+        self.teacher = CompletionCollator(teacher_tokenizer, pad_to_multiple_of)
+        self.max_length = max_length
+
+    def _text(self, example: Mapping[str, Any]) -> tuple[str, int]:
+        """``(text, first target character)``."""
+        if isinstance(example.get("text"), str):
+            return example["text"], 0
+        prompt, completion = example.get("prompt"), example.get("completion")
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return prompt + completion, len(prompt)
+        raise ValueError(
+            f"CrossTokenizerCollator got a row with columns {sorted(example)}: it needs 'text' (a string), or "
+            "'prompt' and 'completion' (strings; render chat messages first with apply_chat_template(..., "
+            "tokenize=False)), or the columns of CrossTokenizerCollator.encode."
+        )
+
+    def encode(self, example: Mapping[str, Any]) -> dict[str, Any]:
+        """One text row -> token ids of both sides, their labels and the alignment (plain lists: a dataset column).
+
+        >>> from hf_lite.testing import build_tokenizer
+        >>> gpt, bert = build_tokenizer(["a b"]), build_tokenizer(["a b"], style="bert")
+        >>> row = CrossTokenizerCollator(gpt, bert).encode({"prompt": "a", "completion": " b"})
+        >>> row["labels"], row["teacher_labels"], row["alignment"]["spans"]
+        ([-100, 3], [-100, -100, 6, -100], [[0, 1, 1, 2, 0, 1], [1, 2, 2, 3, 1, 3]])
+        """
+        text, first = self._text(example)
+        kwargs = {"truncation": True, "max_length": self.max_length} if self.max_length else {}
+        sides = []
+        for name, tok in (
+            ("tokenizer", self.student.tokenizer),
+            ("teacher_tokenizer", self.teacher.tokenizer),
+        ):
+            enc = encode_with_offsets(tok, text, name=name, **kwargs)
+            ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+            # a target: a token that covers a character of the completion (special tokens cover none)
+            labels = [
+                i if end > first and end > start else -100
+                for i, (start, end) in zip(ids, offsets, strict=True)
+            ]
+            sides.append((ids, offsets, labels))
+        try:
+            alignment = align_offsets(text, sides[0][1], sides[1][1])
+        except ValueError as err:
+            raise ValueError(
+                f"text={text[:60]!r}: {err} Drop empty or whitespace-only rows (dataset.filter) before training."
+            ) from None
+        (s_ids, _, s_labels), (t_ids, _, t_labels) = sides
+        return {
+            "input_ids": s_ids,
+            "attention_mask": [1] * len(s_ids),
+            "labels": s_labels,
+            "teacher_input_ids": t_ids,
+            "teacher_labels": t_labels,
+            "alignment": alignment.to_dict(),
+        }
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("CrossTokenizerCollator got no rows; the batch must hold at least one.")
+        rows = [f if "alignment" in f else self.encode(f) for f in features]
+        student = self.student([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])
+        teacher = self.teacher(
+            [{"input_ids": r["teacher_input_ids"], "labels": r["teacher_labels"]} for r in rows]
+        )
+        alignments = [TokenAlignment.from_dict(r["alignment"]) for r in rows]
+        tensors = alignment_tensors(
+            alignments,
+            student_input_ids=student["input_ids"],
+            teacher_input_ids=teacher["input_ids"],
+            student_attention_mask=student["attention_mask"],
+            teacher_attention_mask=teacher["attention_mask"],
+            student_labels=student["labels"],
+            teacher_labels=teacher["labels"],
+        )
+        return {
+            **student,
+            "teacher_input_ids": teacher["input_ids"],
+            "teacher_attention_mask": teacher["attention_mask"],
+            **tensors,
+        }
 
 
 def _pad(rows: list[list[int]], width: int, value: int, *, left: bool) -> torch.Tensor:
