@@ -40,11 +40,19 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from hf_lite import losses
+from hf_lite.data.collate import CROSS_TOKENIZER_KEYS
 from hf_lite.loading import freeze, load_teacher
 from hf_lite.quantization import keep_bnb_layout_trainable_
 from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
 from trainers.distillation_card import DistillationCardMixin
 from trainers.distillation_config import DistillationConfig
+from trainers.distillation_cross_tokenizer import (
+    CROSS_TOKENIZER_COLUMNS,
+    CrossTokenizerDistillation,
+    CrossTokenizerLossMixin,
+    check_cache_tokenizer,
+    cross_tokenizer_setup,
+)
 from trainers.distillation_eval import EvalLossMixin
 from trainers.distillation_intermediate import IntermediateLossMixin
 from trainers.distillation_models import common_vocabulary, model_task, use_eager_attention
@@ -65,7 +73,9 @@ from trainers.distillation_projections import (
 logger = logging.getLogger(__name__)
 
 
-class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCardMixin, Trainer):
+class DistillationTrainer(
+    CrossTokenizerLossMixin, IntermediateLossMixin, EvalLossMixin, DistillationCardMixin, Trainer
+):
     """A ``Trainer`` whose loss distils one or several frozen teachers into the student.
 
     Args:
@@ -88,6 +98,8 @@ class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCard
         model: PreTrainedModel | nn.Module | None = None,
         teacher_model: Any = None,
         args: DistillationConfig | None = None,
+        *,
+        teacher_tokenizer: Any = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -110,6 +122,10 @@ class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCard
             )
         if args.lmbda > 0 and self.cache_meta is not None:
             check_on_policy(args, None, cached=True)
+        teacher_tokenizer = teacher_tokenizer if teacher_tokenizer is not None else args.teacher_tokenizer
+        if self.cache_meta is not None:
+            check_cache_tokenizer(self.cache_meta, teacher_tokenizer, kwargs.get("processing_class"))
+        self.cross: CrossTokenizerDistillation | None = None
         super().__init__(model=model, args=args, **kwargs)
         # A 4-bit student loaded elsewhere than load_model: keep evaluation (and on-policy generation, also in
         # eval mode) from breaking its training (CPU).
@@ -126,7 +142,13 @@ class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCard
         self.teacher_weights = args.teacher_weights or [1.0 / len(teachers)] * len(teachers)
         self.task = model_task(self.model)
         self.teachers = [self._prepare_teacher(t) for t in teachers]
-        self._vocab_size = self._preflight_vocabulary()
+        self.cross = cross_tokenizer_setup(
+            args, teacher_tokenizer, self.processing_class, self.task, teachers, self.model, self.teachers
+        )
+        if self.cross is not None and kwargs.get("data_collator") is None:
+            self.data_collator = self.cross.collator  # text rows, tokenized for both models
+        spans = self.cross is not None and not self.cross.token_level  # no common vocabulary to cut logits to
+        self._vocab_size = None if spans else self._preflight_vocabulary()
         if args.attention_weight > 0:
             for m in (self.model, *self.teachers):
                 use_eager_attention(m)
@@ -201,6 +223,7 @@ class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCard
         # Keep what the collators read through remove_unused_columns: the prompt length of prompt/completion
         # data (CompletionCollator) and the cached teacher columns.
         extra = ["prompt_length", *(TEACHER_COLUMNS if self.cache_meta is not None else ())]
+        extra += CROSS_TOKENIZER_COLUMNS if self.cross is not None else []
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     def _prepare_teacher(self, teacher: Any) -> nn.Module:
@@ -264,6 +287,8 @@ class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCard
                 f"alpha={args.alpha} mixes in cross-entropy on the labels, but the batch has no 'labels' column. "
                 "Add labels to the dataset, or set alpha=1.0 for pure distillation (e.g. on an unlabeled transfer set)."
             )
+        if self.cross is not None and not self.cross.token_level:
+            return self._cross_tokenizer_loss(model, inputs, return_outputs, num_items_in_batch)
         model_inputs, cached, extra = self._split_inputs(model, inputs, labels)
         # The teachers first: their activations are freed before the student's (kept for backward) exist,
         # so the step's peak memory is the student's plus the teachers' outputs, not plus their activations.
@@ -328,7 +353,11 @@ class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCard
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, bool]]:
         """``(model inputs, cached teacher columns, output flags)``: labels and cached teacher outputs are
         taken out of the models' inputs; the flags ask for the hidden states / attentions the losses need."""
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in NOT_MODEL_INPUTS}
+        dropped = (
+            *NOT_MODEL_INPUTS,
+            *CROSS_TOKENIZER_KEYS,
+        )  # the collator's teacher ids, unused on this path
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in dropped}
         if self.task == "seq2seq-lm" and labels is not None and "decoder_input_ids" not in model_inputs:
             unwrapped = self.accelerator.unwrap_model(model)
             model_inputs["decoder_input_ids"] = unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)
@@ -389,7 +418,9 @@ class DistillationTrainer(IntermediateLossMixin, EvalLossMixin, DistillationCard
         tokens (hidden states, attention maps) and, without labels, the positions the KD loss covers."""
         num_items = super()._get_num_items_in_batch(batch_samples, device)
         tokens = sum(_attention_mask(b).sum() for b in batch_samples)
-        if self.task == "causal-lm":
+        if self.cross is not None and not self.cross.token_level:  # the aligned spans the span loss counts
+            kd = sum(b["span_mask"].sum() if "span_mask" in b else torch.tensor(0) for b in batch_samples)
+        elif self.task == "causal-lm":
             kd = sum(_attention_mask(b)[:, 1:].sum() for b in batch_samples)
         elif self.task == "token-classification":
             kd = tokens

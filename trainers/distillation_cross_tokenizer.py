@@ -1,0 +1,281 @@
+"""Distillation across tokenizers: a teacher and a student that do not share a vocabulary (TRL's GOLD).
+
+:class:`~trainers.distillation_trainer.DistillationTrainer` takes ``teacher_tokenizer=`` (or
+``DistillationConfig.teacher_tokenizer``). When it is the student's tokenizer, or one the token-level losses
+still apply to (:func:`hf_lite.data.compare_vocabularies`: identical, padding-only, same family), nothing
+changes. Otherwise each step:
+
+    text rows -> CrossTokenizerCollator (student ids, teacher ids, span alignment) -> teacher forward on its own
+    ids (eval, no_grad) -> student forward -> hybrid ULD (or ULD) over the aligned spans
+    -> alpha * that + (1 - alpha) * the student's cross-entropy on its own labels
+
+The distillation term is normalized by the counted spans of the whole accumulated batch over all processes
+(``span_mask``, counted in the trainer's ``_get_num_items_in_batch``), the cross-entropy by its label tokens,
+so gradient accumulation and DDP stay exact. Not supported together with a teacher tokenizer (each refused
+with a ``ValueError``): on-policy generation (``lmbda > 0``), hidden-state and attention matching (the
+positions do not correspond), several teachers, a teacher cache, tasks other than causal LM.
+
+>>> from trainers import DistillationConfig, DistillationTrainer
+>>> from transformers import AutoTokenizer
+>>> trainer = DistillationTrainer(
+...     model=student,  # a causal LM with its own tokenizer
+...     teacher_model="Qwen/Qwen2.5-0.5B-Instruct",
+...     teacher_tokenizer=AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct"),
+...     args=DistillationConfig("out", alpha=0.9, cross_tokenizer_loss="hybrid"),
+...     processing_class=student_tokenizer,
+...     train_dataset=Dataset.from_dict({"text": texts}),  # or prompt/completion strings
+... )  # doctest: +SKIP
+>>> trainer.train()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_lite import losses
+from hf_lite.data import ALIGNMENT_KEYS, compare_vocabularies, shared_vocabulary
+from hf_lite.data.collate import CROSS_TOKENIZER_KEYS, CrossTokenizerCollator
+from hf_lite.loading import load_tokenizer
+from hf_lite.teacher_cache.fingerprint import tokenizer_digest
+from trainers.distillation_models import output_size
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CROSS_TOKENIZER_COLUMNS",
+    "CrossTokenizerDistillation",
+    "CrossTokenizerLossMixin",
+    "check_cache_tokenizer",
+    "check_cross_tokenizer",
+    "cross_tokenizer_setup",
+]
+
+#: Dataset columns the collator reads (kept through ``remove_unused_columns``).
+CROSS_TOKENIZER_COLUMNS = ("text", "prompt", "completion", "teacher_input_ids", "teacher_labels", "alignment")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_cross_tokenizer(args: Any, task: str | None, teachers: int, student_tokenizer: Any) -> None:
+    """Refuse what distillation across tokenizers cannot run with (module doc), naming the fix.
+
+    >>> from trainers import DistillationConfig
+    >>> check_cross_tokenizer(DistillationConfig("out"), "causal-lm", 1, student_tokenizer=object())
+    """
+    fix = "or distil from a teacher that shares the student's tokenizer"
+    if student_tokenizer is None:
+        raise ValueError(
+            "teacher_tokenizer is set but the student's tokenizer is unknown: pass it as processing_class=... "
+            "(each text is tokenized for both models)."
+        )
+    if task != "causal-lm":
+        raise ValueError(
+            f"teacher_tokenizer distils between causal language models; this student's task is {task!r}. "
+            "Across tokenizers only next-token distributions can be compared span by span."
+        )
+    if teachers != 1:
+        raise ValueError(
+            f"teacher_tokenizer with {teachers} teachers: distillation across tokenizers supports one teacher "
+            f"(not implemented: several teachers with their own tokenizers). Pass one teacher, {fix}."
+        )
+    if args.lmbda > 0:
+        raise ValueError(
+            f"lmbda={args.lmbda} with teacher_tokenizer: on-policy completions are not yet re-tokenized for a "
+            f"teacher with another tokenizer. Set lmbda=0 (off-policy, text data), {fix}."
+        )
+    for name in ("hidden_weight", "attention_weight"):
+        if getattr(args, name) > 0:
+            raise ValueError(
+                f"{name}={getattr(args, name)} with teacher_tokenizer: hidden states and attention maps are per "
+                f"token, and the two models' tokens do not correspond. Set {name}=0, {fix}."
+            )
+    if args.cross_tokenizer_loss == "hybrid" and args.loss_type not in losses.HYBRID_LOSS_TYPES:
+        raise ValueError(
+            f"loss_type={args.loss_type!r} cannot compare the hybrid loss's span probabilities (it compares "
+            f"logits); use one of {', '.join(losses.HYBRID_LOSS_TYPES)}, or cross_tokenizer_loss='uld'."
+        )
+    ignored = [n for n in ("chunk_size", "compile_loss") if getattr(args, n) not in (None, False)]
+    if ignored:
+        logger.warning(
+            "%s do not apply across tokenizers (the span losses run as they are) and are ignored.", ignored
+        )
+
+
+def check_cache_tokenizer(metadata: dict[str, Any], teacher_tokenizer: Any, student_tokenizer: Any) -> None:
+    """Refuse a teacher cache with ``teacher_tokenizer``, or one made with another tokenizer than the student's.
+
+    >>> check_cache_tokenizer({"fingerprint_parts": {}}, None, None)  # nothing to compare
+    """
+    if teacher_tokenizer is not None:
+        raise ValueError(
+            "teacher_tokenizer with a teacher cache: the cache holds the teacher's top-k outputs at the positions of "
+            "the student's tokens, which a teacher with another tokenizer does not have. Pass the live teacher "
+            "(teacher_model=...) with text data, or drop teacher_tokenizer to train from a cache made with the "
+            "student's tokenizer."
+        )
+    made_with = metadata.get("fingerprint_parts", {}).get("tokenizer")
+    if made_with is None or student_tokenizer is None or not hasattr(student_tokenizer, "get_vocab"):
+        return
+    if tokenizer_digest(student_tokenizer) != made_with:
+        raise ValueError(
+            f"The teacher cache was made with another tokenizer than processing_class ({type(student_tokenizer).__name__}, "
+            f"{len(student_tokenizer)} tokens): its top-k ids index another vocabulary. Recompute it with "
+            "precompute_teacher_cache(..., tokenizer=<the student's tokenizer>), or pass the tokenizer it was made with."
+        )
+
+
+def _resolve(teacher_tokenizer: Any) -> Any:
+    if isinstance(teacher_tokenizer, (str, os.PathLike)):
+        return load_tokenizer(teacher_tokenizer)
+    if not callable(getattr(teacher_tokenizer, "get_vocab", None)):
+        raise TypeError(
+            f"teacher_tokenizer must be a tokenizer, a Hub id or a folder; got {type(teacher_tokenizer).__name__}."
+        )
+    return teacher_tokenizer
+
+
+def _folder_tokenizer(teacher: Any) -> Any:
+    """The tokenizer saved beside a teacher given as a local folder, else None."""
+    if not isinstance(teacher, (str, os.PathLike)) or not Path(teacher).is_dir():
+        return None
+    if not any((Path(teacher) / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    try:
+        return load_tokenizer(teacher)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def cross_tokenizer_setup(
+    args: Any,
+    teacher_tokenizer: Any,
+    student_tokenizer: Any,
+    task: str | None,
+    given: list,
+    student: nn.Module,
+    teachers: list[nn.Module],
+) -> CrossTokenizerDistillation | None:
+    """The cross-tokenizer part of a trainer, or None when the token-level path applies.
+
+    ``given`` are the teachers as passed (a folder's own tokenizer is compared with the student's when no
+    ``teacher_tokenizer`` is set: different tokenizers are then an error that names ``teacher_tokenizer``).
+    """
+    if teacher_tokenizer is None:
+        found = _folder_tokenizer(given[0]) if len(given) == 1 and task == "causal-lm" else None
+        if found is not None and student_tokenizer is not None:
+            relation = compare_vocabularies(student_tokenizer, found)
+            if not relation.token_level:
+                raise ValueError(
+                    f"The teacher {str(given[0])!r} has another tokenizer than the student ({relation.message}) "
+                    f"Pass teacher_tokenizer={str(given[0])!r} to distil across tokenizers (text data: 'text' or "
+                    "'prompt'/'completion' columns)."
+                )
+        return None
+    teacher_tokenizer = _resolve(teacher_tokenizer)
+    check_cross_tokenizer(args, task, len(teachers), student_tokenizer)
+    relation = compare_vocabularies(
+        student_tokenizer,
+        teacher_tokenizer,
+        student_head_size=output_size(student),
+        teacher_head_size=output_size(teachers[0]),
+    )
+    collator = CrossTokenizerCollator(student_tokenizer, teacher_tokenizer)
+    if relation.token_level:
+        logger.info("teacher_tokenizer: %s", relation.message)
+        return CrossTokenizerDistillation(args, None, collator, token_level=True)
+    logger.info("teacher_tokenizer: %s", relation.message)
+    shared = (
+        shared_vocabulary(student_tokenizer, teacher_tokenizer)
+        if args.cross_tokenizer_loss == "hybrid"
+        else None
+    )
+    return CrossTokenizerDistillation(args, shared, collator, token_level=False)
+
+
+class CrossTokenizerDistillation:
+    """What a trainer keeps to distil across tokenizers: the collator, the shared vocabulary, the loss.
+
+    ``token_level`` is True when the teacher tokenizer turned out to be the student's (or one the token-level
+    losses apply to): the collator still reads the text rows, the loss is the ordinary one.
+    """
+
+    def __init__(self, args: Any, shared: Any, collator: CrossTokenizerCollator, token_level: bool) -> None:
+        self.args, self.shared, self.collator, self.token_level = args, shared, collator, token_level
+
+    @staticmethod
+    def check_batch(inputs: dict[str, Any]) -> None:
+        missing = [k for k in CROSS_TOKENIZER_KEYS if k not in inputs]
+        if missing:
+            raise ValueError(
+                f"the batch lacks {missing}: distillation across tokenizers reads batches of CrossTokenizerCollator "
+                "(the default with teacher_tokenizer; a data_collator passed to the trainer replaces it)."
+            )
+
+    @staticmethod
+    def teacher_inputs(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"input_ids": inputs["teacher_input_ids"], "attention_mask": inputs["teacher_attention_mask"]}
+
+    def loss(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, inputs: dict[str, Any], items: Any
+    ) -> torch.Tensor:
+        """The span loss (``args.cross_tokenizer_loss``) divided by ``items`` (counted spans; None: these)."""
+        args = self.args
+        alignment = {k: inputs[k] for k in ALIGNMENT_KEYS}
+        common = {"temperature": args.temperature, "num_items_in_batch": items}
+        if self.shared is None:
+            return losses.uld_loss(student_logits, teacher_logits, alignment, **common)
+        return losses.hybrid_uld_loss(
+            student_logits,
+            teacher_logits,
+            alignment,
+            self.shared,
+            loss_type=args.loss_type,
+            beta=args.beta,
+            matched_weight=args.hybrid_matched_weight,
+            unmatched_weight=args.hybrid_unmatched_weight,
+            **common,
+        )
+
+
+class CrossTokenizerLossMixin:
+    """``compute_loss``'s cross-tokenizer branch for :class:`~trainers.distillation_trainer.DistillationTrainer`."""
+
+    args: Any
+    cross: CrossTokenizerDistillation | None
+    teachers: list
+    _step_counts: dict[str, torch.Tensor] | None
+
+    def _cross_tokenizer_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool, num_items_in_batch: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        args, cross = self.args, self.cross
+        cross.check_batch(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad():
+            teacher_logits = self.teachers[0](**cross.teacher_inputs(inputs)).logits
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        training = model.training and self._step_counts is not None
+        self.loss_is_scaled_for_ga = training
+        kd = cross.loss(outputs.logits, teacher_logits, inputs, self._step_counts["kd"] if training else None)
+        loss, components = args.alpha * kd, {"loss_kd": kd}
+        ce = None
+        if labels is not None and (args.alpha < 1 or not training):
+            ce = losses.cross_entropy_loss(
+                outputs.logits,
+                losses.shift_labels(labels),
+                num_items_in_batch=num_items_in_batch if training else None,
+            )
+            if args.alpha < 1:
+                loss, components["loss_ce"] = loss + (1 - args.alpha) * ce, ce
+        if training and self.accelerator.num_processes > 1 and args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # the counts span every process; DDP averages
+        if training:
+            self._record(components)
+        elif ce is not None:
+            self.eval_parts.add({"loss_ce": ce, "loss_kd": kd}, labels.shape[0], self.gather_function)
+        return (loss, outputs) if return_outputs else loss
