@@ -24,6 +24,12 @@ What it measures, and how:
   is scored untrained, then after ``train_steps`` steps of ``train_batch`` windows (the same token budget, the
   same windows, the same learning-rate schedule) of plain next-token CE (``transformers.Trainer``) and of
   distillation from the teacher (``trainers.DistillationTrainer``, forward KL on the logits, alpha 1).
+- **Teacher correction** (Minitron's recipe): the released teacher has never seen this text (its perplexity
+  on the SST-2 sentences is in the hundreds), so a student that imitates it learns its mismatch while CE
+  learns the text. Before the structural rows, a copy of the teacher is fine-tuned with CE for
+  ``correction_steps`` steps on other windows of the same training stream (``correction_lr``); the structural
+  rows are pruned from that corrected teacher and distilled from it, and CE and KD students start from the
+  same pruned model. One-shot rows prune the released teacher. ``correction_steps=0`` turns this off.
 - Every row is saved with ``save_pretrained`` and loaded back with stock ``from_pretrained`` (via
   ``hf_lite.load_model``) before it is scored. **Bytes**: its safetensors files. **Tokens/s**: forward passes
   (fp32, ``inference_mode``) on ``throughput_batch`` validation windows, every structural row and the
@@ -64,7 +70,7 @@ from benchmarks.llm.data import (
     window_set,
 )
 from benchmarks.llm.report import COLUMNS, MEMORY_COLUMNS, STEP_COLUMNS, goals, notes, summary
-from benchmarks.llm.rows import ONESHOT, STRUCTURAL, oneshot_row, structural_row, train_row
+from benchmarks.llm.rows import ONESHOT, STRUCTURAL, correct_teacher, oneshot_row, structural_row, train_row
 from benchmarks.llm.speed import distillation_step_race, training_memory
 
 TITLE = "A real pretrained LLM: SmolLM2-135M-Instruct pruned one-shot and structurally, distilled vs. trained"
@@ -90,6 +96,8 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.05,
     "weight_decay": 0.0,
     "kd_temperature": 1.0,
+    "correction_steps": 32,  # teacher correction: CE fine-tuning steps of train_batch windows (0 = off)
+    "correction_lr": 1e-4,
     "throughput_batch": 4,
     "throughput_warmup": 1,
     "throughput_repeats": 7,
@@ -110,6 +118,7 @@ QUICK: dict[str, Any] = {
     "calibration_seq_len": 64,
     "train_steps": 2,
     "train_batch": 2,
+    "correction_steps": 2,
     "throughput_repeats": 2,
     "race_rounds": 3,
     "race_skip": 1,
@@ -199,18 +208,29 @@ def run(ctx: Any) -> dict[str, Any]:
             ctx.log(f"{name}: {time.perf_counter() - start:.0f} s")
             del model
 
+    source, source_name = teacher, "teacher"  # what the structural rows are pruned from and distilled from
+    if s["correction_steps"] > 0:
+        with ctx.phase("teacher correction"):
+            source, how, correction_s = correct_teacher(teacher, train_ids, s, Path(ctx.work) / "run", seed)
+            add("teacher-corrected", source, how, "teacher", correction_s)
+            source_name = "corrected teacher"
+            source.to(device).eval().requires_grad_(False)
+        ctx.log(f"teacher corrected in {correction_s:.0f} s")
+
     tokens = s["train_steps"] * s["train_batch"] * s["seq_len"]
     for row in STRUCTURAL:
         with ctx.phase(f"structural {row}"):
             start = time.perf_counter()
-            pruned, how = structural_row(teacher, row, s, calibration)
+            pruned, how = structural_row(source, row, s, calibration)
             prune_s = time.perf_counter() - start
             add(row, pruned, how + "; no training", "structural", prune_s, base=row, stage="pruned")
             for kind in ("ce", "kd"):
                 model, log = train_row(
-                    kind, copy.deepcopy(pruned), teacher, train_data, s, Path(ctx.work) / "run", seed
+                    kind, copy.deepcopy(pruned), source, train_data, s, Path(ctx.work) / "run", seed
                 )
-                what = "plain CE" if kind == "ce" else "distilled from the teacher (forward KL, alpha 1)"
+                what = (
+                    "plain CE" if kind == "ce" else f"distilled from the {source_name} (forward KL, alpha 1)"
+                )
                 add(f"{row}+{kind}", model, f"{how}; then {what}, {tokens:,} tokens", "structural",
                     prune_s + log["train_s"], base=row, stage=kind)  # fmt: skip
                 logs[f"{row}+{kind}"] = log["losses"]
@@ -228,7 +248,7 @@ def run(ctx: Any) -> dict[str, Any]:
             del model
 
     with ctx.phase("throughput"):  # the teacher and every trained structural row, on the CPU, side by side
-        timed = ["teacher", *(f"{r}+kd" for r in STRUCTURAL)]
+        timed = ["teacher", *(f"{r}+kd" for r in STRUCTURAL)]  # the corrected teacher has the same shapes
         ids = torch.tensor(val_sets["shakespeare"]["input_ids"][: s["throughput_batch"]])
         loaded = {name: load_model(rows[name]["folder"], dtype=torch.float32) for name in timed}
         lat = time_side_by_side(

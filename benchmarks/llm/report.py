@@ -69,11 +69,13 @@ def goals(
     })  # fmt: skip
     bases = [r["base"] for r in rows.values() if r.get("stage") == "pruned"]
     beats = {b: all(rows[f"{b}+kd"][f"ppl_{k}"] < rows[f"{b}+ce"][f"ppl_{k}"] for k in _SETS) for b in bases}
+    corrected = rows.get("teacher-corrected")
+    source = " (both from the pruned corrected teacher; KD from the corrected teacher)" if corrected else ""
     out.append({
         "goal": "distillation beats plain CE for every structural row at the same token budget",
         "measured": "; ".join(
             f"{b}: KD {_ppl(rows, b + '+kd')} vs CE {_ppl(rows, b + '+ce')}" for b in bases
-        ),
+        ) + source,
         "met": all(beats.values()),
     })  # fmt: skip
     for b in ("minitron", "depth-half", "ffn-50"):
@@ -86,7 +88,8 @@ def goals(
             "(ppl_pruned − ppl_kd ≥ ½ (ppl_pruned − ppl_teacher))" + ("" if b == "minitron" else " (reported)"),
             "measured": "; ".join(
                 f"{k}: pruned {rows[b][f'ppl_{k}']:.2f} → KD {rows[f'{b}+kd'][f'ppl_{k}']:.2f} (teacher "
-                f"{t[f'ppl_{k}']:.2f})" + (f", recovered {100 * r:.0f}%" if r is not None else "")
+                f"{t[f'ppl_{k}']:.2f}" + (f", corrected {corrected[f'ppl_{k}']:.2f}" if corrected else "") + ")"
+                + (f", recovered {100 * r:.0f}%" if r is not None else "")
                 for k, r in rec.items()
             ),
             "met": all(r is not None and r >= 0.5 for r in rec.values()) if b == "minitron" else None,
@@ -127,6 +130,12 @@ def summary(s: dict[str, Any], arch: str, gguf: str, load_s: float, counts: dict
         f"{s['train_steps']} steps × {s['train_batch']} windows × {s['seq_len']} tokens = "
         f"{counts['train_tokens_per_row']:,} tokens, lr {s['train_lr']:g} (cosine, warm-up "
         f"{100 * s['warmup_ratio']:.0f}%)."
+        + (
+            f" Teacher correction before the structural rows: {s['correction_steps']} steps × {s['train_batch']} "
+            f"windows × {s['seq_len']} tokens of plain CE, lr {s['correction_lr']:g}."
+            if s["correction_steps"] > 0
+            else ""
+        )
     )
 
 

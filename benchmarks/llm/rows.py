@@ -112,3 +112,31 @@ def train_row(
         model, log = train_kd(model, teacher, data, settings, s["train_steps"], out, seed)
     log["train_s"] = round(time.perf_counter() - start, 1)
     return model, log
+
+
+def correct_teacher(
+    teacher: Any, train_ids: Any, s: dict[str, Any], out: Any, seed: int
+) -> tuple[Any, str, float]:
+    """A copy of ``teacher`` fine-tuned with plain CE on ``s['correction_steps']`` batches of windows of the
+    training stream (Minitron's teacher correction), drawn apart from the students' windows; with how and the
+    seconds it took."""
+    from benchmarks.causal_lm.data import Windows
+    from benchmarks.causal_lm.training import seed_for, train_ce
+
+    n = s["correction_steps"] * s["train_batch"]
+    windows = Windows(train_ids, s["seq_len"], n, seed_for(seed, "correction"))
+    settings = {
+        "batch_size": s["train_batch"],
+        "warmup_ratio": s["warmup_ratio"],
+        "weight_decay": s["weight_decay"],
+    }
+    start = time.perf_counter()
+    model = copy.deepcopy(teacher).requires_grad_(True).train()
+    model, _ = train_ce(model, windows, settings, s["correction_steps"], s["correction_lr"], out, seed)
+    tokens = n * s["seq_len"]
+    how = (
+        f"teacher correction: the teacher fine-tuned with plain CE on {tokens:,} tokens of the training stream "
+        f"(other windows than the students'), lr {s['correction_lr']:g}; the structural rows are pruned from "
+        "it and distilled from it"
+    )
+    return model, how, time.perf_counter() - start
