@@ -101,6 +101,12 @@ def _build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="label column (default: 'label'/'labels' when the data has one)",
             )
+            p.add_argument(
+                "--data_format",
+                default="auto",
+                help="causal-lm data: text, prompt-completion, prompt or messages (default: auto, from the columns); "
+                "--data.completion_only_loss false / --data.assistant_only_loss false make every token count",
+            )
         if name == "distill":
             p.add_argument("--teacher", required=True, help="teacher Hub id or folder")
             p.add_argument(
@@ -111,6 +117,12 @@ def _build_parser() -> argparse.ArgumentParser:
                 default="every_other",
                 type=_layers,
                 help="teacher layers the student keeps: every_other, a number (2) or indices ([0, 3])",
+            )
+            p.add_argument(
+                "--sequence_level",
+                action="store_true",
+                help="sequence-level KD: the teacher first completes the data's prompts (a 'generate' stage: "
+                "--generate.max_new_tokens 64, --generate.topk 16, ...), the student then trains on its completions",
             )
         if name == "finetune":
             p.add_argument("--peft", default=None, help="'lora' for a default LoRA adapter")
@@ -169,6 +181,7 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
                 **({"text": args.text_column or "text"} if args.text_column or args.label_column else {}),
                 **({"label": args.label_column} if args.label_column else {}),
             },
+            **({"data_format": args.data_format} if args.data_format != "auto" else {}),
         }
     teacher = args.teacher if args.command == "distill" else args.model
     stages: list[dict[str, Any]]
@@ -180,8 +193,12 @@ def _single_stage_recipe(args: argparse.Namespace) -> dict[str, Any]:
                 {"name": "student", "type": "init_student", "model": "teacher", "layers": args.student_layers}
             )
             student = "student"
+        distill = {"name": "distill", "type": "distill", "model": student, "teacher": "teacher"}
+        if args.sequence_level:
+            stages.append({"name": "generate", "type": "generate", "model": "teacher", "max_new_tokens": 64})
+            distill["data"] = "generate"
         stages += [
-            {"name": "distill", "type": "distill", "model": student, "teacher": "teacher"},
+            distill,
             {"name": "evaluate", "type": "evaluate", "models": ["teacher", "distill"]},
         ]
     elif args.command == "finetune":

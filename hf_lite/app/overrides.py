@@ -31,6 +31,9 @@ DATA_KEYS = {
     "max_train_rows",
     "max_eval_rows",
     "augment",
+    "data_format",
+    "completion_only_loss",
+    "assistant_only_loss",
 }
 
 

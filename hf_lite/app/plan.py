@@ -26,6 +26,7 @@ from hf_lite.app.runner import RunContext, check_stages
 from hf_lite.app.stages import (
     DistillStage,
     EvaluateStage,
+    GenerateStage,
     InitStudentStage,
     PruneStage,
     QuantizeStage,
@@ -81,6 +82,8 @@ def plan_recipe(recipe: Recipe) -> str:
             f"data: {len(data['train']):,} train rows, {len(data['eval']):,} eval rows, "
             f"columns {sorted(data['train'].column_names)}"
         )
+        if recipe.task == "causal-lm":
+            lines.append(_format_line(recipe, data["train"].column_names))
     num_labels = ctx.num_labels() if recipe.data is not None else recipe.num_labels
     teacher_config = load_checked_config(recipe.teacher, recipe.task, False, None, {})
     configs: dict[str, Any] = {"teacher": teacher_config}
@@ -91,6 +94,9 @@ def plan_recipe(recipe: Recipe) -> str:
             lines.append(
                 f"- {stage.name} (evaluate): {', '.join(recipe.stage_inputs(stage.name))}{status(stage)}"
             )
+            continue
+        if isinstance(spec, GenerateStage):
+            lines.append(_generate_line(recipe, stage) + status(stage))
             continue
         if ref in configs:
             config = configs[ref]
@@ -114,12 +120,17 @@ def plan_recipe(recipe: Recipe) -> str:
             if targets:
                 line += f" (adapter on {', '.join(targets)})"
             line += f", ~{format_bytes(memory)} for weights, gradients and optimizer"
-            if isinstance(spec, DistillStage):
+            cached = spec.data is not None and recipe.stage(spec.data).spec.topk is not None
+            if isinstance(spec, DistillStage) and cached:
+                line += f" + no teacher (top-k cache of {spec.data})"
+            elif isinstance(spec, DistillStage):
                 teacher_model = _meta_model(
                     configs.get(spec.teacher, teacher_config), recipe.task, num_labels
                 )
                 t_total = sum(p.numel() for p in teacher_model.parameters())
                 line += f" + teacher {spec.teacher} ~{format_bytes(t_total * 4)}"
+            if spec.data is not None:
+                line += f", trains on the teacher completions of {spec.data}"
             if spec.pruning:
                 p = spec.pruning
                 line += f", gradual pruning to {p.get('target_sparsity', p.get('pattern'))} sparsity"
@@ -130,3 +141,35 @@ def plan_recipe(recipe: Recipe) -> str:
         lines.append(line + status(stage))
     lines.append("plan OK: nothing was trained.")
     return "\n".join(lines)
+
+
+def _format_line(recipe: Recipe, columns: list[str]) -> str:
+    """The causal-LM data format (checked against the columns) and which tokens the loss counts."""
+    from hf_lite.data.chat import check_data_format, detect_data_format
+
+    d = recipe.data
+    fmt = detect_data_format(columns) if d.data_format == "auto" else d.data_format
+    check_data_format(fmt, columns)
+    counted = {
+        "text": "every token",
+        "prompt": "no labels (prompts only)",
+        "prompt-completion": "the completion" if d.completion_only_loss else "every token",
+        "messages": "the assistant turns" if d.assistant_only_loss else "every token",
+    }[fmt]
+    how = "detected from the columns" if d.data_format == "auto" else "data.data_format"
+    return f"data format: {fmt} ({how}); the loss counts {counted}"
+
+
+def _generate_line(recipe: Recipe, stage: StageConfig) -> str:
+    """What a generate stage will do: who completes which prompts, how, and what it stores."""
+    spec = stage.spec
+    how = f"sampled (temperature {spec.temperature}, top_p {spec.top_p})" if spec.do_sample else "greedy"
+    prompt = spec.max_prompt_length or recipe.data.max_length - spec.max_new_tokens
+    line = (
+        f"- {stage.name} (generate): {stage.model} completes the train and eval prompts, {how}, at most "
+        f"{spec.max_new_tokens} new tokens after at most {prompt} prompt tokens"
+    )
+    if spec.topk is not None:
+        line += f", with its top-{spec.topk} log-probabilities at temperature {spec.kd_temperature}"
+    readers = [s.name for s in recipe.stages if getattr(s.spec, "data", None) == stage.name]
+    return line + (f"; read by {', '.join(readers)}" if readers else "; read by no stage")

@@ -68,6 +68,7 @@ from hf_lite.app.stages import (  # noqa: F401 (STAGE_KEYS, MODEL_STAGES, PRUNE_
     STAGE_KEYS,
     STAGE_TYPES,
     EvaluateStage,
+    GenerateStage,
     StageSpec,
     TrainingStage,
     check_keys,
@@ -88,6 +89,24 @@ class DataConfig:
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
     augment: dict[str, Any] | None = None
+    # causal LM: the format of the rows (hf_lite.data.chat: text, prompt-completion, prompt, messages; auto =
+    # detected from the columns) and which tokens the loss counts
+    data_format: str = "auto"
+    completion_only_loss: bool = True
+    assistant_only_loss: bool = True
+
+    def tokenize_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`hf_lite.data.tokenize_data` these settings give.
+
+        >>> DataConfig("chats.jsonl", data_format="messages").tokenize_kwargs()
+        {'max_length': 128, 'data_format': 'messages', 'completion_only_loss': True, 'assistant_only_loss': True}
+        """
+        return {
+            "max_length": self.max_length,
+            "data_format": None if self.data_format == "auto" else self.data_format,
+            "completion_only_loss": self.completion_only_loss,
+            "assistant_only_loss": self.assistant_only_loss,
+        }
 
 
 @dataclass
@@ -160,7 +179,7 @@ class Recipe:
             if key not in raw:
                 raise ValueError(f"recipe: missing required key {key!r}.")
         task = normalize_task(raw["task"])
-        data = _parse_data(raw.get("data"))
+        data = _parse_data(raw.get("data"), task)
         if not isinstance(raw["stages"], list) or not raw["stages"]:
             raise ValueError("recipe: stages must be a non-empty list of stages (each with name and type).")
         stages: list[StageConfig] = []
@@ -169,6 +188,7 @@ class Recipe:
             stage = _parse_stage(i, stage_raw, seen)
             stages.append(stage)
             seen.add(stage.name)
+        _check_generations(stages, task, data)
         seed = raw.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"recipe: seed={seed!r} must be an integer.")
@@ -206,7 +226,8 @@ class Recipe:
         if isinstance(stage.spec, EvaluateStage) and stage.spec.models is None:
             return ["teacher", *[s.name for s in self.stages[:index] if s.spec.produces_model]]
         refs = [str(stage.model)] if stage.spec.reads_model and stage.model is not None else []
-        return refs + [str(ref) for ref in stage.spec.references()]
+        data = [stage.spec.data] if isinstance(stage.spec, TrainingStage) and stage.spec.data else []
+        return refs + [str(ref) for ref in stage.spec.references()] + data
 
     def _signature(self, ref: str, recursive: bool = False) -> str | None:
         key = (ref, recursive)
@@ -258,7 +279,7 @@ class Recipe:
         return settings_hash(self.stage_chain(name))
 
 
-def _parse_data(data_raw: Any) -> DataConfig | None:
+def _parse_data(data_raw: Any, task: str) -> DataConfig | None:
     if data_raw is None:
         return None  # stages that need data (training, calibration, evaluation) say so when they run
     if isinstance(data_raw, str):
@@ -271,7 +292,70 @@ def _parse_data(data_raw: Any) -> DataConfig | None:
     data = DataConfig(**dict(data_raw))
     if not 0.0 < data.eval_fraction < 1.0:
         raise ValueError(f"recipe.data.eval_fraction={data.eval_fraction} must be in (0, 1).")
+    _check_data_format(data, task)
     return data
+
+
+def _check_data_format(data: DataConfig, task: str) -> None:
+    """``data_format`` is a format :func:`hf_lite.data.tokenize_data` knows (or ``auto``), for a causal LM;
+    the loss options are booleans."""
+    for key in ("completion_only_loss", "assistant_only_loss"):
+        value = getattr(data, key)
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"recipe.data.{key}={value!r} must be true or false (true: the loss counts the "
+                f"{'completion' if key.startswith('completion') else 'assistant turns'} only; false: every token)."
+            )
+    if data.data_format == "auto":
+        return
+    from hf_lite.data.chat import DATA_FORMATS  # imports datasets and torch: only when a format is named
+
+    if data.data_format not in DATA_FORMATS:
+        raise ValueError(
+            f"recipe.data.data_format={data.data_format!r} is not a data format"
+            f"{did_you_mean(str(data.data_format), DATA_FORMATS)}. Allowed values: auto (detected from the "
+            f"columns), {', '.join(DATA_FORMATS)}."
+        )
+    if task != "causal-lm":
+        raise ValueError(
+            f"recipe.data.data_format={data.data_format!r} applies to causal-lm data; task {task!r} reads text "
+            "(and label) columns. Leave data_format out (auto)."
+        )
+
+
+def _check_generations(stages: list[StageConfig], task: str, data: DataConfig | None) -> None:
+    """A ``generate`` stage needs a causal LM and room for its completions in ``data.max_length``; a training
+    stage's ``data`` names an earlier ``generate`` stage."""
+    kinds = {}
+    for index, stage in enumerate(stages):
+        where = f"recipe.stages[{index}] ({stage.name})"
+        spec = stage.spec
+        if isinstance(spec, GenerateStage):
+            if task != "causal-lm":
+                raise ValueError(
+                    f"{where}: a generate stage makes a causal LM teacher complete prompts; task is {task!r}. "
+                    "Use task: causal-lm, or remove the stage."
+                )
+            if data is not None and spec.max_prompt_length is None and spec.max_new_tokens >= data.max_length:
+                raise ValueError(
+                    f"{where}: max_new_tokens={spec.max_new_tokens} leaves no room for the prompt in "
+                    f"data.max_length={data.max_length}; use max_new_tokens < {data.max_length} or raise "
+                    "data.max_length."
+                )
+        if isinstance(spec, TrainingStage) and spec.data is not None:
+            if kinds.get(spec.data) != "generate":
+                found = f"a {kinds[spec.data]} stage" if spec.data in kinds else "not an earlier stage"
+                hint = did_you_mean(spec.data, [n for n, k in kinds.items() if k == "generate"])
+                raise ValueError(
+                    f"{where}: data={spec.data!r} is {found}{hint}; data names an earlier generate stage (the "
+                    "teacher's completions to train on), or is left out to train on the recipe's data."
+                )
+            if getattr(spec, "augment", None):
+                raise ValueError(
+                    f"{where}: augment rewrites the recipe's text rows, but the stage trains on the completions of "
+                    f"{spec.data!r}; remove augment or data."
+                )
+        kinds[stage.name] = stage.type
 
 
 def _parse_stage(index: int, raw: Any, earlier: set[str]) -> StageConfig:

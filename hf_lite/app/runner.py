@@ -34,6 +34,7 @@ from transformers import (
 from hf_lite._utils import atomic_dir, did_you_mean, has_bnb_layers
 from hf_lite.adapters import resolve_peft_config
 from hf_lite.app.evaluate_stage import evaluated_summary, stage_evaluate
+from hf_lite.app.generate_stage import check_generate_stages, stage_generate, training_data
 from hf_lite.app.recipe import Recipe, StageConfig, check_training_args
 from hf_lite.app.run_folder import (  # noqa: F401 (RUN_MARKER, STAGE_MARKER: importable from here too)
     RUN_MARKER,
@@ -45,7 +46,7 @@ from hf_lite.app.run_folder import (  # noqa: F401 (RUN_MARKER, STAGE_MARKER: im
     prepare_stage,
     stage_done,
 )
-from hf_lite.app.stages import MODEL_STAGES, TrainingStage
+from hf_lite.app.stages import MODEL_STAGES, DistillStage, TrainingStage
 from hf_lite.app.training_eval import final_evaluation
 from hf_lite.data import CompletionCollator, augment_data, load_data, tokenize_data
 from hf_lite.exporting import dequantize_bnb_, export, strip_quantization_, unpack_bnb_cpu_weights_
@@ -54,6 +55,7 @@ from hf_lite.loading import load_model, load_teacher, load_tokenizer
 from hf_lite.pruning import sparsity_report
 from hf_lite.quantization import resolve_quantization
 from hf_lite.student import init_student_from_teacher
+from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheCollator
 from trainers import DistillationConfig, DistillationTrainer, FinetuneTrainer, PruningCallback, PruningConfig
 
 
@@ -127,20 +129,22 @@ class RunContext:
             raw = self.raw_data()
             train = augment_data(raw["train"], seed=self.recipe.seed, **augment)
             return {
-                "train": tokenize_data(
-                    train, self.tokenizer, task=self.recipe.task, max_length=self.recipe.data.max_length
-                ),
+                "train": tokenize_data(train, self.tokenizer, **self._tokenize_kwargs()),
                 "eval": self.tokenized()["eval"],
             }
         if self._tokenized is None:
             raw = self.raw_data()
             self._tokenized = {
-                split: tokenize_data(
-                    raw[split], self.tokenizer, task=self.recipe.task, max_length=self.recipe.data.max_length
-                )
+                split: tokenize_data(raw[split], self.tokenizer, **self._tokenize_kwargs())
                 for split in ("train", "eval")
             }
         return self._tokenized
+
+    def _tokenize_kwargs(self) -> dict[str, Any]:
+        kwargs = {"task": self.recipe.task, **self.recipe.data.tokenize_kwargs()}
+        if self.recipe.task != "causal-lm":  # the format and loss options are causal-LM data's
+            kwargs = {"task": kwargs["task"], "max_length": kwargs["max_length"]}
+        return kwargs
 
     def num_labels_kwargs(self) -> dict[str, int]:
         """``{"num_labels": n}`` for classification tasks, ``{}`` otherwise (keyword arguments of load_model)."""
@@ -241,7 +245,7 @@ def _check_labels(stage: StageConfig, data: Any, why: str) -> None:
 
 def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     args = check_training_args(stage, TrainingArguments, _training_base(ctx, stage))
-    data = ctx.tokenized()
+    data = training_data(ctx, stage, keep_cache=False) if stage.spec.data else ctx.tokenized()
     _check_labels(stage, data, "trains cross-entropy on labels")
     model = _load_for_training(ctx, stage, stage.model)
     # FinetuneTrainer: the loss is the global-batch mean under DDP and gradient accumulation for every head
@@ -250,16 +254,19 @@ def stage_finetune(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
 
 def stage_distill(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
     args = check_training_args(stage, DistillationConfig, _training_base(ctx, stage))
-    data = ctx.tokenized(stage.spec.augment)
+    spec = stage.spec
+    data = training_data(ctx, stage, keep_cache=True) if spec.data else ctx.tokenized(spec.augment)
     if args.alpha < 1:
         _check_labels(stage, data, f"mixes in cross-entropy on labels (alpha={args.alpha}; 1.0 = KD only)")
     student = _load_for_training(ctx, stage, stage.model)
-    teacher = load_teacher(
-        ctx.model_path(stage.spec.teacher),
-        ctx.recipe.task,
-        quantization=args.teacher_quantization,
-        dtype="float32",
-    )
+    teacher = None  # training from the top-k cache of a generate stage: no teacher in memory
+    if not set(TEACHER_COLUMNS) & set(data["train"].column_names):
+        teacher = load_teacher(
+            ctx.model_path(spec.teacher),
+            ctx.recipe.task,
+            quantization=args.teacher_quantization,
+            dtype="float32",
+        )
     trainer = _trainer(ctx, stage, DistillationTrainer, student, args, data, teacher_model=teacher)
     return _train_and_save(ctx, stage, trainer)
 
@@ -274,14 +281,18 @@ def _trainer(
         train_dataset=data["train"],
         eval_dataset=data["eval"],
         processing_class=ctx.tokenizer,
-        data_collator=_collator(ctx),
+        data_collator=_collator(ctx, data["train"]),
         callbacks=_callbacks(stage),
         **kwargs,
     )
 
 
-def _collator(ctx: RunContext) -> Any:
-    if ctx.recipe.task == "causal-lm" and "prompt_length" in ctx.tokenized()["train"].column_names:
+def _collator(ctx: RunContext, train: Any = None) -> Any:
+    """The collator of ``train`` (default: the recipe's tokenized train split)."""
+    columns = (ctx.tokenized()["train"] if train is None else train).column_names
+    if set(TEACHER_COLUMNS) & set(columns):
+        return TeacherCacheCollator(ctx.tokenizer)  # a generate stage's top-k cache
+    if ctx.recipe.task == "causal-lm" and "prompt_length" in columns:
         return CompletionCollator(ctx.tokenizer)  # prompt/completion or chat rows: their labels kept as made
     if ctx.recipe.task == "causal-lm":
         return DataCollatorForLanguageModeling(ctx.tokenizer, mlm=False)
@@ -375,6 +386,7 @@ STAGES = {
     "finetune": stage_finetune,
     "init_student": stage_init_student,
     "distill": stage_distill,
+    "generate": stage_generate,
     "prune": stage_prune,
     "quantize": stage_quantize,
     "evaluate": stage_evaluate,
@@ -385,13 +397,23 @@ STAGES = {
 def check_stages(ctx: RunContext) -> None:
     """Everything about the recipe's stages that a run would refuse, checked before any stage runs: each
     training stage's ``args`` through ``HfArgumentParser`` (names, with a did-you-mean, and values), its
-    ``pruning``, ``peft`` and ``quantization`` options. Raises ``ValueError``/``TypeError`` naming the stage."""
+    ``pruning``, ``peft`` and ``quantization`` options, and the generate stages' prompts and caches
+    (:func:`~hf_lite.app.generate_stage.check_generate_stages`). Raises ``ValueError``/``TypeError`` naming the
+    stage."""
+    distill_args = {}
     for stage in ctx.recipe.stages:
         spec = stage.spec
         if not isinstance(spec, TrainingStage):
             continue
-        check_training_args(stage, type(spec).args_class(), _training_base(ctx, stage))
         where = f"stage {stage.name!r}"
+        try:
+            args = check_training_args(stage, type(spec).args_class(), _training_base(ctx, stage))
+        except (ValueError, TypeError) as err:
+            if str(err).startswith(where):
+                raise
+            raise type(err)(f"{where}: {err}") from err
+        if isinstance(spec, DistillStage):
+            distill_args[stage.name] = args
         if spec.pruning:
             if not isinstance(spec.pruning, dict):
                 raise ValueError(
@@ -409,6 +431,7 @@ def check_stages(ctx: RunContext) -> None:
             resolve_quantization(spec.quantization)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{where}: {err}") from err
+    check_generate_stages(ctx, distill_args)
 
 
 def run_recipe(recipe: Recipe, *, stages: list[str] | None = None) -> RunContext:

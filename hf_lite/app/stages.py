@@ -84,17 +84,24 @@ class StageSpec:
 class TrainingStage(StageSpec):
     """What the training stages share: ``TrainingArguments`` fields (``args``), an adapter (``peft``), a
     quantized base (``quantization``), gradual pruning during training (``pruning``: ``PruningCallback``
-    arguments) and gradient checkpointing."""
+    arguments), gradient checkpointing, and ``data``: the name of an earlier ``generate`` stage whose
+    teacher completions the stage trains on instead of the recipe's data (sequence-level distillation)."""
 
     args: dict[str, Any] = field(default_factory=dict)
     peft: Any = None
     quantization: Any = None
     pruning: dict[str, Any] | None = None
     gradient_checkpointing: bool = False
+    data: str | None = None
 
     def validate(self, where: str) -> None:
         if not isinstance(self.args, Mapping):
             raise ValueError(f"{where}: args must be a mapping of TrainingArguments fields.")
+        if self.data is not None and not isinstance(self.data, str):
+            raise ValueError(
+                f"{where}: data={self.data!r} must be the name of an earlier generate stage (the teacher's "
+                "completions to train on), or left out to train on the recipe's data."
+            )
 
     @classmethod
     def args_class(cls) -> type:
@@ -233,6 +240,72 @@ class QuantizeStage(StageSpec):
             raise ValueError(f"{where}: bits={self.bits!r} must be 4 or 8.")
 
 
+def _is_int(value: Any, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+
+
+@dataclass
+class GenerateStage(StageSpec):
+    """``generate``: sequence-level distillation data. ``model`` (a causal LM: ``teacher`` or an earlier stage)
+    completes every prompt of the recipe's train and eval splits once
+    (:func:`hf_lite.teacher_cache.generate_teacher_completions`), into ``<stage>/train`` and ``<stage>/eval``:
+    fingerprinted, resumable shard by shard. A training stage with ``data: <this stage>`` trains on
+    prompt + teacher completion (the loss on the completion only); with ``topk`` the teacher's top-k
+    log-probabilities on them are stored too (at ``kd_temperature``), and a ``distill`` stage trains from that
+    cache with no teacher in memory.
+
+    Prompts: the ``prompt`` column (prompt/completion or prompt-only data; a reference completion is dropped),
+    or for ``messages`` each conversation up to its last assistant turn. Greedy unless ``do_sample``
+    (``temperature``, ``top_p``, ``seed``: the recipe's seed). ``max_prompt_length`` defaults to
+    ``data.max_length - max_new_tokens``, so that prompt + completion fit ``data.max_length``.
+    """
+
+    kind: ClassVar[str] = "generate"
+    produces_model: ClassVar[bool] = False
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_prompt_length: int | None = None
+    topk: int | None = None
+    kd_temperature: float = 1.0
+    dtype: str = "float16"
+    batch_size: int = 8
+    shard_size: int = 1024
+
+    def validate(self, where: str) -> None:
+        optional = ("max_prompt_length", "topk")
+        for key in ("max_new_tokens", "batch_size", "shard_size", *optional):
+            value = getattr(self, key)
+            if not (key in optional and value is None) and not _is_int(value, 1):
+                left_out = " (or left out)" if key in optional else ""
+                raise ValueError(f"{where}: {key}={value!r} must be an integer >= 1{left_out}.")
+        if not isinstance(self.do_sample, bool):
+            raise ValueError(f"{where}: do_sample={self.do_sample!r} must be true or false (false: greedy).")
+        if not _is_number(self.temperature) or not 0 < self.temperature < float("inf"):
+            raise ValueError(
+                f"{where}: temperature={self.temperature!r} must be a number > 0 (sampling divides the logits by "
+                "it; 1.0 samples the teacher's own distribution). For greedy decoding set do_sample: false."
+            )
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"{where}: top_p={self.top_p!r} must be in (0, 1] (1.0 keeps every token).")
+        if not _is_number(self.kd_temperature) or not 0 < self.kd_temperature < float("inf"):
+            raise ValueError(
+                f"{where}: kd_temperature={self.kd_temperature!r} must be a number > 0 (the distillation "
+                "temperature of the stored top-k log-probabilities: the distill stage's args.temperature)."
+            )
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(
+                f"{where}: dtype={self.dtype!r} is not a storage type of the top-k log-probabilities; use "
+                "float16 or float32."
+            )
+
+
 @dataclass
 class EvaluateStage(StageSpec):
     """``evaluate``: metric, size and latency of ``models`` (default: the teacher and every model stage before it)."""
@@ -272,6 +345,7 @@ STAGE_TYPES: dict[str, type[StageSpec]] = {
         FinetuneStage,
         InitStudentStage,
         DistillStage,
+        GenerateStage,
         PruneStage,
         QuantizeStage,
         EvaluateStage,
