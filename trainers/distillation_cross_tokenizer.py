@@ -178,13 +178,13 @@ def cross_tokenizer_setup(
         return None
     teacher_tokenizer = _resolve(teacher_tokenizer)
     check_cross_tokenizer(args, task, len(teachers), student_tokenizer)
+    collator = CrossTokenizerCollator(student_tokenizer, teacher_tokenizer)  # refuses slow tokenizers
     relation = compare_vocabularies(
         student_tokenizer,
         teacher_tokenizer,
         student_head_size=output_size(student),
         teacher_head_size=output_size(teachers[0]),
     )
-    collator = CrossTokenizerCollator(student_tokenizer, teacher_tokenizer)
     if relation.token_level:
         logger.info("teacher_tokenizer: %s", relation.message)
         return CrossTokenizerDistillation(args, None, collator, token_level=True)

@@ -1,0 +1,483 @@
+"""DistillationTrainer across tokenizers (teacher_tokenizer=): the collator, the loss against a hand computation,
+exactness under gradient accumulation, a permuted vocabulary that must train exactly like the shared one, the
+vocabulary preflight, the errors, and a learning test against plain cross-entropy."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import DataCollatorForLanguageModeling
+
+from hf_lite.data import align_texts, shared_vocabulary
+from hf_lite.data.collate import CROSS_TOKENIZER_KEYS, CrossTokenizerCollator
+from hf_lite.losses import cross_entropy_loss, hybrid_uld_loss, shift_labels, uld_loss
+from hf_lite.testing import build_tiny_model, build_tokenizer
+from tests import tokenizer_kinds as kinds
+from trainers import DistillationConfig, DistillationTrainer
+
+
+@pytest.fixture(scope="module")
+def toks():
+    return {
+        "byte_level": kinds.byte_level_bpe(),
+        "metaspace": kinds.metaspace_bpe(),
+        "wordpiece": kinds.lowercase_wordpiece(),
+    }
+
+
+def _llama(tok, seed: int, **overrides):
+    return build_tiny_model("llama", tokenizer=tok, seed=seed, **overrides)[0]
+
+
+def _args(tmp_path, **kw) -> DistillationConfig:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    return DistillationConfig(**{**base, **kw})
+
+
+def _texts(n: int = 4) -> list[str]:
+    return kinds.corpus(n, seed=3)
+
+
+def _slow_tokenizer():
+    from transformers.tokenization_python import PythonBackend
+
+    class CharTokenizer(PythonBackend):  # a slow (pure Python) tokenizer: no offset mapping
+        def __init__(self, **kwargs):
+            self.vocab = {c: i for i, c in enumerate("<>abcdefghijklmnopqrstuvwxyz ")}
+            super().__init__(**kwargs)
+
+        def get_vocab(self):
+            return dict(self.vocab)
+
+        @property
+        def vocab_size(self):
+            return len(self.vocab)
+
+        def _tokenize(self, text):
+            return list(text)
+
+        def _convert_token_to_id(self, token):
+            return self.vocab.get(token, 0)
+
+        def _convert_id_to_token(self, index):
+            return list(self.vocab)[index]
+
+    return CharTokenizer()
+
+
+# ------------------------------------------------------------------------------------------------ collator
+
+
+def test_collator_pads_both_tokenizations_and_counts_spans_of_targets(toks):
+    s_tok, t_tok = toks["metaspace"], toks["wordpiece"]
+    texts = kinds.TEXTS
+    batch = CrossTokenizerCollator(s_tok, t_tok)([{"text": t} for t in texts])
+    s = s_tok(texts, padding=True, return_tensors="pt", return_offsets_mapping=True)
+    t = t_tok(texts, padding=True, return_tensors="pt")
+    assert set(batch) == {"input_ids", "attention_mask", "labels", *CROSS_TOKENIZER_KEYS}
+    assert torch.equal(batch["input_ids"], s["input_ids"]) and torch.equal(
+        batch["attention_mask"], s["attention_mask"]
+    )
+    assert torch.equal(batch["teacher_input_ids"], t["input_ids"])
+    # targets: every token that covers a character (not <s>, not padding)
+    covers = (s["offset_mapping"][..., 1] > s["offset_mapping"][..., 0]) & (s["attention_mask"] == 1)
+    assert torch.equal(batch["labels"], torch.where(covers, s["input_ids"], -100))
+    # a span counts when both sides have a token before it ([CLS] / <s> give one to every span here)
+    for row, alignment in enumerate(align_texts(texts, s_tok, t_tok)):
+        counted = sum(span.student[0] > 0 and span.teacher[0] > 0 for span in alignment.spans)
+        assert counted == len(alignment.spans) and int(batch["span_mask"][row].sum()) == counted
+
+
+def test_prompt_completion_rows_count_only_completion_spans(toks):
+    collator = CrossTokenizerCollator(toks["byte_level"], toks["metaspace"])
+    batch = collator([{"prompt": "the quick", "completion": " brown fox jumps"}])
+    row = collator.encode({"prompt": "the quick", "completion": " brown fox jumps"})
+    spans = [s for s in row["alignment"]["spans"] if s[4] >= len("the quick")]
+    assert [("the quick brown fox jumps")[s[4] : s[5]] for s in spans] == [" brown", " fox", " jumps"]
+    assert int(batch["span_mask"].sum()) == 3
+    student_targets = [i for i, label in enumerate(row["labels"]) if label != -100]
+    assert [collator.student.tokenizer.decode(row["input_ids"][i]) for i in student_targets] == [
+        " brown",
+        " fox",
+        " jumps",
+    ]
+
+
+def test_rows_encoded_once_in_the_dataset_give_the_same_batch(toks):
+    collator = CrossTokenizerCollator(toks["byte_level"], toks["wordpiece"], max_length=12)
+    raw = Dataset.from_dict({"text": _texts(6)})
+    encoded = raw.map(collator.encode, remove_columns=["text"])
+    a, b = collator(list(raw)), collator(list(encoded))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert a["input_ids"].shape[1] <= 12 and a["teacher_input_ids"].shape[1] <= 12
+
+
+def test_collator_errors(toks):
+    with pytest.raises(
+        TypeError, match=r"teacher_tokenizer \(CharTokenizer\) is not a fast tokenizer.*use_fast=True"
+    ):
+        CrossTokenizerCollator(toks["byte_level"], _slow_tokenizer())
+    collator = CrossTokenizerCollator(toks["byte_level"], toks["wordpiece"])
+    with pytest.raises(ValueError, match=r"got a row with columns \['input_ids'\]: it needs 'text'"):
+        collator([{"input_ids": [1, 2]}])
+    with pytest.raises(
+        ValueError,
+        match=r"text='   ': no span of student and teacher tokens.*Drop empty or whitespace-only rows",
+    ):
+        collator([{"text": "   "}])
+    with pytest.raises(ValueError, match=r"CrossTokenizerCollator got no rows"):
+        collator([])
+    with pytest.raises(ValueError, match=r"max_length=0 must be a positive number of tokens or None"):
+        CrossTokenizerCollator(toks["byte_level"], toks["wordpiece"], max_length=0)
+
+
+# --------------------------------------------------------------------------------------- loss arithmetic
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["hybrid", "uld"])
+def test_first_step_loss_matches_a_hand_computation(tmp_path, toks, kind):
+    s_tok, t_tok = toks["metaspace"], toks["byte_level"]
+    student, teacher = _llama(s_tok, 2), _llama(t_tok, 1, hidden_size=96)
+    texts = _texts(4)
+    batch = CrossTokenizerCollator(s_tok, t_tok)([{"text": t} for t in texts])
+    with torch.no_grad():
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t_logits = teacher(
+            input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+        ).logits
+    alignment = {k: batch[k] for k in CROSS_TOKENIZER_KEYS[2:]}
+    if kind == "hybrid":
+        shared = shared_vocabulary(s_tok, t_tok)
+        kd = hybrid_uld_loss(
+            s_logits, t_logits, alignment, shared, loss_type="jsd", beta=0.3, temperature=2.0,
+            matched_weight=0.7, unmatched_weight=0.4,
+        )  # fmt: skip
+    else:
+        kd = uld_loss(s_logits, t_logits, alignment, temperature=2.0)
+    ce = cross_entropy_loss(s_logits, shift_labels(batch["labels"]))
+    args = _args(
+        tmp_path, alpha=0.6, temperature=2.0, loss_type="jsd", beta=0.3, cross_tokenizer_loss=kind,
+        hybrid_matched_weight=0.7, hybrid_unmatched_weight=0.4,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        teacher_tokenizer=t_tok,
+        args=args,
+        processing_class=s_tok,
+        train_dataset=Dataset.from_dict({"text": texts}),
+    )
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
+    assert log["loss_ce"] == pytest.approx(ce.item(), rel=1e-5)
+    assert log["loss"] == pytest.approx(0.6 * kd.item() + 0.4 * ce.item(), rel=1e-5)
+
+
+def _sgd_weights(tmp_path, toks, batch: int, accumulation: int):
+    s_tok, t_tok = toks["byte_level"], toks["metaspace"]
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        alpha=0.5,
+    )
+    trainer = DistillationTrainer(
+        model=_llama(s_tok, 2),
+        teacher_model=_llama(t_tok, 1),
+        teacher_tokenizer=t_tok,
+        args=args,
+        processing_class=s_tok,
+        train_dataset=Dataset.from_dict({"text": [t[: 10 + 9 * i] for i, t in enumerate(_texts(4))]}),
+    )
+    trainer.train()
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.integration
+def test_one_batch_of_4_equals_4_accumulated_batches_of_1(tmp_path, toks):
+    # Texts of different lengths: a per-micro-batch mean would weigh the spans of short texts more.
+    full = _sgd_weights(tmp_path / "a", toks, batch=4, accumulation=1)
+    accumulated = _sgd_weights(tmp_path / "b", toks, batch=1, accumulation=4)
+    initial = dict(_llama(toks["byte_level"], 2).named_parameters())
+    assert max((full[n] - initial[n]).abs().max().item() for n in full) > 1e-3  # the step did something
+    for name in full:
+        torch.testing.assert_close(accumulated[name], full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.integration
+def test_a_permuted_teacher_vocabulary_trains_exactly_like_the_shared_one(tmp_path, toks):
+    """The teacher's vocabulary in another order (same tokens, other ids) goes through the cross-tokenizer path:
+    every span is one token and every token is shared, so the hybrid loss is the ordinary forward KL and the run
+    must equal the same-tokenizer run, where teacher_tokenizer (the student's own) keeps the ordinary path."""
+    tok = toks["byte_level"]
+    permuted, perm = kinds.permuted_copy(tok)
+    teacher = _llama(tok, 1)
+    teacher_p = copy.deepcopy(teacher)
+    with torch.no_grad():  # token i of the original is id perm[i] of the copy
+        teacher_p.model.embed_tokens.weight[perm] = teacher.model.embed_tokens.weight
+        teacher_p.lm_head.weight[perm] = teacher.lm_head.weight
+    assert len(shared_vocabulary(tok, permuted).student_ids) == len(tok)
+    data = Dataset.from_dict({"text": _texts(8)})
+    runs = []
+    for model, teacher_tok in ((teacher, tok), (teacher_p, permuted)):
+        trainer = DistillationTrainer(
+            model=_llama(tok, 2),
+            teacher_model=model,
+            teacher_tokenizer=teacher_tok,
+            args=_args(
+                tmp_path,
+                max_steps=3,
+                alpha=0.7,
+                temperature=2.0,
+                optim="sgd",
+                learning_rate=0.5,
+                lr_scheduler_type="constant",
+            ),  # fmt: skip
+            processing_class=tok,
+            train_dataset=data,
+        )
+        trainer.train()
+        runs.append(trainer)
+    assert runs[0].cross.token_level and runs[0]._vocab_size == len(tok)  # the ordinary path
+    assert not runs[1].cross.token_level and runs[1]._vocab_size is None  # the span path
+    for a, b in zip(runs[0].state.log_history[:3], runs[1].state.log_history[:3], strict=True):
+        for key in ("loss", "loss_kd", "loss_ce"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    for (name, a), (_, b) in zip(
+        runs[0].model.named_parameters(), runs[1].model.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ------------------------------------------------------------------------------------------- preflight
+
+
+def test_different_tokenizers_without_teacher_tokenizer_name_it_as_the_fix(tmp_path, toks):
+    s_tok = toks["metaspace"]
+    with pytest.raises(ValueError, match=r"Vocabulary mismatch: .*pass it as teacher_tokenizer="):
+        DistillationTrainer(
+            model=_llama(s_tok, 2),
+            teacher_model=_llama(toks["byte_level"], 1),
+            args=_args(tmp_path),
+            processing_class=s_tok,
+        )
+    # the same head size: the teacher's folder holds its own tokenizer, compared with the student's
+    other = kinds.metaspace_bpe(vocab_size=400)
+    assert len(other) == len(toks["byte_level"])
+    folder = tmp_path / "teacher"
+    _llama(toks["byte_level"], 1).save_pretrained(folder)
+    toks["byte_level"].save_pretrained(folder)
+    with pytest.raises(ValueError, match=r"has another tokenizer than the student.*Pass teacher_tokenizer='"):
+        DistillationTrainer(
+            model=_llama(other, 2), teacher_model=str(folder), args=_args(tmp_path), processing_class=other
+        )
+    # given, it is used: the teacher folder's tokenizer by path
+    trainer = DistillationTrainer(
+        model=_llama(other, 2),
+        teacher_model=str(folder),
+        args=_args(tmp_path, teacher_tokenizer=str(folder)),
+        processing_class=other,
+    )
+    assert not trainer.cross.token_level and isinstance(trainer.data_collator, CrossTokenizerCollator)
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+def test_trainer_errors(tmp_path, toks):
+    s_tok, t_tok = toks["metaspace"], toks["byte_level"]
+    student, teacher = _llama(s_tok, 2), _llama(t_tok, 1)
+
+    def make(args=None, **kw):
+        kw = {"teacher_model": teacher, "teacher_tokenizer": t_tok, "processing_class": s_tok, **kw}
+        return DistillationTrainer(model=kw.pop("model", student), args=args or _args(tmp_path), **kw)
+
+    fix = "or distil from a teacher that shares the student's tokenizer"
+    with pytest.raises(
+        ValueError, match=rf"lmbda=0.5 with teacher_tokenizer: on-policy .* not yet re-tokenized.*{fix}"
+    ):
+        make(_args(tmp_path, lmbda=0.5))
+    for name in ("hidden_weight", "attention_weight"):
+        with pytest.raises(ValueError, match=rf"{name}=1.0 with teacher_tokenizer: .* Set {name}=0"):
+            make(_args(tmp_path, **{name: 1.0}))
+    with pytest.raises(
+        ValueError, match=r"teacher_tokenizer with 2 teachers: .*\(not implemented: several teachers"
+    ):
+        make(teacher_model=[teacher, _llama(t_tok, 3)])
+    with pytest.raises(
+        ValueError, match=r"loss_type='mse' cannot compare the hybrid loss's span probabilities"
+    ):
+        make(_args(tmp_path, loss_type="mse"))
+    with pytest.raises(ValueError, match=r"the student's tokenizer is unknown: pass it as processing_class"):
+        make(processing_class=None)
+    with pytest.raises(
+        TypeError, match=r"teacher_tokenizer must be a tokenizer, a Hub id or a folder; got int"
+    ):
+        make(teacher_tokenizer=123)
+    with pytest.raises(TypeError, match=r"teacher_tokenizer \(CharTokenizer\) is not a fast tokenizer"):
+        make(teacher_tokenizer=_slow_tokenizer())
+    bert = build_tiny_model("bert", "sequence-classification", seed=0)[0]
+    with pytest.raises(
+        ValueError, match=r"distils between causal language models; this student's task is 'seq"
+    ):
+        make(model=bert, teacher_model=build_tiny_model("bert", "sequence-classification", seed=1)[0])
+    # a collator of the ordinary kind: the batch has no teacher tokens
+    trainer = make(
+        train_dataset=Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4}),
+        data_collator=DataCollatorForLanguageModeling(s_tok, mlm=False),
+    )
+    with pytest.raises(ValueError, match=r"the batch lacks \['teacher_input_ids'.*CrossTokenizerCollator"):
+        trainer.train()
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"cross_tokenizer_loss='kl' must be one of hybrid, uld"):
+        DistillationConfig(str(tmp_path), cross_tokenizer_loss="kl")
+    with pytest.raises(ValueError, match=r"hybrid_matched_weight=-1.0 must be >= 0"):
+        DistillationConfig(str(tmp_path), hybrid_matched_weight=-1.0)
+
+
+def test_teacher_cache_errors(tmp_path, toks):
+    from hf_lite.teacher_cache import precompute_teacher_cache
+
+    tok = build_tokenizer(style="gpt")
+    data = Dataset.from_dict({"input_ids": [[3, 4, 5, 6]] * 4})
+    cache = precompute_teacher_cache(
+        _llama(tok, 1), data, tmp_path / "cache", tokenizer=tok, k=4, temperature=2.0
+    )
+    with pytest.raises(ValueError, match=r"teacher_tokenizer with a teacher cache: .*Pass the live teacher"):
+        DistillationTrainer(
+            model=_llama(tok, 2),
+            args=_args(tmp_path, temperature=2.0),
+            teacher_tokenizer=toks["byte_level"],
+            train_dataset=cache,
+            processing_class=tok,
+        )
+    other = build_tokenizer(["completely different words here"], style="gpt")
+    with pytest.raises(
+        ValueError, match=r"teacher cache was made with another tokenizer than processing_class"
+    ):
+        DistillationTrainer(
+            model=_llama(tok, 2),
+            args=_args(tmp_path, temperature=2.0),
+            train_dataset=cache,
+            processing_class=other,
+        )
+
+
+# ------------------------------------------------------------------------------------------ learning test
+
+_WORDS = kinds._WORDS[:16]  # single tokens in every tokenizer kind (" fox", "▁fox")
+
+
+def _chain_sentences(n: int, seed: int) -> list[str]:
+    """Ten words each from a fixed Markov chain: each word has 3 successors, with probabilities .6/.3/.1."""
+    rng = random.Random(0)
+    chain = {w: rng.sample(_WORDS, 3) for w in _WORDS}
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(_WORDS)]
+        for _ in range(9):
+            words.append(rng.choices(chain[words[-1]], [0.6, 0.3, 0.1])[0])
+        out.append(" ".join(words))
+    return out
+
+
+def _next_word_log_probs(model, tok, texts) -> torch.Tensor:
+    """``(boundaries, words)``: each model's next-word distribution over the shared words after every word but
+    the last, read at its own token that ends the word (tokenizer-independent)."""
+    enc = tok(texts, padding=True, return_offsets_mapping=True, return_tensors="pt")
+    rows, positions = [], []
+    for r, text in enumerate(texts):
+        ends = [i for i, c in enumerate(text) if c == " "]
+        offsets = enc["offset_mapping"][r].tolist()
+        for end in ends:
+            rows.append(r)
+            positions.append(max(i for i, (a, b) in enumerate(offsets) if b == end and b > a))
+    words = torch.tensor([tok(" " + w, add_special_tokens=False)["input_ids"][-1] for w in _WORDS])
+    with torch.no_grad():
+        logits = model.eval()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    return torch.log_softmax(logits[torch.tensor(rows), torch.tensor(positions)][:, words], -1)
+
+
+@pytest.mark.integration
+def test_distilled_across_tokenizers_the_student_agrees_with_the_teacher_more_than_with_cross_entropy(
+    tmp_path, toks
+):
+    t_tok, s_tok = toks["byte_level"], toks["metaspace"]  # GPT-2-style teacher, Llama-2-style student
+    # A teacher trained on 1024 sentences of the chain (100 steps of 32)...
+    teacher = _llama(t_tok, 0, hidden_size=64, num_hidden_layers=2)
+    enc = t_tok(_chain_sentences(1024, seed=1), padding=True, return_tensors="pt")
+    optimizer, g = torch.optim.AdamW(teacher.parameters(), lr=5e-3), torch.Generator().manual_seed(0)
+    teacher.train()
+    for _ in range(100):
+        i = torch.randint(0, enc["input_ids"].shape[0], (32,), generator=g)
+        ids, mask = enc["input_ids"][i], enc["attention_mask"][i]
+        teacher(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    # ...and a student with another tokenizer that sees 32 sentences, for the same steps, with and without it.
+    small = Dataset.from_dict({"text": _chain_sentences(32, seed=2)})
+
+    def student_after(alpha: float):
+        student = _llama(
+            s_tok,
+            1,
+            hidden_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=24,
+        )
+        args = _args(
+            tmp_path / str(alpha), max_steps=80, per_device_train_batch_size=16, learning_rate=3e-3, alpha=alpha,
+            temperature=1.0, logging_steps=80,
+        )  # fmt: skip
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            teacher_tokenizer=t_tok,
+            args=args,
+            processing_class=s_tok,
+            train_dataset=small,
+        ).train()
+        return student
+
+    held_out = _chain_sentences(64, seed=99)
+    t_logp = _next_word_log_probs(teacher, t_tok, held_out)
+
+    def agreement(student):
+        s_logp = _next_word_log_probs(student, s_tok, held_out)
+        kl = torch.nn.functional.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean").item()
+        return kl, (s_logp.argmax(-1) == t_logp.argmax(-1)).float().mean().item()
+
+    kd_kl, kd_top1 = agreement(student_after(alpha=0.9))  # hybrid loss (default), plus 0.1 CE
+    ce_kl, ce_top1 = agreement(student_after(alpha=0.0))  # plain CE on the student's own tokens
+    print(f"hybrid: KL={kd_kl:.3f} top1={kd_top1:.3f}; CE: KL={ce_kl:.3f} top1={ce_top1:.3f}")
+    # held-out next-word agreement with the teacher over the shared words: top-1 and the KL between the two
+    # next-word distributions
+    assert kd_kl < 0.7 * ce_kl, (kd_kl, ce_kl)
+    assert kd_top1 > ce_top1, (kd_top1, ce_top1)
