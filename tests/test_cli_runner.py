@@ -701,3 +701,77 @@ def test_the_chat_recipe_runs_on_policy_on_a_gguf_teacher(tmp_path, capsys, monk
     assert main(["run", str(recipe), *common]) == 0
     logs = json.loads((next((tmp_path / "out").rglob("trainer_state.json"))).read_text())["log_history"]
     assert any(e.get("on_policy_fraction") == 1.0 and e.get("generated_length", 0) > 0 for e in logs)
+
+
+@pytest.mark.integration
+def test_the_sequence_level_recipe_trains_from_the_teachers_answers_on_a_gguf_teacher(
+    tmp_path, capsys, monkeypatch
+):
+    """examples/recipes/distill_chat_sequence_level.yaml as shipped (a generate stage with a top-k cache, a distill
+    stage reading it), a few steps on a tiny GGUF teacher: the plan shows the generate stage, the distill stage
+    trains on the teacher's answers without loading the teacher; `hf-lite distill --sequence_level` does the same
+    with the teacher in memory."""
+    import datasets
+
+    from hf_lite.app import runner
+    from tests.gguf_writer import save_tiny_gguf
+
+    gguf = tmp_path / "teacher.gguf"
+    save_tiny_gguf(gguf)
+    raw = yaml.safe_load((ROOT / "examples/recipes/distill_chat_sequence_level.yaml").read_text())
+    raw["data"]["train"] = str(ROOT / raw["data"]["train"])
+    raw["stages"] = [st for st in raw["stages"] if st["type"] not in ("export", "evaluate")]
+    recipe = tmp_path / "seq.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    common = ["--teacher", str(gguf), "--output_dir", str(out), "--answers.max_new_tokens", "4"]
+    common += [
+        "--distill.max_steps",
+        "2",
+        "--distill.per_device_train_batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+    ]
+    assert main(["plan", str(recipe), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "data format: messages (data.data_format); the loss counts the assistant turns" in printed
+    assert (
+        "- answers (generate): teacher completes the train and eval prompts, greedy, at most 4 new tokens after at "
+        "most 252 prompt tokens, with its top-16 log-probabilities at temperature 1.0; read by distill"
+    ) in printed
+    assert "+ no teacher (top-k cache of answers), trains on the teacher completions of answers" in printed
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the distill stage loaded a teacher")
+
+    monkeypatch.setattr(runner, "load_teacher", no_teacher)  # the generate stage loads its own
+    assert main(["run", str(recipe), *common]) == 0
+    info = json.loads((out / "answers" / "stage.json").read_text())
+    answers = datasets.load_from_disk(str(out / "answers" / "train"))
+    assert info["train_rows"] == len(answers) == 57 and info["eval_rows"] == 7  # 64 rows, eval_fraction 0.1
+    assert all(1 <= len(ids) <= 4 for ids in answers["completion_ids"])
+    assert answers[0]["input_ids"] == answers[0]["prompt_ids"] + answers[0]["completion_ids"]
+    assert info["train_completion_tokens"] == sum(len(ids) for ids in answers["completion_ids"])
+    logs = json.loads(next((out / "distill").rglob("trainer_state.json")).read_text())["log_history"]
+    assert sum("loss_kd" in e for e in logs) == 2
+    monkeypatch.undo()
+
+    cli = tmp_path / "cli"
+    argv = ["distill", "--task", "causal-lm", "--teacher", str(gguf), "--data", raw["data"]["train"]]
+    argv += [
+        "--data_format",
+        "messages",
+        "--sequence_level",
+        "--output_dir",
+        str(cli),
+        "--generate.max_new_tokens",
+    ]
+    argv += ["4", "--max_steps", "1", "--per_device_train_batch_size", "2", "--temperature", "1.0"]
+    argv += ["--evaluate.latency_repeats", "1"]
+    assert main(argv) == 0
+    stages = [
+        json.loads((cli / s / "stage.json").read_text())["type"] for s in ("student", "generate", "distill")
+    ]
+    assert stages == ["init_student", "generate", "distill"]
+    assert (cli / "distill" / "model" / "model.safetensors").is_file()
