@@ -2,16 +2,16 @@
 
 >>> from types import SimpleNamespace
 >>> config = StructuralPruningConfig(num_layers=2, end_step=4)
->>> check_training_args(config, SimpleNamespace(world_size=1))
+>>> check_training_args(config, SimpleNamespace(world_size=2))
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from hf_lite._utils import world
 from hf_lite.pruning.sites import base_layer, find_attention_sites, find_ffn_sites, head_layout, model_config
 from hf_lite.pruning.structural import config_error, loadable_group_counts
 from trainers._structural_shrink import model_sizes
@@ -24,8 +24,9 @@ __all__ = ["check_model_fits", "check_training_args"]
 
 
 def check_training_args(config: StructuralPruningConfig, args: TrainingArguments) -> None:
-    """Refuse training arguments that cannot work with gradual structural pruning under ``config``: several
-    processes, DeepSpeed/FSDP, ``load_best_model_at_end``, distillation terms that index removed blocks/heads.
+    """Refuse training arguments that cannot work with gradual structural pruning under ``config``: DeepSpeed
+    or FSDP (in the arguments, or set by ``accelerate launch``), ``load_best_model_at_end``, distillation terms
+    that index removed blocks/heads. Several DDP processes are fine.
 
     >>> from types import SimpleNamespace
     >>> config = StructuralPruningConfig(num_layers=2, end_step=4)
@@ -34,18 +35,14 @@ def check_training_args(config: StructuralPruningConfig, args: TrainingArguments
     ...
     ValueError: load_best_model_at_end=True with StructuralPruningCallback: ...
     """
-    processes = max(int(getattr(args, "world_size", 1) or 1), world()[1])
-    if processes > 1:
+    engine = _sharding_engine(args)
+    if engine is not None:
         raise ValueError(
-            f"StructuralPruningCallback runs in one process, but world_size={processes}: DDP keeps gradient "
-            "buckets on the original parameter tensors, which shrinking replaces, so the processes would "
-            "silently stop averaging gradients. Train with a single process, or shrink one-shot "
-            "(hf_lite.pruning.prune_ffn_ & co.) before a multi-process run."
-        )
-    if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
-        raise ValueError(
-            "StructuralPruningCallback cannot shrink a DeepSpeed- or FSDP-sharded model (the shards and the "
-            "engine's optimizer hold the original shapes); unset deepspeed/fsdp, or shrink one-shot before."
+            f"StructuralPruningCallback cannot shrink a DeepSpeed- or FSDP-sharded model ({engine}): each "
+            "process holds shards of the parameters, and the engine's flat buffers and optimizer partitions "
+            "keep the original shapes, so slicing them in place cannot be done safely. Use DDP (several "
+            "processes, each with a full copy: accelerate launch --multi_gpu) or one process, or shrink "
+            "one-shot (hf_lite.pruning.prune_ffn_ & co.) before the sharded run."
         )
     if getattr(args, "load_best_model_at_end", False):
         raise ValueError(
@@ -76,6 +73,18 @@ def check_training_args(config: StructuralPruningConfig, args: TrainingArguments
                 f"num_layers={config.num_layers}: explicit layer pairs would point past the blocks left "
                 "after dropping. Use layer_map='uniform' or 'last', or attention_weight=0."
             )
+
+
+def _sharding_engine(args: TrainingArguments) -> str | None:
+    """The sharding engine asked for: ``args.deepspeed``/``args.fsdp``, or accelerate's launch environment."""
+    if getattr(args, "deepspeed", None):
+        return f"deepspeed={args.deepspeed!r}"
+    if getattr(args, "fsdp", None):
+        return f"fsdp={args.fsdp!r}"
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
+        if os.environ.get(name, "").lower() in ("1", "true", "yes"):
+            return f"{name}={os.environ[name]} from accelerate launch"
+    return None
 
 
 def check_model_fits(config: StructuralPruningConfig, root: nn.Module) -> None:

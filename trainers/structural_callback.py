@@ -36,7 +36,6 @@ Trainer is created. The callback then reads the stages done and running Taylor s
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -61,6 +60,15 @@ from hf_lite.pruning.sites import find_attention_sites, find_ffn_sites, head_lay
 from hf_lite.pruning.structural import ParamSlice, StructuralPlan, slice_optimizer_state_, top_indices
 from trainers._callback_state import resume_candidates
 from trainers._structural_checks import check_model_fits, check_training_args
+from trainers._structural_ddp import (
+    DdpWatch,
+    average_over_processes,
+    broadcast_from_main,
+    calibration_from_dataloader,
+    count_tokens,
+    shard_batches,
+    sharded_parameter,
+)
 from trainers._structural_shrink import (
     RESUME_ATTR,
     STRUCTURAL_STATE,
@@ -91,37 +99,10 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# calibration data
-
-
-def _calibration_from_dataloader(
-    dataloader: Any, batch_size: int, num_batches: int, seed: int
-) -> list[dict[str, torch.Tensor]]:
-    """``num_batches`` batches of the training set built with the dataloader's own collator: a seeded random
-    subset (same rows on resume; the Trainer's data order and RNG are not touched)."""
-    dataset = getattr(dataloader, "dataset", None)
-    collate = getattr(dataloader, "collate_fn", None)
-    if dataset is None or collate is None:
-        raise ValueError(
-            "calibration batches are needed (importance='activation' or num_layers) but the callback got no "
-            "train dataloader with a dataset: pass calibration_batches=[...] to StructuralPruningCallback."
-        )
-    rows = batch_size * num_batches
-    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-        examples = list(itertools.islice(iter(dataset), rows))
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(dataset), generator=generator)[:rows].tolist()
-        examples = [dataset[i] for i in order]
-    if not examples:
-        raise ValueError("the training set is empty: no calibration batches can be drawn from it.")
-    return [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the internals under their former names (the test suite reaches them through this module)
 
 _Edit = ParamSlice
+_calibration_from_dataloader = calibration_from_dataloader
 _shrink_ffn = shrink_ffn
 _shrink_layers = shrink_layers
 
@@ -147,13 +128,13 @@ class StructuralPruningCallback(TrainerCallback):
 
     Lifecycle (events of ``transformers.TrainerCallback``; "step" is ``TrainerState.global_step``):
 
-    - ``on_init_end`` (inside ``Trainer.__init__``): refuses what cannot work before any training: several
-      processes (see DDP below), DeepSpeed/FSDP, ``load_best_model_at_end`` (checkpoints of different stages
+    - ``on_init_end`` (inside ``Trainer.__init__``): refuses what cannot work before any training:
+      DeepSpeed/FSDP (see below), ``load_best_model_at_end`` (checkpoints of different stages
       have different shapes), a DistillationTrainer whose hidden-state or attention matching would index
       removed blocks or heads, Taylor scores on frozen weights (PEFT), counts the config cannot express. With
       ``args.resume_from_checkpoint`` set to a folder of this run, the model is shrunk to it here
       (:func:`shrink_like_checkpoint`), before the Trainer loads its weights.
-    - ``on_train_begin``: records the original sizes and the stage plan
+    - ``on_train_begin``: refuses FSDP/ZeRO-3-sharded parameters; records the original sizes and the stage plan
       (:meth:`StructuralPruningConfig.plan`); when resuming (``global_step > 0``), reads the sizes, the
       stages done and running Taylor sums back from the checkpoint's :data:`STRUCTURAL_STATE_JSON` (looked
       up in ``args.resume_from_checkpoint``, the folder :func:`shrink_like_checkpoint` shrank the model to, the
@@ -177,11 +158,12 @@ class StructuralPruningCallback(TrainerCallback):
     - ``on_train_end``: nothing to undo: the model holds no masks or hooks and its config describes it, so
       ``save_pretrained`` writes an ordinary smaller checkpoint for stock ``from_pretrained``.
 
-    **DDP is not supported** (a ``ValueError`` when ``world_size > 1``): DDP registers its gradient buckets and
-    autograd hooks on the parameter tensors when the model is wrapped, and the Trainer keeps that wrapper in
-    a local variable of its training loop that a callback cannot replace, so the new, smaller parameters
-    would never be all-reduced and the processes would drift apart silently. Run gradual structural pruning
-    in one process, or shrink one-shot (``prune_ffn_`` & co.) between multi-process runs.
+    **Several processes (DDP)**: the processes shrink in lockstep. Each scores its share of the calibration
+    rows (drawn for the global batch) and the activation / block-influence means are all-reduced, weighted by
+    tokens (Taylor scores read gradients DDP has already averaged); rank 0's kept indices are broadcast; after
+    the stage the DDP wrapper's reducer is rebuilt around the new parameters (found by a forward hook, see
+    :mod:`trainers._structural_ddp`). The result is the one-process run's with the same global batch.
+    **FSDP and DeepSpeed are refused** (``ValueError``): they shard parameters, which cannot be sliced in place.
 
     Do not combine with :class:`~trainers.pruning_callback.PruningCallback` in the same run (its masks keep the old
     shapes). ``torch_compile`` is untested with shrinking models.
@@ -237,19 +219,24 @@ class StructuralPruningCallback(TrainerCallback):
         self._root: nn.Module | None = None
         self._taylor: dict[str, dict[int, torch.Tensor]] = {}
         self._taylor_count = 0
+        self._ddp: DdpWatch | None = None  # several processes: finds the DDP wrapper to rebuild after a stage
+        self._ddp_rebuilds = 0
 
     # -- scores -----------------------------------------------------------------------------------------
 
     def _calibration(
         self, args: TrainingArguments, dataloader: Any, step: int
     ) -> list[dict[str, torch.Tensor]]:
+        rank, processes = world()  # each process scores its share (see _structural_ddp)
         if self.calibration_batches is not None:
-            return self.calibration_batches
+            return shard_batches(self.calibration_batches, rank, processes)
         return _calibration_from_dataloader(
             dataloader,
             args.per_device_train_batch_size,
             self.config.num_calibration_batches,
             args.seed + step,
+            rank,
+            processes,
         )
 
     def _next_stage(self) -> StageTarget | None:
@@ -288,8 +275,11 @@ class StructuralPruningCallback(TrainerCallback):
                 )
             return {layer: total.abs() for layer, total in sums.items()}
         if kind == "ffn":
-            return ffn_neuron_scores(root, importance, batches)
-        return {layer: s.group for layer, s in attention_head_scores(root, importance, batches).items()}
+            scores = ffn_neuron_scores(root, importance, batches)
+        else:
+            scores = {layer: s.group for layer, s in attention_head_scores(root, importance, batches).items()}
+        # activation means of this process's share -> the mean over every process's real tokens
+        return average_over_processes(scores, count_tokens(batches)) if importance == "activation" else scores
 
     # -- a stage ----------------------------------------------------------------------------------------
 
@@ -301,20 +291,24 @@ class StructuralPruningCallback(TrainerCallback):
         record: dict[str, Any] = {"step": stage.step, "ffn": None, "kv_groups": None, "drop": None}
         if stage.ffn is not None:
             scores = self._scores("ffn", batches)
-            keep = {layer: top_indices(s, stage.ffn) for layer, s in scores.items()}
+            keep = broadcast_from_main({layer: top_indices(s, stage.ffn) for layer, s in scores.items()})
             shrink_ffn(root, keep, optimizer)
             record["ffn"] = [keep[i].tolist() for i in range(len(keep))]
         if stage.kv_groups is not None:
             scores = self._scores("kv_groups", batches)
-            keep = {layer: top_indices(s, stage.kv_groups) for layer, s in scores.items()}
+            keep = broadcast_from_main(
+                {layer: top_indices(s, stage.kv_groups) for layer, s in scores.items()}
+            )
             shrink_groups(root, keep, optimizer)
             record["kv_groups"] = [keep[i].tolist() for i in range(len(keep))]
         if stage.layers is not None:
-            influence = block_influence(root, batches)
+            influence = average_over_processes(block_influence(root, batches), count_tokens(batches))
             order = torch.sort(influence, stable=True).indices  # lowest influence first
-            drop = sorted(order[: len(influence) - stage.layers].tolist())
+            drop = broadcast_from_main(sorted(order[: len(influence) - stage.layers].tolist()))
             shrink_layers(root, drop, optimizer)
             record["drop"] = drop
+        if self._ddp is not None and self._ddp.rebuild():  # DDP averages the new parameters' gradients
+            self._ddp_rebuilds += 1
         record["sizes"] = model_sizes(root, self.config.kinds)
         record["num_parameters"] = sum(p.numel() for p in root.parameters())
         self.stages.append(record)
@@ -425,7 +419,18 @@ class StructuralPruningCallback(TrainerCallback):
                 "StructuralPruningCallback.on_train_begin got no model; it needs the Trainer's model."
             )
         self._root = unwrap_model(model)
+        sharded = sharded_parameter(self._root)
+        if sharded is not None:
+            raise ValueError(
+                f"parameter {sharded[0]!r} is sharded by {sharded[1]}: StructuralPruningCallback slices whole "
+                "parameters in place, which cannot be done safely on shards that the engine and its optimizer "
+                "hold in the original shapes. Train with DDP (each process a full copy) or one process, or "
+                "shrink one-shot (hf_lite.pruning.prune_ffn_ & co.) before the sharded run."
+            )
         self._taylor, self._taylor_count = {}, 0
+        self._close_ddp_watch()
+        if world()[1] > 1:
+            self._ddp = DdpWatch(self._root)
         if state.global_step > 0:
             folder = self._resume_folder(args, state)
             self._load_state(folder, self._root)
@@ -479,7 +484,13 @@ class StructuralPruningCallback(TrainerCallback):
             return
         self.save_state(folder, state.global_step)
 
+    def _close_ddp_watch(self) -> None:
+        if self._ddp is not None:
+            self._ddp.close()
+            self._ddp = None
+
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._close_ddp_watch()
         left = len(self._plan) - len(self.stages)
         if left > 0:
             logger.warning(

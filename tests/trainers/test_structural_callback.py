@@ -608,18 +608,18 @@ def test_unsupported_training_setups_are_refused(tmp_path, overrides, match):
         )
 
 
-def test_several_processes_are_refused(tmp_path, monkeypatch):
+def test_several_processes_are_accepted(tmp_path, monkeypatch):
+    """DDP is supported (tests/trainers/test_structural_ddp.py runs it); only sharding engines are refused."""
     model, tok = _model()
     monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: 2))
-    with pytest.raises(
-        ValueError, match=r"runs in one process, but world_size=2: DDP keeps gradient buckets"
-    ):
-        Trainer(
-            model=model,
-            args=_args(tmp_path),
-            train_dataset=_data(len(tok)),
-            callbacks=[StructuralPruningCallback(num_layers=2, end_step=4)],
-        )
+    args = _args(tmp_path)
+    assert args.world_size == 2
+    callback = StructuralPruningCallback(num_layers=2, end_step=4)
+    # the old "runs in one process" refusal is gone
+    callback.on_init_end(args, TrainerState(), None, model=model)
+    args.fsdp = "full_shard"
+    with pytest.raises(ValueError, match=r"\(fsdp='full_shard'\): each process holds shards"):
+        callback.on_init_end(args, TrainerState(), None, model=model)
 
 
 def test_resume_problems_fail_clearly(tmp_path):
