@@ -41,6 +41,15 @@ from hf_lite.pruning.masks import (
 from hf_lite.pruning.optimizer_state import base_optimizer, mask_moments_
 from hf_lite.pruning.report import sparsity_report
 from hf_lite.pruning.schedule import CubicSchedule
+from hf_lite.pruning.sharded import (
+    check_engine,
+    gather_full,
+    is_sharded,
+    local_state,
+    local_tensor,
+    shard_like,
+    sharded_pruning_masks,
+)
 from hf_lite.pruning.targets import find_prunable_modules, in_features_dim
 from trainers._callback_state import CallbackState, resume_candidates
 from trainers.pruning_config import PruningConfig
@@ -96,15 +105,18 @@ class PruningCallback(TrainerCallback):
 
     Under DDP every rank computes the same masks (same weights, gradients all-reduced before the optimizer
     step); rank 0's masks are also broadcast at each update, and :attr:`mask_disagreements` counts entries
-    that differed before the broadcast (0 in a healthy run). FSDP and DeepSpeed ZeRO-3 shard weights and are
-    not supported.
+    that differed before the broadcast (0 in a healthy run). Under FSDP2 (``DTensor`` weights) each process
+    keeps the masks, scores and moments of its own shard; thresholds are computed across the shards
+    (:mod:`hf_lite.pruning.sharded`), giving the single-process masks exactly, and checkpoints hold the
+    gathered full masks (the same files as a single-process run). FSDP1 and DeepSpeed ZeRO-3 are refused.
 
     Args:
         config: a :class:`PruningConfig` (or a dict of its fields).
         **kwargs: :class:`PruningConfig` fields, instead of ``config`` or overriding its fields.
 
     Attributes:
-        masks: ``{layer name: bool tensor}`` (``True`` = kept), names relative to the unwrapped model.
+        masks: ``{layer name: bool tensor}`` (``True`` = kept), names relative to the unwrapped model; under
+            FSDP2 the local shard of each mask.
         current_sparsity: the scheduled sparsity in force (``0.0`` before the first update).
         mask_disagreements: mask entries where this rank disagreed with rank 0 before a broadcast.
 
@@ -139,6 +151,7 @@ class PruningCallback(TrainerCallback):
         self._scores: dict[str, torch.Tensor] | None = None
         self._last_update_step: int | None = None
         self._any_pruned = False
+        self._sharded = False
 
     # -- configuration --------------------------------------------------------------------------------
 
@@ -162,6 +175,7 @@ class PruningCallback(TrainerCallback):
         # The base model of a PEFT model: LoRA's base_layer weights are pruned, the adapters stay dense.
         root = unwrap_model(model, peft_base=True)
         modules = find_prunable_modules(root, include=self.config.include, exclude=self.config.exclude)
+        check_engine(model, modules)
         widths = {name: m.weight.shape[in_features_dim(m)] for name, m in modules.items()}
         check_nm_widths(widths, self.config.nm, label=f"pattern={self.config.pattern!r}")
         if self.config.method == "movement":
@@ -185,18 +199,24 @@ class PruningCallback(TrainerCallback):
         out = {}
         for name, module in self._modules.items():
             if self.config.method == "magnitude":
-                scores = magnitude_scores(module.weight)
+                scores = magnitude_scores(local_tensor(module.weight))
             elif self._scores is not None:
                 scores = self._scores[name]
             else:
-                scores = torch.zeros(module.weight.shape, dtype=torch.float32, device=module.weight.device)
+                scores = torch.zeros(self.masks[name].shape, dtype=torch.float32, device=module.weight.device)
             out[name] = scores.masked_fill(~self.masks[name], -math.inf)
         return out
 
     def _compute_masks(self, sparsity: float) -> dict[str, torch.Tensor]:
         scores = self._scores_for_update()
         nm = self.config.nm
-        if nm is not None:
+        if self._sharded:  # FSDP2: thresholds across the shards, the local part of the single-process masks
+            weights = {name: m.weight for name, m in self._modules.items()}
+            dims = {name: in_features_dim(m) for name, m in self._modules.items()}
+            masks = sharded_pruning_masks(
+                scores, weights, sparsity, scope=self.config.scope, nm=nm, dims=dims
+            )
+        elif nm is not None:
             masks = {}
             for name, s in scores.items():
                 # Gradual N:M: only the M-N lowest of each group are candidates, and the `sparsity` fraction
@@ -214,7 +234,7 @@ class PruningCallback(TrainerCallback):
     def _sync_masks(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Under DDP, broadcast rank 0's masks and count where this rank's differed."""
         rank, size = world()
-        if size == 1:
+        if size == 1 or self._sharded:  # FSDP2: each rank holds other shards, computed together
             return masks
         names = list(masks)
         flat = torch.cat([masks[n].reshape(-1) for n in names]).to(torch.uint8)
@@ -267,22 +287,32 @@ class PruningCallback(TrainerCallback):
             return
         state = getattr(base_optimizer(optimizer), "state", None) or {}
         for name, module in self._modules.items():
-            weight, keep = module.weight, self.masks[name].view(torch.uint8)  # (weight shape), 0 or 1
+            weight, keep = (
+                local_tensor(module.weight),
+                self.masks[name].view(torch.uint8),
+            )  # (shard shape), 0/1
             weight.mul_(keep)
             # Moments shaped like the weight (Adam exp_avg/exp_avg_sq, momentum); not quantized 8-bit states.
-            mask_moments_(state.get(weight), weight, keep)
+            moments = state.get(module.weight)
+            mask_moments_(local_state(moments) if self._sharded else moments, weight, keep)
 
     # -- state ----------------------------------------------------------------------------------------
 
+    def _full(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The full tensor of a layer's local mask or scores (gathered under FSDP2: a collective)."""
+        full = gather_full(tensor, self._modules[name].weight) if self._sharded else tensor
+        return full.detach().contiguous().cpu()
+
     def _state_dict(self, global_step: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"masks.{n}": m.detach().contiguous().cpu() for n, m in self.masks.items()}
+        masks = {n: self._full(n, m) for n, m in self.masks.items()}
+        tensors = {f"masks.{n}": m for n, m in masks.items()}
         if self._scores is not None:
-            tensors.update({f"scores.{n}": s.detach().contiguous().cpu() for n, s in self._scores.items()})
+            tensors.update({f"scores.{n}": self._full(n, s) for n, s in self._scores.items()})
         meta = {
             "global_step": int(global_step),
             "last_update_step": self._last_update_step,
             "current_sparsity": self.current_sparsity,
-            "counted_sparsity": mask_sparsity(self.masks),
+            "counted_sparsity": mask_sparsity(masks),
             "has_scores": self._scores is not None,
             "layers": list(self.masks),
             "config": self.config.to_dict(),
@@ -293,6 +323,7 @@ class PruningCallback(TrainerCallback):
         """Write masks, movement scores and schedule position into ``folder`` (atomically; no pickle).
 
         Called by ``on_save`` on the main process; call it yourself only to checkpoint outside a Trainer.
+        Under FSDP2 the masks are gathered first, a collective: call it on every process (each writes).
 
         Args:
             folder: an existing checkpoint folder.
@@ -336,10 +367,14 @@ class PruningCallback(TrainerCallback):
                     f"{folder}/{PRUNING_STATE_NAME}: the mask of {name} has dtype {mask.dtype} and shape "
                     f"{tuple(mask.shape)}, the layer's weight {tuple(weight.shape)}; it is not this model's."
                 )
-            masks[name] = mask
+            masks[name] = shard_like(mask, weight) if self._sharded else mask
         self._set_masks(masks)
         if meta.get("has_scores"):
-            self._scores = {n: tensors[f"scores.{n}"].to(m.weight.device) for n, m in self._modules.items()}
+            self._scores = {
+                n: (shard_like(tensors[f"scores.{n}"], m.weight) if self._sharded else tensors[f"scores.{n}"])
+                for n, m in self._modules.items()
+            }
+            self._scores = {n: s.to(self._modules[n].weight.device) for n, s in self._scores.items()}
         self._last_update_step = meta.get("last_update_step")
         self.current_sparsity = float(meta.get("current_sparsity", 0.0))
         return meta
@@ -368,7 +403,9 @@ class PruningCallback(TrainerCallback):
         if model is None:
             raise ValueError("PruningCallback.on_train_begin got no model; it needs the Trainer's model.")
         self._model, self._modules = self._find_targets(model)
-        self._set_masks({n: torch.ones(m.weight.shape, dtype=torch.bool) for n, m in self._modules.items()})
+        self._sharded = any(is_sharded(m.weight) for m in self._modules.values())
+        shapes = {n: local_tensor(m.weight).shape for n, m in self._modules.items()}  # the shards under FSDP2
+        self._set_masks({n: torch.ones(shapes[n], dtype=torch.bool) for n in self._modules})
         self._scores = None
         self._last_update_step = None
         self.current_sparsity = 0.0
@@ -376,7 +413,7 @@ class PruningCallback(TrainerCallback):
         optimizer = kwargs.get("optimizer")
         if self.config.method == "movement" and state.global_step < self.schedule.end_step:
             self._scores = {
-                n: torch.zeros(m.weight.shape, dtype=torch.float32, device=m.weight.device)
+                n: torch.zeros(shapes[n], dtype=torch.float32, device=m.weight.device)
                 for n, m in self._modules.items()
             }
         if state.global_step > 0:
@@ -409,7 +446,8 @@ class PruningCallback(TrainerCallback):
         for name, module in self._modules.items():
             grad = module.weight.grad
             if grad is not None:
-                self._scores[name] = movement_scores(module.weight, grad, self._scores[name])
+                weight, grad = local_tensor(module.weight), local_tensor(grad)
+                self._scores[name] = movement_scores(weight, grad, self._scores[name])
 
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
@@ -423,9 +461,12 @@ class PruningCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if not self._modules:
             return
+        # Under FSDP2 the masks are gathered on every process (a collective), then written by the main one.
+        gathered = self._state_dict(state.global_step) if self._sharded else None
         folder = _STATE.folder_to_save(args, state)
         if folder is not None:
-            self.save_state(folder, state.global_step)
+            tensors, meta = gathered or self._state_dict(state.global_step)
+            _STATE.save(folder, meta, tensors, indent=2)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if not self._modules:
@@ -441,7 +482,9 @@ class PruningCallback(TrainerCallback):
                 self.current_sparsity,
             )
         for name, module in self._modules.items():
-            apply_mask_(module.weight, self.masks[name])
+            apply_mask_(
+                local_tensor(module.weight), self.masks[name]
+            )  # the gathered state dict holds the zeros
         self._apply(kwargs.get("optimizer"))
         self._scores = None
         self._any_pruned = False
