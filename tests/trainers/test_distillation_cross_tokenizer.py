@@ -481,3 +481,48 @@ def test_distilled_across_tokenizers_the_student_agrees_with_the_teacher_more_th
     # next-word distributions
     assert kd_kl < 0.7 * ce_kl, (kd_kl, ce_kl)
     assert kd_top1 > ce_top1, (kd_top1, ce_top1)
+
+
+# -------------------------------------------------------------------------------------------- processes
+
+
+@pytest.mark.multiprocess
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, toks):
+    """The span counts are gathered over processes: two processes with micro-batches of 2 texts (different
+    numbers of aligned spans on each) reach the weights of one process with batches of 4."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from tests.launch import launch_two
+
+    toks["metaspace"].save_pretrained(tmp_path / "data" / "student")
+    toks["byte_level"].save_pretrained(tmp_path / "data" / "teacher")
+    texts = [t[: 8 + 7 * i] for i, t in enumerate(kinds.corpus(8, seed=5))]
+    (tmp_path / "data" / "texts.json").write_text(json.dumps(texts))
+    script = [str(Path(__file__).parent / "scripts" / "distill_cross_tokenizer_run.py")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    data = str(tmp_path / "data")
+    one = subprocess.run(
+        [sys.executable, *script, str(tmp_path / "one"), "4", data],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = launch_two([*script, str(tmp_path / "two"), "2", data], env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "world_size=1" in one.stdout and "world_size=2" in two.stdout
+    a, b = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
+    initial = _llama(toks["metaspace"], 2).state_dict()
+    assert max((a[k] - initial[k]).abs().max().item() for k in a) > 1e-3  # the steps did something
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
