@@ -279,12 +279,13 @@ def tiny(tmp_path_factory):
     return root, teacher
 
 
-def _gen_recipe(root, teacher, out, **gen):
+def _gen_recipe(root, teacher, out, data=None, **gen):
     return Recipe.from_dict({
         "name": "gen", "task": "causal-lm", "teacher": str(teacher), "output_dir": str(out),
-        "data": {"train": str(root / "pairs.jsonl"), "max_length": 24, "max_eval_rows": 4},
+        "data": {"train": str(root / "pairs.jsonl"), "max_length": 24, "max_eval_rows": 4, **(data or {})},
         "stages": [{"name": "gen", "type": "generate", "model": "teacher", "max_new_tokens": 4, "shard_size": 8,
-                    "batch_size": 4, **gen}],
+                    "batch_size": 4, **gen},
+                   {"name": "kd", "type": "distill", "model": "teacher", "data": "gen", "args": {"temperature": 1.0}}],
     })  # fmt: skip
 
 
@@ -314,7 +315,7 @@ def test_an_interrupted_generate_stage_resumes_to_an_identical_dataset(tiny, tmp
     from hf_lite.teacher_cache import generations
 
     root, teacher = tiny
-    run_recipe(_gen_recipe(root, teacher, tmp_path / "whole", topk=4))
+    run_recipe(_gen_recipe(root, teacher, tmp_path / "whole", topk=4), stages=["gen"])
     save = generations._save_shard
 
     def crash_after_the_first_shard(*args, **kwargs):
@@ -323,7 +324,7 @@ def test_an_interrupted_generate_stage_resumes_to_an_identical_dataset(tiny, tmp
 
     monkeypatch.setattr(generations, "_save_shard", crash_after_the_first_shard)
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(_gen_recipe(root, teacher, tmp_path / "cut", topk=4))
+        run_recipe(_gen_recipe(root, teacher, tmp_path / "cut", topk=4), stages=["gen"])
     assert (tmp_path / "cut" / "gen" / "train.partial" / "shard-00000").is_dir()
     monkeypatch.setattr(generations, "_save_shard", save)
     generated = []
@@ -333,7 +334,7 @@ def test_an_interrupted_generate_stage_resumes_to_an_identical_dataset(tiny, tmp
         "generate_batch",
         lambda model, rows, *a: generated.append(len(rows)) or batch(model, rows, *a),
     )
-    run_recipe(_gen_recipe(root, teacher, tmp_path / "cut", topk=4))
+    run_recipe(_gen_recipe(root, teacher, tmp_path / "cut", topk=4), stages=["gen"])
     train_rows = json.loads((tmp_path / "cut" / "gen" / "stage.json").read_text())["train_rows"]
     assert sum(generated) == train_rows - 8 + 4  # the first shard (8 rows) kept; the 4 eval prompts generated
     for split in ("train", "eval"):
@@ -364,11 +365,35 @@ def test_a_teacher_changed_behind_an_interrupted_generate_stage_is_named(tiny, t
 
     monkeypatch.setattr(generations, "_save_shard", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(_gen_recipe(root, teacher, tmp_path / "out"))
+        run_recipe(_gen_recipe(root, teacher, tmp_path / "out"), stages=["gen"])
     monkeypatch.setattr(generations, "_save_shard", save)
     save_tiny_checkpoint(
         tmp_path / "teacher", "llama", texts=[root.joinpath("pairs.jsonl").read_text()], seed=1
     )
     with pytest.raises(ValueError, match=r"stage 'gen': the interrupted run in .*train\.partial' was made with "
                        r"other settings: .*the fingerprint differs in: teacher\b"):  # fmt: skip
-        run_recipe(_gen_recipe(root, teacher, tmp_path / "out"))
+        run_recipe(_gen_recipe(root, teacher, tmp_path / "out"), stages=["gen"])
+
+
+@pytest.mark.integration
+def test_a_training_stage_reads_the_teachers_answers_with_the_recipes_loss_mask(tiny, tmp_path):
+    from hf_lite.app.generate_stage import training_data
+    from hf_lite.app.runner import RunContext, run_recipe
+    from hf_lite.teacher_cache import TEACHER_COLUMNS, teacher_cache_metadata
+
+    root, teacher = tiny
+    ctx = run_recipe(_gen_recipe(root, teacher, tmp_path / "out", topk=4), stages=["gen"])
+    answers = datasets.load_from_disk(str(tmp_path / "out" / "gen" / "train"))
+    rows = training_data(ctx, ctx.recipe.stage("kd"), keep_cache=True)["train"]
+    assert sorted(rows.column_names) == sorted(["input_ids", *TEACHER_COLUMNS, "labels", "prompt_length"])
+    assert teacher_cache_metadata(rows)["k"] == 4  # the trainer still sees a teacher cache
+    for row, answer in zip(rows, answers, strict=True):
+        n = len(answer["prompt_ids"])
+        assert (
+            row["prompt_length"] == n and row["input_ids"] == answer["prompt_ids"] + answer["completion_ids"]
+        )
+        assert row["labels"] == [-100] * n + answer["completion_ids"]  # the completion only, its EOS included
+    every = RunContext(_gen_recipe(root, teacher, tmp_path / "out", {"completion_only_loss": False}, topk=4))
+    plain = training_data(every, every.recipe.stage("kd"), keep_cache=False)["eval"]
+    assert sorted(plain.column_names) == ["input_ids", "labels", "prompt_length"]
+    assert all(row["labels"] == row["input_ids"] for row in plain)
