@@ -87,8 +87,9 @@ class StructuralPruningConfig:
             stage, the training loss itself: the distillation loss under DistillationTrainer).
         taylor_steps: optimizer steps before each stage whose gradients the Taylor scores sum.
         num_calibration_batches: batches drawn from the training set (the train dataloader's dataset and
-            collator, ``per_device_train_batch_size`` rows each, a seeded random subset) when no
-            ``calibration_batches`` are given: for ``"activation"`` and for block influence.
+            collator, ``per_device_train_batch_size`` x processes rows each, a seeded random subset; under DDP
+            each process scores its share) when no ``calibration_batches`` are given: for ``"activation"`` and
+            for block influence.
         ffn_multiple_of: round every FFN width up to a multiple of this (8 or 64 suit GPU kernels).
 
     >>> config = StructuralPruningConfig(ffn_keep_ratio=0.5, end_step=90, num_stages=3, schedule="linear")

@@ -3,12 +3,12 @@
     python tests/trainers/structural_ddp_worker.py OUT PER_DEVICE_BATCH IMPORTANCE[,IMPORTANCE...] [no-rebuild]
     accelerate launch --multi_gpu --num_processes 2 tests/trainers/structural_ddp_worker.py OUT 2 activation,taylor
 
-Stages after optimizer steps 2 (FFN 128 -> 96, groups 2 -> 1, blocks 3 -> 2) and 4 (FFN -> 64), then two more
-steps on the shrunk model; one run per importance method, in the same processes, into ``OUT/<importance>/``.
-Each rank writes its final weights to ``rank<r>.safetensors`` and what it saw to ``rank<r>.json`` (stages,
-config, reducer rebuilds); rank 0 saves the model to ``final/`` and the logits of a fixed input to
-``logits.safetensors``. ``no-rebuild`` leaves DDP's reducer as it was (the
-failure the test guards against). Not a test module itself (no ``test_`` prefix).
+Global batch: ``PER_DEVICE_BATCH`` x processes x 2 accumulation steps. Stages after optimizer steps 2 (FFN
+128 -> 72, groups 2 -> 1, blocks 3 -> 2) and 4 (FFN -> 64), then two more steps on the shrunk model; one run
+per importance method, in the same processes, into ``OUT/<importance>/``. Each rank writes its final weights to
+``rank<r>.safetensors`` and what it saw to ``rank<r>.json`` (stages, config, reducer rebuilds); rank 0 saves
+the model to ``final/`` and the logits of a fixed input to ``logits.safetensors``. ``no-rebuild`` leaves DDP's
+reducer as it was (the failure the test guards against). Not a test module itself (no ``test_`` prefix).
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def run(out: Path, per_device_batch: int, importance: str) -> Trainer:
         output_dir=str(out / "run"),
         max_steps=6,
         per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=2,  # the rebuilt reducer also goes through DDP's no_sync
         learning_rate=1e-3,
         save_strategy="no",
         report_to=[],

@@ -1,11 +1,12 @@
 """StructuralPruningCallback with several processes: DDP shrinks in lockstep, FSDP and DeepSpeed are refused.
 
-Multi-process: 2 processes x batch 2 under ``accelerate launch`` (gloo on CPU) and 1 process x batch 4 prune a tiny
-Llama (FFN, key/value groups and a block at step 2, FFN again at step 4, two more steps after) with activation and
-with Taylor importance. Both ranks end with bitwise-equal weights (DDP still averages gradients after the shrinks:
-without rebuilding the reducer they drift apart by ~3e-3), the kept indices and config are the one-process run's,
-the weights equal it within ``atol=1e-5`` (measured: ~3e-6; gloo sums in another order than one process), and the
-saved checkpoint reloads with stock ``from_pretrained`` to the same logits.
+Multi-process: 2 processes x batch 2 under ``accelerate launch`` (gloo on CPU) and 1 process x batch 4, both with 2
+accumulation steps, prune a tiny Llama (FFN, key/value groups and a block at step 2, FFN again at step 4, two more
+steps after) with activation and with Taylor importance. Both ranks end with bitwise-equal weights (DDP still
+averages gradients after the shrinks; without rebuilding its reducer the ranks drift ~3e-3 apart), the kept indices
+and config are the one-process run's, the weights equal it within ``atol=1e-5`` (measured: 3e-7 activation, 6e-8
+Taylor; gloo sums in another order than one process), and the checkpoint reloads with stock ``from_pretrained`` to
+the same logits.
 """
 
 from __future__ import annotations
