@@ -397,3 +397,31 @@ def test_a_training_stage_reads_the_teachers_answers_with_the_recipes_loss_mask(
     plain = training_data(every, every.recipe.stage("kd"), keep_cache=False)["eval"]
     assert sorted(plain.column_names) == ["input_ids", "labels", "prompt_length"]
     assert all(row["labels"] == row["input_ids"] for row in plain)
+
+
+def test_the_distill_command_maps_its_flags_to_the_recipe(capsys, monkeypatch):
+    from hf_lite.app import cli
+
+    real, built = cli._single_stage_recipe, {}
+    monkeypatch.setattr(cli, "_single_stage_recipe", lambda args: built.setdefault("raw", real(args)))
+
+    argv = [
+        "distill",
+        "--task",
+        "causal-lm",
+        "--teacher",
+        "org/t",
+        "--data",
+        "chats.jsonl",
+        "--output_dir",
+        "o",
+    ]
+    assert cli.main([*argv, "--data_format", "chat"]) == 2
+    assert "recipe.data.data_format='chat' is not a data format" in capsys.readouterr().err
+    assert built["raw"]["data"]["data_format"] == "chat"
+    r = Recipe.from_dict(real(cli._build_parser().parse_known_args([*argv, "--sequence_level"])[0]))
+    assert [(s.name, s.type) for s in r.stages] == [
+        ("student", "init_student"), ("generate", "generate"), ("distill", "distill"), ("evaluate", "evaluate")
+    ]  # fmt: skip
+    assert r.stage("distill").spec.data == "generate" and r.stage("generate").spec.max_new_tokens == 64
+    assert r.data.data_format == "auto"
