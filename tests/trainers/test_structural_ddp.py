@@ -122,6 +122,45 @@ def test_the_watch_finds_nothing_without_ddp_and_removes_its_hook():
     assert watch._handle is None
 
 
+def test_the_watch_finds_the_ddp_wrapper_whose_rebuilt_reducer_reduces_the_new_parameters(tmp_path):
+    """On a one-process gloo group: after a shrink the rebuilt reducer's buckets hold exactly the new parameters'
+    gradients, and a registered communication hook is carried over to it."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trainers.structural_callback import shrink_ffn
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = build_tiny_model("llama", seed=0)[0]
+        ddp = DistributedDataParallel(model)
+        seen: list[int] = []
+
+        def hook(state, bucket):  # records each bucket's size, reduces nothing (one process)
+            seen.append(bucket.buffer().numel())
+            future = torch.futures.Future()
+            future.set_result(bucket.buffer())
+            return future
+
+        ddp.register_comm_hook(None, hook)
+        watch = DdpWatch(model)
+        ids = torch.tensor([[5, 6, 7, 8, 9]])
+        ddp(input_ids=ids, labels=ids).loss.backward()
+        assert watch.wrapper is ddp and watch._handle is None  # found on the first forward, hook removed
+        assert sum(seen) == sum(p.numel() for p in model.parameters())
+        old_reducer = ddp.reducer
+        shrink_ffn(model, {0: torch.arange(8), 1: torch.arange(8)})
+        model.zero_grad()
+        seen.clear()
+        assert watch.rebuild() is True
+        assert ddp.reducer is not old_reducer
+        ddp(input_ids=ids, labels=ids).loss.backward()
+        assert sum(seen) == sum(p.numel() for p in model.parameters())  # the shrunk parameters, each once
+        assert {id(p) for p in ddp._module_parameters} == {id(p) for p in model.parameters()}
+    finally:
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------------------- refusals
 
 
