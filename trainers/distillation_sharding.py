@@ -76,26 +76,35 @@ def deepspeed_teacher(accelerator: Any, teacher: nn.Module) -> Any:
             "A distillation teacher under DeepSpeed ZeRO-3 is sharded by DeepSpeed: pip install deepspeed."
         ) from error
     config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
-    for key in ("optimizer", "scheduler"):
-        config.pop(key, None)  # nothing to train
+    for key in ("optimizer", "scheduler", "train_batch_size"):  # nothing to train; the batch size is derived
+        config.pop(key, None)
+    hidden = getattr(getattr(teacher, "config", None), "hidden_size", None) or 1024
     zero = dict(config.get("zero_optimization", {}), stage=3)
-    hidden = getattr(getattr(teacher, "config", None), "hidden_size", None)
-    for key, value in (
-        ("reduce_bucket_size", hidden * hidden if hidden else 5e8),
-        ("stage3_prefetch_bucket_size", 0.9 * hidden * hidden if hidden else 5e8),
-        ("stage3_param_persistence_threshold", 10 * hidden if hidden else 1e5),
-    ):
-        if zero.get(key, "auto") == "auto":  # "auto" is filled in by accelerate for the student only
-            zero[key] = value
+    # Sized to the teacher as accelerate sizes them for the student (which fills "auto" for it only).
+    sizes = {
+        "reduce_bucket_size": hidden * hidden,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "stage3_param_persistence_threshold": 10 * hidden,
+    }
+    zero.update({key: value for key, value in sizes.items() if zero.get(key, "auto") == "auto"})
     config["zero_optimization"] = zero
-    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps"):
-        if config.get(key) == "auto":
-            config.pop(key)
+    mixed = getattr(accelerator, "mixed_precision", "no")
+    for key in ("fp16", "bf16"):
+        if isinstance(config.get(key), dict) and config[key].get("enabled") == "auto":
+            config[key]["enabled"] = mixed == key
+    config = _drop_auto(config)  # any other "auto" (clipping, accumulation): DeepSpeed's default
     config.setdefault("train_micro_batch_size_per_gpu", 1)
-    config.pop("train_batch_size", None)  # derived by DeepSpeed from the micro batch and the world size
     engine, *_ = deepspeed.initialize(model=_freeze(teacher), config=config)
     engine.module.eval()
     return engine
+
+
+def _drop_auto(config: dict) -> dict:
+    return {
+        key: _drop_auto(value) if isinstance(value, dict) else value
+        for key, value in config.items()
+        if value != "auto"
+    }
 
 
 def prepare_teacher(accelerator: Any, teacher: nn.Module) -> nn.Module:
