@@ -11,9 +11,11 @@ changes. Otherwise each step:
 
 The distillation term is normalized by the counted spans of the whole accumulated batch over all processes
 (``span_mask``, counted in the trainer's ``_get_num_items_in_batch``), the cross-entropy by its label tokens,
-so gradient accumulation and DDP stay exact. Not supported together with a teacher tokenizer (each refused
-with a ``ValueError``): on-policy generation (``lmbda > 0``), hidden-state and attention matching (the
-positions do not correspond), several teachers, a teacher cache, tasks other than causal LM.
+so gradient accumulation and DDP stay exact. On-policy (``lmbda > 0``, prompt/completion rows): each generated
+completion is decoded and tokenized again with its prompt's text for both models (the student's side becomes
+the canonical tokenization of what it wrote), then scored like a data batch without cross-entropy. Not
+supported together with a teacher tokenizer (each refused with a ``ValueError``): hidden-state and attention
+matching (the positions do not correspond), several teachers, a teacher cache, tasks other than causal LM.
 
 >>> from trainers import DistillationConfig, DistillationTrainer
 >>> from transformers import AutoTokenizer
@@ -40,10 +42,11 @@ from torch import nn
 
 from hf_lite import losses
 from hf_lite.data import ALIGNMENT_KEYS, compare_vocabularies, shared_vocabulary
-from hf_lite.data.collate import CROSS_TOKENIZER_KEYS, CrossTokenizerCollator
+from hf_lite.data.collate import CROSS_TOKENIZER_KEYS, PROMPT_TEXT_KEY, CrossTokenizerCollator
 from hf_lite.loading import load_tokenizer
 from hf_lite.teacher_cache.fingerprint import tokenizer_digest
 from trainers.distillation_models import output_size
+from trainers.distillation_onpolicy import GENERATED_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,9 @@ __all__ = [
 ]
 
 #: Dataset columns the collator reads (kept through ``remove_unused_columns``).
-CROSS_TOKENIZER_COLUMNS = ("text", "prompt", "completion", "teacher_input_ids", "teacher_labels", "alignment")
+CROSS_TOKENIZER_COLUMNS = (
+    *("text", "prompt", "completion", "teacher_input_ids", "teacher_labels", "alignment", PROMPT_TEXT_KEY),
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
@@ -82,11 +87,6 @@ def check_cross_tokenizer(args: Any, task: str | None, teachers: int, student_to
         raise ValueError(
             f"teacher_tokenizer with {teachers} teachers: distillation across tokenizers supports one teacher "
             f"(not implemented: several teachers with their own tokenizers). Pass one teacher, {fix}."
-        )
-    if args.lmbda > 0:
-        raise ValueError(
-            f"lmbda={args.lmbda} with teacher_tokenizer: on-policy completions are not yet re-tokenized for a "
-            f"teacher with another tokenizer. Set lmbda=0 (off-policy, text data), {fix}."
         )
     for name in ("hidden_weight", "attention_weight"):
         if getattr(args, name) > 0:
@@ -216,6 +216,31 @@ class CrossTokenizerDistillation:
                 "(the default with teacher_tokenizer; a data_collator passed to the trainer replaces it)."
             )
 
+    def retokenize(self, drawn: dict[str, Any], generated: dict[str, Any]) -> dict[str, Any]:
+        """On-policy (``lmbda > 0``): the student's completions decoded to text (special tokens such as its EOS
+        left out) and tokenized again, with their prompts' text, for both models; the student's side is then the
+        canonical tokenization of what it wrote."""
+        prompts = drawn.get(PROMPT_TEXT_KEY)
+        if prompts is None:
+            raise ValueError(
+                f"lmbda={self.args.lmbda} with teacher_tokenizer decodes the student's completions and tokenizes them "
+                "again with their prompts' text, but the batch has no 'prompt_text': give 'prompt'/'completion' "
+                "rows to CrossTokenizerCollator (text rows have no prompt to complete)."
+            )
+        tok = self.collator.student.tokenizer
+        rows = []
+        for prompt, ids, mask, labels in zip(
+            prompts, generated["input_ids"], generated["attention_mask"], generated["labels"], strict=True
+        ):
+            prompt_ids, new_ids = ids[(labels == -100) & (mask == 1)].tolist(), ids[labels != -100].tolist()
+            # decoded after the prompt's tokens, then cut: a piece decoded alone can lose its leading space (▁)
+            before = tok.decode(prompt_ids, skip_special_tokens=True)
+            both = tok.decode(prompt_ids + new_ids, skip_special_tokens=True)
+            alone = both[len(before) :] if both.startswith(before) else None
+            completion = alone if alone is not None else tok.decode(new_ids, skip_special_tokens=True)
+            rows.append({"prompt": prompt, "completion": completion})
+        return {**self.collator(rows), GENERATED_KEY: True}
+
     @staticmethod
     def teacher_inputs(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"input_ids": inputs["teacher_input_ids"], "attention_mask": inputs["teacher_attention_mask"]}
@@ -264,6 +289,8 @@ class CrossTokenizerLossMixin:
         kd = cross.loss(outputs.logits, teacher_logits, inputs, self._step_counts["kd"] if training else None)
         loss, components = args.alpha * kd, {"loss_kd": kd}
         ce = None
+        if inputs.get(GENERATED_KEY, False):  # the student's completions: no target for cross-entropy
+            labels = None
         if labels is not None and (args.alpha < 1 or not training):
             ce = losses.cross_entropy_loss(
                 outputs.logits,

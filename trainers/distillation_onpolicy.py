@@ -23,7 +23,7 @@ decision without a collective, and a resumed run takes the same decisions again.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ PROMPT_KEYS = ("prompt_input_ids", "prompt_attention_mask")
 #: Marks a batch the student generated (its loss has no cross-entropy term).
 GENERATED_KEY = "generated_by_student"
 #: Batch keys that describe the data, not the model's inputs: taken out before any forward.
-NOT_MODEL_INPUTS = (*PROMPT_KEYS, "prompt_length", GENERATED_KEY)
+NOT_MODEL_INPUTS = (*PROMPT_KEYS, "prompt_length", GENERATED_KEY, "prompt_text")
 
 
 def on_policy_draws(seed: int, step: int, num_batches: int, lmbda: float) -> list[bool]:
@@ -162,10 +162,14 @@ class OnPolicyBatches:
         args: the :class:`~trainers.distillation_config.DistillationConfig` (``lmbda``, ``max_new_tokens``,
             ``generation_temperature``, ``top_p``, ``seed``).
         eos_ids, pad_id: from :func:`end_of_sequence`.
+        retokenize: ``(drawn batch, generated batch) -> batch``, applied to each generated batch (across
+            tokenizers: the completions decoded and tokenized again for both models); None keeps it as it is.
     """
 
-    def __init__(self, args: Any, eos_ids: list[int], pad_id: int) -> None:
-        self.args, self.eos_ids, self.pad_id = args, eos_ids, pad_id
+    def __init__(
+        self, args: Any, eos_ids: list[int], pad_id: int, retokenize: Callable[..., dict] | None = None
+    ) -> None:
+        self.args, self.eos_ids, self.pad_id, self.retokenize = args, eos_ids, pad_id, retokenize
         sampling = args.generation_temperature > 0
         extra = dict(temperature=args.generation_temperature, top_p=args.top_p) if sampling else {}
         # Every setting that changes which tokens come out is given: the student's own generation_config
@@ -233,6 +237,8 @@ class OnPolicyBatches:
         rebuilt = completion_batch(
             prompt_ids, prompt_mask, new_tokens.to(prompt_ids.device), self.eos_ids, self.pad_id
         )
+        if self.retokenize is not None:
+            rebuilt = self.retokenize(batch, rebuilt)
         self.generated += 1
         self.sequences += len(prompt_ids)
         self.tokens += int(rebuilt["labels"].ne(-100).sum())

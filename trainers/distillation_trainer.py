@@ -20,6 +20,10 @@ On-policy distillation (``lmbda > 0``, :mod:`trainers.distillation_onpolicy`): b
 counts, the drawn micro-batches become the student's completions of their prompts; the teachers score
 them and the logit loss covers the completion tokens only, without cross-entropy.
 
+Across tokenizers (``teacher_tokenizer=``, :mod:`trainers.distillation_cross_tokenizer`): text rows are tokenized
+for both models and aligned by characters; the teacher reads its own ids and the hybrid ULD (or ULD) loss
+compares the two over the aligned spans, normalized by the counted spans of the accumulated batch.
+
 >>> from trainers import DistillationConfig, DistillationTrainer
 >>> args = DistillationConfig("out", temperature=2.0, alpha=0.5, hidden_weight=1.0)
 >>> trainer = DistillationTrainer(model=student, teacher_model="org/teacher", args=args,
@@ -83,11 +87,18 @@ class DistillationTrainer(
         teacher_model: a model, a Hub id / folder (loaded with :func:`hf_lite.load_teacher`, in
             ``args.teacher_quantization`` if set), or a list of those for multi-teacher distillation.
         args: a :class:`DistillationConfig`.
+        teacher_tokenizer: the teacher's tokenizer (or its Hub id / folder; default ``args.teacher_tokenizer``)
+            when it differs from the student's (``processing_class``): distillation across tokenizers on text
+            rows (``text``, or ``prompt`` + ``completion``), batched by
+            :class:`hf_lite.data.collate.CrossTokenizerCollator` unless ``data_collator`` is given.
         **kwargs: everything else ``transformers.Trainer`` takes.
 
-    Vocabulary preflight: teacher and student logits whose sizes differ only by padding rows beyond the
-    tokenizer's length (``processing_class``) are cut to the common size; any other mismatch is an error
-    before training starts. Classification heads must have the same number of labels.
+    Vocabulary preflight (:func:`hf_lite.data.compare_vocabularies` when ``teacher_tokenizer`` is given):
+    identical tokenizers, heads padded beyond the tokenizer's length and one tokenizer extending the other
+    take the token-level path (logits cut to the common size); different tokenizers take the span path. Without
+    ``teacher_tokenizer``, heads that differ otherwise (or a teacher folder whose own tokenizer differs from the
+    student's) are an error before training that names ``teacher_tokenizer`` as the fix. Classification heads
+    must have the same number of labels.
 
     >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=DistillationConfig("out"),
     ...                               train_dataset=train)  # doctest: +SKIP
@@ -162,7 +173,10 @@ class DistillationTrainer(
         self._step_counts: dict[str, torch.Tensor] | None = None
         if args.lmbda > 0:  # on-policy distillation (trainers.distillation_onpolicy); lmbda=0 changes nothing
             check_on_policy(args, self.task, cached=False, sharding=self._sharding())
-            self.on_policy = OnPolicyBatches(args, *end_of_sequence(self.processing_class, self.model))
+            retokenize = self.cross.retokenize if spans else None  # across tokenizers: text again, both sides
+            self.on_policy = OnPolicyBatches(
+                args, *end_of_sequence(self.processing_class, self.model), retokenize
+            )
 
     # ------------------------------------------------------------------------------------------- setup
 

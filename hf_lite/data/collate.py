@@ -20,7 +20,7 @@ from hf_lite.losses.cross_tokenizer import ALIGNMENT_KEYS
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["CROSS_TOKENIZER_KEYS", "CompletionCollator", "CrossTokenizerCollator"]
+__all__ = ["CROSS_TOKENIZER_KEYS", "PROMPT_TEXT_KEY", "CompletionCollator", "CrossTokenizerCollator"]
 
 _KNOWN = ("input_ids", "attention_mask", "labels", "prompt_length")
 
@@ -118,6 +118,8 @@ class CompletionCollator:
 CROSS_TOKENIZER_KEYS = ("teacher_input_ids", "teacher_attention_mask", *ALIGNMENT_KEYS)
 #: The columns an encoded row holds (:meth:`CrossTokenizerCollator.encode`), and the text columns it reads.
 _ENCODED = ("input_ids", "attention_mask", "labels", "teacher_input_ids", "teacher_labels", "alignment")
+#: The prompts' text in a batch of prompt/completion rows (a list of str), for re-tokenizing generated text.
+PROMPT_TEXT_KEY = "prompt_text"
 _TEXT = ("text", "prompt", "completion")
 
 
@@ -134,7 +136,11 @@ class CrossTokenizerCollator:
     The batch: ``input_ids``, ``attention_mask``, ``labels`` (the student's, right-padded, ``-100`` on padding and
     non-targets), ``teacher_input_ids``, ``teacher_attention_mask`` and the alignment tensors
     (:data:`hf_lite.data.ALIGNMENT_KEYS`, from :func:`hf_lite.data.alignment_tensors`: a span counts when all of
-    its tokens are targets on both sides); :data:`CROSS_TOKENIZER_KEYS` are those beyond the student's.
+    its tokens are targets on both sides); :data:`CROSS_TOKENIZER_KEYS` are those beyond the student's. Batches
+    of prompt/completion rows also hold the student's prompts left-padded for generation (``prompt_input_ids``,
+    ``prompt_attention_mask``: the tokens before the first target, as :class:`CompletionCollator` gives them)
+    and the prompts' text (``prompt_text``, a list of str), so that on-policy completions can be decoded and
+    tokenized again for both models.
 
     Args:
         tokenizer: the student's tokenizer (fast).
@@ -219,7 +225,7 @@ class CrossTokenizerCollator:
                 f"text={text[:60]!r}: {err} Drop empty or whitespace-only rows (dataset.filter) before training."
             ) from None
         (s_ids, _, s_labels), (t_ids, _, t_labels) = sides
-        return {
+        row = {
             "input_ids": s_ids,
             "attention_mask": [1] * len(s_ids),
             "labels": s_labels,
@@ -227,12 +233,18 @@ class CrossTokenizerCollator:
             "teacher_labels": t_labels,
             "alignment": alignment.to_dict(),
         }
+        if first:  # the prompt: the tokens before the first target
+            targets = [i for i, label in enumerate(s_labels) if label != -100]
+            row.update(prompt_length=targets[0] if targets else len(s_ids), prompt_text=text[:first])
+        return row
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("CrossTokenizerCollator got no rows; the batch must hold at least one.")
         rows = [f if "alignment" in f else self.encode(f) for f in features]
-        student = self.student([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows])
+        prompts = all(PROMPT_TEXT_KEY in r for r in rows)
+        keys = ("input_ids", "attention_mask", "labels", *(("prompt_length",) if prompts else ()))
+        student = self.student([{k: r[k] for k in keys} for r in rows])
         teacher = self.teacher(
             [{"input_ids": r["teacher_input_ids"], "labels": r["teacher_labels"]} for r in rows]
         )
@@ -246,12 +258,15 @@ class CrossTokenizerCollator:
             student_labels=student["labels"],
             teacher_labels=teacher["labels"],
         )
-        return {
+        batch = {
             **student,
             "teacher_input_ids": teacher["input_ids"],
             "teacher_attention_mask": teacher["attention_mask"],
             **tensors,
         }
+        if prompts:
+            batch[PROMPT_TEXT_KEY] = [r[PROMPT_TEXT_KEY] for r in rows]
+        return batch
 
 
 def _pad(rows: list[list[int]], width: int, value: int, *, left: bool) -> torch.Tensor:

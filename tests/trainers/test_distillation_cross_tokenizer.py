@@ -153,7 +153,7 @@ def test_collator_errors(toks):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["hybrid", "uld"])
-def test_first_step_loss_matches_a_hand_computation(tmp_path, toks, kind):
+def test_evaluation_and_first_step_losses_match_a_hand_computation(tmp_path, toks, kind):
     s_tok, t_tok = toks["metaspace"], toks["byte_level"]
     student, teacher = _llama(s_tok, 2), _llama(t_tok, 1, hidden_size=96)
     texts = _texts(4)
@@ -185,8 +185,13 @@ def test_first_step_loss_matches_a_hand_computation(tmp_path, toks, kind):
         processing_class=s_tok,
         train_dataset=Dataset.from_dict({"text": texts}),
     )
+    # evaluation first (same weights): eval_loss is the mixed loss, with its two parts beside it
+    metrics = trainer.evaluate(Dataset.from_dict({"text": texts}))
+    assert metrics["eval_loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
+    assert metrics["eval_loss_ce"] == pytest.approx(ce.item(), rel=1e-5)
+    assert metrics["eval_loss"] == pytest.approx(0.6 * kd.item() + 0.4 * ce.item(), rel=1e-5)
     trainer.train()
-    log = trainer.state.log_history[0]
+    log = trainer.state.log_history[-2]  # the first step's (evaluation's metrics come first)
     assert log["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
     assert log["loss_ce"] == pytest.approx(ce.item(), rel=1e-5)
     assert log["loss"] == pytest.approx(0.6 * kd.item() + 0.4 * ce.item(), rel=1e-5)
@@ -271,6 +276,64 @@ def test_a_permuted_teacher_vocabulary_trains_exactly_like_the_shared_one(tmp_pa
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.integration
+def test_on_policy_completions_are_decoded_and_scored_across_tokenizers(tmp_path, toks):
+    s_tok, t_tok = toks["metaspace"], toks["byte_level"]
+    student, teacher = _llama(s_tok, 2), _llama(t_tok, 1)
+    rows = [
+        {"prompt": "the quick brown", "completion": " fox jumps"},
+        {"prompt": "student", "completion": " model learns from teacher"},
+    ]
+    collator = CrossTokenizerCollator(s_tok, t_tok)
+    batch = collator(rows)
+    # the reference: greedy completions, the whole sequence decoded, the prompt's text cut off
+    with torch.no_grad():
+        out = student.generate(
+            input_ids=batch["prompt_input_ids"],
+            attention_mask=batch["prompt_attention_mask"],
+            max_new_tokens=5,
+            do_sample=False,
+            eos_token_id=s_tok.eos_token_id,
+            pad_token_id=s_tok.pad_token_id,
+        )
+    completions = []
+    for r, row in enumerate(rows):
+        prompt_ids = batch["prompt_input_ids"][r][batch["prompt_attention_mask"][r] == 1].tolist()
+        new = out[r, batch["prompt_input_ids"].shape[1] :].tolist()
+        new = new[: new.index(s_tok.eos_token_id) + 1] if s_tok.eos_token_id in new else new
+        text = s_tok.decode(prompt_ids + new, skip_special_tokens=True)
+        assert text.startswith(row["prompt"]) and len(text) > len(row["prompt"]), text
+        completions.append(text[len(row["prompt"]) :])
+    expected = collator(
+        [{"prompt": r["prompt"], "completion": c} for r, c in zip(rows, completions, strict=True)]
+    )
+    with torch.no_grad():
+        s_logits = student(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"]).logits
+        t_logits = teacher(
+            input_ids=expected["teacher_input_ids"], attention_mask=expected["teacher_attention_mask"]
+        ).logits
+    alignment = {k: expected[k] for k in CROSS_TOKENIZER_KEYS[2:]}
+    kd = hybrid_uld_loss(s_logits, t_logits, alignment, shared_vocabulary(s_tok, t_tok), temperature=2.0)
+    assert int(expected["span_mask"].sum()) > 0
+    args = _args(
+        tmp_path, lmbda=1.0, alpha=0.8, max_new_tokens=5, generation_temperature=0.0, temperature=2.0,
+        per_device_train_batch_size=2,
+    )  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        teacher_tokenizer=t_tok,
+        args=args,
+        processing_class=s_tok,
+        train_dataset=Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "completion")}),
+    )
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["on_policy_fraction"] == 1.0 and "loss_ce" not in log
+    assert log["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
+    assert log["loss"] == pytest.approx(0.8 * kd.item(), rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- preflight
 
 
@@ -315,12 +378,8 @@ def test_trainer_errors(tmp_path, toks):
         return DistillationTrainer(model=kw.pop("model", student), args=args or _args(tmp_path), **kw)
 
     fix = "or distil from a teacher that shares the student's tokenizer"
-    with pytest.raises(
-        ValueError, match=rf"lmbda=0.5 with teacher_tokenizer: on-policy .* not yet re-tokenized.*{fix}"
-    ):
-        make(_args(tmp_path, lmbda=0.5))
     for name in ("hidden_weight", "attention_weight"):
-        with pytest.raises(ValueError, match=rf"{name}=1.0 with teacher_tokenizer: .* Set {name}=0"):
+        with pytest.raises(ValueError, match=rf"{name}=1.0 with teacher_tokenizer: .* Set {name}=0, {fix}"):
             make(_args(tmp_path, **{name: 1.0}))
     with pytest.raises(
         ValueError, match=r"teacher_tokenizer with 2 teachers: .*\(not implemented: several teachers"
@@ -343,6 +402,8 @@ def test_trainer_errors(tmp_path, toks):
         ValueError, match=r"distils between causal language models; this student's task is 'seq"
     ):
         make(model=bert, teacher_model=build_tiny_model("bert", "sequence-classification", seed=1)[0])
+    with pytest.raises(ValueError, match=r"lmbda=0.5 with teacher_tokenizer decodes .* no 'prompt_text'"):
+        make(_args(tmp_path, lmbda=0.5)).cross.retokenize({}, {})
     # a collator of the ordinary kind: the batch has no teacher tokens
     trainer = make(
         train_dataset=Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4}),
