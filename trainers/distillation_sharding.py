@@ -26,9 +26,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["sharding_engine", "prepare_teacher", "shard_teacher_fsdp2", "deepspeed_teacher"]
+__all__ = [
+    "sharding_engine",
+    "unsharded_class",
+    "prepare_teacher",
+    "shard_teacher_fsdp2",
+    "deepspeed_teacher",
+]
 
 
 def sharding_engine(accelerator: Any) -> str | None:
@@ -41,6 +48,22 @@ def sharding_engine(accelerator: Any) -> str | None:
     if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
         return "DeepSpeed ZeRO-3"
     return None
+
+
+def unsharded_class(model: nn.Module) -> type:
+    """The model's class before ``fully_shard``, which swaps it in place for ``FSDP<Name>(FSDPModule, <Name>)``
+    (so ``type(model) is LlamaForCausalLM`` stops holding); any other model's own class.
+
+    >>> unsharded_class(nn.Linear(2, 2)).__name__
+    'Linear'
+    """
+    cls = type(model)
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+
+        if issubclass(cls, FSDPModule) and len(cls.__bases__) == 2 and cls.__bases__[0] is FSDPModule:
+            return cls.__bases__[1]
+    return cls
 
 
 def _freeze(model: nn.Module) -> nn.Module:

@@ -87,7 +87,7 @@ def check_engine(model: torch.nn.Module, modules: Mapping[str, torch.nn.Module])
 
         if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
             raise ValueError(
-                f"{type(model).__name__} is wrapped by FSDP1 (FullyShardedDataParallel): its flat parameters "
+                "the model is wrapped by FSDP1 (FullyShardedDataParallel): its flat parameters "
                 "change shape between forward and step, so pruning masks cannot follow them. Use FSDP2: "
                 "fsdp_version: 2 in the accelerate config (examples/accelerate/fsdp.yaml)."
             )

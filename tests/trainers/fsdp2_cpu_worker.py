@@ -34,7 +34,7 @@ from tests.trainers.fsdp2_cases import (
     pruning_model,
     run_pruning,
 )
-from trainers.distillation_sharding import prepare_teacher
+from trainers.distillation_sharding import prepare_teacher, unsharded_class
 from trainers.pruning_callback import PruningCallback
 
 
@@ -88,9 +88,19 @@ def pruning(out: Path, accelerator, rank: int, world: int) -> None:
     fully_shard(partial.model.layers[0])
     with pytest.raises(ValueError, match="targeted weights are sharded .* but .* is not"):
         PruningCallback(target_sparsity=0.5, end_step=4).on_init_end(None, None, None, model=partial)
+    # FSDP1's flat parameters: refused, pointing to FSDP2.
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    fsdp1 = FullyShardedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(8, 8)), device_id=torch.device("cpu")
+    )
+    with pytest.raises(ValueError, match=r"wrapped by FSDP1 .* Use FSDP2: fsdp_version: 2"):
+        PruningCallback(target_sparsity=0.5, end_step=4).on_init_end(None, None, None, model=fsdp1)
 
 
 def distillation(out: Path, accelerator, rank: int, world: int) -> None:
+    from transformers import LlamaForCausalLM
+
     from trainers import DistillationTrainer
 
     student, teacher, tokenizer = distillation_models()
@@ -110,6 +120,7 @@ def distillation(out: Path, accelerator, rank: int, world: int) -> None:
     assert trainer.task == "causal-lm"
     student = shard(student, accelerator)
     assert trainer.model is student and is_sharded(student.lm_head.weight)
+    assert unsharded_class(student) is unsharded_class(teacher) is LlamaForCausalLM is not type(student)
     batch = {k: v.chunk(world)[rank] for k, v in distillation_batch().items()}  # this rank's half
     student.train()
     num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))

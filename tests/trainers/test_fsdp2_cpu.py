@@ -19,7 +19,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from hf_lite.pruning.sharded import check_engine, is_sharded, local_state, local_tensor, sortable_keys
+from hf_lite.pruning.sharded import (
+    check_engine,
+    is_sharded,
+    local_state,
+    local_tensor,
+    shard_like,
+    sortable_keys,
+)
 from tests.launch import free_port, run_group
 from tests.trainers.fsdp2_cases import (
     PRUNING_CASES,
@@ -137,6 +144,11 @@ def test_sharded_helpers_leave_plain_tensors_alone():
     assert bool((keys[order][1:] >= keys[order][:-1]).all())  # the keys sort as the floats
     assert bool(((keys[:, None] == keys[None, :]) == (scores[:, None] == scores[None, :])).all())
     assert int(keys.min()) >= 0 and int(keys.max()) < 2**32
+
+
+def test_shard_like_refuses_a_tensor_of_another_shape():
+    with pytest.raises(ValueError, match=r"shape \(2, 2\) cannot be sharded like a weight of shape \(3, 2\)"):
+        shard_like(torch.ones(2, 2), torch.ones(3, 2))
 
 
 def test_teacher_without_sharding_engine_is_prepared_frozen_in_eval_mode():
