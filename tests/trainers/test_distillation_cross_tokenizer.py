@@ -529,19 +529,26 @@ def test_distilled_across_tokenizers_the_student_agrees_with_the_teacher_more_th
 
     held_out = _chain_sentences(64, seed=99)
     t_logp = _next_word_log_probs(teacher, t_tok, held_out)
+    actual = torch.tensor([_WORDS.index(w) for text in held_out for w in text.split(" ")[1:]])
 
     def agreement(student):
         s_logp = _next_word_log_probs(student, s_tok, held_out)
         kl = torch.nn.functional.kl_div(s_logp, t_logp, log_target=True, reduction="batchmean").item()
-        return kl, (s_logp.argmax(-1) == t_logp.argmax(-1)).float().mean().item()
+        top1 = (s_logp.argmax(-1) == t_logp.argmax(-1)).float().mean().item()
+        return kl, top1, (s_logp.argmax(-1) == actual).float().mean().item()
 
-    kd_kl, kd_top1 = agreement(student_after(alpha=0.9))  # hybrid loss (default), plus 0.1 CE
-    ce_kl, ce_top1 = agreement(student_after(alpha=0.0))  # plain CE on the student's own tokens
-    print(f"hybrid: KL={kd_kl:.3f} top1={kd_top1:.3f}; CE: KL={ce_kl:.3f} top1={ce_top1:.3f}")
-    # held-out next-word agreement with the teacher over the shared words: top-1 and the KL between the two
-    # next-word distributions
+    kd_kl, kd_top1, kd_acc = agreement(student_after(alpha=0.9))  # hybrid loss (default), plus 0.1 CE
+    ce_kl, ce_top1, ce_acc = agreement(student_after(alpha=0.0))  # plain CE on the student's own tokens
+    print(
+        f"hybrid: KL={kd_kl:.3f} top1={kd_top1:.3f} acc={kd_acc:.3f}; CE: KL={ce_kl:.3f} top1={ce_top1:.3f} "
+        f"acc={ce_acc:.3f}"
+    )
+    # Held-out, over the shared words: agreement with the teacher (KL between the two next-word distributions,
+    # the same argmax) and next-word accuracy (measured on 3 data seeds: KL 0.19-0.20 vs 0.44-0.46, top-1
+    # agreement 0.94-0.97 vs 0.74-0.77, accuracy 0.62-0.64 vs 0.53-0.57; the chain's best is 0.6 in expectation)
     assert kd_kl < 0.7 * ce_kl, (kd_kl, ce_kl)
-    assert kd_top1 > ce_top1, (kd_top1, ce_top1)
+    assert kd_top1 > ce_top1 + 0.05, (kd_top1, ce_top1)
+    assert kd_acc > ce_acc, (kd_acc, ce_acc)
 
 
 # -------------------------------------------------------------------------------------------- processes
