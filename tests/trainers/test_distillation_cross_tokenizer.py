@@ -334,6 +334,38 @@ def test_on_policy_completions_are_decoded_and_scored_across_tokenizers(tmp_path
     assert log["loss"] == pytest.approx(0.8 * kd.item(), rel=1e-5)
 
 
+@pytest.mark.integration
+def test_sequence_level_kd_on_the_teachers_completions_across_tokenizers(tmp_path, toks):
+    """The teacher's completions (generate_teacher_completions, in its own tokens) reach the student as text: the
+    collator tokenizes prompt + completion for both, and the student's targets are the completion's text."""
+    from hf_lite.teacher_cache import generate_teacher_completions
+
+    s_tok, t_tok = toks["metaspace"], toks["byte_level"]
+    teacher = _llama(t_tok, 1)
+    prompts = ["the quick brown", "student model", "teacher learns from"]
+    generated = generate_teacher_completions(teacher, t_tok, prompts, tmp_path / "gen", max_new_tokens=4)
+    assert all(c.strip() for c in generated["completion"])
+    collator = CrossTokenizerCollator(s_tok, t_tok)
+    for row in generated:
+        encoded = collator.encode(row)
+        assert encoded["teacher_input_ids"][: len(row["prompt_ids"])] == row["prompt_ids"]
+        targets = [
+            i for i, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label != -100
+        ]
+        assert s_tok.decode(targets).strip() == row["completion"].strip()
+    trainer = DistillationTrainer(
+        model=_llama(s_tok, 2),
+        teacher_model=teacher,
+        teacher_tokenizer=t_tok,
+        args=_args(tmp_path, per_device_train_batch_size=3),
+        processing_class=s_tok,
+        train_dataset=generated,
+    )
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["loss_kd"] > 0 and log["loss_ce"] > 0
+
+
 # ------------------------------------------------------------------------------------------- preflight
 
 
