@@ -96,3 +96,21 @@ def distillation_config(output_dir: Path):
         save_strategy="no",
         disable_tqdm=True,
     )
+
+
+def one_process_distillation_step(output_dir: Path, lr: float = 0.5):
+    """The reference: ``DistillationTrainer.compute_loss`` on the whole batch, backward, one SGD step.
+    Returns ``(loss, updated student)``."""
+    from trainers import DistillationTrainer
+
+    student, teacher, tokenizer = distillation_models()
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=distillation_config(output_dir), processing_class=tokenizer
+    )
+    batch = distillation_batch()
+    student.train()
+    num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+    loss = trainer.compute_loss(student, batch, num_items_in_batch=num_items)
+    loss.backward()
+    torch.optim.SGD(student.parameters(), lr=lr).step()
+    return loss.item(), student

@@ -30,9 +30,8 @@ from hf_lite.pruning.sharded import (
 from tests.launch import free_port, run_group
 from tests.trainers.fsdp2_cases import (
     PRUNING_CASES,
-    distillation_batch,
-    distillation_config,
     distillation_models,
+    one_process_distillation_step,
     pruning_model,
     run_pruning,
 )
@@ -92,21 +91,9 @@ def test_pruning_masks_on_fsdp2_shards_equal_the_one_process_masks(sharded_run, 
 def test_distillation_step_on_fsdp2_student_and_teacher_equals_one_process(sharded_run, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from trainers import DistillationTrainer
-
-    student, teacher, tokenizer = distillation_models()
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=distillation_config(tmp_path), processing_class=tokenizer
-    )
-    batch = distillation_batch()
-    student.train()
-    num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
-    loss = trainer.compute_loss(student, batch, num_items_in_batch=num_items)
-    loss.backward()
-    torch.optim.SGD(student.parameters(), lr=0.5).step()
-
+    loss, student = one_process_distillation_step(tmp_path)
     sharded_loss = json.loads((sharded_run / "distill.json").read_text())["loss"]
-    assert abs(sharded_loss - loss.item()) <= 1e-5
+    assert abs(sharded_loss - loss) <= 1e-5
     saved = load_file(sharded_run / "student" / "model.safetensors")
     assert set(saved) == set(student.state_dict()) and not any("teacher" in key for key in saved)
     config = json.loads((sharded_run / "student" / "config.json").read_text())
