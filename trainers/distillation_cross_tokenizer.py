@@ -37,6 +37,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 
@@ -206,6 +207,17 @@ class CrossTokenizerDistillation:
 
     def __init__(self, args: Any, shared: Any, collator: CrossTokenizerCollator, token_level: bool) -> None:
         self.args, self.shared, self.collator, self.token_level = args, shared, collator, token_level
+
+    def encode_dataset(self, dataset: Any) -> Any:
+        """A ``datasets.Dataset`` of text rows with :meth:`CrossTokenizerCollator.encode`'s columns added (the two
+        tokenizations and their alignment computed once per example, kept by ``datasets``' cache); other
+        datasets (iterable, already encoded, without text columns) as they are."""
+        columns = getattr(dataset, "column_names", None) or []
+        if not isinstance(dataset, datasets.Dataset) or "alignment" in columns:
+            return dataset
+        if "text" not in columns and not {"prompt", "completion"} <= set(columns):
+            return dataset
+        return dataset.map(self.collator.encode, desc="tokenizing for student and teacher")
 
     @staticmethod
     def check_batch(inputs: dict[str, Any]) -> None:

@@ -158,6 +158,8 @@ class DistillationTrainer(
         )
         if self.cross is not None and kwargs.get("data_collator") is None:
             self.data_collator = self.cross.collator  # text rows, tokenized for both models
+            with args.main_process_first(desc="tokenizing and aligning for student and teacher"):
+                self.train_dataset = self.cross.encode_dataset(self.train_dataset)  # once per example
         spans = self.cross is not None and not self.cross.token_level  # no common vocabulary to cut logits to
         self._vocab_size = None if spans else self._preflight_vocabulary()
         if args.attention_weight > 0:

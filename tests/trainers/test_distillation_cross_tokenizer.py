@@ -267,6 +267,7 @@ def test_a_permuted_teacher_vocabulary_trains_exactly_like_the_shared_one(tmp_pa
         runs.append(trainer)
     assert runs[0].cross.token_level and runs[0]._vocab_size == len(tok)  # the ordinary path
     assert not runs[1].cross.token_level and runs[1]._vocab_size is None  # the span path
+    assert "alignment" in runs[1].train_dataset.column_names  # tokenized and aligned once per example
     for a, b in zip(runs[0].state.log_history[:3], runs[1].state.log_history[:3], strict=True):
         for key in ("loss", "loss_kd", "loss_ce"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
@@ -436,6 +437,8 @@ def test_trainer_errors(tmp_path, toks):
         make(model=bert, teacher_model=build_tiny_model("bert", "sequence-classification", seed=1)[0])
     with pytest.raises(ValueError, match=r"lmbda=0.5 with teacher_tokenizer decodes .* no 'prompt_text'"):
         make(_args(tmp_path, lmbda=0.5)).cross.retokenize({}, {})
+    with pytest.raises(ValueError, match=r"text='': no span of student and teacher tokens .*Drop empty"):
+        make(train_dataset=Dataset.from_dict({"text": ["the quick fox", ""]}))  # aligned once, at the start
     # a collator of the ordinary kind: the batch has no teacher tokens
     trainer = make(
         train_dataset=Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4}),
