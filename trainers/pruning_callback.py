@@ -49,6 +49,7 @@ from hf_lite.pruning.sharded import (
     local_tensor,
     shard_like,
     sharded_pruning_masks,
+    unsharded,
 )
 from hf_lite.pruning.targets import find_prunable_modules, in_features_dim
 from trainers._callback_state import CallbackState, resume_candidates
@@ -501,4 +502,8 @@ class PruningCallback(TrainerCallback):
         """
         if self._model is None:
             raise RuntimeError("PruningCallback.report() needs a model: call it after training has started.")
+        if self._sharded:  # full masks and weights: a collective under FSDP2, call it on every process
+            masks = {n: self._full(n, m) for n, m in self.masks.items()}
+            with unsharded(self._model) as model:
+                return sparsity_report(model, masks)
         return sparsity_report(self._model, self.masks)

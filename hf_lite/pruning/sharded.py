@@ -28,8 +28,9 @@ checkpoint holds (the same files as a single-process run, so a run resumes on an
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "local_tensor",
     "local_state",
     "gather_full",
+    "unsharded",
     "shard_like",
     "sortable_keys",
     "sharded_unstructured_masks",
@@ -131,6 +133,31 @@ def gather_full(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         send.to(like.device), like.device_mesh, like.placements, shape=like.shape, stride=like.stride()
     ).full_tensor()
     return full.to(torch.bool) if local.dtype == torch.bool else full
+
+
+@contextlib.contextmanager
+def unsharded(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Inside the block, the FSDP2 modules of ``model`` hold their full weights as plain tensors (``unshard()``;
+    ``reshard()`` on exit), for code that reads whole weights (counting zeros: reductions of a ``DTensor``
+    read back with ``int()`` give this shard's part only). Every weight is gathered on every process at once:
+    a collective, for one-off reports. Without FSDP2 modules, nothing happens.
+
+    >>> with unsharded(torch.nn.Linear(2, 2)) as model:
+    ...     model.weight.shape
+    torch.Size([2, 2])
+    """
+    modules = []
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+
+        modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in modules:
+        module.unshard()
+    try:
+        yield model
+    finally:
+        for module in modules:
+            module.reshard()
 
 
 def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

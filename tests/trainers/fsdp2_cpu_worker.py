@@ -75,8 +75,10 @@ def pruning(out: Path, accelerator, rank: int, world: int) -> None:
         others = [None] * world
         dist.all_gather_object(others, {n: m.tolist() for n, m in full.items()})
         assert all(o == others[0] for o in others), f"{case}: gathered masks differ across ranks"
+        report = callback.report()  # counted from the sharded weights, with the gathered masks
         if rank == 0:
             save_file({n: m.contiguous() for n, m in full.items()}, str(out / f"masks_{case}.safetensors"))
+            (out / f"report_{case}.json").write_text(json.dumps(report.to_dict()))
         steps = CASES[case][1]
         if steps:  # resuming on the sharded model reads the gathered masks back into the same shards
             resumed = PruningCallback(callback.config)

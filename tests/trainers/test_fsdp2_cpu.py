@@ -72,6 +72,13 @@ def test_pruning_masks_on_fsdp2_shards_equal_the_one_process_masks(sharded_run, 
             f"{case}: {name} differs in {int((sharded[name] != mask).sum())}"
         )
     assert 0.15 < 1 - sum(int(m.sum()) for m in sharded.values()) / sum(m.numel() for m in sharded.values())
+    # report() counts the zeros of the sharded weights (unsharded for it): the one-process counts.
+    report, expected_report = (
+        json.loads((sharded_run / f"report_{case}.json").read_text()),
+        callback.report().to_dict(),
+    )
+    for key in ("targeted_zeros", "targeted_total", "model_zeros", "model_total"):
+        assert report[key] == expected_report[key], key
     # The checkpoint state is the one-process file: full masks (and scores), the same counted sparsity.
     step = next(p.name for p in (sharded_run / f"state_{case}").iterdir())
     ours, theirs = sharded_run / f"state_{case}" / step, tmp_path / step
