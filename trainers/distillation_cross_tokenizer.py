@@ -15,7 +15,8 @@ so gradient accumulation and DDP stay exact. On-policy (``lmbda > 0``, prompt/co
 completion is decoded and tokenized again with its prompt's text for both models (the student's side becomes
 the canonical tokenization of what it wrote), then scored like a data batch without cross-entropy. Not
 supported together with a teacher tokenizer (each refused with a ``ValueError``): hidden-state and attention
-matching (the positions do not correspond), several teachers, a teacher cache, tasks other than causal LM.
+matching (the positions do not correspond), several teachers with tokenizers of their own (several teachers of
+one tokenizer are mixed as on the token-level path), a teacher cache, tasks other than causal LM.
 
 >>> from trainers import DistillationConfig, DistillationTrainer
 >>> from transformers import AutoTokenizer
@@ -67,11 +68,11 @@ CROSS_TOKENIZER_COLUMNS = (
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def check_cross_tokenizer(args: Any, task: str | None, teachers: int, student_tokenizer: Any) -> None:
+def check_cross_tokenizer(args: Any, task: str | None, teachers: list, student_tokenizer: Any) -> None:
     """Refuse what distillation across tokenizers cannot run with (module doc), naming the fix.
 
     >>> from trainers import DistillationConfig
-    >>> check_cross_tokenizer(DistillationConfig("out"), "causal-lm", 1, student_tokenizer=object())
+    >>> check_cross_tokenizer(DistillationConfig("out"), "causal-lm", [object()], student_tokenizer=object())
     """
     fix = "or distil from a teacher that shares the student's tokenizer"
     if student_tokenizer is None:
@@ -84,10 +85,12 @@ def check_cross_tokenizer(args: Any, task: str | None, teachers: int, student_to
             f"teacher_tokenizer distils between causal language models; this student's task is {task!r}. "
             "Across tokenizers only next-token distributions can be compared span by span."
         )
-    if teachers != 1:
+    sizes = [output_size(t) for t in teachers]
+    if len(set(sizes)) > 1:
         raise ValueError(
-            f"teacher_tokenizer with {teachers} teachers: distillation across tokenizers supports one teacher "
-            f"(not implemented: several teachers with their own tokenizers). Pass one teacher, {fix}."
+            f"teacher_tokenizer with {len(teachers)} teachers whose heads have {sizes} outputs: one teacher_tokenizer "
+            "serves every teacher, so they must share it (not implemented: several teachers with tokenizers of "
+            f"their own). Pass teachers of one tokenizer, {fix}."
         )
     for name in ("hidden_weight", "attention_weight"):
         if getattr(args, name) > 0:
@@ -178,7 +181,7 @@ def cross_tokenizer_setup(
                 )
         return None
     teacher_tokenizer = _resolve(teacher_tokenizer)
-    check_cross_tokenizer(args, task, len(teachers), student_tokenizer)
+    check_cross_tokenizer(args, task, teachers, student_tokenizer)
     collator = CrossTokenizerCollator(student_tokenizer, teacher_tokenizer)  # refuses slow tokenizers
     relation = compare_vocabularies(
         student_tokenizer,
@@ -285,6 +288,7 @@ class CrossTokenizerLossMixin:
     args: Any
     cross: CrossTokenizerDistillation | None
     teachers: list
+    teacher_weights: list[float]
     _step_counts: dict[str, torch.Tensor] | None
 
     def _cross_tokenizer_loss(
@@ -293,8 +297,11 @@ class CrossTokenizerLossMixin:
         args, cross = self.args, self.cross
         cross.check_batch(inputs)
         labels = inputs.get("labels")
-        with torch.no_grad():
-            teacher_logits = self.teachers[0](**cross.teacher_inputs(inputs)).logits
+        with torch.no_grad():  # several teachers (one tokenizer): their distributions mixed, as token-level
+            logits = [t(**cross.teacher_inputs(inputs)).logits for t in self.teachers]
+        teacher_logits = losses.mix_teacher_logits(
+            logits, self.teacher_weights, loss_type=args.loss_type, temperature=args.temperature
+        )
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
         training = model.training and self._step_counts is not None
         self.loss_is_scaled_for_ga = training

@@ -197,6 +197,33 @@ def test_evaluation_and_first_step_losses_match_a_hand_computation(tmp_path, tok
     assert log["loss"] == pytest.approx(0.6 * kd.item() + 0.4 * ce.item(), rel=1e-5)
 
 
+@pytest.mark.integration
+def test_teachers_of_one_tokenizer_are_mixed_before_the_span_loss(tmp_path, toks):
+    s_tok, t_tok = toks["metaspace"], toks["byte_level"]
+    student, teachers = _llama(s_tok, 2), [_llama(t_tok, 1), _llama(t_tok, 3)]
+    texts = _texts(4)
+    batch = CrossTokenizerCollator(s_tok, t_tok)([{"text": t} for t in texts])
+    with torch.no_grad():
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t_probs = [
+            torch.softmax(t(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]).logits / 2.0, -1)
+            for t in teachers
+        ]  # fmt: skip
+    mixed = 2.0 * torch.log(0.3 * t_probs[0] + 0.7 * t_probs[1])  # logits whose softmax at T=2 is the mixture
+    alignment = {k: batch[k] for k in CROSS_TOKENIZER_KEYS[2:]}
+    kd = hybrid_uld_loss(s_logits, mixed, alignment, shared_vocabulary(s_tok, t_tok), temperature=2.0)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teachers,
+        teacher_tokenizer=t_tok,
+        args=_args(tmp_path, alpha=1.0, temperature=2.0, teacher_weights=[0.3, 0.7]),
+        processing_class=s_tok,
+        train_dataset=Dataset.from_dict({"text": texts}),
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
+
+
 def _sgd_weights(tmp_path, toks, batch: int, accumulation: int):
     s_tok, t_tok = toks["byte_level"], toks["metaspace"]
     args = _args(
@@ -415,9 +442,9 @@ def test_trainer_errors(tmp_path, toks):
         with pytest.raises(ValueError, match=rf"{name}=1.0 with teacher_tokenizer: .* Set {name}=0, {fix}"):
             make(_args(tmp_path, **{name: 1.0}))
     with pytest.raises(
-        ValueError, match=r"teacher_tokenizer with 2 teachers: .*\(not implemented: several teachers"
+        ValueError, match=r"teacher_tokenizer with 2 teachers whose heads have \[400, 500\] .*not implemented"
     ):
-        make(teacher_model=[teacher, _llama(t_tok, 3)])
+        make(teacher_model=[teacher, _llama(s_tok, 3)])
     with pytest.raises(
         ValueError, match=r"loss_type='mse' cannot compare the hybrid loss's span probabilities"
     ):
