@@ -71,8 +71,14 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def check_cross_tokenizer(args: Any, task: str | None, teachers: list, student_tokenizer: Any) -> None:
     """Refuse what distillation across tokenizers cannot run with (module doc), naming the fix.
 
+    >>> from hf_lite.testing import build_tiny_model
     >>> from trainers import DistillationConfig
-    >>> check_cross_tokenizer(DistillationConfig("out"), "causal-lm", [object()], student_tokenizer=object())
+    >>> teacher, tok = build_tiny_model("llama", seed=0)
+    >>> check_cross_tokenizer(DistillationConfig("out", lmbda=0.5), "causal-lm", [teacher], student_tokenizer=tok)
+    >>> check_cross_tokenizer(DistillationConfig("out", hidden_weight=1.0), "causal-lm", [teacher], tok)
+    Traceback (most recent call last):
+    ...
+    ValueError: hidden_weight=1.0 with teacher_tokenizer: hidden states and attention maps are per token, ...
     """
     fix = "or distil from a teacher that shares the student's tokenizer"
     if student_tokenizer is None:
