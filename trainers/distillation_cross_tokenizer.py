@@ -44,7 +44,11 @@ from torch import nn
 
 from hf_lite import losses
 from hf_lite.data import ALIGNMENT_KEYS, compare_vocabularies, shared_vocabulary
-from hf_lite.data.collate import CROSS_TOKENIZER_KEYS, PROMPT_TEXT_KEY, CrossTokenizerCollator
+from hf_lite.data.collate import (
+    CROSS_TOKENIZER_KEYS,
+    PROMPT_TEXT_KEY,
+    CrossTokenizerCollator,
+)
 from hf_lite.loading import load_tokenizer
 from hf_lite.teacher_cache.fingerprint import tokenizer_digest
 from trainers.distillation_models import output_size
@@ -53,7 +57,6 @@ from trainers.distillation_onpolicy import GENERATED_KEY
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CROSS_TOKENIZER_COLUMNS",
     "CrossTokenizerDistillation",
     "CrossTokenizerLossMixin",
     "check_cache_tokenizer",
@@ -61,10 +64,6 @@ __all__ = [
     "cross_tokenizer_setup",
 ]
 
-#: Dataset columns the collator reads (kept through ``remove_unused_columns``).
-CROSS_TOKENIZER_COLUMNS = (
-    *("text", "prompt", "completion", "teacher_input_ids", "teacher_labels", "alignment", PROMPT_TEXT_KEY),
-)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 

@@ -44,14 +44,13 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from hf_lite import losses
-from hf_lite.data.collate import CROSS_TOKENIZER_KEYS
+from hf_lite.data.collate import CROSS_TOKENIZER_COLUMNS, CROSS_TOKENIZER_KEYS
 from hf_lite.loading import freeze, load_teacher
 from hf_lite.quantization import keep_bnb_layout_trainable_
 from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
 from trainers.distillation_card import DistillationCardMixin
 from trainers.distillation_config import DistillationConfig
 from trainers.distillation_cross_tokenizer import (
-    CROSS_TOKENIZER_COLUMNS,
     CrossTokenizerDistillation,
     CrossTokenizerLossMixin,
     check_cache_tokenizer,
@@ -73,6 +72,7 @@ from trainers.distillation_projections import (
     load_projections,
     save_projections,
 )
+from trainers.distillation_sharding import prepare_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +265,9 @@ class DistillationTrainer(
             or getattr(teacher, "is_loaded_in_8bit", False)
         ):
             return teacher  # placed by from_pretrained (device_map / bitsandbytes); cannot be moved
-        # Evaluation mode: moved to the device (and sharded for DeepSpeed/FSDP) but never wrapped for gradient sync.
-        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        # Evaluation mode: sharded for FSDP2 / DeepSpeed ZeRO-3 (trainers.distillation_sharding), frozen; never
+        # wrapped for gradient sync, given to the optimizer or saved.
+        return prepare_teacher(self.accelerator, teacher)
 
     def _preflight_vocabulary(self) -> int | None:
         tokenizer_len = len(self.processing_class) if hasattr(self.processing_class, "__len__") else None

@@ -20,7 +20,13 @@ from hf_lite.losses.cross_tokenizer import ALIGNMENT_KEYS
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["CROSS_TOKENIZER_KEYS", "PROMPT_TEXT_KEY", "CompletionCollator", "CrossTokenizerCollator"]
+__all__ = [
+    "CROSS_TOKENIZER_COLUMNS",
+    "CROSS_TOKENIZER_KEYS",
+    "PROMPT_TEXT_KEY",
+    "CompletionCollator",
+    "CrossTokenizerCollator",
+]
 
 _KNOWN = ("input_ids", "attention_mask", "labels", "prompt_length")
 
@@ -116,11 +122,14 @@ class CompletionCollator:
 #: What :class:`CrossTokenizerCollator` adds to a batch beside the student's ``input_ids``/``attention_mask``/
 #: ``labels``: the teacher's own tokens and the alignment tensors (no model input of the student's).
 CROSS_TOKENIZER_KEYS = ("teacher_input_ids", "teacher_attention_mask", *ALIGNMENT_KEYS)
-#: The columns an encoded row holds (:meth:`CrossTokenizerCollator.encode`), and the text columns it reads.
-_ENCODED = ("input_ids", "attention_mask", "labels", "teacher_input_ids", "teacher_labels", "alignment")
 #: The prompts' text in a batch of prompt/completion rows (a list of str), for re-tokenizing generated text.
 PROMPT_TEXT_KEY = "prompt_text"
-_TEXT = ("text", "prompt", "completion")
+#: The columns :class:`CrossTokenizerCollator` reads: its text columns and those :meth:`~CrossTokenizerCollator.encode`
+#: writes (the last two for prompt/completion rows only).
+CROSS_TOKENIZER_COLUMNS = (
+    *("text", "prompt", "completion", "input_ids", "attention_mask", "labels", "teacher_input_ids"),
+    *("teacher_labels", "alignment", "prompt_length", PROMPT_TEXT_KEY),
+)
 
 
 class CrossTokenizerCollator:
