@@ -40,6 +40,8 @@ class DistillationConfig(TrainingArguments):
     probability ``lmbda``, the student's own completions of its prompts (``max_new_tokens``,
     ``generation_temperature``, ``top_p``); cross-entropy has no target there, so such a batch's loss is
     ``alpha * loss_kd`` (plus the hidden/attention terms): ``1 - alpha`` weighs CE on the data's batches only.
+    With ``teacher_tokenizer`` (a teacher with another vocabulary) ``loss_kd`` is ``cross_tokenizer_loss`` over
+    the spans where the two tokenizations align (:mod:`trainers.distillation_cross_tokenizer`).
 
     >>> args = DistillationConfig("out", temperature=4.0, alpha=0.9, loss_type="jsd", beta=0.5)
     >>> args.temperature, args.loss_type

@@ -475,6 +475,27 @@ def test_trainer_errors(tmp_path, toks):
         trainer.train()
 
 
+def test_config_fields_are_command_line_flags(tmp_path):
+    from transformers import HfArgumentParser
+
+    flags = [
+        "--output_dir",
+        str(tmp_path),
+        "--teacher_tokenizer",
+        "org/teacher",
+        "--cross_tokenizer_loss",
+        "uld",
+    ]
+    (args,) = HfArgumentParser(DistillationConfig).parse_args_into_dataclasses(
+        [*flags, "--hybrid_unmatched_weight", "0.25", "--report_to", "none"]
+    )
+    assert (args.teacher_tokenizer, args.cross_tokenizer_loss, args.hybrid_unmatched_weight) == (
+        "org/teacher",
+        "uld",
+        0.25,
+    )
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match=r"cross_tokenizer_loss='kl' must be one of hybrid, uld"):
         DistillationConfig(str(tmp_path), cross_tokenizer_loss="kl")
