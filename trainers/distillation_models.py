@@ -17,6 +17,7 @@ from torch import nn
 
 from hf_lite._utils import unwrap_model
 from hf_lite.tasks import TASKS
+from trainers.distillation_sharding import unsharded_class
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def model_task(model: nn.Module) -> str | None:
     for task, auto_name in TASKS.items():
         mapping = getattr(transformers, auto_name)._model_mapping
         config_cls = type(getattr(base, "config", None))
-        if config_cls in mapping and mapping[config_cls] is type(base):
+        if config_cls in mapping and mapping[config_cls] is unsharded_class(base):
             return task
     return None
 
