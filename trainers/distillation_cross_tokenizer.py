@@ -223,7 +223,11 @@ class CrossTokenizerDistillation:
         columns = getattr(dataset, "column_names", None) or []
         if not isinstance(dataset, datasets.Dataset) or "alignment" in columns:
             return dataset
-        if "text" not in columns and not {"prompt", "completion"} <= set(columns):
+        if (
+            "text" not in columns
+            and "messages" not in columns
+            and not {"prompt", "completion"} <= set(columns)
+        ):
             return dataset
         return dataset.map(self.collator.encode, desc="tokenizing for student and teacher")
 

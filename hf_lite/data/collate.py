@@ -127,7 +127,16 @@ PROMPT_TEXT_KEY = "prompt_text"
 #: The columns :class:`CrossTokenizerCollator` reads: its text columns and those :meth:`~CrossTokenizerCollator.encode`
 #: writes (the last two for prompt/completion rows only).
 CROSS_TOKENIZER_COLUMNS = (
-    *("text", "prompt", "completion", "input_ids", "attention_mask", "labels", "teacher_input_ids"),
+    *(
+        "text",
+        "prompt",
+        "completion",
+        "messages",
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "teacher_input_ids",
+    ),
     *("teacher_labels", "alignment", "prompt_length", PROMPT_TEXT_KEY),
 )
 
@@ -136,7 +145,10 @@ class CrossTokenizerCollator:
     """Tokenize each text for the student *and* the teacher, align the two, and pad both into one batch.
 
     Rows are text: ``{"text": str}`` (every token a target) or ``{"prompt": str, "completion": str}`` (the
-    targets are the tokens that cover completion characters; both are concatenated as they are). Each text is
+    targets are the tokens that cover completion characters; both are concatenated as they are), or chat:
+    ``{"messages": [...]}`` or conversational ``prompt``/``completion`` lists, rendered once with the student
+    tokenizer's chat template (both tokenizers read that string, so it aligns), the last (assistant) message being
+    the completion. Each text is
     tokenized by both fast tokenizers with offsets (:func:`hf_lite.data.encode_with_offsets`), truncated to
     ``max_length`` tokens on each side if given, and aligned (:func:`hf_lite.data.align_offsets`). Rows that
     :meth:`encode` already turned into token ids (``dataset.map(collator.encode)``: the alignment computed once
@@ -197,11 +209,38 @@ class CrossTokenizerCollator:
         prompt, completion = example.get("prompt"), example.get("completion")
         if isinstance(prompt, str) and isinstance(completion, str):
             return prompt + completion, len(prompt)
+        if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
+            return self._chat([*prompt, *completion])
+        if isinstance(example.get("messages"), list) and example["messages"]:
+            return self._chat(example["messages"])
         raise ValueError(
-            f"CrossTokenizerCollator got a row with columns {sorted(example)}: it needs 'text' (a string), or "
-            "'prompt' and 'completion' (strings; render chat messages first with apply_chat_template(..., "
-            "tokenize=False)), or the columns of CrossTokenizerCollator.encode."
+            f"CrossTokenizerCollator got a row with columns {sorted(example)}: it needs 'text' (a string), "
+            "'prompt' and 'completion' (strings, or lists of messages), 'messages', or the columns of "
+            "CrossTokenizerCollator.encode."
         )
+
+    def _chat(self, messages: list[Mapping[str, Any]]) -> tuple[str, int]:
+        """A conversation rendered once, with the student's chat template (both tokenizers read that string); the
+        last message, the assistant's, is the completion."""
+        tok = self.student.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(
+                "chat rows are rendered with the student tokenizer's chat template, and it has none: set "
+                "tokenizer.chat_template, or give 'prompt'/'completion' strings."
+            )
+        if not isinstance(messages[-1], Mapping) or messages[-1].get("role") != "assistant":
+            raise ValueError(
+                f"the last message of a chat row must be the assistant's (the completion distilled); got "
+                f"{messages[-1]!r:.80}."
+            )
+        prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(messages, tokenize=False)
+        if not text.startswith(prompt):
+            raise ValueError(
+                "the chat template renders the conversation's start differently with and without its last "
+                "message, so the completion cannot be told apart: give 'prompt'/'completion' strings."
+            )
+        return text, len(prompt)
 
     def encode(self, example: Mapping[str, Any]) -> dict[str, Any]:
         """One text row -> token ids of both sides, their labels and the alignment (plain lists: a dataset column).

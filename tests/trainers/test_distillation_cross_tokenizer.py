@@ -118,6 +118,32 @@ def test_prompt_completion_rows_count_only_completion_spans(toks):
     ]
 
 
+def test_chat_rows_are_rendered_once_with_the_students_template(toks):
+    s_tok, t_tok = toks["byte_level"], toks["metaspace"]  # the ChatML template is the student's
+    messages = [
+        {"role": "user", "content": "Wie viel ist 12 × 7?"},
+        {"role": "assistant", "content": "print(12 * 7)  # 84"},
+    ]
+    collator = CrossTokenizerCollator(s_tok, t_tok)
+    prompt = s_tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    text = s_tok.apply_chat_template(messages, tokenize=False)
+    for row in ({"messages": messages}, {"prompt": messages[:1], "completion": messages[1:]}):
+        encoded = collator.encode(row)
+        assert encoded["prompt_text"] == prompt
+        targets = [
+            i for i, label in zip(encoded["input_ids"], encoded["labels"], strict=True) if label != -100
+        ]
+        assert s_tok.decode(targets) == text[len(prompt) :]  # the answer and its end-of-turn markup
+        assert encoded["teacher_input_ids"] == t_tok(text)["input_ids"]
+    assert int(collator([{"messages": messages}])["span_mask"].sum()) > 0
+    with pytest.raises(ValueError, match=r"the last message of a chat row must be the assistant's"):
+        collator.encode({"messages": messages[:1]})
+    with pytest.raises(
+        ValueError, match=r"rendered with the student tokenizer's chat template, and it has none"
+    ):
+        CrossTokenizerCollator(t_tok, s_tok).encode({"messages": messages})
+
+
 def test_rows_encoded_once_in_the_dataset_give_the_same_batch(toks):
     collator = CrossTokenizerCollator(toks["byte_level"], toks["wordpiece"], max_length=12)
     raw = Dataset.from_dict({"text": _texts(6)})
@@ -135,7 +161,10 @@ def test_collator_errors(toks):
     ):
         CrossTokenizerCollator(toks["byte_level"], _slow_tokenizer())
     collator = CrossTokenizerCollator(toks["byte_level"], toks["wordpiece"])
-    with pytest.raises(ValueError, match=r"got a row with columns \['input_ids'\]: it needs 'text'"):
+    with pytest.raises(
+        ValueError,
+        match=r"got a row with columns \['input_ids'\]: it needs 'text' \(a string\), 'prompt' and",
+    ):
         collator([{"input_ids": [1, 2]}])
     with pytest.raises(
         ValueError,
