@@ -37,6 +37,9 @@ What it measures, and how:
 - **Distillation step at 49k vocabulary**: on the half-depth student, one step each of plain CE
   (``Trainer``), ``DistillationTrainer`` with the teacher, ``DistillationTrainer`` from a top-``cache_k``
   teacher cache, and the teacher's forward alone, in rotating rounds; medians after the first rounds.
+- **Loss memory at 49k vocabulary**: the distillation loss (generalized JSD, beta 0.5) from hidden states and
+  LM-head weights of this width for ``race_batch`` x ``seq_len`` tokens, whole logits vs. chunks of
+  ``loss_chunk`` tokens, each in a fresh process (what one forward + backward adds to RSS).
 - **QLoRA vs. full fine-tuning** of the teacher checkpoint: training peak RSS (after loading) and tokens/s,
   with and without gradient checkpointing, each in a fresh process.
 
@@ -69,9 +72,9 @@ from benchmarks.llm.data import (
     training_stream,
     window_set,
 )
-from benchmarks.llm.report import COLUMNS, MEMORY_COLUMNS, STEP_COLUMNS, goals, notes, summary
+from benchmarks.llm.report import COLUMNS, LOSS_COLUMNS, MEMORY_COLUMNS, STEP_COLUMNS, goals, notes, summary
 from benchmarks.llm.rows import ONESHOT, STRUCTURAL, correct_teacher, oneshot_row, structural_row, train_row
-from benchmarks.llm.speed import distillation_step_race, training_memory
+from benchmarks.llm.speed import distillation_step_race, loss_memory, training_memory
 
 TITLE = "A real pretrained LLM: SmolLM2-135M-Instruct pruned one-shot and structurally, distilled vs. trained"
 ORDER = 30
@@ -105,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
     "race_rounds": 8,
     "race_skip": 2,
     "cache_k": 64,
+    "loss_chunk": 128,  # chunk size of the chunked loss in the loss-memory row
     "mem_batch": 2,
     "mem_steps": 3,
 }
@@ -269,6 +273,9 @@ def run(ctx: Any) -> dict[str, Any]:
         step = distillation_step_race(ctx, s, teacher.cpu(), student, tokenizer, race_rows)
         del student
 
+    with ctx.phase("loss memory"):
+        loss_mem = loss_memory(ctx, s, teacher.config, threads)
+
     with ctx.phase("training memory"):
         memory = training_memory(ctx, s, teacher_dir, race_rows, threads)
 
@@ -299,6 +306,11 @@ def run(ctx: Any) -> dict[str, Any]:
                 "title": "The distillation step at a 49k vocabulary (half-depth student)",
                 "columns": STEP_COLUMNS,
                 "rows": [{"row": n, "median_s": v} for n, v in step["median_s"].items()],
+            },
+            {
+                "title": "The distillation loss at a 49k vocabulary: memory of one forward + backward",
+                "columns": LOSS_COLUMNS,
+                "rows": loss_mem,
             },
             {
                 "title": "Training memory on this model: QLoRA vs. full fine-tuning",

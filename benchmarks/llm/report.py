@@ -22,6 +22,16 @@ COLUMNS = [
 
 STEP_COLUMNS = [column("row", "step"), column("median_s", "median s/step", "{:.3f}")]
 
+LOSS_COLUMNS = [
+    column("row", "loss"),
+    column("tokens", "tokens", "int"),
+    column("vocab", "vocabulary", "int"),
+    column("loss_bytes", "memory added", "bytes"),
+    column("ratio_to_plain", "÷ whole logits", "{:.2f}"),
+    column("seconds", "s", "{:.2f}"),
+    HOW,
+]
+
 MEMORY_COLUMNS = [
     column("row", "training"),
     column("trainable_params", "trainable", "params"),

@@ -148,3 +148,32 @@ def training_memory(
             }
         )
     return table
+
+
+def loss_memory(ctx: Any, s: dict[str, Any], config: Any, threads: int) -> list[dict]:
+    """The distillation loss at this model's vocabulary, each variant in a fresh process: what one forward +
+    backward adds to memory (RSS) from the last hidden states and the LM head weights of a student and a
+    teacher of this model's width, for ``race_batch`` x ``seq_len`` tokens. ``plain`` builds the whole
+    (tokens, vocabulary) logits first; ``chunked`` is ``chunked_distillation_loss_from_hidden``."""
+    from benchmarks.perf.chunked_loss import describe_variant, memory_env
+
+    dims = {
+        "tokens": s["race_batch"] * s["seq_len"],
+        "vocab": config.vocab_size,
+        "hidden_student": config.hidden_size,
+        "hidden_teacher": config.hidden_size,
+    }
+    table = []
+    for variant in ("plain-hidden", f"chunked-hidden@{s['loss_chunk']}"):
+        out = run_isolated(
+            "benchmarks.perf.chunked_loss:loss_memory_child",
+            {"variant": variant, **dims, "seed": ctx.seed},
+            preload=("torch", "hf_lite.losses"),
+            env=memory_env(threads),
+            capture_output=True,
+        )
+        table.append({"row": variant, "how": describe_variant(variant), **out.result, **dims})
+        ctx.log(f"loss memory {variant}: {out.result['loss_bytes'] / 2**20:.0f} MiB")
+    for row in table:
+        row["ratio_to_plain"] = row["loss_bytes"] / table[0]["loss_bytes"]
+    return table
