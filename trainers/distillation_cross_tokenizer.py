@@ -15,8 +15,9 @@ so gradient accumulation and DDP stay exact. On-policy (``lmbda > 0``, prompt/co
 completion is decoded and tokenized again with its prompt's text for both models (the student's side becomes
 the canonical tokenization of what it wrote), then scored like a data batch without cross-entropy. Not
 supported together with a teacher tokenizer (each refused with a ``ValueError``): hidden-state and attention
-matching (the positions do not correspond), several teachers with tokenizers of their own (several teachers of
-one tokenizer are mixed as on the token-level path), a teacher cache, tasks other than causal LM.
+matching (the positions do not correspond), a teacher cache, tasks other than causal LM. Several teachers of one
+tokenizer are mixed as on the token-level path; teachers with tokenizers of their own (``teacher_tokenizer=[...]``,
+one per teacher) each give their span loss over their own spans, weighted by ``teacher_weights``.
 
 >>> from trainers import DistillationConfig, DistillationTrainer
 >>> from transformers import AutoTokenizer
@@ -33,6 +34,7 @@ one tokenizer are mixed as on the token-level path), a teacher cache, tasks othe
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -48,6 +50,7 @@ from hf_lite.data.collate import (
     CROSS_TOKENIZER_KEYS,
     PROMPT_TEXT_KEY,
     CrossTokenizerCollator,
+    teacher_key,
 )
 from hf_lite.loading import load_tokenizer
 from hf_lite.teacher_cache.fingerprint import tokenizer_digest
@@ -94,8 +97,8 @@ def check_cross_tokenizer(args: Any, task: str | None, teachers: list, student_t
     if len(set(sizes)) > 1:
         raise ValueError(
             f"teacher_tokenizer with {len(teachers)} teachers whose heads have {sizes} outputs: one teacher_tokenizer "
-            "serves every teacher, so they must share it (not implemented: several teachers with tokenizers of "
-            f"their own). Pass teachers of one tokenizer, {fix}."
+            "serves every teacher, so they must share it. Give a list, one tokenizer per teacher in the same order "
+            f"(teacher_tokenizer=[tokenizer_1, tokenizer_2, ...]), {fix}."
         )
     for name in ("hidden_weight", "attention_weight"):
         if getattr(args, name) > 0:
@@ -185,24 +188,36 @@ def cross_tokenizer_setup(
                     "'prompt'/'completion' columns)."
                 )
         return None
-    teacher_tokenizer = _resolve(teacher_tokenizer)
-    check_cross_tokenizer(args, task, teachers, student_tokenizer)
-    collator = CrossTokenizerCollator(student_tokenizer, teacher_tokenizer)  # refuses slow tokenizers
-    relation = compare_vocabularies(
-        student_tokenizer,
-        teacher_tokenizer,
-        student_head_size=output_size(student),
-        teacher_head_size=output_size(teachers[0]),
-    )
-    if relation.token_level:
+    if isinstance(teacher_tokenizer, (list, tuple)):  # one per teacher
+        if len(teacher_tokenizer) != len(teachers):
+            raise ValueError(
+                f"teacher_tokenizer has {len(teacher_tokenizer)} entries for {len(teachers)} teacher(s): give one "
+                "tokenizer per teacher, in the same order (or one tokenizer that every teacher shares)."
+            )
+        tokenizers = [_resolve(t) for t in teacher_tokenizer]
+        if len({json.dumps(sorted(t.get_vocab().items())) for t in tokenizers}) == 1:
+            tokenizers = tokenizers[:1]  # the same tokenizer for every teacher: mixed as one teacher
+    else:
+        tokenizers = [_resolve(teacher_tokenizer)]
+    groups = [teachers] if len(tokenizers) == 1 else [[t] for t in teachers]
+    for group in groups:
+        check_cross_tokenizer(args, task, group, student_tokenizer)
+    collator = CrossTokenizerCollator(student_tokenizer, tokenizers if len(tokenizers) > 1 else tokenizers[0])
+    relations = [
+        compare_vocabularies(
+            student_tokenizer,
+            tok,
+            student_head_size=output_size(student),
+            teacher_head_size=output_size(group[0]),
+        )
+        for tok, group in zip(tokenizers, groups, strict=True)
+    ]
+    for relation in relations:
         logger.info("teacher_tokenizer: %s", relation.message)
-        return CrossTokenizerDistillation(args, None, collator, token_level=True)
-    logger.info("teacher_tokenizer: %s", relation.message)
-    shared = (
-        shared_vocabulary(student_tokenizer, teacher_tokenizer)
-        if args.cross_tokenizer_loss == "hybrid"
-        else None
-    )
+    if len(tokenizers) == 1 and relations[0].token_level:
+        return CrossTokenizerDistillation(args, [None], collator, token_level=True)
+    hybrid = args.cross_tokenizer_loss == "hybrid"
+    shared = [shared_vocabulary(student_tokenizer, tok) if hybrid else None for tok in tokenizers]
     return CrossTokenizerDistillation(args, shared, collator, token_level=False)
 
 
@@ -210,11 +225,26 @@ class CrossTokenizerDistillation:
     """What a trainer keeps to distil across tokenizers: the collator, the shared vocabulary, the loss.
 
     ``token_level`` is True when the teacher tokenizer turned out to be the student's (or one the token-level
-    losses apply to): the collator still reads the text rows, the loss is the ordinary one.
+    losses apply to): the collator still reads the text rows, the loss is the ordinary one. ``shared`` holds one
+    entry per teacher tokenizer (``slots``; None for ULD): one slot when every teacher shares it (their
+    distributions mixed), else one per teacher (their span losses weighted by ``teacher_weights``).
     """
 
-    def __init__(self, args: Any, shared: Any, collator: CrossTokenizerCollator, token_level: bool) -> None:
+    def __init__(self, args: Any, shared: list, collator: CrossTokenizerCollator, token_level: bool) -> None:
         self.args, self.shared, self.collator, self.token_level = args, shared, collator, token_level
+        self.slots = len(shared)
+
+    def count(self, batch_samples: list[dict[str, Any]]) -> torch.Tensor:
+        """``(slots,)``: the counted spans of each teacher tokenizer over an optimizer step's micro-batches."""
+        return torch.stack(
+            [
+                sum(
+                    b[teacher_key("span_mask", j)].sum() if "span_mask" in b else torch.tensor(0)
+                    for b in batch_samples
+                )
+                for j in range(self.slots)
+            ]
+        )
 
     def encode_dataset(self, dataset: Any) -> Any:
         """A ``datasets.Dataset`` of text rows with :meth:`CrossTokenizerCollator.encode`'s columns added (the two
@@ -231,9 +261,9 @@ class CrossTokenizerDistillation:
             return dataset
         return dataset.map(self.collator.encode, desc="tokenizing for student and teacher")
 
-    @staticmethod
-    def check_batch(inputs: dict[str, Any]) -> None:
-        missing = [k for k in CROSS_TOKENIZER_KEYS if k not in inputs]
+    def check_batch(self, inputs: dict[str, Any]) -> None:
+        keys = [teacher_key(k, j) for j in range(self.slots) for k in CROSS_TOKENIZER_KEYS]
+        missing = [k for k in keys if k not in inputs]
         if missing:
             raise ValueError(
                 f"the batch lacks {missing}: distillation across tokenizers reads batches of CrossTokenizerCollator "
@@ -266,23 +296,32 @@ class CrossTokenizerDistillation:
         return {**self.collator(rows), GENERATED_KEY: True}
 
     @staticmethod
-    def teacher_inputs(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {"input_ids": inputs["teacher_input_ids"], "attention_mask": inputs["teacher_attention_mask"]}
+    def teacher_inputs(inputs: dict[str, Any], slot: int = 0) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": inputs[teacher_key("teacher_input_ids", slot)],
+            "attention_mask": inputs[teacher_key("teacher_attention_mask", slot)],
+        }
 
     def loss(
-        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, inputs: dict[str, Any], items: Any
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        inputs: dict[str, Any],
+        items: Any,
+        slot: int = 0,
     ) -> torch.Tensor:
-        """The span loss (``args.cross_tokenizer_loss``) divided by ``items`` (counted spans; None: these)."""
+        """The span loss (``args.cross_tokenizer_loss``) against teacher tokenizer ``slot``, divided by ``items``
+        (counted spans; None: these)."""
         args = self.args
-        alignment = {k: inputs[k] for k in ALIGNMENT_KEYS}
+        alignment = {k: inputs[teacher_key(k, slot)] for k in ALIGNMENT_KEYS}
         common = {"temperature": args.temperature, "num_items_in_batch": items}
-        if self.shared is None:
+        if self.shared[slot] is None:
             return losses.uld_loss(student_logits, teacher_logits, alignment, **common)
         return losses.hybrid_uld_loss(
             student_logits,
             teacher_logits,
             alignment,
-            self.shared,
+            self.shared[slot],
             loss_type=args.loss_type,
             beta=args.beta,
             matched_weight=args.hybrid_matched_weight,
@@ -306,15 +345,27 @@ class CrossTokenizerLossMixin:
         args, cross = self.args, self.cross
         cross.check_batch(inputs)
         labels = inputs.get("labels")
-        with torch.no_grad():  # several teachers (one tokenizer): their distributions mixed, as token-level
-            logits = [t(**cross.teacher_inputs(inputs)).logits for t in self.teachers]
-        teacher_logits = losses.mix_teacher_logits(
-            logits, self.teacher_weights, loss_type=args.loss_type, temperature=args.temperature
-        )
+        slots = range(len(self.teachers)) if cross.slots > 1 else [0] * len(self.teachers)
+        with torch.no_grad():  # each teacher on its own tokens
+            logits = [
+                t(**cross.teacher_inputs(inputs, j)).logits for t, j in zip(self.teachers, slots, strict=True)
+            ]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
         training = model.training and self._step_counts is not None
         self.loss_is_scaled_for_ga = training
-        kd = cross.loss(outputs.logits, teacher_logits, inputs, self._step_counts["kd"] if training else None)
+        items = self._step_counts["kd"] if training else None
+        if (
+            cross.slots == 1
+        ):  # teachers of one tokenizer: their distributions mixed, as on the token-level path
+            mixed = losses.mix_teacher_logits(
+                logits, self.teacher_weights, loss_type=args.loss_type, temperature=args.temperature
+            )
+            kd = cross.loss(outputs.logits, mixed, inputs, items)
+        else:  # tokenizers of their own: each teacher's span loss, over its own spans, weighted
+            kd = sum(
+                w * cross.loss(outputs.logits, z, inputs, None if items is None else items[j], j)
+                for j, (w, z) in enumerate(zip(self.teacher_weights, logits, strict=True))
+            )
         loss, components = args.alpha * kd, {"loss_kd": kd}
         ce = None
         if inputs.get(GENERATED_KEY, False):  # the student's completions: no target for cross-entropy

@@ -44,7 +44,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from hf_lite import losses
-from hf_lite.data.collate import CROSS_TOKENIZER_COLUMNS, CROSS_TOKENIZER_KEYS
+from hf_lite.data.collate import CROSS_TOKENIZER_KEYS
 from hf_lite.loading import freeze, load_teacher
 from hf_lite.quantization import keep_bnb_layout_trainable_
 from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
@@ -89,8 +89,9 @@ class DistillationTrainer(
         args: a :class:`DistillationConfig`.
         teacher_tokenizer: the teacher's tokenizer (or its Hub id / folder; default ``args.teacher_tokenizer``)
             when it differs from the student's (``processing_class``): distillation across tokenizers on text
-            rows (``text``, or ``prompt`` + ``completion``), batched by
-            :class:`hf_lite.data.collate.CrossTokenizerCollator` unless ``data_collator`` is given.
+            rows (``text``, ``prompt`` + ``completion``, or chat), batched by
+            :class:`hf_lite.data.collate.CrossTokenizerCollator` unless ``data_collator`` is given. A list gives
+            one tokenizer per teacher (several teachers with tokenizers of their own).
         **kwargs: everything else ``transformers.Trainer`` takes.
 
     Vocabulary preflight (:func:`hf_lite.data.compare_vocabularies` when ``teacher_tokenizer`` is given):
@@ -239,7 +240,7 @@ class DistillationTrainer(
         # Keep what the collators read through remove_unused_columns: the prompt length of prompt/completion
         # data (CompletionCollator) and the cached teacher columns.
         extra = ["prompt_length", *(TEACHER_COLUMNS if self.cache_meta is not None else ())]
-        extra += CROSS_TOKENIZER_COLUMNS if self.cross is not None else []
+        extra += self.cross.collator.columns if self.cross is not None else []
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *extra]))
 
     def _prepare_teacher(self, teacher: Any) -> nn.Module:
@@ -435,18 +436,19 @@ class DistillationTrainer(
         tokens (hidden states, attention maps) and, without labels, the positions the KD loss covers."""
         num_items = super()._get_num_items_in_batch(batch_samples, device)
         tokens = sum(_attention_mask(b).sum() for b in batch_samples)
-        if self.cross is not None and not self.cross.token_level:  # the aligned spans the span loss counts
-            kd = sum(b["span_mask"].sum() if "span_mask" in b else torch.tensor(0) for b in batch_samples)
+        if self.cross is not None and not self.cross.token_level:  # the aligned spans, per teacher tokenizer
+            kd = self.cross.count(batch_samples)
         elif self.task == "causal-lm":
             kd = sum(_attention_mask(b)[:, 1:].sum() for b in batch_samples)
         elif self.task == "token-classification":
             kd = tokens
         else:
             kd = sum(torch.tensor(len(b["input_ids"])) for b in batch_samples)
-        counts = torch.stack([torch.as_tensor(tokens), torch.as_tensor(kd)]).to(device)
+        counts = torch.cat([torch.as_tensor(tokens).reshape(1), torch.as_tensor(kd).reshape(-1)]).to(device)
         if self.args.world_size > 1 and self.args.average_tokens_across_devices:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
-        self._step_counts = {"tokens": counts[0], "kd": counts[1]}
+        # kd: one count, or one per teacher tokenizer across tokenizers
+        self._step_counts = {"tokens": counts[0], "kd": counts[1] if counts.numel() == 2 else counts[1:]}
         return num_items
 
     # -------------------------------------------------------------------------------- logs and files

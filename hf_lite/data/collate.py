@@ -26,6 +26,7 @@ __all__ = [
     "PROMPT_TEXT_KEY",
     "CompletionCollator",
     "CrossTokenizerCollator",
+    "teacher_key",
 ]
 
 _KNOWN = ("input_ids", "attention_mask", "labels", "prompt_length")
@@ -141,6 +142,15 @@ CROSS_TOKENIZER_COLUMNS = (
 )
 
 
+def teacher_key(key: str, teacher: int) -> str:
+    """The batch key or column of teacher ``teacher`` (the first's as named, the others' with ``_{teacher}``).
+
+    >>> teacher_key("teacher_input_ids", 0), teacher_key("span_mask", 2)
+    ('teacher_input_ids', 'span_mask_2')
+    """
+    return key if teacher == 0 else f"{key}_{teacher}"
+
+
 class CrossTokenizerCollator:
     """Tokenize each text for the student *and* the teacher, align the two, and pad both into one batch.
 
@@ -163,9 +173,12 @@ class CrossTokenizerCollator:
     and the prompts' text (``prompt_text``, a list of str), so that on-policy completions can be decoded and
     tokenized again for both models.
 
+    With several teacher tokenizers (one per teacher) every teacher's tokens and alignment come under
+    :func:`teacher_key` names: the first's as above, teacher ``j``'s with the suffix ``_j``.
+
     Args:
         tokenizer: the student's tokenizer (fast).
-        teacher_tokenizer: the teacher's tokenizer (fast).
+        teacher_tokenizer: the teacher's tokenizer (fast), or a sequence of them (one per teacher).
         max_length: cut each side to this many tokens (None: no truncation).
         pad_to_multiple_of: round both padded lengths up to a multiple of this.
 
@@ -186,7 +199,7 @@ class CrossTokenizerCollator:
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        teacher_tokenizer: PreTrainedTokenizerBase,
+        teacher_tokenizer: PreTrainedTokenizerBase | Sequence[PreTrainedTokenizerBase],
         *,
         max_length: int | None = None,
         pad_to_multiple_of: int | None = None,
@@ -195,12 +208,24 @@ class CrossTokenizerCollator:
             isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
         ):
             raise ValueError(f"max_length={max_length!r} must be a positive number of tokens or None.")
-        for name, tok in (("tokenizer", tokenizer), ("teacher_tokenizer", teacher_tokenizer)):
+        several = isinstance(teacher_tokenizer, (list, tuple))
+        teachers = list(teacher_tokenizer) if several else [teacher_tokenizer]
+        names = [f"teacher_tokenizer[{j}]" if several else "teacher_tokenizer" for j in range(len(teachers))]
+        for name, tok in (("tokenizer", tokenizer), *zip(names, teachers, strict=True)):
             if not getattr(tok, "is_fast", False):
                 encode_with_offsets(tok, "", name=name)  # raises the TypeError that names the fix
         self.student = CompletionCollator(tokenizer, pad_to_multiple_of)
-        self.teacher = CompletionCollator(teacher_tokenizer, pad_to_multiple_of)
+        self.teachers = [CompletionCollator(t, pad_to_multiple_of) for t in teachers]
         self.max_length = max_length
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns this collator reads (:data:`CROSS_TOKENIZER_COLUMNS`, and the other teachers')."""
+        extra = ("teacher_input_ids", "teacher_labels", "alignment")
+        return (
+            *CROSS_TOKENIZER_COLUMNS,
+            *(teacher_key(k, j) for j in range(1, len(self.teachers)) for k in extra),
+        )
 
     def _text(self, example: Mapping[str, Any]) -> tuple[str, int]:
         """``(text, first target character)``."""
@@ -256,7 +281,7 @@ class CrossTokenizerCollator:
         sides = []
         for name, tok in (
             ("tokenizer", self.student.tokenizer),
-            ("teacher_tokenizer", self.teacher.tokenizer),
+            *(("teacher_tokenizer", t.tokenizer) for t in self.teachers),
         ):
             enc = encode_with_offsets(tok, text, name=name, **kwargs)
             ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
@@ -266,21 +291,18 @@ class CrossTokenizerCollator:
                 for i, (start, end) in zip(ids, offsets, strict=True)
             ]
             sides.append((ids, offsets, labels))
-        try:
-            alignment = align_offsets(text, sides[0][1], sides[1][1])
-        except ValueError as err:
-            raise ValueError(
-                f"text={text[:60]!r}: {err} Drop empty or whitespace-only rows (dataset.filter) before training."
-            ) from None
-        (s_ids, _, s_labels), (t_ids, _, t_labels) = sides
-        row = {
-            "input_ids": s_ids,
-            "attention_mask": [1] * len(s_ids),
-            "labels": s_labels,
-            "teacher_input_ids": t_ids,
-            "teacher_labels": t_labels,
-            "alignment": alignment.to_dict(),
-        }
+        s_ids, s_offsets, s_labels = sides[0]
+        row = {"input_ids": s_ids, "attention_mask": [1] * len(s_ids), "labels": s_labels}
+        for j, (t_ids, t_offsets, t_labels) in enumerate(sides[1:]):
+            try:
+                alignment = align_offsets(text, s_offsets, t_offsets)
+            except ValueError as err:
+                raise ValueError(
+                    f"text={text[:60]!r}: {err} Drop empty or whitespace-only rows (dataset.filter) before training."
+                ) from None
+            row[teacher_key("teacher_input_ids", j)] = t_ids
+            row[teacher_key("teacher_labels", j)] = t_labels
+            row[teacher_key("alignment", j)] = alignment.to_dict()
         if first:  # the prompt: the tokens before the first target
             targets = [i for i, label in enumerate(s_labels) if label != -100]
             row.update(prompt_length=targets[0] if targets else len(s_ids), prompt_text=text[:first])
@@ -293,25 +315,30 @@ class CrossTokenizerCollator:
         prompts = all(PROMPT_TEXT_KEY in r for r in rows)
         keys = ("input_ids", "attention_mask", "labels", *(("prompt_length",) if prompts else ()))
         student = self.student([{k: r[k] for k in keys} for r in rows])
-        teacher = self.teacher(
-            [{"input_ids": r["teacher_input_ids"], "labels": r["teacher_labels"]} for r in rows]
-        )
-        alignments = [TokenAlignment.from_dict(r["alignment"]) for r in rows]
-        tensors = alignment_tensors(
-            alignments,
-            student_input_ids=student["input_ids"],
-            teacher_input_ids=teacher["input_ids"],
-            student_attention_mask=student["attention_mask"],
-            teacher_attention_mask=teacher["attention_mask"],
-            student_labels=student["labels"],
-            teacher_labels=teacher["labels"],
-        )
-        batch = {
-            **student,
-            "teacher_input_ids": teacher["input_ids"],
-            "teacher_attention_mask": teacher["attention_mask"],
-            **tensors,
-        }
+        batch = dict(student)
+        for j, collate in enumerate(self.teachers):
+            teacher = collate(
+                [
+                    {
+                        "input_ids": r[teacher_key("teacher_input_ids", j)],
+                        "labels": r[teacher_key("teacher_labels", j)],
+                    }
+                    for r in rows
+                ]
+            )
+            tensors = alignment_tensors(
+                [TokenAlignment.from_dict(r[teacher_key("alignment", j)]) for r in rows],
+                student_input_ids=student["input_ids"],
+                teacher_input_ids=teacher["input_ids"],
+                student_attention_mask=student["attention_mask"],
+                teacher_attention_mask=teacher["attention_mask"],
+                student_labels=student["labels"],
+                teacher_labels=teacher["labels"],
+            )
+            tensors.update(
+                teacher_input_ids=teacher["input_ids"], teacher_attention_mask=teacher["attention_mask"]
+            )
+            batch.update({teacher_key(k, j): tensors[k] for k in CROSS_TOKENIZER_KEYS})
         if prompts:
             batch[PROMPT_TEXT_KEY] = [r[PROMPT_TEXT_KEY] for r in rows]
         return batch

@@ -253,8 +253,48 @@ def test_teachers_of_one_tokenizer_are_mixed_before_the_span_loss(tmp_path, toks
     assert trainer.state.log_history[0]["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
 
 
-def _sgd_weights(tmp_path, toks, batch: int, accumulation: int):
+@pytest.mark.integration
+def test_teachers_with_tokenizers_of_their_own_each_give_a_weighted_span_loss(tmp_path, toks):
+    s_tok, tokenizers = toks["metaspace"], [toks["byte_level"], toks["wordpiece"]]
+    student, teachers = _llama(s_tok, 2), [_llama(tokenizers[0], 1), _llama(tokenizers[1], 3)]
+    texts = _texts(4)
+    batch = CrossTokenizerCollator(s_tok, tokenizers)([{"text": t} for t in texts])
+    assert {"teacher_input_ids_1", "span_mask_1", "student_index_1"} <= set(batch)
+    with torch.no_grad():
+        s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    kd = 0.0
+    for j, (w, teacher, tok) in enumerate(zip([0.3, 0.7], teachers, tokenizers, strict=True)):
+        sfx = "" if j == 0 else f"_{j}"
+        with torch.no_grad():
+            t_logits = teacher(
+                input_ids=batch[f"teacher_input_ids{sfx}"],
+                attention_mask=batch[f"teacher_attention_mask{sfx}"],
+            ).logits
+        alignment = {k: batch[k + sfx] for k in CROSS_TOKENIZER_KEYS[2:]}
+        kd += w * hybrid_uld_loss(s_logits, t_logits, alignment, shared_vocabulary(s_tok, tok), temperature=2.0)  # fmt: skip
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teachers,
+        teacher_tokenizer=tokenizers,
+        args=_args(tmp_path, alpha=1.0, temperature=2.0, teacher_weights=[0.3, 0.7]),
+        processing_class=s_tok,
+        train_dataset=Dataset.from_dict({"text": texts}),
+    )
+    assert trainer.cross.slots == 2 and "alignment_1" in trainer.train_dataset.column_names
+    trainer.train()
+    assert trainer.state.log_history[0]["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
+    with pytest.raises(
+        ValueError, match=r"teacher_tokenizer has 1 entries for 2 teacher\(s\): give one tokenizer"
+    ):
+        DistillationTrainer(
+            model=student, teacher_model=teachers, teacher_tokenizer=tokenizers[:1], args=_args(tmp_path),
+            processing_class=s_tok,
+        )  # fmt: skip
+
+
+def _sgd_weights(tmp_path, toks, batch: int, accumulation: int, several: bool = False):
     s_tok, t_tok = toks["byte_level"], toks["metaspace"]
+    teachers = [_llama(t_tok, 1), _llama(toks["wordpiece"], 3)] if several else _llama(t_tok, 1)
     args = _args(
         tmp_path,
         per_device_train_batch_size=batch,
@@ -266,8 +306,8 @@ def _sgd_weights(tmp_path, toks, batch: int, accumulation: int):
     )
     trainer = DistillationTrainer(
         model=_llama(s_tok, 2),
-        teacher_model=_llama(t_tok, 1),
-        teacher_tokenizer=t_tok,
+        teacher_model=teachers,
+        teacher_tokenizer=[t_tok, toks["wordpiece"]] if several else t_tok,
         args=args,
         processing_class=s_tok,
         train_dataset=Dataset.from_dict({"text": [t[: 10 + 9 * i] for i, t in enumerate(_texts(4))]}),
@@ -277,10 +317,12 @@ def _sgd_weights(tmp_path, toks, batch: int, accumulation: int):
 
 
 @pytest.mark.integration
-def test_one_batch_of_4_equals_4_accumulated_batches_of_1(tmp_path, toks):
-    # Texts of different lengths: a per-micro-batch mean would weigh the spans of short texts more.
-    full = _sgd_weights(tmp_path / "a", toks, batch=4, accumulation=1)
-    accumulated = _sgd_weights(tmp_path / "b", toks, batch=1, accumulation=4)
+@pytest.mark.parametrize("several", [False, True], ids=["one-teacher", "two-tokenizers"])
+def test_one_batch_of_4_equals_4_accumulated_batches_of_1(tmp_path, toks, several):
+    # Texts of different lengths: a per-micro-batch mean would weigh the spans of short texts more; with two
+    # teacher tokenizers each teacher's spans are counted apart.
+    full = _sgd_weights(tmp_path / "a", toks, batch=4, accumulation=1, several=several)
+    accumulated = _sgd_weights(tmp_path / "b", toks, batch=1, accumulation=4, several=several)
     initial = dict(_llama(toks["byte_level"], 2).named_parameters())
     assert max((full[n] - initial[n]).abs().max().item() for n in full) > 1e-3  # the step did something
     for name in full:
@@ -471,7 +513,8 @@ def test_trainer_errors(tmp_path, toks):
         with pytest.raises(ValueError, match=rf"{name}=1.0 with teacher_tokenizer: .* Set {name}=0, {fix}"):
             make(_args(tmp_path, **{name: 1.0}))
     with pytest.raises(
-        ValueError, match=r"teacher_tokenizer with 2 teachers whose heads have \[400, 500\] .*not implemented"
+        ValueError,
+        match=r"teacher_tokenizer with 2 teachers whose heads have \[400, 500\] .*Give a list, one tokenizer per",
     ):
         make(teacher_model=[teacher, _llama(s_tok, 3)])
     with pytest.raises(
