@@ -37,7 +37,6 @@ import logging
 import os
 from typing import Any
 
-import datasets
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,7 +46,8 @@ from hf_lite import losses
 from hf_lite.data.collate import CROSS_TOKENIZER_KEYS
 from hf_lite.loading import freeze, load_teacher
 from hf_lite.quantization import keep_bnb_layout_trainable_
-from hf_lite.teacher_cache import TEACHER_COLUMNS, TeacherCacheRows, teacher_cache_metadata
+from hf_lite.teacher_cache import TEACHER_COLUMNS
+from trainers.distillation_cache import TeacherCacheMixin, cache_metadata
 from trainers.distillation_card import DistillationCardMixin
 from trainers.distillation_config import DistillationConfig
 from trainers.distillation_cross_tokenizer import (
@@ -78,7 +78,12 @@ logger = logging.getLogger(__name__)
 
 
 class DistillationTrainer(
-    CrossTokenizerLossMixin, IntermediateLossMixin, EvalLossMixin, DistillationCardMixin, Trainer
+    CrossTokenizerLossMixin,
+    IntermediateLossMixin,
+    TeacherCacheMixin,
+    EvalLossMixin,
+    DistillationCardMixin,
+    Trainer,
 ):
     """A ``Trainer`` whose loss distils one or several frozen teachers into the student.
 
@@ -121,7 +126,7 @@ class DistillationTrainer(
                 f"args must be a DistillationConfig (TrainingArguments plus the distillation fields); got "
                 f"{type(args).__name__}. Build it with DistillationConfig(output_dir, ...)."
             )
-        self.cache_meta = _cache_metadata(kwargs.get("train_dataset"))
+        self.cache_meta = cache_metadata(kwargs.get("train_dataset"))
         if teacher_model is None and self.cache_meta is None:
             raise ValueError(
                 "teacher_model is required: pass a model, a Hub id or a folder (or a list of those), or train from a "
@@ -183,57 +188,11 @@ class DistillationTrainer(
 
     # ------------------------------------------------------------------------------------------- setup
 
-    def _init_from_cache(self, args: DistillationConfig) -> None:
-        meta = self.cache_meta
-        unsupported = {
-            "hidden_weight": args.hidden_weight > 0,
-            "attention_weight": args.attention_weight > 0,
-            "loss_type": args.loss_type not in losses.TOPK_LOSS_TYPES,
-            "teacher_weights": args.teacher_weights is not None,
-            "chunk_size": args.chunk_size is not None,
-        }
-        bad = [k for k, v in unsupported.items() if v]
-        if bad:
-            raise ValueError(
-                f"Training from a teacher cache supports the top-k forward KL (plus cross-entropy) only; unset {bad}. "
-                "Hidden states, attention maps and other divergences need the live teacher."
-            )
-        if abs(meta["temperature"] - args.temperature) > 1e-12:
-            raise ValueError(
-                f"The teacher cache was computed at temperature={meta['temperature']} but args.temperature="
-                f"{args.temperature}: set temperature={meta['temperature']} or recompute the cache."
-            )
-        self.teachers, self.teacher_weights, self.projections = [], [1.0], None
-        self.task = model_task(self.model)
-        self._vocab_size = int(meta["vocab_size"])
-        self.model_accepts_loss_kwargs = True
-        self._component_sums = {}
-        self._component_last_step = 0
-        self._step_counts = None
-
     def _sharding(self) -> str | None:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
         if self.is_fsdp_enabled:
             return "FSDP"
         return "DeepSpeed ZeRO-3" if plugin is not None and plugin.zero_stage == 3 else None
-
-    def get_train_dataloader(self) -> Any:
-        """Training from a teacher cache reads it a batch of rows at a time
-        (:class:`hf_lite.teacher_cache.TeacherCacheRows`): ``datasets`` would turn each of its ``(seq, k)``
-        values into a Python object first, which costs about as much as a small student's step."""
-        dataset = self.train_dataset
-        strategy = getattr(self.args, "train_sampling_strategy", "random")
-        if (
-            self.cache_meta is None
-            or strategy not in ("random", "sequential")
-            or not isinstance(dataset, datasets.Dataset)
-        ):
-            return super().get_train_dataloader()  # length-grouped samplers read the dataset's columns
-        self.train_dataset = TeacherCacheRows(dataset)
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.train_dataset = dataset
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -489,14 +448,6 @@ class DistillationTrainer(
 
 
 # --------------------------------------------------------------------------------------- helpers
-
-
-def _cache_metadata(dataset: Any) -> dict[str, Any] | None:
-    """The teacher cache's metadata when ``dataset`` carries cached teacher outputs, else None."""
-    columns = getattr(dataset, "column_names", None) or []
-    if "teacher_topk_logprobs" not in columns:
-        return None
-    return teacher_cache_metadata(dataset)
 
 
 def _attention_mask(batch: dict[str, Any]) -> torch.Tensor:
