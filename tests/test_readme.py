@@ -156,6 +156,7 @@ def test_quickstart_python_blocks_run_as_written(values, hub_server, capsys):
         "Distil",
         "Prune",
         "Distil a chat model",
+        "Distil across tokenizers",
         "Export and push",
     ]
     for name, text in blocks:
@@ -173,6 +174,8 @@ def test_quickstart_python_blocks_run_as_written(values, hub_server, capsys):
     assert namespace["chat_trainer"].state.global_step > 0 and len(namespace["answers"]) == len(
         namespace["prompts"]
     )
+    cross = namespace["cross_trainer"]
+    assert cross.cross is not None and cross.state.global_step > 0  # the span path, not the token-level one
     printed = capsys.readouterr().out
     assert "vs in-memory model" in printed  # the student's export check
     assert "vs exact reference: dequantized base + adapter, float32" in printed  # the QLoRA merge's

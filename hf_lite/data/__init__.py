@@ -12,7 +12,9 @@
   per example with the loss on the completion or the assistant turns only (:mod:`~hf_lite.data.chat`: chat
   templates, loss masks, over-long rows) and a ``prompt_length``.
 * :mod:`~hf_lite.data.collate`: :class:`CompletionCollator` right-pads such rows for training and adds their
-  prompts left-padded (``prompt_input_ids``, ``prompt_attention_mask``) for generation.
+  prompts left-padded (``prompt_input_ids``, ``prompt_attention_mask``) for generation;
+  :class:`CrossTokenizerCollator` tokenizes text, prompt/completion or chat rows for a student and a teacher with
+  different tokenizers and adds their span alignment.
 * :mod:`~hf_lite.data.alignment`: :func:`align_offsets` aligns two tokenizations of one text (a student's and a
   teacher's with different tokenizers) into spans that cover the same characters; :func:`alignment_tensors`
   turns a batch of them into the index tensors of the cross-tokenizer losses (:mod:`hf_lite.losses.cross_tokenizer`).
@@ -67,7 +69,14 @@ from hf_lite.data.chat import (
     encode_prompt_completion,
     tokenize_chat,
 )
-from hf_lite.data.collate import CompletionCollator
+from hf_lite.data.collate import (
+    CROSS_TOKENIZER_COLUMNS,
+    CROSS_TOKENIZER_KEYS,
+    PROMPT_TEXT_KEY,
+    CompletionCollator,
+    CrossTokenizerCollator,
+    teacher_key,
+)
 from hf_lite.data.load import CANONICAL_COLUMNS, EXTENSIONS, load_data
 from hf_lite.data.synonyms import SYNONYMS
 from hf_lite.data.tokenize import tokenize_data
@@ -101,6 +110,11 @@ __all__ = [
     "EXTENSIONS",
     "STOPWORDS",
     "CompletionCollator",
+    "CROSS_TOKENIZER_COLUMNS",
+    "CROSS_TOKENIZER_KEYS",
+    "PROMPT_TEXT_KEY",
+    "CrossTokenizerCollator",
+    "teacher_key",
     "SYNONYMS",
     "augment_data",
     "corpus_vocabulary",
