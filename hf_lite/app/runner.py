@@ -414,6 +414,14 @@ def check_stages(ctx: RunContext) -> None:
             raise type(err)(f"{where}: {err}") from err
         if isinstance(spec, DistillStage):
             distill_args[stage.name] = args
+            if (
+                args.teacher_tokenizer
+            ):  # every model of a recipe shares the teacher's tokenizer (evaluation too)
+                raise ValueError(
+                    f"{where}: teacher_tokenizer={args.teacher_tokenizer!r}, but a recipe tokenizes the data once with "
+                    "the teacher's tokenizer for every model. Distil across tokenizers from Python "
+                    "(DistillationTrainer(teacher_tokenizer=...), README 'Distil across tokenizers')."
+                )
         if spec.pruning:
             if not isinstance(spec.pruning, dict):
                 raise ValueError(

@@ -194,6 +194,10 @@ def _chats(tmp_path, n=6):
         ({"max_new_tokens": 0}, r"stage 'distill': max_new_tokens=0 must be an integer >= 1"),
         ({"generation_temperature": -1.0}, r"stage 'distill': generation_temperature=-1\.0 must be >= 0"),
         ({"top_p": 0.0}, r"stage 'distill': top_p=0\.0 must be in \(0, 1\]"),
+        (
+            {"teacher_tokenizer": "teacher"},
+            r"stage 'distill': teacher_tokenizer='teacher', but a recipe tokenizes",
+        ),
     ],
 )
 def test_on_policy_arguments_are_checked_before_anything_runs(args, message):
