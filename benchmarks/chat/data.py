@@ -68,15 +68,18 @@ def continuation_examples(
 
 
 def prompt_sets(data_dir: Path, shakespeare: str, s: dict[str, Any], seed: int) -> dict[str, list[dict]]:
-    """The training examples (half of each kind, shuffled), the held-out examples and the SST-2 task set."""
+    """The training examples (half of each kind, shuffled), the warm-start examples (others of the same
+    kinds), the held-out examples and the SST-2 task set."""
     cut = len(shakespeare) - int(round(len(shakespeare) * s["val_fraction"]))
-    n, m = s["train_prompts"], s["eval_prompts"]
-    train = sentiment_examples(read_sst2_labelled(data_dir, "train"), n // 2, seed)
-    train += continuation_examples(shakespeare[:cut], n - n // 2, seed)
-    random.Random(seed).shuffle(train)
+    n, m, w = s["train_prompts"], s["eval_prompts"], s["warm_prompts"]
+    # The warm-start examples are drawn with the training ones, so that the two sets never share a question.
+    pool = sentiment_examples(read_sst2_labelled(data_dir, "train"), (n + w) // 2, seed)
+    pool += continuation_examples(shakespeare[:cut], n + w - (n + w) // 2, seed)
+    random.Random(seed).shuffle(pool)
+    warm, train = pool[:w], pool[w:]
     dev = read_sst2_labelled(data_dir, "dev")
     held_out = sentiment_examples(dev, m // 2, seed + 1) + continuation_examples(
         shakespeare[cut:], m - m // 2, seed + 1
     )
     task = sentiment_examples(dev, s["task_prompts"], seed + 2)
-    return {"train": train, "held_out": held_out, "task": task}
+    return {"train": train, "warm": warm, "held_out": held_out, "task": task}
