@@ -93,7 +93,7 @@ DEFAULTS: dict[str, Any] = {
     "kv_heads": 2,
     "minitron_layers": 20,
     "minitron_ffn_keep": 0.5,
-    "train_steps": 16,
+    "train_steps": 32,
     "train_batch": 4,
     "train_lr": 2e-4,
     "warmup_ratio": 0.05,
