@@ -63,42 +63,41 @@ def generation_prompts(split: datasets.Dataset, data_format: str | None, where: 
 
 
 def stage_generate(ctx: RunContext, stage: StageConfig) -> dict[str, Any]:
-    """Main process: the teacher's completions of every train and eval prompt (resumed if interrupted); the
-    other processes wait."""
+    """The teacher's completions of every train and eval prompt (resumed if interrupted); under several
+    processes each generates its share of the shards and the main process joins them."""
     from hf_lite.loading import load_teacher
 
     spec, data = stage.spec, ctx.recipe.data
     where = f"stage {stage.name!r}"
     info: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "topk": spec.topk}
-    if ctx.is_main:
-        teacher = load_teacher(ctx.model_path(stage.model), "causal-lm", dtype="float32")
-        fmt = data.tokenize_kwargs()["data_format"]
-        for split in GENERATED_SPLITS:
-            prompts = generation_prompts(ctx.raw_data()[split], fmt, where)
-            ctx.log(f"{stage.name}: {stage.model} completes {len(prompts):,} {split} prompts")
-            try:
-                generated = generate_teacher_completions(
-                    teacher,
-                    ctx.tokenizer,
-                    prompts,
-                    ctx.root / stage.name / split,
-                    max_new_tokens=spec.max_new_tokens,
-                    do_sample=spec.do_sample,
-                    temperature=spec.temperature,
-                    top_p=spec.top_p,
-                    seed=ctx.recipe.seed,
-                    batch_size=spec.batch_size,
-                    shard_size=spec.shard_size,
-                    max_prompt_length=spec.max_prompt_length or data.max_length - spec.max_new_tokens,
-                    topk=spec.topk,
-                    kd_temperature=spec.kd_temperature,
-                    dtype=spec.dtype,
-                    teacher_name=str(stage.model),
-                )
-            except (ValueError, TypeError) as err:
-                raise type(err)(f"{where}: {err}") from err
-            info[f"{split}_rows"] = len(generated)
-            info[f"{split}_completion_tokens"] = sum(len(ids) for ids in generated["completion_ids"])
+    teacher = load_teacher(ctx.model_path(stage.model), "causal-lm", dtype="float32")
+    fmt = data.tokenize_kwargs()["data_format"]
+    for split in GENERATED_SPLITS:
+        prompts = generation_prompts(ctx.raw_data()[split], fmt, where)
+        ctx.log(f"{stage.name}: {stage.model} completes {len(prompts):,} {split} prompts")
+        try:
+            generated = generate_teacher_completions(
+                teacher,
+                ctx.tokenizer,
+                prompts,
+                ctx.root / stage.name / split,
+                max_new_tokens=spec.max_new_tokens,
+                do_sample=spec.do_sample,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                seed=ctx.recipe.seed,
+                batch_size=spec.batch_size,
+                shard_size=spec.shard_size,
+                max_prompt_length=spec.max_prompt_length or data.max_length - spec.max_new_tokens,
+                topk=spec.topk,
+                kd_temperature=spec.kd_temperature,
+                dtype=spec.dtype,
+                teacher_name=str(stage.model),
+            )
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{where}: {err}") from err
+        info[f"{split}_rows"] = len(generated)
+        info[f"{split}_completion_tokens"] = sum(len(ids) for ids in generated["completion_ids"])
     ctx.state.wait_for_everyone()
     return info
 

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,22 +50,18 @@ from hf_lite.teacher_cache.sampling import (
     prompts_dataset,
     render_prompts,
 )
+from hf_lite.teacher_cache.shards import ShardedRun, check_whole_teacher
 from hf_lite.teacher_cache.store import (
     INDICES_COLUMN,
     LOGPROB_DTYPES,
     LOGPROBS_COLUMN,
-    METADATA_FILE,
     SHARD_FILE,
     TAIL_COLUMN,
     TEACHER_COLUMNS,
     assemble,
     cache_features,
     load_teacher_cache,
-    partial_dir,
-    prepare_partial,
-    raise_on_spec_mismatch,
     read_json,
-    remove_stale_temporaries,
     write_json,
     write_shard,
 )
@@ -254,29 +249,20 @@ def generate_teacher_completions(
         "num_examples": len(source),
     }
     output_dir = Path(output_dir)
-    partial = partial_dir(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not (output_dir / METADATA_FILE).is_file():
-            raise ValueError(
-                f"output_dir={str(output_dir)!r} exists and is not a teacher-generations dataset; refusing to write "
-                "into it. Choose an empty or new folder."
-            )
-        fix = (
-            f"Pass the teacher, tokenizer, prompts and settings it was made with, choose another output_dir, or "
-            f"delete {str(output_dir)!r} to generate again."
-        )
-        raise_on_spec_mismatch(
-            read_json(output_dir / METADATA_FILE), spec, _RESULT_KEYS, f"{str(output_dir)!r}", fix
-        )
-        if partial.exists():  # left by an interruption between the final rename and its removal
-            shutil.rmtree(partial)
+    n = len(source)
+    run = ShardedRun(output_dir, spec, math.ceil(n / shard_size))
+    check_whole_teacher(teacher, run.world_size)
+    fix = (
+        f"Pass the teacher, tokenizer, prompts and settings it was made with, choose another output_dir, or "
+        f"delete {str(output_dir)!r} to generate again."
+    )
+    if run.existing(_RESULT_KEYS, "a teacher-generations dataset", f"{str(output_dir)!r}", fix) is not None:
+        run.drop_leftover_partial()
         logger.info("teacher generations %s are already complete; loading them", output_dir)
         return _load(output_dir, topk)
 
-    remove_stale_temporaries(output_dir, partial)
-    prepare_partial(partial, spec)
-    n = len(source)
-    num_shards = math.ceil(n / shard_size)
+    run.start()
+    partial, num_shards = run.partial, run.num_shards
     features = _output_features(source.features, conversational, topk, dtype, index_dtype)
     generation_config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -290,66 +276,66 @@ def generate_teacher_completions(
         top_k=50,
         top_p=1.0,
     )
+
+    def work(shard: int) -> None:
+        start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
+        shard_dir = run.shard_dir(shard)
+        if shard_dir.is_dir():
+            done = read_json(shard_dir / SHARD_FILE)
+            if done.get("start") != start or done.get("stop") != stop:
+                raise ValueError(
+                    f"shard {shard} in {str(partial)!r} holds rows {done.get('start')}..{done.get('stop')}, not "
+                    f"{start}..{stop}: it is damaged. Delete {str(partial)!r} to start over."
+                )
+            bar.update(stop - start)
+            return
+        completions = []
+        for b in range(start, stop, batch_size):
+            rows = prompt_ids[b : min(b + batch_size, stop)]
+            completions += generate_batch(
+                teacher, rows, b, generation_config, eos_ids, pad_id, do_sample, temperature, top_p, seed
+            )
+            bar.update(len(rows))
+        columns = _generated_columns(tokenizer, prompt_ids[start:stop], completions, conversational)
+        info = {"start": start, "stop": stop, "num_tokens": sum(len(ids) for ids in columns["input_ids"])}
+        generated = datasets.Dataset.from_dict(columns, features=_generated_features(conversational))
+        rows = datasets.concatenate_datasets([source.select(range(start, stop)), generated], axis=1)
+        teacher_columns = None
+        if topk is not None:
+            teacher_columns = score_with_teacher(
+                teacher, {"input_ids": columns["input_ids"]}, start, "causal-lm", topk,
+                kd_temperature, batch_size, vocab_size, pad_id,
+            )  # fmt: skip
+        _save_shard(rows, teacher_columns, features, dtype, index_dtype, shard_dir, info)
+        logger.info("teacher generations: shard %d/%d written", shard + 1, num_shards)
+
     was_training = teacher.training
     teacher.eval()
-    bar = progress_bar(total=n, desc="teacher generations", unit="example")
+    mine = sum(min((s + 1) * shard_size, n) - s * shard_size for s in run.mine())
+    bar = progress_bar(total=mine, desc="teacher generations", unit="example")
     try:
-        for shard in range(num_shards):
-            start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
-            shard_dir = partial / f"shard-{shard:05d}"
-            if shard_dir.is_dir():
-                done = read_json(shard_dir / SHARD_FILE)
-                if done.get("start") != start or done.get("stop") != stop:
-                    raise ValueError(
-                        f"shard {shard} in {str(partial)!r} holds rows {done.get('start')}..{done.get('stop')}, not "
-                        f"{start}..{stop}: it is damaged. Delete {str(partial)!r} to start over."
-                    )
-                bar.update(stop - start)
-                continue
-            completions = []
-            for b in range(start, stop, batch_size):
-                rows = prompt_ids[b : min(b + batch_size, stop)]
-                completions += generate_batch(
-                    teacher, rows, b, generation_config, eos_ids, pad_id, do_sample, temperature, top_p, seed
-                )
-                bar.update(len(rows))
-            columns = _generated_columns(tokenizer, prompt_ids[start:stop], completions, conversational)
-            num_tokens = sum(len(ids) for ids in columns["input_ids"])
-            info = {"start": start, "stop": stop, "num_tokens": num_tokens}
-            rows = datasets.concatenate_datasets(
-                [
-                    source.select(range(start, stop)),
-                    datasets.Dataset.from_dict(columns, features=_generated_features(conversational)),
-                ],
-                axis=1,
-            )
-            teacher_columns = None
-            if topk is not None:
-                teacher_columns = score_with_teacher(
-                    teacher, {"input_ids": columns["input_ids"]}, start, "causal-lm", topk,
-                    kd_temperature, batch_size, vocab_size, pad_id,
-                )  # fmt: skip
-            _save_shard(rows, teacher_columns, features, dtype, index_dtype, shard_dir, info)
-            logger.info("teacher generations: shard %d/%d written", shard + 1, num_shards)
+        run.compute(work)
     finally:
         bar.close()
         teacher.train(was_training)
 
-    shard_infos = [read_json(partial / f"shard-{s:05d}" / SHARD_FILE) for s in range(num_shards)]
-    metadata = {
-        **spec,
-        "teacher_name": teacher_name or teacher_name_of(teacher),
-        "num_tokens": sum(info["num_tokens"] for info in shard_infos),
-        "conversational": conversational,
-        "prompt_column": prompt_column,
-        "columns": {"logprobs": LOGPROBS_COLUMN, "indices": INDICES_COLUMN, "tail_mass": TAIL_COLUMN}
-        if topk is not None
-        else {},
-        "alignment": "input_ids = prompt_ids + completion_ids; labels are -100 on the prompt; teacher rows (with "
-        "topk) unshifted: row i is the teacher's distribution at position i",
-    }
-    assemble(partial, num_shards, features, output_dir, metadata)
-    shutil.rmtree(partial)
+    def join() -> None:
+        shard_infos = [read_json(run.shard_dir(s) / SHARD_FILE) for s in range(num_shards)]
+        metadata = {
+            **spec,
+            "teacher_name": teacher_name or teacher_name_of(teacher),
+            "num_tokens": sum(info["num_tokens"] for info in shard_infos),
+            "conversational": conversational,
+            "prompt_column": prompt_column,
+            "columns": {"logprobs": LOGPROBS_COLUMN, "indices": INDICES_COLUMN, "tail_mass": TAIL_COLUMN}
+            if topk is not None
+            else {},
+            "alignment": "input_ids = prompt_ids + completion_ids; labels are -100 on the prompt; teacher rows "
+            "(with topk) unshifted: row i is the teacher's distribution at position i",
+        }
+        assemble(partial, num_shards, features, output_dir, metadata)
+
+    run.finish(join)
     return _load(output_dir, topk)
 
 

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,12 @@ from hf_lite.progress import progress_bar
 from hf_lite.tasks import normalize_task
 from hf_lite.teacher_cache.collate import check_positive_int, padding_id, stack_padded
 from hf_lite.teacher_cache.fingerprint import FORMAT_VERSION, check_k, combine, fingerprint_parts
+from hf_lite.teacher_cache.shards import ShardedRun, check_whole_teacher
 from hf_lite.teacher_cache.store import (
     CACHE_TASKS,
     INDICES_COLUMN,
     LOGPROB_DTYPES,
     LOGPROBS_COLUMN,
-    METADATA_FILE,
     RESULT_KEYS,
     SHARD_FILE,
     TAIL_COLUMN,
@@ -41,11 +40,7 @@ from hf_lite.teacher_cache.store import (
     assemble,
     cache_features,
     load_teacher_cache,
-    partial_dir,
-    prepare_partial,
-    raise_on_spec_mismatch,
     read_json,
-    remove_stale_temporaries,
     write_shard,
 )
 
@@ -97,8 +92,12 @@ def precompute_teacher_cache(
     place) and the partial folder is removed. An ``output_dir`` that already holds this cache (same settings,
     same input ids) is loaded, not recomputed. Bit-for-bit equality with an uninterrupted run assumes the
     resumed process runs the same kernels (same hardware, torch and transformers); elsewhere the new shards
-    can differ in the last bits. Call it from one process only (the main one under ``accelerate``), then load
-    the cache everywhere with :func:`load_teacher_cache`.
+    can differ in the last bits.
+
+    **Several processes.** Under ``accelerate launch`` or ``torchrun`` call it on every process with the same
+    arguments and a whole teacher in each: the shards are shared out (process ``r`` of ``n`` computes shards
+    ``r, r + n, ...``), the main process joins them, and every process returns the same cache, equal to a
+    one-process run's (see :mod:`hf_lite.teacher_cache.shards`). A teacher sharded by FSDP2 or ZeRO-3 is refused.
 
     Args:
         teacher: the teacher model, or a Hub id / folder loaded with :func:`hf_lite.load_teacher` for ``task``.
@@ -184,81 +183,75 @@ def precompute_teacher_cache(
         "num_examples": len(dataset),
     }
     output_dir = Path(output_dir)
-    partial = partial_dir(output_dir)
-
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not (output_dir / METADATA_FILE).is_file():
-            raise ValueError(
-                f"output_dir={str(output_dir)!r} exists and is not a teacher cache; refusing to write into it. "
-                "Choose an empty or new folder."
-            )
-        found = read_json(output_dir / METADATA_FILE)
-        fix = f"Choose another output_dir, or delete {str(output_dir)!r} to recompute it."
-        raise_on_spec_mismatch(found, spec, RESULT_KEYS, f"the cache in {str(output_dir)!r}", fix)
+    n = len(dataset)
+    run = ShardedRun(output_dir, spec, math.ceil(n / shard_size))
+    check_whole_teacher(teacher, run.world_size)
+    fix = f"Choose another output_dir, or delete {str(output_dir)!r} to recompute it."
+    found = run.existing(RESULT_KEYS, "a teacher cache", f"the cache in {str(output_dir)!r}", fix)
+    if found is not None:
         if found.get("inputs_digest") != _dataset_digest(dataset, int(found.get("shard_size", shard_size))):
             raise ValueError(
                 f"the cache in {str(output_dir)!r} was computed from other input_ids than this dataset's. {fix}"
             )
-        if partial.exists():  # left over by an interruption between the final rename and its removal
-            shutil.rmtree(partial)
+        run.drop_leftover_partial()
         logger.info("teacher cache %s is already complete; loading it", output_dir)
         return load_teacher_cache(output_dir)
 
-    remove_stale_temporaries(output_dir, partial)
-    prepare_partial(partial, spec)
-    n = len(dataset)
-    num_shards = math.ceil(n / shard_size)
+    run.start()
+    partial, num_shards = run.partial, run.num_shards
     pad_id = padding_id(tokenizer)
     features = cache_features(dataset.features, task, k, dtype, index_dtype)
+
+    def work(shard: int) -> None:
+        start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
+        shard_dir = run.shard_dir(shard)
+        table, inputs = _shard_inputs(dataset, start, stop)
+        digest = _inputs_digest(inputs)
+        if shard_dir.is_dir():
+            done = read_json(shard_dir / SHARD_FILE)
+            if done.get("inputs_digest") != digest or done.get("start") != start or done.get("stop") != stop:
+                raise ValueError(
+                    f"shard {shard} in {str(partial)!r} was computed from other input_ids than rows "
+                    f"{start}..{stop - 1} of this dataset: the dataset changed since the interrupted run. Pass the "
+                    f"same dataset (same order), or delete {str(partial)!r} to start over."
+                )
+            logger.info("teacher cache: shard %d/%d already done", shard + 1, num_shards)
+            bar.update(stop - start)
+            return
+        columns = score_with_teacher(
+            teacher, inputs, start, task, k, temperature, batch_size, vocab_size, pad_id, bar
+        )
+        num_tokens = _count_tokens(inputs["input_ids"], task)
+        info = {"start": start, "stop": stop, "inputs_digest": digest, "num_tokens": num_tokens}
+        write_shard(table, columns, features, dtype, index_dtype, shard_dir, info)
+        logger.info("teacher cache: shard %d/%d written (%d examples)", shard + 1, num_shards, stop - start)
+
     was_training = teacher.training
     teacher.eval()
-    bar = progress_bar(total=n, desc="teacher cache", unit="example")  # examples scored, done shards included
+    mine = sum(min((s + 1) * shard_size, n) - s * shard_size for s in run.mine())
+    bar = progress_bar(
+        total=mine, desc="teacher cache", unit="example"
+    )  # this process's examples, done ones too
     try:
-        for shard in range(num_shards):
-            start, stop = shard * shard_size, min((shard + 1) * shard_size, n)
-            shard_dir = partial / f"shard-{shard:05d}"
-            table, inputs = _shard_inputs(dataset, start, stop)
-            digest = _inputs_digest(inputs)
-            if shard_dir.is_dir():
-                done = read_json(shard_dir / SHARD_FILE)
-                if (
-                    done.get("inputs_digest") != digest
-                    or done.get("start") != start
-                    or done.get("stop") != stop
-                ):
-                    raise ValueError(
-                        f"shard {shard} in {str(partial)!r} was computed from other input_ids than rows "
-                        f"{start}..{stop - 1} of this dataset: the dataset changed since the interrupted run. Pass the "
-                        f"same dataset (same order), or delete {str(partial)!r} to start over."
-                    )
-                logger.info("teacher cache: shard %d/%d already done", shard + 1, num_shards)
-                bar.update(stop - start)
-                continue
-            columns = score_with_teacher(
-                teacher, inputs, start, task, k, temperature, batch_size, vocab_size, pad_id, bar
-            )
-            num_tokens = _count_tokens(inputs["input_ids"], task)
-            info = {"start": start, "stop": stop, "inputs_digest": digest, "num_tokens": num_tokens}
-            write_shard(table, columns, features, dtype, index_dtype, shard_dir, info)
-            logger.info(
-                "teacher cache: shard %d/%d written (%d examples)", shard + 1, num_shards, stop - start
-            )
+        run.compute(work)
     finally:
         bar.close()
         teacher.train(was_training)
 
-    shard_infos = [read_json(partial / f"shard-{s:05d}" / SHARD_FILE) for s in range(num_shards)]
-    metadata = {
-        **spec,
-        "teacher_name": teacher_name or teacher_name_of(teacher),
-        "num_tokens": sum(info["num_tokens"] for info in shard_infos),
-        "inputs_digest": _combine_digests([info["inputs_digest"] for info in shard_infos]),
-        "columns": {"logprobs": LOGPROBS_COLUMN, "indices": INDICES_COLUMN, "tail_mass": TAIL_COLUMN},
-        "alignment": "unshifted: row i is the teacher's distribution at position i (for a causal LM it predicts "
-        "token i + 1); shift it like the logits",
-    }
-    assemble(partial, num_shards, features, output_dir, metadata)
-    shutil.rmtree(partial)
+    def join() -> None:
+        shard_infos = [read_json(run.shard_dir(s) / SHARD_FILE) for s in range(num_shards)]
+        metadata = {
+            **spec,
+            "teacher_name": teacher_name or teacher_name_of(teacher),
+            "num_tokens": sum(info["num_tokens"] for info in shard_infos),
+            "inputs_digest": _combine_digests([info["inputs_digest"] for info in shard_infos]),
+            "columns": {"logprobs": LOGPROBS_COLUMN, "indices": INDICES_COLUMN, "tail_mass": TAIL_COLUMN},
+            "alignment": "unshifted: row i is the teacher's distribution at position i (for a causal LM it "
+            "predicts token i + 1); shift it like the logits",
+        }
+        assemble(partial, num_shards, features, output_dir, metadata)
+
+    run.finish(join)
     return load_teacher_cache(output_dir)
 
 
