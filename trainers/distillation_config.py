@@ -72,6 +72,14 @@ class DistillationConfig(TrainingArguments):
             "gradient; e.g. 128: benchmarks/RESULTS.md has the memory it saves)."
         },
     )
+    skip_prompt_logits: bool = field(
+        default=True,
+        metadata={
+            "help": "Causal LMs with labels: compute the logits (student and teachers) only from the first position "
+            "that predicts a label of the batch (logits_to_keep), so the prompt of prompt/completion, chat and "
+            "on-policy data costs no output-layer work or loss; the same loss and gradient. False computes all."
+        },
+    )
     compile_loss: bool = field(
         default=False,
         metadata={
@@ -172,6 +180,11 @@ class DistillationConfig(TrainingArguments):
                 )
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0 (typical: 1 to 4).")
+        if not isinstance(self.skip_prompt_logits, bool):
+            raise ValueError(
+                f"skip_prompt_logits={self.skip_prompt_logits!r} must be True or False (from YAML or the command "
+                "line: true/false)."
+            )
         if not isinstance(self.compile_loss, bool):
             raise ValueError(
                 f"compile_loss={self.compile_loss!r} must be True or False (from YAML or the command line: true/false)."

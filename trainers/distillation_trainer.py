@@ -33,6 +33,7 @@ compares the two over the aligned spans, normalized by the counted spans of the 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Any
@@ -43,6 +44,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 
 from hf_lite import losses
+from hf_lite._utils import unwrap_model
 from hf_lite.data.collate import CROSS_TOKENIZER_KEYS
 from hf_lite.loading import freeze, load_teacher
 from hf_lite.quantization import keep_bnb_layout_trainable_
@@ -267,6 +269,10 @@ class DistillationTrainer(
         if self.cross is not None and not self.cross.token_level:
             return self._cross_tokenizer_loss(model, inputs, return_outputs, num_items_in_batch)
         model_inputs, cached, extra = self._split_inputs(model, inputs, labels)
+        keep = self._logits_to_keep(model, labels)
+        if keep:  # the prompt's logits are never read: neither model computes them
+            extra = {**extra, "logits_to_keep": keep}
+            cached = {k: v[:, -keep:] for k, v in cached.items()}
         # The teachers first: their activations are freed before the student's (kept for backward) exist,
         # so the step's peak memory is the student's plus the teachers' outputs, not plus their activations.
         with torch.no_grad():
@@ -283,6 +289,8 @@ class DistillationTrainer(
         self.loss_is_scaled_for_ga = training
         s_logits, t_logits = self._aligned_logits(outputs.logits, teacher_outputs)
         kd_labels, kd_mask = self._kd_targets(labels, model_inputs)
+        if keep:
+            kd_labels = kd_labels[:, -keep:]
         # The student's own completions (lmbda > 0) are no target for cross-entropy: KD only, at its weight alpha.
         generated = bool(inputs.get(GENERATED_KEY, False))
         logit = losses.logit_distillation_loss(
@@ -343,6 +351,23 @@ class DistillationTrainer(
         if self.args.attention_weight > 0:
             extra["output_attentions"] = True
         return model_inputs, cached, extra
+
+    def _logits_to_keep(self, model: nn.Module, labels: torch.Tensor | None) -> int:
+        """How many last positions the logit loss reads (0: all). With a causal LM and labels, the positions
+        before the first one that predicts a label of the batch (the prompts of prompt/completion data) are
+        dropped, when every model takes ``logits_to_keep``."""
+        if (
+            not self.args.skip_prompt_logits
+            or self.task != "causal-lm"
+            or labels is None
+            or self.cross is not None
+        ):
+            return 0
+        counted = labels[:, 1:].ne(losses.IGNORE_INDEX).any(0)  # position i predicts token i + 1
+        first = int(counted.float().argmax()) if bool(counted.any()) else 0
+        if first == 0 or not all(_takes_logits_to_keep(m) for m in (model, *self.teachers)):
+            return 0
+        return labels.shape[1] - first
 
     def _kd_targets(
         self, labels: torch.Tensor | None, model_inputs: dict[str, Any]
@@ -448,6 +473,11 @@ class DistillationTrainer(
 
 
 # --------------------------------------------------------------------------------------- helpers
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (unwrapped, PEFT base) model's forward has transformers' ``logits_to_keep`` argument."""
+    return "logits_to_keep" in inspect.signature(unwrap_model(model, peft_base=True).forward).parameters
 
 
 def _attention_mask(batch: dict[str, Any]) -> torch.Tensor:
