@@ -151,6 +151,13 @@ class DistillationConfig(TrainingArguments):
             "student's own tokenizer the ordinary token-level path is used."
         },
     )
+    cross_tokenizer: bool = field(
+        default=True,
+        metadata={
+            "help": "A teacher given as a folder whose saved tokenizer differs from the student's (and no "
+            "teacher_tokenizer): distil across tokenizers with that tokenizer (True), or stop with an error (False)."
+        },
+    )
     cross_tokenizer_loss: Literal["hybrid", "uld"] = field(
         default="hybrid",
         metadata={
@@ -180,6 +187,11 @@ class DistillationConfig(TrainingArguments):
                 )
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0 (typical: 1 to 4).")
+        if not isinstance(self.cross_tokenizer, bool):
+            raise ValueError(
+                f"cross_tokenizer={self.cross_tokenizer!r} must be True or False (from YAML or the command line: "
+                "true/false)."
+            )
         if not isinstance(self.skip_prompt_logits, bool):
             raise ValueError(
                 f"skip_prompt_logits={self.skip_prompt_logits!r} must be True or False (from YAML or the command "

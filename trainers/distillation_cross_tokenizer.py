@@ -163,6 +163,29 @@ def _folder_tokenizer(teacher: Any) -> Any:
         return None
 
 
+def _tokenizer_of_folder(args: Any, given: list, task: str | None, student_tokenizer: Any) -> Any:
+    """The tokenizer saved beside a single teacher folder when it differs from the student's, else None."""
+    found = _folder_tokenizer(given[0]) if len(given) == 1 and task == "causal-lm" else None
+    if found is None or student_tokenizer is None:
+        return None
+    relation = compare_vocabularies(student_tokenizer, found)
+    if relation.token_level:
+        return None
+    if not args.cross_tokenizer:
+        raise ValueError(
+            f"The teacher {str(given[0])!r} has another tokenizer than the student ({relation.message}) and "
+            "cross_tokenizer=False: distillation across tokenizers is off. Set cross_tokenizer=True (or pass "
+            f"teacher_tokenizer={str(given[0])!r}) to distil across tokenizers on text data, or distil from a "
+            "teacher that shares the student's tokenizer."
+        )
+    logger.info(
+        "the teacher folder %s has its own tokenizer (%s): distilling across tokenizers",
+        given[0],
+        relation.message,
+    )
+    return found
+
+
 def cross_tokenizer_setup(
     args: Any,
     teacher_tokenizer: Any,
@@ -174,20 +197,14 @@ def cross_tokenizer_setup(
 ) -> CrossTokenizerDistillation | None:
     """The cross-tokenizer part of a trainer, or None when the token-level path applies.
 
-    ``given`` are the teachers as passed (a folder's own tokenizer is compared with the student's when no
-    ``teacher_tokenizer`` is set: different tokenizers are then an error that names ``teacher_tokenizer``).
+    ``given`` are the teachers as passed: without ``teacher_tokenizer``, a teacher folder's own tokenizer is
+    compared with the student's, and one that differs is taken as ``teacher_tokenizer`` (``cross_tokenizer=False``:
+    an error instead).
     """
     if teacher_tokenizer is None:
-        found = _folder_tokenizer(given[0]) if len(given) == 1 and task == "causal-lm" else None
-        if found is not None and student_tokenizer is not None:
-            relation = compare_vocabularies(student_tokenizer, found)
-            if not relation.token_level:
-                raise ValueError(
-                    f"The teacher {str(given[0])!r} has another tokenizer than the student ({relation.message}) "
-                    f"Pass teacher_tokenizer={str(given[0])!r} to distil across tokenizers (text data: 'text' or "
-                    "'prompt'/'completion' columns)."
-                )
-        return None
+        teacher_tokenizer = _tokenizer_of_folder(args, given, task, student_tokenizer)
+        if teacher_tokenizer is None:
+            return None
     if isinstance(teacher_tokenizer, (list, tuple)):  # one per teacher
         if len(teacher_tokenizer) != len(teachers):
             raise ValueError(

@@ -104,8 +104,9 @@ class DistillationTrainer(
     Vocabulary preflight (:func:`hf_lite.data.compare_vocabularies` when ``teacher_tokenizer`` is given):
     identical tokenizers, heads padded beyond the tokenizer's length and one tokenizer extending the other
     take the token-level path (logits cut to the common size); different tokenizers take the span path. Without
-    ``teacher_tokenizer``, heads that differ otherwise (or a teacher folder whose own tokenizer differs from the
-    student's) are an error before training that names ``teacher_tokenizer`` as the fix. Classification heads
+    ``teacher_tokenizer``, a teacher folder whose own tokenizer differs from the student's takes the span path
+    with that tokenizer (``args.cross_tokenizer=False``: an error instead), and heads that differ otherwise are
+    an error before training that names ``teacher_tokenizer`` as the fix. Classification heads
     must have the same number of labels.
 
     >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=DistillationConfig("out"),

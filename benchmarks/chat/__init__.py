@@ -13,7 +13,8 @@ What it measures, and how:
   answer: the label word), half Tiny Shakespeare continuations (reference answer: the next two lines);
   ``eval_prompts`` held-out examples of both kinds from SST-2's dev split and Tiny Shakespeare's last 10%.
 - **Methods**, each ``train_steps`` steps of ``train_batch`` examples (one pass over the training prompts),
-  the same learning rate and schedule, loss generalized JSD (beta 0.5) on the completion tokens:
+  the same learning rate and schedule, loss ``loss_type`` (generalized JSD, beta 0.5, by default) on the
+  completion tokens:
   ``off-policy`` (KD on the reference answers, ``lmbda=0``), ``seq-kd`` (KD on the teacher's greedy answers,
   generated once by ``generate_teacher_completions``), ``on-policy-0.5`` and ``on-policy-1`` (``lmbda``; the
   student samples at temperature ``generation_temperature``, at most ``max_new_tokens``), ``sft`` (plain CE
@@ -60,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.05,
     "max_new_tokens": 32,
     "generation_temperature": 1.0,
+    "loss_type": "jsd",  # the KD rows' divergence (beta for jsd)
+    "beta": 0.5,
     "eval_batch_size": 8,
     "race_batch": 4,
     "race_rounds": 6,
@@ -89,6 +92,13 @@ METHODS = {
     "on-policy-1": ("kd", 1.0, "reference"),
     "sft": ("ce", 0.0, "teacher"),
 }
+
+
+def _divergence(s: dict[str, Any]) -> str:
+    """The KD rows' loss in words."""
+    if s["loss_type"] == "jsd":
+        return f"generalized JSD, beta {s['beta']:g}"
+    return s["loss_type"].replace("_", " ")
 
 
 def _tokenized(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
@@ -143,7 +153,7 @@ def _train(method: str, student: Any, teacher: Any, tokenizer: Any, rows: list[d
         trainer = Trainer(model=student, args=args, train_dataset=data, data_collator=drop_prompts)
     else:
         args = cpu_training_args(
-            DistillationConfig, out, loss_type="jsd", beta=0.5, alpha=1.0, lmbda=lmbda, **common,
+            DistillationConfig, out, loss_type=s["loss_type"], beta=s["beta"], alpha=1.0, lmbda=lmbda, **common,
             **({"max_new_tokens": s["max_new_tokens"], "generation_temperature": s["generation_temperature"]}
                if lmbda > 0 else {}),
         )  # fmt: skip
@@ -254,7 +264,7 @@ def run(ctx: Any) -> dict[str, Any]:
             model = load_model(student_dir, dtype=torch.float32)
             model, log = _train(method, model, teacher, tokenizer, data_of[source], s, work / "run" / method,
                                 ctx.seed)  # fmt: skip
-            how = ("plain CE" if kind == "ce" else f"KD (generalized JSD, beta 0.5), lmbda {lmbda}") + (
+            how = ("plain CE" if kind == "ce" else f"KD ({_divergence(s)}), lmbda {lmbda}") + (
                 " on the teacher's greedy answers" if source == "teacher" else " on the reference answers"
             )
             rows.append({"row": method, "how": how, "train_s": log["train_s"], "tokens": log["tokens"],

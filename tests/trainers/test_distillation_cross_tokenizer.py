@@ -483,18 +483,36 @@ def test_different_tokenizers_without_teacher_tokenizer_name_it_as_the_fix(tmp_p
     folder = tmp_path / "teacher"
     _llama(toks["byte_level"], 1).save_pretrained(folder)
     toks["byte_level"].save_pretrained(folder)
-    with pytest.raises(ValueError, match=r"has another tokenizer than the student.*Pass teacher_tokenizer='"):
+    with pytest.raises(
+        ValueError, match=r"has another tokenizer than the student.*cross_tokenizer=False: .*off"
+    ):
         DistillationTrainer(
-            model=_llama(other, 2), teacher_model=str(folder), args=_args(tmp_path), processing_class=other
+            model=_llama(other, 2),
+            teacher_model=str(folder),
+            args=_args(tmp_path, cross_tokenizer=False),
+            processing_class=other,
         )
-    # given, it is used: the teacher folder's tokenizer by path
-    trainer = DistillationTrainer(
-        model=_llama(other, 2),
+    # by default the folder's own tokenizer is taken, as if given by path
+    for extra in ({}, {"teacher_tokenizer": str(folder)}):
+        trainer = DistillationTrainer(
+            model=_llama(other, 2),
+            teacher_model=str(folder),
+            args=_args(tmp_path, **extra),
+            processing_class=other,
+            train_dataset=Dataset.from_dict({"text": _texts()}),
+        )
+        assert not trainer.cross.token_level and isinstance(trainer.data_collator, CrossTokenizerCollator)
+        assert trainer.data_collator.teachers[0].tokenizer.get_vocab() == toks["byte_level"].get_vocab()
+        trainer.train()
+        assert trainer.state.log_history[0]["loss_kd"] > 0
+    # a folder with the student's own tokenizer: the token-level path
+    same = DistillationTrainer(
+        model=_llama(toks["byte_level"], 2),
         teacher_model=str(folder),
-        args=_args(tmp_path, teacher_tokenizer=str(folder)),
-        processing_class=other,
+        args=_args(tmp_path),
+        processing_class=toks["byte_level"],
     )
-    assert not trainer.cross.token_level and isinstance(trainer.data_collator, CrossTokenizerCollator)
+    assert same.cross is None
 
 
 # --------------------------------------------------------------------------------------------- errors
