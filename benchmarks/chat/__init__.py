@@ -211,7 +211,7 @@ def run(ctx: Any) -> dict[str, Any]:
             for i, m, lab in _batches(reference, s["eval_batch_size"], pad_id)
         ]
         n = student.config.num_hidden_layers
-        dropped = prune_layers_(student, num_hidden_layers=n // 2, calibration_batches=calibration)
+        kept = prune_layers_(student, num_hidden_layers=n // 2, calibration_batches=calibration)
         if (
             s["warm_prompts"] > 0
         ):  # GKD's setting: on-policy distillation starts from a student that can answer
@@ -226,12 +226,12 @@ def run(ctx: Any) -> dict[str, Any]:
         teacher_dir = work / "teacher"
         teacher.save_pretrained(teacher_dir)
         tokenizer.save_pretrained(teacher_dir)
-    ctx.log(f"student: depth {n} → {student.config.num_hidden_layers} (dropped {dropped})")
+    ctx.log(f"student: depth {n} → {student.config.num_hidden_layers} (kept blocks {kept})")
     start = (
-        f"half depth (dropped blocks {dropped}), then SFT on the teacher's greedy answers to {s['warm_prompts']} "
+        f"half depth (kept blocks {kept}), then SFT on the teacher's greedy answers to {s['warm_prompts']} "
         "other prompts"
         if s["warm_prompts"] > 0
-        else f"half depth, dropped blocks {dropped}"
+        else f"half depth, kept blocks {kept}"
     )
 
     def score(model: Any) -> dict[str, float]:

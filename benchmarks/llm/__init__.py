@@ -99,7 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.05,
     "weight_decay": 0.0,
     "kd_temperature": 1.0,
-    "correction_steps": 32,  # teacher correction: CE fine-tuning steps of train_batch windows (0 = off)
+    "correction_steps": 96,  # teacher correction: CE fine-tuning steps of train_batch windows (0 = off)
     "correction_lr": 1e-4,
     "throughput_batch": 4,
     "throughput_warmup": 1,

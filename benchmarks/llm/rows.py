@@ -74,16 +74,16 @@ def structural_row(
             f"({q} → {model.config.num_attention_heads}; {imp} importance)"
         )
     elif row == "depth-half":
-        dropped = prune_layers_(model, num_hidden_layers=n_layers // 2, calibration_batches=calibration)
-        how = f"depth {n_layers} → {model.config.num_hidden_layers} blocks by block influence (dropped {dropped})"
+        kept = prune_layers_(model, num_hidden_layers=n_layers // 2, calibration_batches=calibration)
+        how = f"depth {n_layers} → {model.config.num_hidden_layers} blocks by block influence (kept {kept})"
     elif row == "minitron":
-        dropped = prune_layers_(
+        kept = prune_layers_(
             model, num_hidden_layers=s["minitron_layers"], calibration_batches=calibration
         )
         prune_ffn_(model, s["minitron_ffn_keep"], importance=imp, calibration_batches=calibration)
         how = (
-            f"Minitron-style: depth {n_layers} → {model.config.num_hidden_layers} by block influence (dropped "
-            f"{dropped}), then FFN width {ffn} → {model.config.intermediate_size} ({imp} importance)"
+            f"Minitron-style: depth {n_layers} → {model.config.num_hidden_layers} by block influence (kept "
+            f"{kept}), then FFN width {ffn} → {model.config.intermediate_size} ({imp} importance)"
         )
     else:
         raise ValueError(f"row={row!r} is not a structural row; choose one of {STRUCTURAL}.")
