@@ -77,9 +77,7 @@ def structural_row(
         kept = prune_layers_(model, num_hidden_layers=n_layers // 2, calibration_batches=calibration)
         how = f"depth {n_layers} → {model.config.num_hidden_layers} blocks by block influence (kept {kept})"
     elif row == "minitron":
-        kept = prune_layers_(
-            model, num_hidden_layers=s["minitron_layers"], calibration_batches=calibration
-        )
+        kept = prune_layers_(model, num_hidden_layers=s["minitron_layers"], calibration_batches=calibration)
         prune_ffn_(model, s["minitron_ffn_keep"], importance=imp, calibration_batches=calibration)
         how = (
             f"Minitron-style: depth {n_layers} → {model.config.num_hidden_layers} by block influence (kept "
