@@ -29,6 +29,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from hf_lite.quantization import keep_bnb_layout_trainable_
+from trainers.distillation_onpolicy import NOT_MODEL_INPUTS
 
 
 def check_distributed_launch(args: TrainingArguments) -> None:
@@ -169,6 +170,11 @@ class FinetuneTrainer(Trainer):
                 True  # the Trainer then counts num_items_in_batch for every model
             )
             self.loss_is_scaled_for_ga = True  # every loss below is a share of the accumulated global batch
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Without the batch keys that describe the data (``CompletionCollator``'s left-padded prompts, used by
+        on-policy generation): the model's forward does not take them."""
+        return super()._prepare_inputs({k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS})
 
     def compute_loss(
         self,
