@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "train_lr": 1e-3,
     "warmup_ratio": 0.05,
     "alpha": 0.5,
+    "temperature": 1.0,  # of both models in the KD term (DistillationConfig's default is 2.0)
     "eval_batch_size": 8,
 }
 
@@ -157,7 +158,12 @@ def train_row(row: str, student: Any, teacher: Any, tokenizer: Any, teacher_toke
         )  # fmt: skip
     else:
         args = cpu_training_args(
-            DistillationConfig, out, alpha=s["alpha"], cross_tokenizer_loss=row, **common
+            DistillationConfig,
+            out,
+            alpha=s["alpha"],
+            temperature=s["temperature"],
+            cross_tokenizer_loss=row,
+            **common,
         )
         trainer = DistillationTrainer(
             model=student, teacher_model=teacher, teacher_tokenizer=teacher_tokenizer, args=args,
@@ -205,7 +211,7 @@ def run(ctx: Any) -> dict[str, Any]:
                                        s, Path(ctx.work) / name, ctx.seed)  # fmt: skip
             how = "plain next-token CE" if name == "ce" else (
                 f"{s['alpha']:g} x {'ULD (sorted probabilities)' if name == 'uld' else 'hybrid (shared tokens one to one, ULD on the rest)'}"
-                f" over aligned spans + {1 - s['alpha']:g} x CE"
+                f" over aligned spans at temperature {s['temperature']:g} + {1 - s['alpha']:g} x CE"
             )  # fmt: skip
             rows.append({"row": name, "how": how, "train_s": seconds,
                          "bits_per_byte": bits_per_byte(model, tokenizer, held_out, s["eval_batch_size"])})  # fmt: skip
