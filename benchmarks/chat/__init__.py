@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "generation_temperature": 1.0,
     "loss_type": "jsd",  # the KD rows' divergence (beta for jsd)
     "beta": 0.5,
+    "temperature": 2.0,  # of both models in the KD rows (DistillationConfig's default)
     "eval_batch_size": 8,
     "race_batch": 4,
     "race_rounds": 6,
@@ -153,7 +154,7 @@ def _train(method: str, student: Any, teacher: Any, tokenizer: Any, rows: list[d
         trainer = Trainer(model=student, args=args, train_dataset=data, data_collator=drop_prompts)
     else:
         args = cpu_training_args(
-            DistillationConfig, out, loss_type=s["loss_type"], beta=s["beta"], alpha=1.0, lmbda=lmbda, **common,
+            DistillationConfig, out, loss_type=s["loss_type"], beta=s["beta"], temperature=s["temperature"], alpha=1.0, lmbda=lmbda, **common,
             **({"max_new_tokens": s["max_new_tokens"], "generation_temperature": s["generation_temperature"]}
                if lmbda > 0 else {}),
         )  # fmt: skip
