@@ -311,8 +311,7 @@ def generate_teacher_completions(
 
     was_training = teacher.training
     teacher.eval()
-    mine = sum(min((s + 1) * shard_size, n) - s * shard_size for s in run.mine())
-    bar = progress_bar(total=mine, desc="teacher generations", unit="example")
+    bar = progress_bar(total=run.my_rows(n, shard_size), desc="teacher generations", unit="example")
     try:
         run.compute(work)
     finally:

@@ -228,9 +228,8 @@ def precompute_teacher_cache(
 
     was_training = teacher.training
     teacher.eval()
-    mine = sum(min((s + 1) * shard_size, n) - s * shard_size for s in run.mine())
     bar = progress_bar(
-        total=mine, desc="teacher cache", unit="example"
+        total=run.my_rows(n, shard_size), desc="teacher cache", unit="example"
     )  # this process's examples, done ones too
     try:
         run.compute(work)

@@ -128,6 +128,10 @@ class ShardedRun:
         """The shards this process computes (all of them on one process)."""
         return shards_of(self.num_shards, self.rank, self.world_size)
 
+    def my_rows(self, num_rows: int, shard_size: int) -> int:
+        """How many of the ``num_rows`` rows (in shards of ``shard_size``) this process computes."""
+        return sum(min((s + 1) * shard_size, num_rows) - s * shard_size for s in self.mine())
+
     def shard_dir(self, shard: int) -> Path:
         return self.partial / f"shard-{shard:05d}"
 

@@ -100,6 +100,7 @@ def test_a_teacher_cache_is_cut_like_the_logits(tmp_path, tok):
     assert sum(skipped[2]) < sum(full[2])
 
 
-def test_skip_prompt_logits_must_be_a_bool(tmp_path):
-    with pytest.raises(ValueError, match="skip_prompt_logits='yes' must be True or False"):
-        _args(tmp_path, skip_prompt_logits="yes")
+@pytest.mark.parametrize("field", ["skip_prompt_logits", "cross_tokenizer"])
+def test_switches_must_be_bools(tmp_path, field):
+    with pytest.raises(ValueError, match=f"{field}='yes' must be True or False"):
+        _args(tmp_path, **{field: "yes"})
