@@ -4,7 +4,8 @@
 (2017) while any ``Trainer`` trains it, keeps pruned weights at zero after every optimizer step, checkpoints
 its state beside the Trainer's and makes the pruning permanent at the end, so ``save_pretrained`` writes an
 ordinary checkpoint whose zeros load with stock ``from_pretrained``. The mask maths lives in
-:mod:`hf_lite.pruning`; this module only arranges it around the training loop.
+:mod:`hf_lite.pruning`; this module only arranges it around the training loop. The checkpoint state
+(the files, ``save_state`` and resuming) lives in :mod:`trainers._pruning_state`.
 
 >>> from transformers import Trainer
 >>> from trainers.pruning_callback import PruningCallback
@@ -43,16 +44,14 @@ from hf_lite.pruning.report import sparsity_report
 from hf_lite.pruning.schedule import CubicSchedule
 from hf_lite.pruning.sharded import (
     check_engine,
-    gather_full,
     is_sharded,
     local_state,
     local_tensor,
-    shard_like,
     sharded_pruning_masks,
     unsharded,
 )
 from hf_lite.pruning.targets import find_prunable_modules, in_features_dim
-from trainers._callback_state import CallbackState, resume_candidates
+from trainers._pruning_state import PRUNING_STATE, PRUNING_STATE_JSON, PRUNING_STATE_NAME, PruningStateMixin
 from trainers.pruning_config import PruningConfig
 
 if TYPE_CHECKING:
@@ -61,22 +60,14 @@ if TYPE_CHECKING:
 
     from hf_lite.pruning.report import SparsityReport
 
-# PruningConfig lives in trainers.pruning_config; still importable from here as before.
+# PruningConfig lives in trainers.pruning_config, the state file names in trainers._pruning_state; both still
+# importable from here as before.
 __all__ = ["PruningConfig", "PruningCallback", "PRUNING_STATE_NAME", "PRUNING_STATE_JSON"]
 
 logger = logging.getLogger(__name__)
 
-#: File written into every checkpoint folder: masks (``masks.<layer>``, bool) and movement scores
-#: (``scores.<layer>``, float32).
-PRUNING_STATE_NAME = "pruning_state.safetensors"
-#: Its companion: step, sparsity in force, the config and the layer names (plain JSON).
-PRUNING_STATE_JSON = "pruning_state.json"
 
-#: How the state is written into, found in and read from checkpoints (see :mod:`trainers._callback_state`).
-_STATE = CallbackState(PRUNING_STATE_JSON, PRUNING_STATE_NAME, owner="PruningCallback", what="pruning state")
-
-
-class PruningCallback(TrainerCallback):
+class PruningCallback(PruningStateMixin, TrainerCallback):
     """Gradual magnitude or movement pruning while a ``Trainer`` trains, with exact, counted sparsity.
 
     Lifecycle (the events of ``transformers.TrainerCallback``; "step" is ``TrainerState.global_step``):
@@ -297,101 +288,6 @@ class PruningCallback(TrainerCallback):
             moments = state.get(module.weight)
             mask_moments_(local_state(moments) if self._sharded else moments, weight, keep)
 
-    # -- state ----------------------------------------------------------------------------------------
-
-    def _full(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """The full tensor of a layer's local mask or scores (gathered under FSDP2: a collective)."""
-        full = gather_full(tensor, self._modules[name].weight) if self._sharded else tensor
-        return full.detach().contiguous().cpu()
-
-    def _state_dict(self, global_step: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        masks = {n: self._full(n, m) for n, m in self.masks.items()}
-        tensors = {f"masks.{n}": m for n, m in masks.items()}
-        if self._scores is not None:
-            tensors.update({f"scores.{n}": self._full(n, s) for n, s in self._scores.items()})
-        meta = {
-            "global_step": int(global_step),
-            "last_update_step": self._last_update_step,
-            "current_sparsity": self.current_sparsity,
-            "counted_sparsity": mask_sparsity(masks),
-            "has_scores": self._scores is not None,
-            "layers": list(self.masks),
-            "config": self.config.to_dict(),
-        }
-        return tensors, meta
-
-    def save_state(self, folder: str | os.PathLike, global_step: int) -> None:
-        """Write masks, movement scores and schedule position into ``folder`` (atomically; no pickle).
-
-        Called by ``on_save`` on the main process; call it yourself only to checkpoint outside a Trainer.
-        Under FSDP2 the masks are gathered first, a collective: call it on every process (each writes).
-
-        Args:
-            folder: an existing checkpoint folder.
-            global_step: the optimizer step the state belongs to.
-
-        >>> callback.save_state("out/checkpoint-100", 100)  # doctest: +SKIP
-        """
-        tensors, meta = self._state_dict(global_step)
-        _STATE.save(folder, meta, tensors, indent=2)
-
-    def _load_state(self, folder: str, global_step: int | None) -> dict[str, Any]:
-        meta = _STATE.read(folder)
-        if global_step is not None and meta.get("global_step") != global_step:
-            raise ValueError(
-                f"{folder}/{PRUNING_STATE_JSON} holds the pruning state of step {meta.get('global_step')}, but "
-                f"the Trainer resumes at step {global_step}; resume from the checkpoint folder it came from."
-            )
-        layers = meta.get("layers", [])
-        if layers != list(self._modules):
-            missing = sorted(set(self._modules) - set(layers))
-            extra = sorted(set(layers) - set(self._modules))
-            raise ValueError(
-                f"the pruning state in {folder} is for other layers than this run targets (missing: "
-                f"{missing[:3]}, extra: {extra[:3]}). Resume with the include/exclude of the run that saved it."
-            )
-        saved = meta.get("config", {})
-        changed = {k: (saved.get(k), v) for k, v in self.config.to_dict().items() if saved.get(k) != v}
-        if changed:
-            logger.warning(
-                "resuming pruning with a changed config %s (saved, now): the result will differ from an "
-                "uninterrupted run.",
-                changed,
-            )
-        tensors = _STATE.load_tensors(folder)
-        masks = {}
-        for name in self._modules:
-            mask = tensors[f"masks.{name}"]
-            weight = self._modules[name].weight
-            if mask.dtype != torch.bool or mask.shape != weight.shape:
-                raise ValueError(
-                    f"{folder}/{PRUNING_STATE_NAME}: the mask of {name} has dtype {mask.dtype} and shape "
-                    f"{tuple(mask.shape)}, the layer's weight {tuple(weight.shape)}; it is not this model's."
-                )
-            masks[name] = shard_like(mask, weight) if self._sharded else mask
-        self._set_masks(masks)
-        if meta.get("has_scores"):
-            self._scores = {
-                n: (shard_like(tensors[f"scores.{n}"], m.weight) if self._sharded else tensors[f"scores.{n}"])
-                for n, m in self._modules.items()
-            }
-            self._scores = {n: s.to(self._modules[n].weight.device) for n, s in self._scores.items()}
-        self._last_update_step = meta.get("last_update_step")
-        self.current_sparsity = float(meta.get("current_sparsity", 0.0))
-        return meta
-
-    def _resume_folder(self, args: TrainingArguments, state: TrainerState) -> str:
-        candidates = resume_candidates(args, state)
-        folder = _STATE.find(candidates, state.global_step)
-        if folder is not None:
-            return folder
-        raise ValueError(
-            f"the Trainer resumes at step {state.global_step}, but no pruning state of that step "
-            f"({PRUNING_STATE_NAME} and {PRUNING_STATE_JSON}) was found in {candidates}. PruningCallback "
-            "writes it into every checkpoint it sees saved; set TrainingArguments(resume_from_checkpoint=<the "
-            "checkpoint folder>) when it lies outside output_dir, or start pruning afresh without resuming."
-        )
-
     # -- Trainer events -------------------------------------------------------------------------------
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -464,10 +360,10 @@ class PruningCallback(TrainerCallback):
             return
         # Under FSDP2 the masks are gathered on every process (a collective), then written by the main one.
         gathered = self._state_dict(state.global_step) if self._sharded else None
-        folder = _STATE.folder_to_save(args, state)
+        folder = PRUNING_STATE.folder_to_save(args, state)
         if folder is not None:
             tensors, meta = gathered or self._state_dict(state.global_step)
-            _STATE.save(folder, meta, tensors, indent=2)
+            PRUNING_STATE.save(folder, meta, tensors, indent=2)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         if not self._modules:
