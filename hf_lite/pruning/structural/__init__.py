@@ -53,7 +53,7 @@ Each function first computes a :class:`~hf_lite.pruning.structural.plan.Structur
 ``plan_attention_heads``, ``plan_layers``, ``plan_experts``, ``plan_expert_ffn``: the parameters to slice with their kept indices, the config
 entries to set) and then applies it (``apply_plan_``); ``slice_optimizer_state_`` applies the same plan to
 an optimizer. Modules: ``plan`` (the slicing rule), ``checks`` (argument and config checks), ``ffn``,
-``heads``, ``layers``, ``moe_sites`` (where MoE blocks are), ``experts``, ``expert_ffn``, ``reload`` (what the pruned model saves against what stock transformers builds).
+``heads``, ``layers``, ``moe_sites`` (where MoE blocks are), ``experts``, ``expert_ffn``, ``expert_ffn_scores``, ``reload`` (what the pruned model saves against what stock transformers builds).
 
 >>> from hf_lite.testing import build_tiny_model
 >>> model, tok = build_tiny_model("llama", num_hidden_layers=3)
@@ -69,12 +69,8 @@ an optimizer. Modules: ``plan`` (the slicing rule), ``checks`` (argument and con
 from __future__ import annotations
 
 from hf_lite.pruning.structural.checks import config_error, keep_count, round_up, top_indices
-from hf_lite.pruning.structural.expert_ffn import (
-    KeptExpertNeurons,
-    expert_neuron_scores,
-    plan_expert_ffn,
-    prune_expert_ffn_,
-)
+from hf_lite.pruning.structural.expert_ffn import KeptExpertNeurons, plan_expert_ffn, prune_expert_ffn_
+from hf_lite.pruning.structural.expert_ffn_scores import expert_neuron_scores
 from hf_lite.pruning.structural.experts import expert_load, plan_experts, prune_experts_
 from hf_lite.pruning.structural.ffn import plan_ffn, prune_ffn_
 from hf_lite.pruning.structural.heads import (
