@@ -30,7 +30,8 @@ way with :func:`shrink_like_checkpoint` (it replays the kept indices stored in t
 >>> trainer.train(resume_from_checkpoint="out/checkpoint-300")  # doctest: +SKIP
 
 With ``TrainingArguments(resume_from_checkpoint=<folder>)`` the callback does the shrinking itself when the
-Trainer is created. The callback then reads the stages done and running Taylor sums back from that folder.
+Trainer is created. The callback then reads the stages done and running Taylor sums back from that folder
+(its state methods: :mod:`trainers._structural_state`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ from hf_lite.pruning.importance import (
 from hf_lite.pruning.optimizer_state import base_optimizer
 from hf_lite.pruning.sites import find_attention_sites, find_ffn_sites, head_layout
 from hf_lite.pruning.structural import ParamSlice, StructuralPlan, slice_optimizer_state_, top_indices
-from trainers._callback_state import resume_candidates
 from trainers._structural_checks import check_model_fits, check_training_args
 from trainers._structural_ddp import (
     DdpWatch,
@@ -70,7 +70,6 @@ from trainers._structural_ddp import (
     sharded_parameter,
 )
 from trainers._structural_shrink import (
-    RESUME_ATTR,
     STRUCTURAL_STATE,
     STRUCTURAL_STATE_JSON,
     STRUCTURAL_STATE_TENSORS,
@@ -80,6 +79,7 @@ from trainers._structural_shrink import (
     shrink_layers,
     shrink_like_checkpoint,
 )
+from trainers._structural_state import StructuralStateMixin
 from trainers.structural_config import StageTarget, StructuralPruningConfig
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def _edit_optimizer(
 # the callback
 
 
-class StructuralPruningCallback(TrainerCallback):
+class StructuralPruningCallback(StructuralStateMixin, TrainerCallback):
     """Shrink a model at scheduled steps while a ``Trainer`` trains it, and keep training the smaller model.
 
     Lifecycle (events of ``transformers.TrainerCallback``; "step" is ``TrainerState.global_step``):
@@ -322,77 +322,6 @@ class StructuralPruningCallback(TrainerCallback):
             record["sizes"],
             record["num_parameters"],
         )
-
-    # -- state ------------------------------------------------------------------------------------------
-
-    def save_state(self, folder: str | os.PathLike, global_step: int) -> None:
-        """Write the original sizes, the stages done (kept indices) and running Taylor sums into ``folder``.
-
-        Called by ``on_save`` on the main process; :func:`shrink_like_checkpoint` reads it back.
-
-        Args:
-            folder: an existing checkpoint folder.
-            global_step: the optimizer step the state belongs to.
-
-        >>> callback.save_state("out/checkpoint-100", 100)  # doctest: +SKIP
-        """
-        meta = {
-            "global_step": int(global_step),
-            "config": self.config.to_dict(),
-            "original": self.original_sizes,
-            "stages": self.stages,
-            "taylor_steps_gathered": self._taylor_count,
-        }
-        tensors = {
-            f"{kind}.{layer}": t.detach().cpu().contiguous()
-            for kind, d in self._taylor.items()
-            for layer, t in d.items()
-        }
-        STRUCTURAL_STATE.save(folder, meta, tensors or None)
-
-    def _resume_folder(self, args: TrainingArguments, state: TrainerState) -> str:
-        candidates = resume_candidates(
-            args,
-            state,
-            getattr(self._root, RESUME_ATTR, None),  # set by shrink_like_checkpoint
-            getattr(self._root, "name_or_path", None),  # a model loaded from the checkpoint folder
-        )
-        folder = STRUCTURAL_STATE.find(candidates, state.global_step)
-        if folder is not None:
-            return folder
-        raise ValueError(
-            f"the Trainer resumes at step {state.global_step}, but no {STRUCTURAL_STATE_JSON} of that step was "
-            f"found in {candidates}. StructuralPruningCallback writes it into every checkpoint; call "
-            "shrink_like_checkpoint(model, <the checkpoint folder>) before creating the Trainer, or set "
-            "TrainingArguments(resume_from_checkpoint=<the checkpoint folder>)."
-        )
-
-    def _load_state(self, folder: str, root: nn.Module) -> None:
-        meta = STRUCTURAL_STATE.read(folder)
-        saved = meta.get("config", {})
-        changed = {k: (saved.get(k), v) for k, v in self.config.to_dict().items() if saved.get(k) != v}
-        if changed:
-            logger.warning(
-                "resuming structural pruning with a changed config %s (saved, now): the stages still to come "
-                "follow the new one, so the result will differ from an uninterrupted run.",
-                changed,
-            )
-        expected = meta["stages"][-1]["sizes"] if meta["stages"] else meta["original"]
-        sizes = model_sizes(root, list(expected))
-        if sizes != expected:
-            raise ValueError(
-                f"the model has sizes {sizes} but the checkpoint {folder} has {expected}: shrink the model to the "
-                "checkpoint before creating the Trainer (shrink_like_checkpoint(model, folder), or load the model "
-                "from the checkpoint folder)."
-            )
-        self.original_sizes = dict(meta["original"])
-        self.stages = list(meta["stages"])
-        self._taylor, self._taylor_count = {}, int(meta.get("taylor_steps_gathered", 0))
-        if self._taylor_count:
-            device = next(root.parameters()).device
-            for key, tensor in STRUCTURAL_STATE.load_tensors(folder).items():
-                kind, layer = key.rsplit(".", 1)
-                self._taylor.setdefault(kind, {})[int(layer)] = tensor.to(device)
 
     # -- Trainer events ---------------------------------------------------------------------------------
 
