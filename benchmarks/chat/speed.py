@@ -101,6 +101,23 @@ def trl_trainer(student: Any, teacher: Any, tokenizer: Any, prompts: list[Any], 
     )
 
 
+def _clock_generate(model: Any, total: list[float]) -> None:
+    """Add the seconds of each ``model.generate`` call to ``total[0]`` (TRL generates with the unwrapped model,
+    this very object)."""
+    import time
+
+    inner = model.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - start
+
+    model.generate = generate
+
+
 def generation_race(ctx: Any, s: dict[str, Any], student: Any, teacher: Any, tokenizer: Any,
                     rows: list[dict], prompts: list[Any]) -> dict[str, Any]:  # fmt: skip
     """The race of the module docstring; medians and the two ratios of the issue."""
@@ -134,15 +151,16 @@ def generation_race(ctx: Any, s: dict[str, Any], student: Any, teacher: Any, tok
     participants = {"on-policy": SteppedTrainer(on, "on-policy"), "off-policy": SteppedTrainer(off, "off-policy"),
                     "generate": TimedCall(generate)}  # fmt: skip
     trl_error = None
+    trl_gen = [0.0]  # seconds TRL's trainer spent in the student's generate, summed
     try:
-        participants["trl"] = SteppedTrainer(
-            trl_trainer(
-                copy.deepcopy(student), teacher, tokenizer, prompts, s, work / "trl", rounds, ctx.seed
-            ),
-            "trl",
+        trl = trl_trainer(
+            copy.deepcopy(student), teacher, tokenizer, prompts, s, work / "trl", rounds, ctx.seed
         )
+        _clock_generate(trl.model, trl_gen)
+        participants["trl"] = SteppedTrainer(trl, "trl")
     except Exception as err:  # TRL missing or refusing this setup: the row says why
         trl_error = f"{type(err).__name__}: {err}"
+    trl_gen_seconds: list[float] = []
     gen_seconds: list[float] = []
     seen = [0.0]
 
@@ -159,17 +177,39 @@ def generation_race(ctx: Any, s: dict[str, Any], student: Any, teacher: Any, tok
         def close(self) -> None:
             self.inner.close()
 
+    class TrlGenerationClock(GenerationClock):
+        def step(self) -> dict[str, float]:
+            before = trl_gen[0]
+            out = self.inner.step()
+            trl_gen_seconds.append(trl_gen[0] - before)
+            return out
+
     participants["on-policy"] = GenerationClock(participants["on-policy"])
+    if "trl" in participants:
+        participants["trl"] = TrlGenerationClock(participants["trl"])
     steps = race(participants, rounds)
     skip = s["race_skip"]
     med = {name: statistics.median(step_times(log, skip)) for name, log in steps.items()}
     med["in-trainer generation"] = statistics.median(gen_seconds[skip:])
+    # The part of a step each trainer controls: the step less its student's generation (both run the same
+    # model.generate, which on this CPU is bound by reading the weights once per token).
+    med["on-policy less generation"] = statistics.median(
+        [t - g for t, g in zip(step_times(steps["on-policy"], 0), gen_seconds, strict=True)][skip:]
+    )
+    if "trl" in med:
+        med["trl generation"] = statistics.median(trl_gen_seconds[skip:])
+        med["trl less generation"] = statistics.median(
+            [t - g for t, g in zip(step_times(steps["trl"], 0), trl_gen_seconds, strict=True)][skip:]
+        )
     tokens = sum(sum(1 for x in r["labels"] if x != -100) for r in written)
     return {
         "median_s": med,
         "step_ratio": med["on-policy"] / (med["off-policy"] + med["generate"]),
         "generation_ratio": med["in-trainer generation"] / med["generate"],
         "trl_ratio": med["on-policy"] / med["trl"] if "trl" in med else None,
+        "trl_training_ratio": med["on-policy less generation"] / med["trl less generation"]
+        if "trl" in med
+        else None,
         "trl_error": trl_error,
         "batch": bs,
         "generated_tokens": tokens,
