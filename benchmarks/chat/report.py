@@ -9,6 +9,7 @@ from benchmarks.common import HOW, MODEL, column
 METHOD_COLUMNS = [
     MODEL,
     column("reverse_kl", "reverse KL on own answers", "{:.3f}"),
+    column("reverse_kl_se", "± s.e. over prompts", "{:.3f}"),
     column("ppl_teacher_answers", "ppl on teacher's answers", "{:.2f}"),
     column("sst2_accuracy", "SST-2 accuracy", "pct"),
     column("own_length", "own answer tokens", "{:.1f}"),

@@ -2,7 +2,8 @@
 
 - :func:`reverse_kl_on_own`: the student answers greedily; the teacher's per-token reverse KL
   ``KL(p_student || p_teacher)`` over the tokens it wrote (what on-policy distillation minimises where the
-  student will actually be).
+  student will actually be); :func:`reverse_kl_per_row` and :func:`ratio_mean` give its standard error over
+  the prompts.
 - :func:`completion_nll`: mean negative log-likelihood of given completions (the teacher's greedy answers):
   ``exp`` of it is the student's perplexity on them.
 - :func:`answer_accuracy`: SST-2 asked as an instruction; the answer is the label word whose completion
@@ -44,18 +45,41 @@ def _shifted(model: Any, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
 
 
 @torch.no_grad()
-def reverse_kl_on_own(
+def reverse_kl_per_row(
     student: Any, teacher: Any, rows: list[dict[str, Any]], batch_size: int, pad_id: int
-) -> float:
-    """Mean per-token ``KL(p_student || p_teacher)`` over the completion tokens of ``rows`` (the student's own
-    answers: ``input_ids`` = prompt + answer, ``labels`` = the answer)."""
-    total, count = 0.0, 0
+) -> list[tuple[float, int]]:
+    """``(sum of the per-token KL(p_student || p_teacher), token count)`` over the completion tokens of each row
+    (the student's own answers: ``input_ids`` = prompt + answer, ``labels`` = the answer)."""
+    out = []
     for ids, mask, labels in _batches(rows, batch_size, pad_id):
         log_s, _ = _shifted(student, ids, mask, labels)
         log_t, _ = _shifted(teacher, ids, mask, labels)
-        total += float((log_s.exp() * (log_s - log_t)).sum())
-        count += len(log_s)
-    return total / max(count, 1)
+        kl = (log_s.exp() * (log_s - log_t)).sum(-1)  # one per labelled position, rows in order
+        counts = labels[:, 1:].ne(-100).sum(1).tolist()
+        out += [(float(part.sum()), n) for part, n in zip(kl.split(counts), counts, strict=True)]
+    return out
+
+
+def ratio_mean(parts: list[tuple[float, int]]) -> tuple[float, float]:
+    """Per-token mean ``sum(s) / sum(n)`` of per-row ``(s, n)`` and its standard error over rows (the delta
+    method for a ratio of means: rows are the independent draws, not tokens).
+
+    >>> ratio_mean([(2.0, 2), (4.0, 2)])
+    (1.5, 0.5)
+    """
+    total, count = sum(s for s, _ in parts), sum(n for _, n in parts)
+    mean = total / max(count, 1)
+    if len(parts) < 2 or count == 0:
+        return mean, float("nan")
+    residual = sum((s - mean * n) ** 2 for s, n in parts) / (len(parts) - 1)
+    return mean, (residual / len(parts)) ** 0.5 / (count / len(parts))
+
+
+def reverse_kl_on_own(
+    student: Any, teacher: Any, rows: list[dict[str, Any]], batch_size: int, pad_id: int
+) -> float:
+    """Mean per-token ``KL(p_student || p_teacher)`` over the completion tokens of ``rows``."""
+    return ratio_mean(reverse_kl_per_row(student, teacher, rows, batch_size, pad_id))[0]
 
 
 @torch.no_grad()

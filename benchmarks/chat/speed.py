@@ -8,7 +8,10 @@ that the student, hence its greedy completions, is the same in every round):
   greedy completion, precomputed), so it trains on the same tokens without generating;
 - ``generate``: the student's plain ``model.generate`` on the same prompts with the same settings;
 - ``trl``: TRL's ``DistillationTrainer`` (always on-policy) on the same prompts, greedy, same loss
-  (generalized JSD, beta 0.5), same batch and completion length.
+  (generalized JSD, beta 0.5, temperature 1: TRL's default), same batch and completion length.
+
+Each on-policy trainer's time in the student's ``generate`` is clocked inside its steps, so the goal line also
+shows the part of a step the trainer itself controls (the step less its generation).
 
 Peak memory: each trainer in a fresh process (models loaded from the saved folders), the peak RSS its
 ``train()`` adds for ``mem_steps`` steps.
@@ -74,7 +77,7 @@ def hf_lite_trainer(student: Any, teacher: Any, tokenizer: Any, rows: list[dict]
 
     args = cpu_training_args(
         DistillationConfig, out, batch_size=s["race_batch"], steps=steps, lr=0.0, seed=seed,
-        loss_type="jsd", beta=0.5, alpha=1.0, lmbda=lmbda, max_new_tokens=s["max_new_tokens"],
+        loss_type="jsd", beta=0.5, temperature=1.0, alpha=1.0, lmbda=lmbda, max_new_tokens=s["max_new_tokens"],
         generation_temperature=0.0, logging_steps=10**6,
     )  # fmt: skip
     data = Dataset.from_list([{k: r[k] for k in ("input_ids", "labels", "prompt_length")} for r in rows])
