@@ -52,10 +52,10 @@ ORDER = 31
 DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,
     "train_prompts": 96,
-    "warm_prompts": 96,  # SFT warm start of the student on the teacher's answers to other prompts (0 = off)
-    "warm_epochs": 1,
-    "warm_lr": 1e-4,
-    "eval_prompts": 32,
+    "warm_prompts": 384,  # SFT warm start of the student on the teacher's answers to other prompts (0 = off)
+    "warm_epochs": 2,
+    "warm_lr": 3e-4,
+    "eval_prompts": 64,
     "task_prompts": 64,
     "max_length": 256,
     "train_batch": 4,
@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "generation_temperature": 1.0,
     "loss_type": "jsd",  # the KD rows' divergence (beta for jsd)
     "beta": 0.5,
-    "temperature": 2.0,  # of both models in the KD rows (DistillationConfig's default)
+    "temperature": 1.0,  # of both models in the KD rows (GKD's and TRL's; DistillationConfig's default is 2.0)
     "eval_batch_size": 8,
     "race_batch": 4,
     "race_rounds": 6,
