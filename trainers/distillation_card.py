@@ -27,7 +27,21 @@ class DistillationCardMixin:
         if self.teachers:
             names = [getattr(getattr(t, "config", None), "_name_or_path", "") for t in self.teachers]
             teacher = ", ".join(n for n in names if is_hub_id(n)) or None
-        parts = [f"{args.loss_type} on logits, T={args.temperature}, alpha={args.alpha}"]
+        divergence = f"{args.loss_type} (beta={args.beta})" if args.loss_type == "jsd" else args.loss_type
+        parts = [f"{divergence} on logits, T={args.temperature}, alpha={args.alpha}"]
+        cross = getattr(self, "cross", None)
+        if cross is not None and not cross.token_level:
+            parts.append(f"across tokenizers ({args.cross_tokenizer_loss} over aligned spans)")
+        if args.lmbda > 0:
+            sampling = (
+                f"sampled at temperature {args.generation_temperature}, top_p={args.top_p}"
+                if args.generation_temperature > 0
+                else "greedy"
+            )
+            parts.append(
+                f"on-policy: the student's own completions with probability lmbda={args.lmbda} ({sampling}, at "
+                f"most {args.max_new_tokens} new tokens)"
+            )
         if self.cache_meta is not None:
             parts.append(f"from cached top-{self.cache_meta['k']} teacher log-probs")
         if args.hidden_weight > 0:

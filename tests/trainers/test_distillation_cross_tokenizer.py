@@ -431,6 +431,8 @@ def test_on_policy_completions_are_decoded_and_scored_across_tokenizers(tmp_path
     assert log["on_policy_fraction"] == 1.0 and "loss_ce" not in log
     assert log["loss_kd"] == pytest.approx(kd.item(), rel=1e-5)
     assert log["loss"] == pytest.approx(0.8 * kd.item(), rel=1e-5)
+    card = trainer.compression_summary().distillation
+    assert "across tokenizers (hybrid over aligned spans)" in card and "lmbda=1.0 (greedy" in card
 
 
 @pytest.mark.integration

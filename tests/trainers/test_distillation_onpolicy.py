@@ -489,6 +489,22 @@ def _on_policy_trainer(tmp_path, tok, **kw):
     )
 
 
+def test_the_model_card_says_how_the_completions_were_written(tmp_path, tok):
+    sampled = _on_policy_trainer(
+        tmp_path / "a", tok, lmbda=0.5, generation_temperature=0.7, top_p=0.9, loss_type="jsd", beta=0.3
+    )
+    text = sampled.compression_summary().distillation
+    assert text.startswith("jsd (beta=0.3) on logits")
+    assert (
+        "on-policy: the student's own completions with probability lmbda=0.5 (sampled at temperature 0.7, "
+        "top_p=0.9, at most 5 new tokens)" in text
+    )
+    greedy = _on_policy_trainer(tmp_path / "b", tok).compression_summary().distillation
+    assert "lmbda=1.0 (greedy, at most 5 new tokens)" in greedy
+    off = _on_policy_trainer(tmp_path / "c", tok, lmbda=0.0).compression_summary().distillation
+    assert "on-policy" not in off and "beta" not in off
+
+
 @pytest.mark.parametrize("sharding", ["FSDP", "DeepSpeed ZeRO-3"])
 def test_a_student_sharded_over_processes_cannot_generate_on_policy(sharding):
     from types import SimpleNamespace
