@@ -47,6 +47,7 @@ __all__ = [
     "find_moe_routers",
     "expert_wanda_scores",
     "expert_down_input",
+    "routed_tokens",
     "ExpertInputNormCollector",
 ]
 
@@ -159,6 +160,30 @@ def expert_wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor, in_dim:
     return weight.detach().abs().float() * norms
 
 
+def routed_tokens(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], fix: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens (T, hidden), expert indices (T, k))`` of a call ``experts(hidden_states, top_k_index, ...)``
+    seen by a forward pre-hook (transformers' fused experts modules; ``router_indices`` in some families),
+    detached. A module called otherwise cannot say which tokens reach which expert: ``ValueError`` ending in
+    ``fix``.
+
+    >>> import torch
+    >>> x, idx = routed_tokens(None, (torch.ones(2, 3, 4), torch.zeros(6, 2, dtype=torch.long)), {}, "")
+    >>> tuple(x.shape), tuple(idx.shape)
+    ((6, 4), (6, 2))
+    """
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    index = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
+    if not isinstance(hidden, torch.Tensor) or not isinstance(index, torch.Tensor):
+        raise ValueError(
+            f"{type(module).__name__} is not called as experts(hidden_states, top_k_index, ...), so the tokens "
+            f"each expert receives are unknown: {fix}"
+        )
+    x = hidden.detach().reshape(-1, hidden.shape[-1])  # (T, hidden)
+    return x, index.detach().reshape(x.shape[0], -1)  # (T, k)
+
+
 def expert_down_input(module: nn.Module, expert: int, x: torch.Tensor) -> torch.Tensor:
     """The input of expert ``expert``'s ``down_proj`` for its tokens ``x`` ``(tokens, hidden)``, in float32.
 
@@ -241,16 +266,11 @@ class ExpertInputNormCollector:
 
     def _hook(self, names: dict[str, str]):
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            index = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
-            if not isinstance(hidden, torch.Tensor) or not isinstance(index, torch.Tensor):
-                raise ValueError(
-                    f"{type(module).__name__} is not called as experts(hidden_states, top_k_index, ...), so "
-                    "Wanda cannot tell which tokens reach each expert. Use magnitude_prune_ for this model, "
-                    "or exclude the experts from Wanda (exclude=[*DEFAULT_EXCLUDE, 'experts'])."
-                )
-            x = hidden.detach().reshape(-1, hidden.shape[-1])  # (T, hidden)
-            index = index.detach().reshape(x.shape[0], -1)  # (T, k)
+            x, index = routed_tokens(
+                module, args, kwargs,
+                "Wanda cannot tell which tokens reach each expert. Use magnitude_prune_ for this model, or "
+                "exclude the experts from Wanda (exclude=[*DEFAULT_EXCLUDE, 'experts']).",
+            )  # fmt: skip
             real = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # (T,)
             for token_mask in self.token_masks:
                 if token_mask.numel() == x.shape[0]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hf_lite.pruning.calibration import check_calibration, forward_kwargs, to_device, token_mask
-from hf_lite.pruning.experts import expert_down_input, find_expert_weights
+from hf_lite.pruning.experts import expert_down_input, find_expert_weights, routed_tokens
 from hf_lite.pruning.structural.moe_sites import MoeSite, moe_sites_or_refuse
 
 __all__ = ["check_expert_importance", "expert_neuron_scores"]
@@ -59,15 +59,7 @@ class _ExpertActivations:
 
     def _hook(self, layer: int):
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            index = args[1] if len(args) > 1 else kwargs.get("top_k_index", kwargs.get("router_indices"))
-            if not isinstance(hidden, torch.Tensor) or not isinstance(index, torch.Tensor):
-                raise ValueError(
-                    f"{type(module).__name__} is not called as experts(hidden_states, top_k_index, ...), so the "
-                    "tokens each expert receives are unknown. Use importance='magnitude'."
-                )
-            x = hidden.detach().reshape(-1, hidden.shape[-1])  # (T, hidden)
-            index = index.detach().reshape(x.shape[0], -1)  # (T, k)
+            x, index = routed_tokens(module, args, kwargs, "use importance='magnitude'.")
             real = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             if self.mask is not None and self.mask.numel() == x.shape[0]:
                 real = self.mask.reshape(-1).to(x.device)
