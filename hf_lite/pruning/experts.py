@@ -268,8 +268,8 @@ class ExpertInputNormCollector:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             x, index = routed_tokens(
                 module, args, kwargs,
-                "Wanda cannot tell which tokens reach each expert. Use magnitude_prune_ for this model, or "
-                "exclude the experts from Wanda (exclude=[*DEFAULT_EXCLUDE, 'experts']).",
+                "Wanda needs them. Use magnitude_prune_ for this model, or exclude the experts from Wanda "
+                "(exclude=[*DEFAULT_EXCLUDE, 'experts']).",
             )  # fmt: skip
             real = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)  # (T,)
             for token_mask in self.token_masks:
