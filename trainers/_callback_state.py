@@ -47,7 +47,7 @@ from hf_lite._utils import atomic_write, atomic_write_text, is_main_process
 if TYPE_CHECKING:
     from transformers import TrainerState, TrainingArguments
 
-__all__ = ["CallbackState", "checkpoint_folder", "resume_candidates"]
+__all__ = ["CallbackState", "checkpoint_folder", "config_changes", "resume_candidates"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,17 @@ def checkpoint_folder(args: TrainingArguments, global_step: int) -> str:
     'out/checkpoint-100'
     """
     return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{global_step}")
+
+
+def config_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved value, value now)}`` for each field of the config ``now`` that differs from the one a
+    saved state recorded: what a resumed run warns about, since its result will differ from an uninterrupted
+    one.
+
+    >>> config_changes({"sparsity": 0.5, "method": "magnitude"}, {"sparsity": 0.7, "method": "magnitude"})
+    {'sparsity': (0.5, 0.7)}
+    """
+    return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
 
 
 def resume_candidates(args: TrainingArguments, state: TrainerState, *extra: Any) -> list[str]:

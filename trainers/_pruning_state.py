@@ -22,7 +22,7 @@ import torch
 
 from hf_lite.pruning.masks import mask_sparsity
 from hf_lite.pruning.sharded import gather_full, shard_like
-from trainers._callback_state import CallbackState, resume_candidates
+from trainers._callback_state import CallbackState, config_changes, resume_candidates
 
 if TYPE_CHECKING:
     from torch import nn
@@ -111,7 +111,7 @@ class PruningStateMixin:
                 f"{missing[:3]}, extra: {extra[:3]}). Resume with the include/exclude of the run that saved it."
             )
         saved = meta.get("config", {})
-        changed = {k: (saved.get(k), v) for k, v in self.config.to_dict().items() if saved.get(k) != v}
+        changed = config_changes(saved, self.config.to_dict())
         if changed:
             logger.warning(
                 "resuming pruning with a changed config %s (saved, now): the result will differ from an "

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from trainers._callback_state import resume_candidates
+from trainers._callback_state import config_changes, resume_candidates
 from trainers._structural_shrink import RESUME_ATTR, STRUCTURAL_STATE, STRUCTURAL_STATE_JSON, model_sizes
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class StructuralStateMixin:
     def _load_state(self, folder: str, root: nn.Module) -> None:
         meta = STRUCTURAL_STATE.read(folder)
         saved = meta.get("config", {})
-        changed = {k: (saved.get(k), v) for k, v in self.config.to_dict().items() if saved.get(k) != v}
+        changed = config_changes(saved, self.config.to_dict())
         if changed:
             logger.warning(
                 "resuming structural pruning with a changed config %s (saved, now): the stages still to come "
